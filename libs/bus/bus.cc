@@ -1,0 +1,414 @@
+#include "bus/bus.h"
+
+#include <nats/nats.h>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <variant>
+
+namespace serve::bus {
+namespace {
+
+uint64_t NowMs(uv_loop_t* loop) {
+  uv_update_time(loop);
+  return uv_now(loop);
+}
+
+std::string NatsError(natsStatus status) {
+  const char* last = nats_GetLastError(nullptr);
+  std::string text = natsStatus_GetText(status);
+  if (last != nullptr && *last != '\0' && text != last) text += " (" + std::string(last) + ")";
+  return text;
+}
+
+// Hides user:password@ in URLs before they reach a log line or an error message.
+std::string RedactUrl(const std::string& url) {
+  std::string out;
+  size_t start = 0;
+  while (start <= url.size()) {
+    size_t comma = url.find(',', start);
+    std::string one = url.substr(start, comma == std::string::npos ? std::string::npos
+                                                                   : comma - start);
+    size_t scheme = one.find("://");
+    size_t at = one.find('@');
+    if (scheme != std::string::npos && at != std::string::npos && at > scheme) {
+      one = one.substr(0, scheme + 3) + "***@" + one.substr(at + 1);
+    }
+    out += (out.empty() ? "" : ",") + one;
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+namespace detail {
+
+// State shared with nats.c threads. It outlives the Bus while any subscription can still call
+// back: each subscription holds a reference until nats.c reports it complete.
+struct BusShared {
+  struct Delivery {
+    size_t handler = 0;
+    Message message;
+  };
+  struct ConnectionChange {
+    bool connected = false;
+  };
+  using Item = std::variant<Delivery, ConnectionChange>;
+
+  std::mutex mutex;
+  std::deque<Item> queue;        // guarded by mutex
+  uv_async_t* wakeup = nullptr;  // guarded by mutex; null once the bus is closing
+
+  void Push(Item item) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (wakeup == nullptr) return;
+    queue.push_back(std::move(item));
+    uv_async_send(wakeup);
+  }
+};
+
+// The closure of one nats.c subscription.
+struct BusSubscription {
+  std::shared_ptr<BusShared> shared;
+  size_t handler;
+};
+
+}  // namespace detail
+
+using detail::BusShared;
+using detail::BusSubscription;
+
+namespace {
+
+void OnNatsMessage(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  auto* subscription = static_cast<BusSubscription*>(closure);
+  Message message;
+  message.subject = natsMsg_GetSubject(msg);
+  const char* reply = natsMsg_GetReply(msg);
+  if (reply != nullptr) message.reply = reply;
+  message.data.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
+  message.no_responders = natsMsg_IsNoResponders(msg);
+  natsMsg_Destroy(msg);
+  subscription->shared->Push(BusShared::Delivery{subscription->handler, std::move(message)});
+}
+
+void OnSubscriptionComplete(void* closure) { delete static_cast<BusSubscription*>(closure); }
+
+void OnDisconnected(natsConnection*, void* closure) {
+  static_cast<BusShared*>(closure)->Push(BusShared::ConnectionChange{false});
+}
+
+void OnConnected(natsConnection*, void* closure) {
+  static_cast<BusShared*>(closure)->Push(BusShared::ConnectionChange{true});
+}
+
+void OnAsyncError(natsConnection*, natsSubscription*, natsStatus status, void*) {
+  // Slow consumers and permission violations land here; they are worth a line, not a crash.
+  spdlog::warn("NATS: {}", NatsError(status));
+}
+
+}  // namespace
+
+Bus::Bus(uv_loop_t* loop, Options options)
+    : loop_(loop), options_(std::move(options)), shared_(std::make_shared<BusShared>()) {}
+
+Result<std::unique_ptr<Bus>> Bus::Connect(uv_loop_t* loop, const Options& options) {
+  std::unique_ptr<Bus> bus(new Bus(loop, options));
+  Status status = bus->Open();
+  if (!status.ok()) return status;
+  return bus;
+}
+
+Status Bus::Open() {
+  wakeup_ = new uv_async_t;
+  uv_async_init(loop_, wakeup_, [](uv_async_t* handle) { static_cast<Bus*>(handle->data)->Drain(); });
+  wakeup_->data = this;
+  timer_ = new uv_timer_t;
+  uv_timer_init(loop_, timer_);
+  timer_->data = this;
+  {
+    std::lock_guard<std::mutex> lock(shared_->mutex);
+    shared_->wakeup = wakeup_;
+  }
+
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
+  auto fail = [&](const std::string& what) {
+    natsOptions_Destroy(opts);
+    return Status::Error(what + ": " + NatsError(s));
+  };
+  if (s != NATS_OK) return fail("cannot create NATS options");
+  std::string safe_url = RedactUrl(options_.url);
+  s = natsOptions_SetURL(opts, options_.url.c_str());
+  if (s != NATS_OK) return fail("invalid NATS address '" + safe_url + "'");
+  if (!options_.name.empty()) natsOptions_SetName(opts, options_.name.c_str());
+  // Without SendAsap every publish waits for nats.c's flusher, about 1 ms per hop.
+  natsOptions_SetSendAsap(opts, true);
+  natsOptions_SetTimeout(opts, static_cast<int64_t>(options_.connect_timeout_s * 1000));
+  natsOptions_SetMaxReconnect(opts, -1);
+  natsOptions_SetReconnectWait(opts, static_cast<int64_t>(options_.reconnect_wait_s * 1000));
+  natsOptions_SetReconnectJitter(opts, 100, 1000);
+  natsOptions_SetPingInterval(opts, 5000);
+  natsOptions_SetMaxPingsOut(opts, 3);
+  natsOptions_SetReconnectBufSize(opts, 32 * 1024 * 1024);
+  natsOptions_SetDisconnectedCB(opts, OnDisconnected, shared_.get());
+  natsOptions_SetReconnectedCB(opts, OnConnected, shared_.get());
+  natsOptions_SetErrorHandler(opts, OnAsyncError, nullptr);
+  if (options_.retry_initial_connect) {
+    natsOptions_SetRetryOnFailedConnect(opts, true, OnConnected, shared_.get());
+  }
+  if (!options_.user.empty() || !options_.password.empty()) {
+    s = natsOptions_SetUserInfo(opts, options_.user.c_str(), options_.password.c_str());
+    if (s != NATS_OK) return fail("cannot use the NATS user/password");
+  }
+  if (!options_.token.empty()) {
+    s = natsOptions_SetToken(opts, options_.token.c_str());
+    if (s != NATS_OK) return fail("cannot use the NATS token");
+  }
+  if (!options_.creds_file.empty()) {
+    s = natsOptions_SetUserCredentialsFromFiles(opts, options_.creds_file.c_str(), nullptr);
+    if (s != NATS_OK) return fail("cannot use the NATS creds file " + options_.creds_file);
+  }
+  bool tls = options_.url.rfind("tls://", 0) == 0 || !options_.tls_ca.empty() ||
+             !options_.tls_cert.empty();
+  if (tls) {
+    s = natsOptions_SetSecure(opts, true);
+    if (s != NATS_OK) return fail("this NATS client was built without TLS");
+  }
+  if (!options_.tls_ca.empty()) {
+    s = natsOptions_LoadCATrustedCertificates(opts, options_.tls_ca.c_str());
+    if (s != NATS_OK) return fail("cannot load the NATS TLS CA file " + options_.tls_ca);
+  }
+  if (!options_.tls_cert.empty() || !options_.tls_key.empty()) {
+    s = natsOptions_LoadCertificatesChain(opts, options_.tls_cert.c_str(),
+                                          options_.tls_key.c_str());
+    if (s != NATS_OK) {
+      return fail("cannot load the NATS TLS certificate " + options_.tls_cert + " / key " +
+                  options_.tls_key);
+    }
+  }
+
+  s = natsConnection_Connect(&connection_, opts);
+  natsOptions_Destroy(opts);
+  if (s == NATS_NOT_YET_CONNECTED) {
+    spdlog::warn("NATS at {} is not reachable yet; retrying in the background", safe_url);
+    return Status::Ok();
+  }
+  if (s != NATS_OK) {
+    connection_ = nullptr;
+    std::string hint = s == NATS_NO_SERVER
+                           ? " (is a NATS server running there? `serve start` starts one)"
+                           : "";
+    return Status::Error("cannot connect to NATS at " + safe_url + ": " + NatsError(s) + hint);
+  }
+  return Status::Ok();
+}
+
+Bus::~Bus() { Close(0.2); }
+
+void Bus::Close(double flush_timeout_s) {
+  if (closed_) return;
+  closed_ = true;
+  FailAllRequests("the bus connection was closed");
+  {
+    std::lock_guard<std::mutex> lock(shared_->mutex);
+    shared_->wakeup = nullptr;
+    shared_->queue.clear();
+  }
+  if (connection_ != nullptr) {
+    if (flush_timeout_s > 0 && connected()) {
+      natsConnection_FlushTimeout(connection_, static_cast<int64_t>(flush_timeout_s * 1000));
+    }
+    // Subscriptions are closed with the connection; each frees its closure when nats.c says
+    // it is complete, so a late callback never sees freed memory.
+    natsConnection_Close(connection_);
+    for (natsSubscription* sub : subscriptions_) natsSubscription_Destroy(sub);
+    subscriptions_.clear();
+    natsConnection_Destroy(connection_);
+    connection_ = nullptr;
+  }
+  auto close_handle = [](uv_handle_t* handle) {
+    if (handle->type == UV_ASYNC) {
+      delete reinterpret_cast<uv_async_t*>(handle);
+    } else {
+      delete reinterpret_cast<uv_timer_t*>(handle);
+    }
+  };
+  if (wakeup_ != nullptr) uv_close(reinterpret_cast<uv_handle_t*>(wakeup_), close_handle);
+  if (timer_ != nullptr) uv_close(reinterpret_cast<uv_handle_t*>(timer_), close_handle);
+  wakeup_ = nullptr;
+  timer_ = nullptr;
+}
+
+bool Bus::connected() const {
+  return connection_ != nullptr && natsConnection_Status(connection_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+void Bus::SetConnectionListener(ConnectionListener listener) {
+  connection_listener_ = std::move(listener);
+}
+
+Status Bus::Subscribe(const std::string& subject, Handler handler) {
+  if (connection_ == nullptr) return Status::Error("bus is closed");
+  handlers_.push_back(std::move(handler));
+  auto* closure = new BusSubscription{shared_, handlers_.size() - 1};
+  natsSubscription* sub = nullptr;
+  natsStatus s = natsConnection_Subscribe(&sub, connection_, subject.c_str(), OnNatsMessage,
+                                          closure);
+  if (s != NATS_OK) {
+    delete closure;
+    return Status::Error("cannot subscribe to " + subject + ": " + NatsError(s));
+  }
+  natsSubscription_SetOnCompleteCB(sub, OnSubscriptionComplete, closure);
+  // Control messages are small; a generous limit keeps a burst from being dropped as a slow
+  // consumer while the loop is busy.
+  natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
+  subscriptions_.push_back(sub);
+  return Status::Ok();
+}
+
+Status Bus::Publish(const std::string& subject, std::string_view data, const std::string& reply) {
+  if (connection_ == nullptr) return Status::Error("bus is closed");
+  int size = static_cast<int>(data.size());
+  natsStatus s = reply.empty()
+                     ? natsConnection_Publish(connection_, subject.c_str(), data.data(), size)
+                     : natsConnection_PublishRequest(connection_, subject.c_str(), reply.c_str(),
+                                                     data.data(), size);
+  if (s != NATS_OK) return Status::Error("cannot publish to " + subject + ": " + NatsError(s));
+  return Status::Ok();
+}
+
+Status Bus::Respond(const Message& request, std::string_view data) {
+  if (request.reply.empty()) return Status::Ok();
+  return Publish(request.reply, data);
+}
+
+Status Bus::EnsureReplySubscription() {
+  if (!reply_prefix_.empty()) return Status::Ok();
+  natsInbox* inbox = nullptr;
+  natsStatus s = natsInbox_Create(&inbox);
+  if (s != NATS_OK) return Status::Error("cannot create a reply inbox: " + NatsError(s));
+  std::string prefix = std::string(inbox) + ".";
+  natsInbox_Destroy(inbox);
+  Status status = Subscribe(prefix + "*", [this](Message& message) { OnReply(message); });
+  if (!status.ok()) return status;
+  reply_prefix_ = prefix;
+  return Status::Ok();
+}
+
+void Bus::Request(const std::string& subject, std::string_view data, double timeout_s,
+                  ReplyCallback callback) {
+  Status status = connection_ == nullptr ? Status::Error("bus is closed")
+                                         : EnsureReplySubscription();
+  if (!status.ok()) {
+    callback(status);
+    return;
+  }
+  uint64_t id = next_request_id_++;
+  std::string reply = reply_prefix_ + std::to_string(id);
+  status = Publish(subject, data, reply);
+  if (!status.ok()) {
+    callback(status);
+    return;
+  }
+  uint64_t deadline = NowMs(loop_) + static_cast<uint64_t>(timeout_s * 1000);
+  pending_.emplace(id, PendingRequest{subject, std::move(callback), deadline});
+  bool earliest = deadlines_.empty() || deadline < deadlines_.begin()->first;
+  deadlines_.emplace(deadline, id);
+  if (earliest) ArmTimer();
+}
+
+void Bus::OnReply(Message& message) {
+  std::string_view token(message.subject);
+  token.remove_prefix(std::min(token.size(), reply_prefix_.size()));
+  uint64_t id = 0;
+  auto [end, ec] = std::from_chars(token.data(), token.data() + token.size(), id);
+  if (ec != std::errc() || end != token.data() + token.size()) return;
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return;  // already timed out
+  PendingRequest request = std::move(it->second);
+  pending_.erase(it);
+  for (auto d = deadlines_.lower_bound(request.deadline_ms);
+       d != deadlines_.end() && d->first == request.deadline_ms; ++d) {
+    if (d->second == id) {
+      deadlines_.erase(d);
+      break;
+    }
+  }
+  if (message.no_responders) {
+    request.callback(Status::Error("nothing listens on " + request.subject));
+    return;
+  }
+  request.callback(std::move(message));
+}
+
+void Bus::ArmTimer() {
+  if (timer_ == nullptr || deadlines_.empty()) return;
+  uint64_t now = NowMs(loop_);
+  uint64_t first = deadlines_.begin()->first;
+  uv_timer_start(
+      timer_, [](uv_timer_t* handle) { static_cast<Bus*>(handle->data)->ExpireRequests(); },
+      first > now ? first - now : 0, 0);
+}
+
+void Bus::ExpireRequests() {
+  uint64_t now = NowMs(loop_);
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+    uint64_t id = deadlines_.begin()->second;
+    deadlines_.erase(deadlines_.begin());
+    auto it = pending_.find(id);
+    if (it == pending_.end()) continue;
+    PendingRequest request = std::move(it->second);
+    pending_.erase(it);
+    std::string why = connected() ? "no reply from " + request.subject + " in time"
+                                  : "no reply from " + request.subject +
+                                        " in time: not connected to NATS at " +
+                                        RedactUrl(options_.url);
+    request.callback(Status::Error(why));
+  }
+  ArmTimer();
+}
+
+void Bus::FailAllRequests(const std::string& why) {
+  auto pending = std::move(pending_);
+  pending_.clear();
+  deadlines_.clear();
+  for (auto& [id, request] : pending) request.callback(Status::Error(why));
+}
+
+void Bus::Drain() {
+  std::deque<BusShared::Item> items;
+  {
+    std::lock_guard<std::mutex> lock(shared_->mutex);
+    items.swap(shared_->queue);
+  }
+  for (auto& item : items) {
+    if (closed_) return;
+    if (auto* delivery = std::get_if<BusShared::Delivery>(&item)) {
+      handlers_[delivery->handler](delivery->message);
+    } else {
+      bool connected = std::get<BusShared::ConnectionChange>(item).connected;
+      if (connected) {
+        spdlog::info("connected to NATS at {}", RedactUrl(options_.url));
+      } else {
+        spdlog::warn("lost the connection to NATS at {}; reconnecting", RedactUrl(options_.url));
+      }
+      if (connection_listener_) connection_listener_(connected);
+    }
+  }
+}
+
+Result<Message> RequestAndWait(uv_loop_t* loop, Bus& bus, const std::string& subject,
+                               std::string_view data, double timeout_s) {
+  std::optional<Result<Message>> result;
+  bus.Request(subject, data, timeout_s, [&](Result<Message> reply) { result = std::move(reply); });
+  while (!result.has_value()) uv_run(loop, UV_RUN_ONCE);
+  return std::move(*result);
+}
+
+}  // namespace serve::bus

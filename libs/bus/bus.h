@@ -1,0 +1,133 @@
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "base/status.h"
+
+struct __natsConnection;
+struct __natsSubscription;
+
+namespace serve::bus {
+
+namespace detail {
+struct BusShared;
+}  // namespace detail
+
+// How to reach NATS. Every service and the CLI take the same flags (see flags.h), each also
+// readable from the environment, so `serve start` can hand them to the services it starts.
+struct Options {
+  // One URL or a comma-separated list: nats://host:4222, tls://host:4222, nats://u:p@host:4222.
+  std::string url = "nats://127.0.0.1:4222";
+  // Shown by the NATS server's monitoring, e.g. "serve-proxy".
+  std::string name;
+  std::string user;
+  std::string password;
+  std::string token;
+  std::string creds_file;  // a .creds file (JWT + NKey seed)
+  std::string tls_ca;      // CA bundle that signs the server's certificate
+  std::string tls_cert;    // client certificate, for servers that verify clients
+  std::string tls_key;
+  // Services keep trying in the background until NATS is up; the CLI wants a quick answer.
+  bool retry_initial_connect = true;
+  double connect_timeout_s = 2;
+  double reconnect_wait_s = 0.25;
+};
+
+// A message as a handler sees it. The data is a private copy, aligned for FlatBuffers.
+struct Message {
+  std::string subject;
+  std::string reply;
+  std::string data;
+  // Set on a reply when the request's subject had no subscriber at all.
+  bool no_responders = false;
+};
+
+// A NATS connection whose callbacks all run on one libuv loop.
+//
+// nats.c delivers messages on its own threads; Bus copies each message into a queue and wakes
+// the loop with uv_async_send, so handlers run on the loop thread and may touch the service's
+// state without locks. Every method must be called on the loop thread.
+//
+// Request() keeps many requests in flight over one wildcard reply subscription, matching each
+// reply to its request by the last token of the reply subject.
+class Bus {
+ public:
+  using Handler = std::function<void(Message& message)>;
+  using ReplyCallback = std::function<void(Result<Message> reply)>;
+  // Told `true` when the connection is (re-)established and `false` when it drops.
+  using ConnectionListener = std::function<void(bool connected)>;
+
+  // Connects to NATS. With `retry_initial_connect`, an unreachable server is not an error: the
+  // bus keeps trying in the background and buffers what is published meanwhile.
+  static Result<std::unique_ptr<Bus>> Connect(uv_loop_t* loop, const Options& options);
+  ~Bus();
+  Bus(const Bus&) = delete;
+  Bus& operator=(const Bus&) = delete;
+
+  Status Subscribe(const std::string& subject, Handler handler);
+  Status Publish(const std::string& subject, std::string_view data,
+                 const std::string& reply = "");
+  // Answers `request` on its reply subject; a message without one is ignored.
+  Status Respond(const Message& request, std::string_view data);
+  // Sends a request and calls `callback` exactly once, on the loop: with the reply, or with an
+  // error when nothing answers within `timeout_s`, nobody listens on `subject`, or the bus
+  // closes first.
+  void Request(const std::string& subject, std::string_view data, double timeout_s,
+               ReplyCallback callback);
+
+  void SetConnectionListener(ConnectionListener listener);
+  bool connected() const;
+  const std::string& url() const { return options_.url; }
+  size_t pending_requests() const { return pending_.size(); }
+
+  // Flushes what is buffered (up to `timeout_s`), then closes. Pending requests fail.
+  void Close(double flush_timeout_s = 1.0);
+
+ private:
+  struct PendingRequest {
+    std::string subject;
+    ReplyCallback callback;
+    uint64_t deadline_ms;
+  };
+
+  Bus(uv_loop_t* loop, Options options);
+  Status Open();
+  Status EnsureReplySubscription();
+  void Drain();
+  void OnReply(Message& message);
+  void ArmTimer();
+  void ExpireRequests();
+  void FailAllRequests(const std::string& why);
+
+  uv_loop_t* loop_;
+  Options options_;
+  __natsConnection* connection_ = nullptr;
+  std::shared_ptr<detail::BusShared> shared_;  // also held by nats.c callbacks
+  uv_async_t* wakeup_ = nullptr;
+  uv_timer_t* timer_ = nullptr;
+  std::deque<Handler> handlers_;  // indexed by subscription; a deque keeps them in place
+  std::vector<__natsSubscription*> subscriptions_;
+  ConnectionListener connection_listener_;
+
+  std::string reply_prefix_;  // "_INBOX.<nuid>."
+  uint64_t next_request_id_ = 1;
+  std::unordered_map<uint64_t, PendingRequest> pending_;
+  std::multimap<uint64_t, uint64_t> deadlines_;  // deadline ms -> request id
+  bool closed_ = false;
+};
+
+// Runs `loop` until `callback`'s reply arrives: for the CLI and for tests, never for services.
+Result<Message> RequestAndWait(uv_loop_t* loop, Bus& bus, const std::string& subject,
+                               std::string_view data, double timeout_s);
+
+}  // namespace serve::bus

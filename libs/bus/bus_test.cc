@@ -1,0 +1,223 @@
+#include "bus/bus.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "support/process.h"
+
+namespace serve::bus {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Runs `loop` until `condition` holds or a generous deadline passes.
+bool RunUntil(uv_loop_t* loop, const std::function<bool()>& condition, double timeout_s = 20) {
+  uv_update_time(loop);
+  uint64_t deadline = uv_now(loop) + static_cast<uint64_t>(timeout_s * 1000);
+  uv_timer_t tick;
+  uv_timer_init(loop, &tick);
+  uv_timer_start(&tick, [](uv_timer_t*) {}, 5, 5);  // wakes the loop to re-check
+  bool ok = true;
+  while (!condition()) {
+    uv_update_time(loop);
+    if (uv_now(loop) > deadline) {
+      ok = false;
+      break;
+    }
+    uv_run(loop, UV_RUN_ONCE);
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&tick), nullptr);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return ok;
+}
+
+class BusTest : public ::testing::Test {
+ protected:
+  void SetUp() override { uv_loop_init(&loop_); }
+  void TearDown() override {
+    buses_.clear();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    ASSERT_EQ(uv_loop_close(&loop_), 0);
+  }
+  Bus& Connect(const std::string& url, Options options = {}) {
+    options.url = url;
+    auto bus = Bus::Connect(&loop_, options);
+    EXPECT_TRUE(bus.ok()) << bus.error();
+    buses_.push_back(std::move(*bus));
+    return *buses_.back();
+  }
+
+  uv_loop_t loop_;
+  std::vector<std::unique_ptr<Bus>> buses_;
+};
+
+TEST_F(BusTest, PublishReachesSubscriberOnTheLoopThread) {
+  testing::NatsServer nats;
+  Bus& bus = Connect(nats.url());
+  auto loop_thread = std::this_thread::get_id();
+  std::vector<std::string> received;
+  ASSERT_TRUE(bus.Subscribe("t.a", [&](Message& m) {
+                   EXPECT_EQ(std::this_thread::get_id(), loop_thread);
+                   received.push_back(m.data);
+                 }).ok());
+  // A subscription reaches the server before a later publish on the same connection.
+  ASSERT_TRUE(bus.Publish("t.a", "one").ok());
+  ASSERT_TRUE(bus.Publish("t.a", "two").ok());
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return received.size() == 2; }));
+  EXPECT_EQ(received, (std::vector<std::string>{"one", "two"}));
+}
+
+TEST_F(BusTest, ManyRequestsInFlightGetTheirOwnReplies) {
+  testing::NatsServer nats;
+  Bus& server = Connect(nats.url());
+  Bus& client = Connect(nats.url());
+  ASSERT_TRUE(server.Subscribe("t.echo", [&](Message& m) {
+                     EXPECT_TRUE(server.Respond(m, "re:" + m.data).ok());
+                   }).ok());
+  std::string flush_subject = "t.flush";
+  ASSERT_TRUE(server.Subscribe(flush_subject, [&](Message& m) { (void)server.Respond(m, ""); }).ok());
+  ASSERT_TRUE(RequestAndWait(&loop_, client, flush_subject, "", 5).ok());
+
+  constexpr int kRequests = 2000;
+  int answered = 0;
+  int wrong = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    std::string body = std::to_string(i);
+    client.Request("t.echo", body, 20, [&, body](Result<Message> reply) {
+      ++answered;
+      if (!reply.ok() || reply->data != "re:" + body) ++wrong;
+    });
+  }
+  EXPECT_EQ(client.pending_requests(), static_cast<size_t>(kRequests));
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(client.pending_requests(), 0u);
+}
+
+TEST_F(BusTest, RequestWithoutAnyListenerFailsFast) {
+  testing::NatsServer nats;
+  Bus& client = Connect(nats.url());
+  auto reply = RequestAndWait(&loop_, client, "t.nobody", "x", 10);
+  ASSERT_FALSE(reply.ok());
+  EXPECT_THAT(reply.error(), HasSubstr("nothing listens on t.nobody"));
+}
+
+TEST_F(BusTest, RequestToASilentListenerTimesOut) {
+  testing::NatsServer nats;
+  Bus& server = Connect(nats.url());
+  Bus& client = Connect(nats.url());
+  bool heard = false;
+  ASSERT_TRUE(server.Subscribe("t.silent", [&](Message&) { heard = true; }).ok());
+  RunUntil(&loop_, [] { return true; });
+  auto reply = RequestAndWait(&loop_, client, "t.silent", "x", 0.3);
+  ASSERT_FALSE(reply.ok());
+  EXPECT_THAT(reply.error(), HasSubstr("no reply from t.silent"));
+  EXPECT_TRUE(heard);
+}
+
+TEST_F(BusTest, CloseFailsPendingRequests) {
+  testing::NatsServer nats;
+  Bus& server = Connect(nats.url());
+  ASSERT_TRUE(server.Subscribe("t.silent", [](Message&) {}).ok());
+  Options options;
+  options.url = nats.url();
+  auto client = Bus::Connect(&loop_, options);
+  ASSERT_TRUE(client.ok());
+  std::optional<Result<Message>> outcome;
+  (*client)->Request("t.silent", "x", 30, [&](Result<Message> r) { outcome = std::move(r); });
+  (*client)->Close();
+  ASSERT_TRUE(outcome.has_value());
+  EXPECT_FALSE(outcome->ok());
+  client->reset();
+}
+
+TEST_F(BusTest, UnreachableServerIsAClearErrorWithoutRetry) {
+  int port = testing::FreePort();
+  Options options;
+  options.url = "nats://127.0.0.1:" + std::to_string(port);
+  options.retry_initial_connect = false;
+  options.connect_timeout_s = 0.5;
+  auto bus = Bus::Connect(&loop_, options);
+  ASSERT_FALSE(bus.ok());
+  EXPECT_THAT(bus.error(), HasSubstr("cannot connect to NATS at nats://127.0.0.1:"));
+}
+
+TEST_F(BusTest, InvalidAddressIsAClearError) {
+  Options options;
+  options.url = "http://[::garbage";
+  options.retry_initial_connect = false;
+  auto bus = Bus::Connect(&loop_, options);
+  ASSERT_FALSE(bus.ok());
+  EXPECT_THAT(bus.error(), HasSubstr("NATS"));
+}
+
+TEST_F(BusTest, SurvivesANatsRestartAndCarriesOn) {
+  testing::NatsServer nats;
+  Bus& server = Connect(nats.url());
+  Bus& client = Connect(nats.url());
+  ASSERT_TRUE(server.Subscribe("t.echo", [&](Message& m) { (void)server.Respond(m, m.data); }).ok());
+  ASSERT_TRUE(RunUntil(&loop_, [&] {
+    return RequestAndWait(&loop_, client, "t.echo", "before", 1).ok();
+  }));
+
+  nats.Stop();
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return !client.connected() && !server.connected(); }));
+  nats.Start();
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return client.connected() && server.connected(); }));
+  bool answered = RunUntil(&loop_, [&] {
+    auto reply = RequestAndWait(&loop_, client, "t.echo", "after", 1);
+    return reply.ok() && reply->data == "after";
+  });
+  EXPECT_TRUE(answered);
+}
+
+TEST_F(BusTest, StartsBeforeNatsAndConnectsWhenItComesUp) {
+  testing::NatsServer nats;
+  nats.Stop();
+  Bus& bus = Connect(nats.url());
+  EXPECT_FALSE(bus.connected());
+  nats.Start();
+  EXPECT_TRUE(RunUntil(&loop_, [&] { return bus.connected(); }));
+}
+
+TEST_F(BusTest, UserAndPasswordArePassedThrough) {
+  testing::NatsServer nats({"--user", "alice", "--pass", "s3cret"});
+  Options good;
+  good.user = "alice";
+  good.password = "s3cret";
+  Bus& bus = Connect(nats.url(), good);
+  EXPECT_TRUE(bus.connected());
+
+  Options bad;
+  bad.url = nats.url();
+  bad.user = "alice";
+  bad.password = "wrong";
+  bad.retry_initial_connect = false;
+  auto refused = Bus::Connect(&loop_, bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.error(), HasSubstr("uthorization"));
+}
+
+TEST_F(BusTest, TokenIsPassedThrough) {
+  testing::NatsServer nats({"--auth", "tok123"});
+  Options options;
+  options.token = "tok123";
+  Bus& bus = Connect(nats.url(), options);
+  EXPECT_TRUE(bus.connected());
+}
+
+TEST_F(BusTest, MissingCredsFileIsAClearError) {
+  Options options;
+  options.creds_file = "/nonexistent/serve.creds";
+  options.retry_initial_connect = false;
+  auto bus = Bus::Connect(&loop_, options);
+  // nats.c reads the file when connecting; either way the error names the problem.
+  if (!bus.ok()) {
+    EXPECT_THAT(bus.error(), HasSubstr("NATS"));
+  }
+}
+
+}  // namespace
+}  // namespace serve::bus

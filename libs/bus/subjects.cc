@@ -1,0 +1,49 @@
+#include "bus/subjects.h"
+
+namespace serve::bus {
+
+Status ValidateNamespace(const std::string& ns) {
+  if (ns.empty() || ns.size() > 64) {
+    return Status::Error("namespace must be 1 to 64 characters, got '" + ns + "'");
+  }
+  for (char c : ns) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-';
+    if (!ok) {
+      return Status::Error("namespace '" + ns +
+                           "' may hold only letters, digits, '_' and '-' (it prefixes every "
+                           "NATS subject)");
+    }
+  }
+  return Status::Ok();
+}
+
+Subjects::Subjects(const std::string& n)
+    : ns(n),
+      ctl_deploy(n + ".ctl.deploy"),
+      ctl_delete(n + ".ctl.delete"),
+      ctl_status(n + ".ctl.status"),
+      ctl_ping(n + ".ctl.ping"),
+      ctl_shutdown(n + ".ctl.shutdown"),
+      ctl_routes(n + ".ctl.routes"),
+      hb_replica(n + ".hb.replica"),
+      hb_node(n + ".hb.node"),
+      hb_proxy(n + ".hb.proxy"),
+      routes(n + ".routes"),
+      events(n + ".events"),
+      shutdown(n + ".shutdown"),
+      node_exited(n + ".node.exited"),
+      ckpt_put(n + ".ckpt.put"),
+      ckpt_get(n + ".ckpt.get") {}
+
+std::string Subjects::NodeStart(const std::string& node_id) const {
+  return ns + ".node." + node_id + ".start";
+}
+std::string Subjects::NodeStop(const std::string& node_id) const {
+  return ns + ".node." + node_id + ".stop";
+}
+std::string Subjects::Replica(const std::string& replica_id) const {
+  return ns + ".replica." + replica_id;
+}
+
+}  // namespace serve::bus

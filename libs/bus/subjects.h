@@ -1,0 +1,35 @@
+#pragma once
+
+#include <string>
+
+#include "base/status.h"
+
+namespace serve::bus {
+
+// Checks a namespace name: it prefixes every subject, so only [A-Za-z0-9_-] is allowed.
+Status ValidateNamespace(const std::string& ns);
+
+// Every subject of one namespace (docs/protocol.md explains each). All start with the
+// namespace, so several isolated instances can share one NATS server.
+struct Subjects {
+  explicit Subjects(const std::string& ns);
+
+  std::string ns;
+  // Control plane: request/reply, answered by the controller.
+  std::string ctl_deploy, ctl_delete, ctl_status, ctl_ping, ctl_shutdown, ctl_routes;
+  // Heartbeats: published by every service, read by the controller.
+  std::string hb_replica, hb_node, hb_proxy;
+  // Published by the controller.
+  std::string routes, events, shutdown;
+  // Published by node agents when a worker process ends.
+  std::string node_exited;
+  // Checkpoints: request/reply, answered by the checkpointer.
+  std::string ckpt_put, ckpt_get;
+
+  std::string NodeStart(const std::string& node_id) const;
+  std::string NodeStop(const std::string& node_id) const;
+  // The data-plane subject a replica worker answers on.
+  std::string Replica(const std::string& replica_id) const;
+};
+
+}  // namespace serve::bus

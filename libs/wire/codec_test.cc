@@ -1,0 +1,151 @@
+#include "wire/codec.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace serve::wire {
+namespace {
+
+using ::testing::HasSubstr;
+
+DeployRequestT SampleDeploy() {
+  DeployRequestT request;
+  auto spec = std::make_unique<DeploymentSpecT>();
+  spec->name = "hello";
+  spec->route_prefix = "/hello";
+  spec->runtime = "builtin:hello";
+  spec->num_replicas = 2;
+  spec->user_config = R"({"message":"hi"})";
+  spec->resources = std::make_unique<ResourcesT>();
+  spec->resources->num_cpus = 0.5;
+  request.deployments.push_back(std::move(spec));
+  return request;
+}
+
+TEST(Codec, PackUnpackRoundTrip) {
+  std::string bytes = Pack(SampleDeploy());
+  auto decoded = Unpack<DeployRequest>(bytes);
+  ASSERT_TRUE(decoded.ok()) << decoded.error();
+  ASSERT_EQ(decoded->deployments.size(), 1u);
+  EXPECT_EQ(*decoded->deployments[0], *SampleDeploy().deployments[0]);
+}
+
+TEST(Codec, BuffersCarryTheIdentifier) {
+  std::string bytes = Pack(SampleDeploy());
+  EXPECT_EQ(bytes.substr(4, 4), "SRV1");
+}
+
+TEST(Codec, GarbageFailsVerification) {
+  auto decoded = Unpack<DeployRequest>("\x01\x02garbage bytes that are not a flatbuffer");
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_THAT(decoded.error(), HasSubstr("not a valid DeployRequest"));
+}
+
+TEST(Codec, EmptyAndTinyInputsFailVerification) {
+  EXPECT_FALSE(Unpack<DeployRequest>("").ok());
+  EXPECT_FALSE(Unpack<DeployRequest>("abc").ok());
+}
+
+TEST(Codec, EveryTruncationFailsVerificationWithoutCrashing) {
+  std::string bytes = Pack(SampleDeploy());
+  for (size_t size = 0; size < bytes.size(); ++size) {
+    std::string truncated = bytes.substr(0, size);
+    auto decoded = Unpack<DeployRequest>(truncated);
+    if (decoded.ok()) {
+      // A prefix that verifies must still be a readable message.
+      EXPECT_LE(decoded->deployments.size(), 1u);
+    }
+  }
+  auto whole = Unpack<DeployRequest>(bytes);
+  EXPECT_TRUE(whole.ok());
+}
+
+TEST(Codec, FlippedBytesNeverCrash) {
+  std::string bytes = Pack(SampleDeploy());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    std::string corrupt = bytes;
+    corrupt[i] = static_cast<char>(corrupt[i] ^ 0xff);
+    auto decoded = Unpack<DeployRequest>(corrupt);
+    (void)decoded;  // verification either refuses or yields a readable value
+  }
+}
+
+TEST(Codec, JsonRoundTrip) {
+  JsonCodec codec;
+  auto binary = codec.FromJson<DeployRequest>(
+      R"({"deployments":[{"name":"hello","route_prefix":"/hello","runtime":"builtin:hello",
+          "num_replicas":3,"user_config":"{\"message\":\"hi\"}"}]})");
+  ASSERT_TRUE(binary.ok()) << binary.error();
+  auto decoded = Unpack<DeployRequest>(*binary);
+  ASSERT_TRUE(decoded.ok()) << decoded.error();
+  ASSERT_EQ(decoded->deployments.size(), 1u);
+  EXPECT_EQ(decoded->deployments[0]->name, "hello");
+  EXPECT_EQ(decoded->deployments[0]->num_replicas, 3);
+  EXPECT_EQ(decoded->deployments[0]->max_concurrent_queries, 100);  // schema default
+  EXPECT_EQ(decoded->deployments[0]->user_config, R"({"message":"hi"})");
+
+  std::string json = codec.ToJson(*decoded);
+  EXPECT_THAT(json, HasSubstr(R"("name": "hello")"));
+  EXPECT_THAT(json, HasSubstr(R"("num_replicas": 3)"));
+}
+
+TEST(Codec, JsonPrintsEnumsByName) {
+  JsonCodec codec;
+  StatusReplyT reply;
+  auto deployment = std::make_unique<DeploymentStatusT>();
+  deployment->name = "hello";
+  deployment->status = DeploymentState::HEALTHY;
+  reply.deployments.push_back(std::move(deployment));
+  EXPECT_THAT(codec.ToJson(reply), HasSubstr(R"("status": "HEALTHY")"));
+}
+
+TEST(Codec, JsonUnknownFieldIsNamed) {
+  JsonCodec codec;
+  auto binary = codec.FromJson<DeployRequest>(R"({"deployments":[{"nme":"x"}]})");
+  ASSERT_FALSE(binary.ok());
+  EXPECT_THAT(binary.error(), HasSubstr("nme"));
+  EXPECT_THAT(binary.error(), HasSubstr("DeployRequest"));
+}
+
+TEST(Codec, JsonWrongTypeIsAnError) {
+  JsonCodec codec;
+  auto binary = codec.FromJson<DeployRequest>(R"({"deployments":[{"num_replicas":"two"}]})");
+  ASSERT_FALSE(binary.ok());
+  EXPECT_THAT(binary.error(), HasSubstr("num_replicas"));
+}
+
+TEST(Codec, MalformedJsonIsAnError) {
+  JsonCodec codec;
+  EXPECT_FALSE(codec.FromJson<DeployRequest>("{\"deployments\": [").ok());
+  EXPECT_FALSE(codec.FromJson<DeployRequest>("{").ok());
+}
+
+TEST(Codec, DecodeRequestAcceptsBothEncodings) {
+  JsonCodec codec;
+  auto from_binary = DecodeRequest<DeleteRequest>(codec, Pack([] { DeleteRequestT r; r.names = {"a", "b"}; return r; }()));
+  ASSERT_TRUE(from_binary.ok()) << from_binary.error();
+  EXPECT_FALSE(from_binary->json);
+  EXPECT_EQ(from_binary->value.names.size(), 2u);
+
+  auto from_json = DecodeRequest<DeleteRequest>(codec, R"(  {"names":["a"]})");
+  ASSERT_TRUE(from_json.ok()) << from_json.error();
+  EXPECT_TRUE(from_json->json);
+  EXPECT_EQ(from_json->value.names, std::vector<std::string>{"a"});
+
+  auto empty_json = DecodeRequest<StatusRequest>(codec, "{}");
+  EXPECT_TRUE(empty_json.ok()) << empty_json.error();
+
+  EXPECT_FALSE(DecodeRequest<StatusRequest>(codec, "hello").ok());
+  EXPECT_FALSE(DecodeRequest<StatusRequest>(codec, "").ok());
+}
+
+TEST(Codec, LooksLikeJson) {
+  EXPECT_TRUE(LooksLikeJson("{}"));
+  EXPECT_TRUE(LooksLikeJson("\n  {\"a\":1}"));
+  EXPECT_FALSE(LooksLikeJson("[1]"));
+  EXPECT_FALSE(LooksLikeJson(""));
+  EXPECT_FALSE(LooksLikeJson(Pack(PingRequestT{})));
+}
+
+}  // namespace
+}  // namespace serve::wire

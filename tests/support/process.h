@@ -1,0 +1,105 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace serve::testing {
+
+// Polls `condition` until it holds or `timeout` passes. Tests wait with this, never with fixed
+// sleeps: the deadline is generous, the usual wait is a few milliseconds.
+bool WaitUntil(const std::function<bool()>& condition,
+               std::chrono::milliseconds timeout = std::chrono::seconds(20),
+               std::chrono::milliseconds interval = std::chrono::milliseconds(10));
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int FreePort();
+
+// True when something accepts TCP connections on 127.0.0.1:port.
+bool PortOpen(int port);
+
+// A child process that is killed (SIGKILL) and reaped when the object goes away, so a failing
+// test leaves nothing behind. Output goes to `log_path` when given.
+class Process {
+ public:
+  Process() = default;
+  Process(std::vector<std::string> argv, std::string log_path = "",
+          std::map<std::string, std::string> env = {});
+  ~Process();
+  Process(Process&& other) noexcept;
+  Process& operator=(Process&& other) noexcept;
+
+  pid_t pid() const { return pid_; }
+  bool Running();
+  void Signal(int signal);
+  // Sends SIGTERM and waits up to `timeout`, then SIGKILL. Returns the wait status.
+  int Stop(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  void Kill();
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = 0;
+};
+
+// Directory of the built executables (build/bin), from SERVE_BIN_DIR or next to the test.
+std::string BinDir();
+
+// A fresh directory under /tmp, removed by the destructor.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A real nats-server on a free port.
+class NatsServer {
+ public:
+  explicit NatsServer(std::vector<std::string> extra_args = {});
+  int port() const { return port_; }
+  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+  void Stop();
+  void Start();  // again, on the same port
+
+ private:
+  int port_;
+  std::vector<std::string> extra_args_;
+  TempDir dir_;
+  Process process_;
+};
+
+struct HttpResult {
+  int status = 0;  // 0: no HTTP answer at all
+  std::string body;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string error;
+};
+
+// A blocking HTTP/1.1 request on a new connection to 127.0.0.1:port.
+HttpResult HttpRequest(int port, const std::string& method, const std::string& target,
+                       const std::string& body = "",
+                       std::chrono::milliseconds timeout = std::chrono::seconds(10));
+inline HttpResult HttpGet(int port, const std::string& target) {
+  return HttpRequest(port, "GET", target);
+}
+
+// Runs a command, returns its exit status and combined output.
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         const std::map<std::string, std::string>& env = {},
+                         std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+std::string ReadFile(const std::string& path);
+void WriteFile(const std::string& path, const std::string& content);
+
+}  // namespace serve::testing
