@@ -227,7 +227,7 @@ void Bus::Close(double flush_timeout_s) {
     // Subscriptions are closed with the connection; each frees its closure when nats.c says
     // it is complete, so a late callback never sees freed memory.
     natsConnection_Close(connection_);
-    for (natsSubscription* sub : subscriptions_) natsSubscription_Destroy(sub);
+    for (auto& [subject, sub] : subscriptions_) natsSubscription_Destroy(sub);
     subscriptions_.clear();
     natsConnection_Destroy(connection_);
     connection_ = nullptr;
@@ -268,8 +268,20 @@ Status Bus::Subscribe(const std::string& subject, Handler handler) {
   // Control messages are small; a generous limit keeps a burst from being dropped as a slow
   // consumer while the loop is busy.
   natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
-  subscriptions_.push_back(sub);
+  subscriptions_.emplace_back(subject, sub);
   return Status::Ok();
+}
+
+void Bus::Unsubscribe(const std::string& subject) {
+  for (auto it = subscriptions_.begin(); it != subscriptions_.end();) {
+    if (it->first == subject) {
+      natsSubscription_Unsubscribe(it->second);
+      natsSubscription_Destroy(it->second);
+      it = subscriptions_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 Status Bus::Publish(const std::string& subject, std::string_view data, const std::string& reply) {

@@ -75,6 +75,8 @@ class Bus {
   Bus& operator=(const Bus&) = delete;
 
   Status Subscribe(const std::string& subject, Handler handler);
+  // Stops delivery for every subscription on exactly `subject`.
+  void Unsubscribe(const std::string& subject);
   Status Publish(const std::string& subject, std::string_view data,
                  const std::string& reply = "");
   // Answers `request` on its reply subject; a message without one is ignored.
@@ -116,7 +118,7 @@ class Bus {
   uv_async_t* wakeup_ = nullptr;
   uv_timer_t* timer_ = nullptr;
   std::deque<Handler> handlers_;  // indexed by subscription; a deque keeps them in place
-  std::vector<__natsSubscription*> subscriptions_;
+  std::vector<std::pair<std::string, __natsSubscription*>> subscriptions_;
   ConnectionListener connection_listener_;
 
   std::string reply_prefix_;  // "_INBOX.<nuid>."

@@ -1,0 +1,63 @@
+// serve: the command line for a Serve instance.
+#include <CLI/CLI.hpp>
+
+#include "bus/flags.h"
+#include "bus/subjects.h"
+#include "cli/commands.h"
+
+using namespace serve;
+
+int main(int argc, char** argv) {
+  CLI::App app{"serve: run user code behind HTTP, scaled, health-checked and recoverable"};
+  app.require_subcommand(1);
+  cli::GlobalOptions global;
+  bus::AddBusFlags(app, global.bus, global.ns);
+  app.add_option("--run-dir", global.run_dir,
+                 "Pid and log files of the local instance (default: ~/.serve/<namespace>)")
+      ->envname("SERVE_RUN_DIR");
+
+  cli::StartOptions start;
+  auto* start_cmd = app.add_subcommand("start", "Start a local instance (or report the running one)");
+  start_cmd->add_option("--checkpoint-path", start.checkpoint_path,
+                        "Recovery store URI (default: file://<run dir>/checkpoint)");
+  start_cmd->add_option("--http-host", start.http_host, "Proxy address")->capture_default_str();
+  start_cmd->add_option("--http-port", start.http_port, "Proxy port")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65535));
+  start_cmd->add_option("--num-cpus", start.num_cpus, "CPUs the local node offers (default: all)")
+      ->check(CLI::NonNegativeNumber);
+  start_cmd->add_option("--timeout-s", start.timeout_s, "How long to wait for readiness")
+      ->capture_default_str();
+
+  cli::DeployOptions deploy;
+  bool no_wait = false;
+  auto* deploy_cmd = app.add_subcommand("deploy", "Create or update the deployments in a file");
+  deploy_cmd->add_option("file", deploy.file, "Config file (YAML)")->required();
+  deploy_cmd->add_flag("--no-wait", no_wait, "Return once the controller accepted the change");
+  deploy_cmd->add_option("--timeout-s", deploy.timeout_s, "How long to wait for HEALTHY")
+      ->capture_default_str();
+
+  std::vector<std::string> delete_names;
+  auto* delete_cmd = app.add_subcommand("delete", "Delete deployments by name");
+  delete_cmd->add_option("names", delete_names, "Deployment names")->required();
+
+  cli::StatusOptions status;
+  auto* status_cmd = app.add_subcommand("status", "Show deployments, replicas, nodes, proxies");
+  status_cmd->add_option("names", status.names, "Only these deployments");
+  status_cmd->add_flag("--json", status.json, "Print JSON");
+
+  auto* shutdown_cmd = app.add_subcommand("shutdown", "Stop every service of the namespace");
+
+  CLI11_PARSE(app, argc, argv);
+  if (Status ns = bus::ValidateNamespace(global.ns); !ns.ok()) {
+    fprintf(stderr, "error: %s\n", ns.message().c_str());
+    return 2;
+  }
+  deploy.wait = !no_wait;
+  if (*start_cmd) return cli::StartInstance(global, start);
+  if (*deploy_cmd) return cli::DeployFile(global, deploy);
+  if (*delete_cmd) return cli::DeleteDeployments(global, delete_names);
+  if (*status_cmd) return cli::ShowStatus(global, status);
+  if (*shutdown_cmd) return cli::ShutdownInstance(global);
+  return 2;
+}

@@ -1,0 +1,82 @@
+#pragma once
+
+// Deployment configuration: the options a user writes in a config file (YAML) for each
+// deployment, parsed into plain structs and checked against the rules every service relies on.
+//
+// Option names and defaults follow Ray Serve (see DESIGN.md, "Deployments"):
+//
+//   deployments:
+//     - name: hello
+//       route_prefix: /hello
+//       runtime: builtin:hello
+//       num_replicas: 1
+//       user_config: {message: "hello world"}
+//       resources: {num_cpus: 0.5, num_gpus: 0, my_accel: 1}
+//
+// Every error is a value whose message names the file, the 1-based line and the option, and
+// where it can, the fix: "config.yaml:4: deployment 'hello': num_replicas must be a whole
+// number, got 'two'".
+
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+
+namespace serve::config {
+
+// What one replica of a deployment needs from a node. `custom` holds any other key given under
+// `resources:` (an accelerator, say), by name.
+struct Resources {
+  double num_cpus = 1;
+  double num_gpus = 0;
+  std::map<std::string, double> custom;
+};
+
+struct Deployment {
+  std::string name;
+  std::string version;       // "" = not given.
+  std::string route_prefix;  // ParseConfig fills in "/" + name when the file does not give one.
+  std::string runtime;       // One of KnownRuntimes(), e.g. "builtin:hello".
+  int num_replicas = 1;
+  int max_concurrent_queries = 100;
+  // `user_config` as compact JSON text; "" = not given (an absent or null `user_config`).
+  std::string user_config_json;
+  double health_check_period_s = 10;
+  double health_check_timeout_s = 30;
+  double graceful_shutdown_wait_loop_s = 2;
+  double graceful_shutdown_timeout_s = 20;
+  Resources resources;
+};
+
+struct ConfigFile {
+  std::vector<Deployment> deployments;
+};
+
+// Parses a config file's text and checks it: every deployment with ValidateDeployment and the
+// set with ValidateDeployments. `source_name` (normally the file's path) starts every error
+// message. Never throws.
+//
+// Scalars in `user_config` keep the type YAML gives them (YAML 1.2 core schema): unquoted
+// true/false are booleans, 12 an integer, 1.5 or 1e3 a number, null/~ null; quoted text, block
+// text and words like `yes` or `on` stay strings.
+Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& source_name);
+
+// Reads the file at `path` and parses it with ParseConfig. An unreadable file is an error that
+// names the path and the reason (e.g. "No such file or directory").
+Result<ConfigFile> LoadConfigFile(const std::string& path);
+
+// Checks one deployment's values. The controller also calls this for deployments that arrive
+// over the bus, so messages make sense without a file:
+// "deployment 'x': num_replicas must be >= 0, got -1".
+Status ValidateDeployment(const Deployment& d);
+
+// Checks each deployment with ValidateDeployment, then the set as a whole: no two deployments
+// may share a name or a route_prefix. An empty set is valid.
+Status ValidateDeployments(const std::vector<Deployment>& ds);
+
+// The runtimes this build knows, in the order messages list them.
+const std::vector<std::string>& KnownRuntimes();
+
+}  // namespace serve::config

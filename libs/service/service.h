@@ -1,0 +1,82 @@
+#pragma once
+
+#include <uv.h>
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "bus/bus.h"
+#include "bus/flags.h"
+#include "bus/subjects.h"
+
+namespace serve::service {
+
+// Flags every service takes: how to reach the bus, and how to log.
+struct CommonFlags {
+  bus::Options bus;
+  std::string ns = "serve";
+  std::string log_format = "text";
+  std::string log_level = "info";
+};
+
+void AddCommonFlags(CLI::App& app, CommonFlags& flags);
+
+// Validates the namespace and installs the logger for `component`.
+Status Init(const CommonFlags& flags, const std::string& component);
+
+// Calls `on_signal` on the loop thread when SIGINT or SIGTERM arrives. Close() releases the
+// signal handles so the loop can end.
+class SignalWatcher {
+ public:
+  SignalWatcher(uv_loop_t* loop, std::function<void(int signal)> on_signal);
+  ~SignalWatcher();
+  void Close();
+
+ private:
+  std::function<void(int)> on_signal_;
+  uv_signal_t* sigint_ = nullptr;
+  uv_signal_t* sigterm_ = nullptr;
+};
+
+// A repeating timer owned by a service; closed (not just stopped) by Close() or destruction.
+class RepeatingTimer {
+ public:
+  RepeatingTimer(uv_loop_t* loop, double period_s, std::function<void()> on_tick);
+  ~RepeatingTimer();
+  void Close();
+
+ private:
+  std::function<void()> on_tick_;
+  uv_timer_t* timer_ = nullptr;
+};
+
+// Runs `fn` once on `loop` after `delay_s` unless cancelled first (by destroying the handle).
+class OneShotTimer {
+ public:
+  explicit OneShotTimer(uv_loop_t* loop);
+  ~OneShotTimer();
+  void Start(double delay_s, std::function<void()> fn);
+  void Stop();
+  bool active() const;
+
+ private:
+  std::function<void()> fn_;
+  uv_timer_t* timer_ = nullptr;
+};
+
+// A short random hex string for ids ("a3f9c2").
+std::string RandomHex(size_t length);
+
+// This machine's host name, for status tables (ids never depend on it).
+std::string HostName();
+
+// Milliseconds since the Unix epoch.
+int64_t UnixMillis();
+
+// Runs the loop until every handle is closed. Services end by closing their handles.
+int RunLoop(uv_loop_t* loop);
+
+}  // namespace serve::service

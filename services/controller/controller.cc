@@ -1,0 +1,344 @@
+#include "controller/controller.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+namespace serve::controller {
+namespace {
+
+constexpr char kStateKey[] = "controller/state";
+constexpr char kVersion[] = "0.1.0";
+
+}  // namespace
+
+Controller::Controller(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
+                       ControllerOptions options)
+    : loop_(loop),
+      bus_(bus),
+      subjects_(subjects),
+      options_(std::move(options)),
+      reconciler_(clock_, *this, options_.reconciler),
+      host_(service::HostName()),
+      started_ms_(service::UnixMillis()) {}
+
+Controller::~Controller() { Stop(); }
+
+void Controller::SetShutdownHandler(std::function<void()> on_shutdown) {
+  on_shutdown_ = std::move(on_shutdown);
+}
+
+void Controller::Subscribe(const std::string& subject,
+                           void (Controller::*handler)(bus::Message&)) {
+  Status status = bus_.Subscribe(subject, [this, handler](bus::Message& m) {
+    (this->*handler)(m);
+    Sync();
+  });
+  if (!status.ok()) spdlog::error("{}", status.message());
+}
+
+Status Controller::Start() {
+  Subscribe(subjects_.ctl_ping, &Controller::OnPing);
+  Subscribe(subjects_.ctl_status, &Controller::OnStatus);
+  Subscribe(subjects_.ctl_deploy, &Controller::OnDeploy);
+  Subscribe(subjects_.ctl_delete, &Controller::OnDelete);
+  Subscribe(subjects_.ctl_shutdown, &Controller::OnShutdown);
+  Subscribe(subjects_.ctl_routes, &Controller::OnRoutesRequest);
+  Subscribe(subjects_.hb_node, &Controller::OnNodeHeartbeat);
+  Subscribe(subjects_.hb_replica, &Controller::OnReplicaHeartbeat);
+  Subscribe(subjects_.hb_proxy, &Controller::OnProxyHeartbeat);
+  Subscribe(subjects_.node_exited, &Controller::OnReplicaExited);
+  load_retry_ = std::make_unique<service::OneShotTimer>(loop_);
+  LoadCheckpoint();
+  ticker_ = std::make_unique<service::RepeatingTimer>(loop_, options_.tick_s, [this] { Tick(); });
+  // Proxies that started first learn the (possibly empty) table now.
+  (void)bus_.Publish(subjects_.routes, RouteTableBytes());
+  return Status::Ok();
+}
+
+void Controller::Stop() {
+  ticker_.reset();
+  load_retry_.reset();
+}
+
+void Controller::LoadCheckpoint() {
+  wire::CheckpointGetT get;
+  get.key = kStateKey;
+  bus_.Request(subjects_.ckpt_get, wire::Pack(get), options_.request_timeout_s,
+               [this](Result<bus::Message> reply) {
+                 auto retry = [this](const std::string& why) {
+                   spdlog::warn("cannot load the checkpoint yet ({}); retrying", why);
+                   load_retry_->Start(1.0, [this] { LoadCheckpoint(); });
+                 };
+                 if (!reply.ok()) return retry(reply.error());
+                 auto got = wire::Unpack<wire::CheckpointGetReply>(reply->data);
+                 if (!got.ok()) return retry(got.error());
+                 if (!got->error.empty()) {
+                   // A corrupt checkpoint is left alone for a person to inspect; nothing is
+                   // written over it.
+                   spdlog::error("checkpoint unusable: {}", got->error);
+                   return retry(got->error);
+                 }
+                 if (got->found) {
+                   std::string data(got->data.begin(), got->data.end());
+                   auto state = wire::Unpack<wire::ControllerState>(data);
+                   if (!state.ok()) {
+                     spdlog::error("checkpoint unusable: {}", state.error());
+                     return retry(state.error());
+                   }
+                   std::vector<wire::DeploymentSpecT> specs;
+                   for (auto& spec : state->deployments) {
+                     if (spec != nullptr) specs.push_back(*spec);
+                   }
+                   reconciler_.Restore(specs);
+                   checkpoint_generation_ = got->generation;
+                   state->generation = 0;  // compared with desired state, which has none
+                   checkpointed_bytes_ = wire::Pack(*state);
+                   spdlog::info("restored {} deployments from checkpoint generation {}",
+                                specs.size(), got->generation);
+                 }
+                 loaded_ = true;
+                 Sync();
+               });
+}
+
+void Controller::Tick() {
+  if (!loaded_) return;
+  reconciler_.Step();
+  Sync();
+}
+
+void Controller::OnPing(bus::Message& message) {
+  auto request = wire::DecodeRequest<wire::PingRequest>(json_, message.data);
+  wire::PingReplyT reply;
+  if (!request.ok()) reply.error = request.error();
+  reply.namespace_ = subjects_.ns;
+  reply.controller_id = options_.controller_id;
+  reply.host = host_;
+  reply.pid = getpid();
+  reply.version = kVersion;
+  reply.started_ms = started_ms_;
+  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
+}
+
+void Controller::OnDeploy(bus::Message& message) {
+  auto request = wire::DecodeRequest<wire::DeployRequest>(json_, message.data);
+  wire::DeployReplyT reply;
+  bool json = request.ok() && request->json;
+  if (!request.ok()) {
+    reply.error = request.error();
+  } else if (!loaded_) {
+    reply.error = "the controller is still loading its checkpoint (is serve-checkpointer "
+                  "running?); try again in a moment";
+  } else {
+    std::vector<wire::DeploymentSpecT> specs;
+    for (auto& spec : request->value.deployments) {
+      if (spec != nullptr) specs.push_back(std::move(*spec));
+    }
+    auto results = reconciler_.Deploy(std::move(specs));
+    if (results.ok()) {
+      reply.results = *results;
+      for (const auto& line : *results) spdlog::info("deploy: {}", line);
+    } else {
+      reply.error = results.error();
+    }
+  }
+  if (!reply.error.empty()) spdlog::warn("deploy refused: {}", reply.error);
+  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, json));
+}
+
+void Controller::OnDelete(bus::Message& message) {
+  auto request = wire::DecodeRequest<wire::DeleteRequest>(json_, message.data);
+  wire::DeleteReplyT reply;
+  bool json = request.ok() && request->json;
+  if (!request.ok()) {
+    reply.error = request.error();
+  } else if (!loaded_) {
+    reply.error = "the controller is still loading its checkpoint; try again in a moment";
+  } else {
+    auto deleted = reconciler_.Delete(request->value.names);
+    if (deleted.ok()) {
+      reply.deleted = *deleted;
+      for (const auto& name : *deleted) spdlog::info("deleted deployment {}", name);
+    } else {
+      reply.error = deleted.error();
+    }
+  }
+  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, json));
+}
+
+void Controller::OnStatus(bus::Message& message) {
+  auto request = wire::DecodeRequest<wire::StatusRequest>(json_, message.data);
+  wire::StatusReplyT reply;
+  if (request.ok()) {
+    reply = reconciler_.Report(request->value.names);
+  } else {
+    reply.error = request.error();
+  }
+  reply.namespace_ = subjects_.ns;
+  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
+}
+
+void Controller::OnShutdown(bus::Message& message) {
+  auto request = wire::DecodeRequest<wire::ShutdownRequest>(json_, message.data);
+  wire::ShutdownReplyT reply;
+  if (!request.ok()) {
+    reply.error = request.error();
+    (void)bus_.Respond(message, wire::EncodeReply(json_, reply, false));
+    return;
+  }
+  spdlog::info("shutdown requested: telling every service of namespace {}", subjects_.ns);
+  wire::ShutdownNoticeT notice;
+  notice.reason = "serve shutdown";
+  (void)bus_.Publish(subjects_.shutdown, wire::Pack(notice));
+  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request->json));
+  if (on_shutdown_) on_shutdown_();
+}
+
+void Controller::OnRoutesRequest(bus::Message& message) {
+  (void)bus_.Respond(message, RouteTableBytes());
+}
+
+void Controller::OnNodeHeartbeat(bus::Message& message) {
+  auto heartbeat = wire::Unpack<wire::NodeHeartbeat>(message.data);
+  if (!heartbeat.ok()) {
+    spdlog::warn("dropped a node heartbeat: {}", heartbeat.error());
+    return;
+  }
+  if (loaded_) reconciler_.OnNodeHeartbeat(*heartbeat);
+}
+
+void Controller::OnReplicaHeartbeat(bus::Message& message) {
+  auto heartbeat = wire::Unpack<wire::ReplicaHeartbeat>(message.data);
+  if (!heartbeat.ok()) {
+    spdlog::warn("dropped a replica heartbeat: {}", heartbeat.error());
+    return;
+  }
+  if (loaded_) reconciler_.OnReplicaHeartbeat(*heartbeat);
+}
+
+void Controller::OnProxyHeartbeat(bus::Message& message) {
+  auto heartbeat = wire::Unpack<wire::ProxyHeartbeat>(message.data);
+  if (!heartbeat.ok()) {
+    spdlog::warn("dropped a proxy heartbeat: {}", heartbeat.error());
+    return;
+  }
+  reconciler_.OnProxyHeartbeat(*heartbeat);
+}
+
+void Controller::OnReplicaExited(bus::Message& message) {
+  auto exited = wire::Unpack<wire::ReplicaExited>(message.data);
+  if (!exited.ok()) {
+    spdlog::warn("dropped an exit report: {}", exited.error());
+    return;
+  }
+  if (loaded_) reconciler_.OnReplicaExited(*exited);
+}
+
+void Controller::StartReplica(const std::string& node_id, const std::string& replica_id,
+                              const wire::DeploymentSpecT& spec) {
+  wire::StartReplicaT order;
+  order.replica_id = replica_id;
+  order.spec = std::make_unique<wire::DeploymentSpecT>(spec);
+  spdlog::info("starting replica {} of {} on node {}", replica_id, spec.name, node_id);
+  bus_.Request(subjects_.NodeStart(node_id), wire::Pack(order), options_.request_timeout_s,
+               [this, replica_id](Result<bus::Message> reply) {
+                 Status result = Status::Ok();
+                 if (!reply.ok()) {
+                   result = reply.status();
+                 } else if (auto r = wire::Unpack<wire::StartReplicaReply>(reply->data); !r.ok()) {
+                   result = r.status();
+                 } else if (!r->error.empty()) {
+                   result = Status::Error(r->error);
+                 }
+                 reconciler_.OnStartResult(replica_id, result);
+                 Sync();
+               });
+}
+
+void Controller::StopReplica(const std::string& node_id, const std::string& replica_id) {
+  wire::StopReplicaT order;
+  order.replica_id = replica_id;
+  spdlog::info("stopping replica {} on node {}", replica_id, node_id);
+  bus_.Request(subjects_.NodeStop(node_id), wire::Pack(order), options_.request_timeout_s,
+               [replica_id, node_id](Result<bus::Message> reply) {
+                 if (!reply.ok()) {
+                   spdlog::warn("stop of replica {} on node {}: {}", replica_id, node_id,
+                                reply.error());
+                 }
+               });
+}
+
+void Controller::Event(const std::string& kind, const std::string& name, const std::string& state,
+                       const std::string& message) {
+  spdlog::info("{} {}: {}{}{}", kind, name, state, message.empty() ? "" : " - ", message);
+  wire::EventT event;
+  event.time_ms = service::UnixMillis();
+  event.kind = kind;
+  event.name = name;
+  event.state = state;
+  event.message = message;
+  (void)bus_.Publish(subjects_.events, wire::Pack(event));
+}
+
+std::string Controller::RouteTableBytes() {
+  wire::RouteTableT table = reconciler_.Routes();
+  table.generation = route_generation_;
+  table.controller_id = options_.controller_id;
+  return wire::Pack(table);
+}
+
+void Controller::Sync() {
+  if (!loaded_) return;
+  std::string routes = wire::Pack(reconciler_.Routes());
+  if (routes != published_routes_) {
+    published_routes_ = std::move(routes);
+    ++route_generation_;
+    (void)bus_.Publish(subjects_.routes, RouteTableBytes());
+  }
+  wire::ControllerStateT state;
+  for (auto& spec : reconciler_.Desired()) {
+    state.deployments.push_back(std::make_unique<wire::DeploymentSpecT>(std::move(spec)));
+  }
+  desired_bytes_ = wire::Pack(state);
+  WriteCheckpoint();
+}
+
+void Controller::WriteCheckpoint() {
+  if (checkpoint_in_flight_ || desired_bytes_ == checkpointed_bytes_) return;
+  if (clock_.Now() < checkpoint_retry_at_) return;
+  // The stored record carries the generation inside the state too, for people reading it.
+  auto state = wire::Unpack<wire::ControllerState>(desired_bytes_);
+  if (!state.ok()) return;
+  uint64_t generation = checkpoint_generation_ + 1;
+  state->generation = generation;
+  std::string written = desired_bytes_;
+  wire::CheckpointPutT put;
+  put.key = kStateKey;
+  put.generation = generation;
+  std::string data = wire::Pack(*state);
+  put.data.assign(data.begin(), data.end());
+  checkpoint_in_flight_ = true;
+  bus_.Request(subjects_.ckpt_put, wire::Pack(put), options_.request_timeout_s,
+               [this, generation, written](Result<bus::Message> reply) {
+                 checkpoint_in_flight_ = false;
+                 std::string error;
+                 if (!reply.ok()) {
+                   error = reply.error();
+                 } else if (auto r = wire::Unpack<wire::CheckpointPutReply>(reply->data); !r.ok()) {
+                   error = r.error();
+                 } else {
+                   error = r->error;
+                 }
+                 if (!error.empty()) {
+                   spdlog::warn("checkpoint write failed (will retry): {}", error);
+                   checkpoint_retry_at_ = clock_.Now() + 1.0;
+                   return;
+                 }
+                 checkpoint_generation_ = generation;
+                 checkpointed_bytes_ = written;
+                 spdlog::debug("checkpointed generation {}", generation);
+                 WriteCheckpoint();  // something may have changed meanwhile
+               });
+}
+
+}  // namespace serve::controller

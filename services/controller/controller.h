@@ -1,0 +1,93 @@
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "bus/bus.h"
+#include "bus/subjects.h"
+#include "controller/clock.h"
+#include "controller/reconciler.h"
+#include "service/service.h"
+#include "wire/codec.h"
+
+namespace serve::controller {
+
+struct ControllerOptions {
+  std::string controller_id;
+  double tick_s = 0.1;
+  // How long a bus request to a node or the checkpointer may take.
+  double request_timeout_s = 10;
+  ReconcilerOptions reconciler;
+};
+
+// The controller: answers the control plane, keeps the Reconciler fed with heartbeats and exit
+// reports, carries out its orders over the bus, publishes the route table whenever it changes,
+// and checkpoints the desired state after every change.
+class Controller : public ReconcilerActions {
+ public:
+  Controller(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
+             ControllerOptions options);
+  ~Controller() override;
+
+  // Loads the checkpoint (retrying until the checkpointer answers), then serves.
+  Status Start();
+  // Called once a shutdown was requested on the bus and everyone was told.
+  void SetShutdownHandler(std::function<void()> on_shutdown);
+  void Stop();
+
+  // ReconcilerActions
+  void StartReplica(const std::string& node_id, const std::string& replica_id,
+                    const wire::DeploymentSpecT& spec) override;
+  void StopReplica(const std::string& node_id, const std::string& replica_id) override;
+  void Event(const std::string& kind, const std::string& name, const std::string& state,
+             const std::string& message) override;
+
+ private:
+  void Subscribe(const std::string& subject, void (Controller::*handler)(bus::Message&));
+  void OnDeploy(bus::Message& message);
+  void OnDelete(bus::Message& message);
+  void OnStatus(bus::Message& message);
+  void OnPing(bus::Message& message);
+  void OnShutdown(bus::Message& message);
+  void OnRoutesRequest(bus::Message& message);
+  void OnNodeHeartbeat(bus::Message& message);
+  void OnReplicaHeartbeat(bus::Message& message);
+  void OnProxyHeartbeat(bus::Message& message);
+  void OnReplicaExited(bus::Message& message);
+
+  void LoadCheckpoint();
+  void Tick();
+  // Publishes routes and writes the checkpoint if either changed.
+  void Sync();
+  void WriteCheckpoint();
+  std::string RouteTableBytes();
+
+  uv_loop_t* loop_;
+  bus::Bus& bus_;
+  const bus::Subjects& subjects_;
+  ControllerOptions options_;
+  SteadyClock clock_;
+  Reconciler reconciler_;
+  wire::JsonCodec json_;
+  std::string host_;
+  int64_t started_ms_;
+
+  bool loaded_ = false;  // the checkpoint was read (or found empty)
+  std::unique_ptr<service::OneShotTimer> load_retry_;
+  std::unique_ptr<service::RepeatingTimer> ticker_;
+  std::function<void()> on_shutdown_;
+
+  uint64_t route_generation_ = 0;
+  std::string published_routes_;  // the last route table published, without its generation
+
+  uint64_t checkpoint_generation_ = 0;
+  std::string desired_bytes_;        // the desired state now
+  std::string checkpointed_bytes_;   // what the store holds
+  bool checkpoint_in_flight_ = false;
+  double checkpoint_retry_at_ = 0;
+};
+
+}  // namespace serve::controller

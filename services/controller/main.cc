@@ -1,0 +1,68 @@
+// serve-controller: desired state, placement, health verdicts and the route table for one
+// namespace. Exactly one runs per namespace.
+#include <spdlog/spdlog.h>
+
+#include "controller/controller.h"
+#include "service/service.h"
+
+using namespace serve;
+
+int main(int argc, char** argv) {
+  CLI::App app{"serve-controller: keeps the deployments of one namespace as asked"};
+  service::CommonFlags flags;
+  controller::ControllerOptions options;
+  service::AddCommonFlags(app, flags);
+  app.add_option("--controller-id", options.controller_id, "Id (default: controller-<random>)");
+  app.add_option("--adoption-grace-s", options.reconciler.adoption_grace_s,
+                 "After a restart, wait this long for running replicas to be reported before "
+                 "starting new ones")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  Status init = service::Init(flags, "controller");
+  if (!init.ok()) {
+    fprintf(stderr, "serve-controller: %s\n", init.message().c_str());
+    return 2;
+  }
+  if (options.controller_id.empty()) options.controller_id = "controller-" + service::RandomHex(6);
+  if (options.reconciler.adoption_grace_s == 0) options.reconciler.adoption_grace_s = 2.5;
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  flags.bus.name = "serve-controller";
+  auto bus = bus::Bus::Connect(&loop, flags.bus);
+  if (!bus.ok()) {
+    fprintf(stderr, "serve-controller: %s\n", bus.error().c_str());
+    return 2;
+  }
+  bus::Subjects subjects(flags.ns);
+
+  // One controller per namespace: ask whether one already answers before taking over.
+  {
+    uv_timer_t wait;
+    uv_timer_init(&loop, &wait);
+    uv_timer_start(&wait, [](uv_timer_t*) {}, 50, 50);
+    while (!(*bus)->connected()) uv_run(&loop, UV_RUN_ONCE);
+    uv_close(reinterpret_cast<uv_handle_t*>(&wait), nullptr);
+    auto live = bus::RequestAndWait(&loop, **bus, subjects.ctl_ping, "{}", 1.0);
+    if (live.ok()) {
+      fprintf(stderr,
+              "serve-controller: a controller is already running for namespace '%s': %s\n"
+              "Stop it first (serve shutdown), or use another --namespace.\n",
+              flags.ns.c_str(), live->data.c_str());
+      return 1;
+    }
+  }
+
+  controller::Controller controller(&loop, **bus, subjects, options);
+  std::unique_ptr<service::SignalWatcher> signals;
+  auto stop = [&] {
+    controller.Stop();
+    signals->Close();
+    (*bus)->Close();
+  };
+  signals = std::make_unique<service::SignalWatcher>(&loop, [&](int) { stop(); });
+  controller.SetShutdownHandler(stop);
+  (void)controller.Start();
+  spdlog::info("controller {} ready for namespace {}", options.controller_id, flags.ns);
+  return service::RunLoop(&loop);
+}

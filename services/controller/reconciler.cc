@@ -1,0 +1,707 @@
+#include "controller/reconciler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "config/spec.h"
+#include "wire/codec.h"
+
+namespace serve::controller {
+namespace {
+
+using wire::DeploymentState;
+using wire::ReplicaState;
+
+bool Serving(ReplicaState state) {
+  return state == ReplicaState::PENDING || state == ReplicaState::STARTING ||
+         state == ReplicaState::RUNNING;
+}
+
+std::string FormatAmount(double amount) {
+  char text[32];
+  snprintf(text, sizeof(text), "%g", amount);
+  return text;
+}
+
+wire::ResourcesT ResourcesOf(const wire::DeploymentSpecT& spec) {
+  return spec.resources != nullptr ? *spec.resources : wire::ResourcesT{};
+}
+
+double CustomAmount(const wire::ResourcesT& resources, const std::string& name) {
+  for (const auto& r : resources.custom) {
+    if (r != nullptr && r->name == name) return r->amount;
+  }
+  return 0;
+}
+
+// What must match for a running replica to count as up to date: the whole spec except the
+// replica count.
+std::string Fingerprint(const wire::DeploymentSpecT& spec) {
+  wire::DeploymentSpecT copy = spec;
+  copy.num_replicas = 0;
+  return ShortHash(wire::Pack(copy));
+}
+
+// What a derived version covers: the code. Options that change in place do not count.
+std::string DerivedVersion(const wire::DeploymentSpecT& spec) {
+  return "auto-" + ShortHash(spec.runtime).substr(0, 8);
+}
+
+}  // namespace
+
+std::string ShortHash(const std::string& bytes) {
+  uint64_t hash = 14695981039346656037ull;  // FNV-1a
+  for (unsigned char c : bytes) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  char text[17];
+  snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(hash));
+  return text;
+}
+
+Reconciler::Reconciler(const Clock& clock, ReconcilerActions& actions, ReconcilerOptions options)
+    : clock_(clock),
+      actions_(actions),
+      options_(options),
+      started_at_(clock.Now()),
+      // Replica ids stay unique across controller restarts: a random part plus a counter.
+      id_prefix_(ShortHash(std::to_string(std::random_device{}())).substr(0, 4)) {}
+
+Status Reconciler::Admit(wire::DeploymentSpecT& spec) const {
+  if (spec.route_prefix.empty() && !spec.name.empty()) spec.route_prefix = "/" + spec.name;
+  if (spec.resources == nullptr) spec.resources = std::make_unique<wire::ResourcesT>();
+  Status valid = config::ValidateDeployment(config::FromSpec(spec));
+  if (!valid.ok()) return valid;
+  for (const auto& [name, other] : deployments_) {
+    if (name != spec.name && other.spec.route_prefix == spec.route_prefix) {
+      return Status::Error("deployment '" + spec.name + "': route_prefix " + spec.route_prefix +
+                           " is already used by deployment '" + name +
+                           "'; choose another route_prefix or delete '" + name + "' first");
+    }
+  }
+  auto existing = deployments_.find(spec.name);
+  if (!spec.version.empty() && existing != deployments_.end() &&
+      existing->second.spec.version == spec.version &&
+      existing->second.spec.runtime != spec.runtime) {
+    return Status::Error("deployment '" + spec.name + "': version '" + spec.version +
+                         "' is already deployed with runtime " + existing->second.spec.runtime +
+                         "; give the new code a new version");
+  }
+  if (spec.version.empty()) spec.version = DerivedVersion(spec);
+  return Status::Ok();
+}
+
+Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::DeploymentSpecT> specs) {
+  if (specs.empty()) return Status::Error("deploy request lists no deployments");
+  std::set<std::string> names;
+  std::map<std::string, std::string> routes;
+  for (auto& spec : specs) {
+    Status admitted = Admit(spec);
+    if (!admitted.ok()) return admitted;
+    if (!names.insert(spec.name).second) {
+      return Status::Error("deployment '" + spec.name + "' is listed twice");
+    }
+    auto [it, inserted] = routes.emplace(spec.route_prefix, spec.name);
+    if (!inserted) {
+      return Status::Error("deployments '" + it->second + "' and '" + spec.name +
+                           "' both use route_prefix " + spec.route_prefix);
+    }
+  }
+  std::vector<std::string> results;
+  for (auto& spec : specs) {
+    std::string fingerprint = Fingerprint(spec);
+    auto it = deployments_.find(spec.name);
+    std::string outcome;
+    if (it == deployments_.end()) {
+      outcome = "created";
+    } else if (it->second.fingerprint == fingerprint &&
+               it->second.spec.num_replicas == spec.num_replicas) {
+      results.push_back(spec.name + ": unchanged");
+      continue;
+    } else if (it->second.fingerprint == fingerprint) {
+      outcome = "scaled from " + std::to_string(it->second.spec.num_replicas) + " to " +
+                std::to_string(spec.num_replicas) + " replicas";
+    } else {
+      outcome = it->second.spec.version == spec.version
+                    ? "updated"
+                    : "updating from version " + it->second.spec.version + " to " + spec.version;
+    }
+    Deployment& d = deployments_[spec.name];
+    d.spec = std::move(spec);
+    d.fingerprint = fingerprint;
+    d.reached_target = false;
+    d.start_failures = 0;
+    d.next_start_after = 0;
+    d.last_failure.clear();
+    d.state = DeploymentState::UPDATING;
+    d.message = outcome;
+    actions_.Event("deployment", d.spec.name, "UPDATING", outcome);
+    results.push_back(d.spec.name + ": " + outcome);
+  }
+  Step();
+  return results;
+}
+
+Result<std::vector<std::string>> Reconciler::Delete(const std::vector<std::string>& names) {
+  if (names.empty()) return Status::Error("delete request names no deployment");
+  for (const auto& name : names) {
+    if (deployments_.count(name) == 0) {
+      std::string known;
+      for (const auto& [n, d] : deployments_) known += (known.empty() ? "" : ", ") + n;
+      return Status::Error("no deployment named '" + name + "'" +
+                           (known.empty() ? " (nothing is deployed)" : "; deployed: " + known));
+    }
+  }
+  std::vector<std::string> deleted;
+  for (const auto& name : names) {
+    deployments_.erase(name);
+    for (auto& [id, replica] : replicas_) {
+      if (replica.deployment == name && replica.state != ReplicaState::STOPPING) {
+        StopAndForget(replica, "deployment deleted");
+      }
+    }
+    actions_.Event("deployment", name, "DELETED", "");
+    deleted.push_back(name);
+  }
+  std::erase_if(replicas_, [](const auto& entry) { return entry.second.node.empty() &&
+                                                          entry.second.state ==
+                                                              ReplicaState::STOPPING; });
+  return deleted;
+}
+
+void Reconciler::Restore(const std::vector<wire::DeploymentSpecT>& specs) {
+  for (const auto& spec : specs) {
+    Deployment& d = deployments_[spec.name];
+    d.spec = spec;
+    d.fingerprint = Fingerprint(spec);
+    d.message = "restored from the checkpoint";
+  }
+  started_at_ = clock_.Now();
+}
+
+void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
+  if (heartbeat.node_id.empty()) return;
+  double now = clock_.Now();
+  auto [it, inserted] = nodes_.try_emplace(heartbeat.node_id);
+  Node& node = it->second;
+  if (inserted || !node.healthy) {
+    actions_.Event("node", heartbeat.node_id, "HEALTHY", inserted ? "registered" : "back");
+  }
+  node.id = heartbeat.node_id;
+  node.host = heartbeat.host;
+  node.capacity = heartbeat.resources != nullptr ? *heartbeat.resources : wire::ResourcesT{};
+  node.period_s = heartbeat.period_s > 0 ? heartbeat.period_s : 1;
+  node.last_seen = now;
+  node.healthy = true;
+
+  std::set<std::string> reported;
+  for (const auto& r : heartbeat.replicas) {
+    if (r == nullptr) continue;
+    reported.insert(r->id);
+    auto known = replicas_.find(r->id);
+    if (known == replicas_.end()) {
+      AdoptOrStop(node.id, *r);
+    } else if (known->second.node != node.id) {
+      actions_.StopReplica(node.id, r->id);  // placed elsewhere since: this copy is stale
+    }
+  }
+  // A worker this node no longer runs is gone, even if its exit report was lost. Give a fresh
+  // start time to show up first.
+  for (auto& [id, replica] : replicas_) {
+    if (replica.node != node.id || reported.count(id) > 0) continue;
+    if (replica.state == ReplicaState::STOPPING) {
+      replica.node.clear();  // finished stopping
+      continue;
+    }
+    if ((replica.state == ReplicaState::STARTING || replica.state == ReplicaState::RUNNING) &&
+        now - replica.state_since > 2 * node.period_s + 1) {
+      std::string deployment = replica.deployment;
+      bool was_running = replica.ever_running;
+      SetReplicaState(replica, ReplicaState::UNHEALTHY, "no longer running on node " + node.id);
+      replica.node.clear();
+      if (!was_running) RecordStartFailure(deployment, "replica " + id + " vanished from its node");
+    }
+  }
+  std::erase_if(replicas_, [](const auto& entry) {
+    return entry.second.node.empty() && (entry.second.state == ReplicaState::STOPPING ||
+                                         entry.second.state == ReplicaState::UNHEALTHY);
+  });
+}
+
+void Reconciler::AdoptOrStop(const std::string& node_id, const wire::NodeReplicaT& reported) {
+  auto it = deployments_.find(reported.deployment);
+  if (it != deployments_.end() && it->second.spec.version == reported.version) {
+    Deployment& d = it->second;
+    int serving = 0;
+    for (const auto& [id, r] : replicas_) {
+      if (r.deployment == d.spec.name && r.fingerprint == d.fingerprint && Serving(r.state)) {
+        ++serving;
+      }
+    }
+    if (serving < d.spec.num_replicas) {
+      Replica& replica = replicas_[reported.id];
+      replica.id = reported.id;
+      replica.deployment = d.spec.name;
+      replica.node = node_id;
+      replica.fingerprint = d.fingerprint;
+      replica.version = reported.version;
+      replica.resources = ResourcesOf(d.spec);
+      replica.last_heartbeat = clock_.Now();
+      replica.ever_running = true;
+      SetReplicaState(replica, ReplicaState::RUNNING, "adopted after a controller restart");
+      return;
+    }
+  }
+  actions_.StopReplica(node_id, reported.id);
+}
+
+void Reconciler::OnReplicaHeartbeat(const wire::ReplicaHeartbeatT& heartbeat) {
+  auto it = replicas_.find(heartbeat.replica_id);
+  if (it == replicas_.end()) return;  // node heartbeats decide on unknown replicas
+  Replica& replica = it->second;
+  replica.last_heartbeat = clock_.Now();
+  if (replica.state == ReplicaState::STARTING && heartbeat.healthy) {
+    replica.ever_running = true;
+    SetReplicaState(replica, ReplicaState::RUNNING, "");
+    auto d = deployments_.find(replica.deployment);
+    if (d != deployments_.end()) {
+      d->second.start_failures = 0;
+      d->second.last_failure.clear();
+    }
+  }
+}
+
+void Reconciler::OnProxyHeartbeat(const wire::ProxyHeartbeatT& heartbeat) {
+  if (heartbeat.proxy_id.empty()) return;
+  auto [it, inserted] = proxies_.try_emplace(heartbeat.proxy_id);
+  Proxy& proxy = it->second;
+  if (inserted || !proxy.healthy) {
+    actions_.Event("proxy", heartbeat.proxy_id, "HEALTHY", heartbeat.address);
+  }
+  proxy.id = heartbeat.proxy_id;
+  proxy.address = heartbeat.address;
+  proxy.period_s = heartbeat.period_s > 0 ? heartbeat.period_s : 1;
+  proxy.last_seen = clock_.Now();
+  proxy.healthy = true;
+}
+
+void Reconciler::OnReplicaExited(const wire::ReplicaExitedT& exited) {
+  auto it = replicas_.find(exited.replica_id);
+  if (it == replicas_.end()) return;
+  Replica& replica = it->second;
+  if (replica.state != ReplicaState::STOPPING) {
+    std::string deployment = replica.deployment;
+    bool was_running = replica.ever_running;
+    actions_.Event("replica", replica.id, "UNHEALTHY", exited.message);
+    if (!was_running) RecordStartFailure(deployment, exited.message);
+  }
+  replicas_.erase(it);
+}
+
+void Reconciler::OnStartResult(const std::string& replica_id, const Status& result) {
+  if (result.ok()) return;
+  auto it = replicas_.find(replica_id);
+  if (it == replicas_.end()) return;
+  std::string deployment = it->second.deployment;
+  std::string why = "node " + it->second.node + " could not start replica " + replica_id + ": " +
+                    result.message();
+  actions_.Event("replica", replica_id, "UNHEALTHY", why);
+  replicas_.erase(it);
+  RecordStartFailure(deployment, why);
+}
+
+void Reconciler::RecordStartFailure(const std::string& deployment, const std::string& why) {
+  auto it = deployments_.find(deployment);
+  if (it == deployments_.end()) return;
+  Deployment& d = it->second;
+  ++d.start_failures;
+  d.last_failure = why;
+  double backoff = std::min(options_.max_backoff_s, 0.5 * std::pow(2.0, d.start_failures - 1));
+  d.next_start_after = clock_.Now() + backoff;
+}
+
+void Reconciler::SetReplicaState(Replica& replica, wire::ReplicaState state,
+                                 const std::string& message) {
+  if (replica.state != state || replica.message != message) {
+    actions_.Event("replica", replica.id, wire::EnumNameReplicaState(state), message);
+  }
+  replica.state = state;
+  replica.message = message;
+  replica.state_since = clock_.Now();
+}
+
+void Reconciler::StopAndForget(Replica& replica, const std::string& why) {
+  if (replica.node.empty()) {
+    // Never placed: nothing runs, so it simply goes.
+    replica.state = ReplicaState::STOPPING;
+    return;
+  }
+  SetReplicaState(replica, ReplicaState::STOPPING, why);
+  actions_.StopReplica(replica.node, replica.id);
+}
+
+void Reconciler::Step() {
+  CheckLiveness();
+  bool adopting = clock_.Now() - started_at_ < options_.adoption_grace_s;
+  if (!adopting) {
+    for (auto& [name, deployment] : deployments_) ReconcileDeployment(deployment);
+    std::erase_if(replicas_, [](const auto& entry) {
+      return entry.second.node.empty() && entry.second.state == ReplicaState::STOPPING;
+    });
+    PlacePending();
+  }
+  for (auto& [name, deployment] : deployments_) UpdateDeploymentState(deployment);
+}
+
+void Reconciler::CheckLiveness() {
+  double now = clock_.Now();
+  for (auto& [id, node] : nodes_) {
+    if (node.healthy && now - node.last_seen > options_.missed_heartbeats * node.period_s + 0.5) {
+      node.healthy = false;
+      actions_.Event("node", id, "UNHEALTHY", "no heartbeat for " +
+                                                  FormatAmount(now - node.last_seen) + " s");
+      for (auto& [rid, replica] : replicas_) {
+        if (replica.node != id) continue;
+        bool was_running = replica.ever_running;
+        std::string deployment = replica.deployment;
+        bool stopping = replica.state == ReplicaState::STOPPING;
+        SetReplicaState(replica, ReplicaState::UNHEALTHY, "its node " + id + " was lost");
+        replica.node.clear();
+        replica.state = ReplicaState::STOPPING;  // dropped below; the node is gone
+        if (!was_running && !stopping) RecordStartFailure(deployment, "node " + id + " was lost");
+      }
+    }
+  }
+  for (auto& [id, proxy] : proxies_) {
+    if (proxy.healthy && now - proxy.last_seen > options_.missed_heartbeats * proxy.period_s + 0.5) {
+      proxy.healthy = false;
+      actions_.Event("proxy", id, "UNHEALTHY", "no heartbeat");
+    }
+  }
+  std::vector<std::string> timed_out;
+  for (auto& [id, replica] : replicas_) {
+    auto d = deployments_.find(replica.deployment);
+    double health_timeout = d != deployments_.end() ? d->second.spec.health_check_timeout_s : 30;
+    double grace = d != deployments_.end() ? d->second.spec.graceful_shutdown_timeout_s : 20;
+    if (replica.state == ReplicaState::STARTING &&
+        now - replica.state_since > options_.start_timeout_s) {
+      timed_out.push_back(id);
+      RecordStartFailure(replica.deployment,
+                         "replica " + id + " did not report healthy within " +
+                             FormatAmount(options_.start_timeout_s) + " s of its start");
+      StopAndForget(replica, "did not start in time");
+    } else if (replica.state == ReplicaState::RUNNING &&
+               now - replica.last_heartbeat > health_timeout) {
+      SetReplicaState(replica, ReplicaState::UNHEALTHY,
+                      "no heartbeat for " + FormatAmount(now - replica.last_heartbeat) + " s");
+      StopAndForget(replica, "no heartbeat");
+    } else if (replica.state == ReplicaState::STOPPING && now - replica.state_since > grace + 10) {
+      replica.node.clear();  // its node never confirmed: give up on it
+    }
+  }
+}
+
+std::vector<Reconciler::Replica*> Reconciler::ReplicasOf(const std::string& deployment) {
+  std::vector<Replica*> out;
+  for (auto& [id, replica] : replicas_) {
+    if (replica.deployment == deployment) out.push_back(&replica);
+  }
+  return out;
+}
+
+void Reconciler::ReconcileDeployment(Deployment& d) {
+  double now = clock_.Now();
+  std::vector<Replica*> current, old;
+  for (Replica* r : ReplicasOf(d.spec.name)) {
+    if (!Serving(r->state)) continue;
+    (r->fingerprint == d.fingerprint ? current : old).push_back(r);
+  }
+  int target = d.spec.num_replicas;
+  bool failed = d.start_failures >= options_.max_start_failures;
+
+  // Too many: stop the ones that serve least first (pending, then starting, then the newest).
+  if (static_cast<int>(current.size()) > target) {
+    std::sort(current.begin(), current.end(), [](const Replica* a, const Replica* b) {
+      if (a->state != b->state) return a->state < b->state;  // PENDING < STARTING < RUNNING
+      return a->state_since > b->state_since;
+    });
+    for (size_t i = 0; i < current.size() - static_cast<size_t>(target); ++i) {
+      StopAndForget(*current[i], "scaled down");
+    }
+    current.resize(static_cast<size_t>(target));
+  }
+  // Too few: add pending replicas, unless start failures are backing off or gave up.
+  if (static_cast<int>(current.size()) < target && !failed && now >= d.next_start_after) {
+    int missing = target - static_cast<int>(current.size());
+    for (int i = 0; i < missing; ++i) {
+      std::string id = NewReplicaId(d.spec.name);
+      Replica& replica = replicas_[id];
+      replica.id = id;
+      replica.deployment = d.spec.name;
+      replica.fingerprint = d.fingerprint;
+      replica.version = d.spec.version;
+      replica.resources = ResourcesOf(d.spec);
+      SetReplicaState(replica, ReplicaState::PENDING, "waiting for placement");
+      current.push_back(&replica);
+    }
+  }
+  // Old versions: keep only as many running as the new version still lacks.
+  int running_current = 0;
+  bool current_blocked = false;
+  for (Replica* r : current) {
+    if (r->state == ReplicaState::RUNNING) ++running_current;
+    if (r->state == ReplicaState::PENDING) current_blocked = true;
+  }
+  int keep = std::max(0, target - running_current);
+  std::sort(old.begin(), old.end(), [](const Replica* a, const Replica* b) {
+    if (a->state != b->state) return a->state > b->state;  // RUNNING first
+    return a->state_since < b->state_since;
+  });
+  bool stopping_old = false;
+  for (const auto& [id, r] : replicas_) {
+    if (r.deployment == d.spec.name && r.fingerprint != d.fingerprint &&
+        r.state == ReplicaState::STOPPING && !r.node.empty()) {
+      stopping_old = true;
+    }
+  }
+  Replica* last_kept = nullptr;
+  for (size_t i = 0; i < old.size(); ++i) {
+    Replica* r = old[i];
+    if (r->state == ReplicaState::RUNNING && static_cast<int>(i) < keep) {
+      last_kept = r;
+    } else {
+      StopAndForget(*r, "replaced by version " + d.spec.version);
+    }
+  }
+  // A new replica waiting for room gets it from an old one, one at a time.
+  if (current_blocked && !stopping_old && last_kept != nullptr) {
+    StopAndForget(*last_kept, "making room for version " + d.spec.version);
+  }
+}
+
+void Reconciler::PlacePending() {
+  for (auto& [id, replica] : replicas_) {
+    if (replica.state != ReplicaState::PENDING) continue;
+    auto d = deployments_.find(replica.deployment);
+    if (d == deployments_.end()) continue;
+    Node* best = nullptr;
+    int best_same = 0;
+    double best_free = 0;
+    for (auto& [node_id, node] : nodes_) {
+      if (!node.healthy || !Fits(node, replica.resources)) continue;
+      int same = 0;
+      for (const auto& [rid, r] : replicas_) {
+        if (r.node == node_id && r.deployment == replica.deployment) ++same;
+      }
+      double free = FreeCpus(node);
+      if (best == nullptr || same < best_same || (same == best_same && free > best_free)) {
+        best = &node;
+        best_same = same;
+        best_free = free;
+      }
+    }
+    if (best == nullptr) {
+      std::string why = Shortfall(replica.resources);
+      d->second.pending_reason = why;
+      if (replica.message != why) SetReplicaState(replica, ReplicaState::PENDING, why);
+      continue;
+    }
+    replica.node = best->id;
+    SetReplicaState(replica, ReplicaState::STARTING, "starting on node " + best->id);
+    wire::DeploymentSpecT spec = d->second.spec;
+    actions_.StartReplica(best->id, id, spec);
+  }
+}
+
+double Reconciler::FreeCpus(const Node& node) const {
+  double used = 0;
+  for (const auto& [id, r] : replicas_) {
+    if (r.node == node.id) used += r.resources.num_cpus;
+  }
+  return node.capacity.num_cpus - used;
+}
+
+bool Reconciler::Fits(const Node& node, const wire::ResourcesT& need) const {
+  double cpus = 0, gpus = 0;
+  std::map<std::string, double> custom;
+  for (const auto& [id, r] : replicas_) {
+    if (r.node != node.id) continue;
+    cpus += r.resources.num_cpus;
+    gpus += r.resources.num_gpus;
+    for (const auto& c : r.resources.custom) {
+      if (c != nullptr) custom[c->name] += c->amount;
+    }
+  }
+  constexpr double kEpsilon = 1e-9;
+  if (cpus + need.num_cpus > node.capacity.num_cpus + kEpsilon) return false;
+  if (gpus + need.num_gpus > node.capacity.num_gpus + kEpsilon) return false;
+  for (const auto& c : need.custom) {
+    if (c == nullptr || c->amount <= 0) continue;
+    if (custom[c->name] + c->amount > CustomAmount(node.capacity, c->name) + kEpsilon) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string Reconciler::Shortfall(const wire::ResourcesT& need) const {
+  size_t healthy = 0;
+  for (const auto& [id, node] : nodes_) healthy += node.healthy ? 1 : 0;
+  if (healthy == 0) {
+    return "no node is available: start a node agent (serve-replica) on this namespace";
+  }
+  // Name the first resource that no node has enough of, and whether any node ever could.
+  auto check = [&](const std::string& name, double amount, auto capacity_of) -> std::string {
+    if (amount <= 0) return "";
+    double most_capacity = 0;
+    bool any_fits = false;
+    for (const auto& [id, node] : nodes_) {
+      if (!node.healthy) continue;
+      most_capacity = std::max(most_capacity, capacity_of(node.capacity));
+      if (Fits(node, need)) any_fits = true;
+    }
+    if (most_capacity + 1e-9 < amount) {
+      return "needs " + name + "=" + FormatAmount(amount) + " but no node has that much (largest: " +
+             FormatAmount(most_capacity) + "); lower the request or add a node that has it";
+    }
+    if (!any_fits) {
+      return "waiting for resources: needs " + name + "=" + FormatAmount(amount) +
+             " and every node that has it is full";
+    }
+    return "";
+  };
+  std::string why = check("num_cpus", need.num_cpus, [](const wire::ResourcesT& c) {
+    return c.num_cpus;
+  });
+  if (why.empty()) {
+    why = check("num_gpus", need.num_gpus, [](const wire::ResourcesT& c) { return c.num_gpus; });
+  }
+  for (const auto& c : need.custom) {
+    if (!why.empty() || c == nullptr) break;
+    std::string name = c->name;
+    why = check(name, c->amount,
+                [&name](const wire::ResourcesT& cap) { return CustomAmount(cap, name); });
+  }
+  return why.empty() ? "waiting for resources" : why;
+}
+
+void Reconciler::UpdateDeploymentState(Deployment& d) {
+  int target = d.spec.num_replicas;
+  int running = 0, running_current = 0, others = 0;
+  bool pending = false;
+  for (const auto& [id, r] : replicas_) {
+    if (r.deployment != d.spec.name) continue;
+    if (r.state == ReplicaState::RUNNING) {
+      ++running;
+      if (r.fingerprint == d.fingerprint) ++running_current;
+    }
+    if (r.fingerprint != d.fingerprint && Serving(r.state)) ++others;
+    if (r.state == ReplicaState::PENDING) pending = true;
+  }
+  DeploymentState state;
+  std::string message;
+  std::string count = std::to_string(running_current) + "/" + std::to_string(target) +
+                      " replicas running at version " + d.spec.version;
+  if (d.start_failures >= options_.max_start_failures && running_current < target) {
+    state = DeploymentState::DEPLOY_FAILED;
+    message = std::to_string(d.start_failures) + " replica starts failed in a row; last: " +
+              d.last_failure + " (fix it and deploy again)";
+  } else if (running_current == target && others == 0) {
+    state = DeploymentState::HEALTHY;
+    message = target == 0 ? "scaled to zero replicas: requests get 503" : count;
+    d.reached_target = true;
+  } else {
+    state = d.reached_target ? DeploymentState::UNHEALTHY : DeploymentState::UPDATING;
+    message = count;
+    if (pending && !d.pending_reason.empty()) message += "; " + d.pending_reason;
+    if (!d.last_failure.empty()) message += "; last failure: " + d.last_failure;
+  }
+  if (!pending) d.pending_reason.clear();
+  if (state != d.state) {
+    actions_.Event("deployment", d.spec.name, wire::EnumNameDeploymentState(state), message);
+  }
+  d.state = state;
+  d.message = message;
+  (void)running;
+}
+
+std::string Reconciler::NewReplicaId(const std::string& deployment) {
+  return deployment + "-" + id_prefix_ + std::to_string(++replica_counter_);
+}
+
+wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) const {
+  wire::StatusReplyT reply;
+  double now = clock_.Now();
+  for (const auto& [name, d] : deployments_) {
+    if (!names.empty() && std::find(names.begin(), names.end(), name) == names.end()) continue;
+    auto status = std::make_unique<wire::DeploymentStatusT>();
+    status->name = name;
+    status->status = d.state;
+    status->message = d.message;
+    status->version = d.spec.version;
+    status->route_prefix = d.spec.route_prefix;
+    status->runtime = d.spec.runtime;
+    status->num_replicas = d.spec.num_replicas;
+    for (const auto& [id, r] : replicas_) {
+      if (r.deployment != name) continue;
+      auto replica = std::make_unique<wire::ReplicaStatusT>();
+      replica->id = id;
+      replica->state = r.state;
+      replica->node = r.node;
+      replica->version = r.version;
+      replica->message = r.message;
+      status->replicas.push_back(std::move(replica));
+    }
+    reply.deployments.push_back(std::move(status));
+  }
+  for (const auto& [id, node] : nodes_) {
+    auto status = std::make_unique<wire::NodeStatusT>();
+    status->id = id;
+    status->state = node.healthy ? wire::MemberState::HEALTHY : wire::MemberState::UNHEALTHY;
+    status->host = node.host;
+    status->last_seen_s = now - node.last_seen;
+    status->num_cpus = node.capacity.num_cpus;
+    status->num_gpus = node.capacity.num_gpus;
+    for (const auto& [rid, r] : replicas_) status->replicas += r.node == id ? 1 : 0;
+    if (!node.healthy) status->message = "no heartbeat";
+    reply.nodes.push_back(std::move(status));
+  }
+  for (const auto& [id, proxy] : proxies_) {
+    auto status = std::make_unique<wire::ProxyStatusT>();
+    status->id = id;
+    status->state = proxy.healthy ? wire::MemberState::HEALTHY : wire::MemberState::UNHEALTHY;
+    status->address = proxy.address;
+    status->last_seen_s = now - proxy.last_seen;
+    reply.proxies.push_back(std::move(status));
+  }
+  return reply;
+}
+
+wire::RouteTableT Reconciler::Routes() const {
+  wire::RouteTableT table;
+  for (const auto& [name, d] : deployments_) {
+    auto route = std::make_unique<wire::RouteT>();
+    route->route_prefix = d.spec.route_prefix;
+    route->deployment = name;
+    for (const auto& [id, r] : replicas_) {
+      if (r.deployment != name || r.state != ReplicaState::RUNNING) continue;
+      auto replica = std::make_unique<wire::RouteReplicaT>();
+      replica->id = id;
+      replica->max_concurrent_queries = d.spec.max_concurrent_queries;
+      route->replicas.push_back(std::move(replica));
+    }
+    table.routes.push_back(std::move(route));
+  }
+  return table;
+}
+
+std::vector<wire::DeploymentSpecT> Reconciler::Desired() const {
+  std::vector<wire::DeploymentSpecT> specs;
+  for (const auto& [name, d] : deployments_) specs.push_back(d.spec);
+  return specs;
+}
+
+}  // namespace serve::controller

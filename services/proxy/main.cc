@@ -1,0 +1,66 @@
+// serve-proxy: HTTP ingress for one node.
+#include <spdlog/spdlog.h>
+
+#include "proxy/proxy.h"
+#include "service/service.h"
+
+using namespace serve;
+
+int main(int argc, char** argv) {
+  CLI::App app{"serve-proxy: routes HTTP requests to replicas over the bus"};
+  service::CommonFlags flags;
+  proxy::ProxyOptions options;
+  options.http.port = 8000;
+  service::AddCommonFlags(app, flags);
+  app.add_option("--proxy-id", options.proxy_id, "Id (default: proxy-<random>)");
+  app.add_option("--http-host", options.http.host, "Address to listen on")
+      ->envname("SERVE_HTTP_HOST")
+      ->capture_default_str();
+  app.add_option("--http-port", options.http.port, "Port to listen on")
+      ->envname("SERVE_HTTP_PORT")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--request-timeout-s", options.request_timeout_s,
+                 "How long a replica may take before the client gets 504")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-body-bytes", options.http.max_body_bytes, "Largest request body (413)")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  Status init = service::Init(flags, "proxy");
+  if (!init.ok()) {
+    fprintf(stderr, "serve-proxy: %s\n", init.message().c_str());
+    return 2;
+  }
+  if (options.proxy_id.empty()) options.proxy_id = "proxy-" + service::RandomHex(6);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  flags.bus.name = "serve-proxy " + options.proxy_id;
+  auto bus = bus::Bus::Connect(&loop, flags.bus);
+  if (!bus.ok()) {
+    fprintf(stderr, "serve-proxy: %s\n", bus.error().c_str());
+    return 2;
+  }
+  bus::Subjects subjects(flags.ns);
+  proxy::Proxy proxy(&loop, **bus, subjects, options);
+  Status started = proxy.Start();
+  if (!started.ok()) {
+    fprintf(stderr, "serve-proxy: %s\n", started.message().c_str());
+    return 2;
+  }
+  std::unique_ptr<service::SignalWatcher> signals;
+  bool stopping = false;
+  auto stop = [&] {
+    if (stopping) return;
+    stopping = true;
+    signals->Close();
+    proxy.Stop([&] { (*bus)->Close(); });
+  };
+  signals = std::make_unique<service::SignalWatcher>(&loop, [&](int) { stop(); });
+  (void)(*bus)->Subscribe(subjects.shutdown, [&](bus::Message&) {
+    spdlog::info("shutdown requested on the bus");
+    stop();
+  });
+  return service::RunLoop(&loop);
+}

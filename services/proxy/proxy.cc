@@ -1,0 +1,265 @@
+#include "proxy/proxy.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include "wire/codec.h"
+
+namespace serve::proxy {
+namespace {
+
+http::Response TextResponse(int status, std::string body) {
+  http::Response response;
+  response.status = status;
+  response.headers.push_back({"Content-Type", "text/plain; charset=utf-8"});
+  response.body = std::move(body);
+  response.body += "\n";
+  return response;
+}
+
+std::string EncodeRequest(const http::Request& request, const std::string& request_id) {
+  flatbuffers::FlatBufferBuilder fbb(request.body.size() + request.target.size() + 512);
+  std::vector<flatbuffers::Offset<wire::Header>> headers;
+  headers.reserve(request.headers.size());
+  for (const auto& header : request.headers) {
+    headers.push_back(
+        wire::CreateHeader(fbb, fbb.CreateString(header.name), fbb.CreateString(header.value)));
+  }
+  auto id = fbb.CreateString(request_id);
+  auto method = fbb.CreateString(request.method);
+  auto path = fbb.CreateString(request.path);
+  auto query = fbb.CreateString(request.query);
+  auto header_vector = fbb.CreateVector(headers);
+  auto body = fbb.CreateVector(reinterpret_cast<const uint8_t*>(request.body.data()),
+                               request.body.size());
+  wire::HttpRequestBuilder builder(fbb);
+  builder.add_request_id(id);
+  builder.add_method(method);
+  builder.add_path(path);
+  builder.add_query(query);
+  builder.add_headers(header_vector);
+  builder.add_body(body);
+  return wire::Finish(fbb, builder.Finish());
+}
+
+}  // namespace
+
+// One HTTP request on its way through the proxy.
+struct Proxy::Call {
+  http::Responder responder;
+  std::string request_id;
+  std::string deployment;
+  std::string route_prefix;
+  std::string encoded;  // the HttpRequest FlatBuffer, built once, sent to each replica tried
+  std::set<std::string> tried;
+  int attempts = 0;
+  bool head = false;
+};
+
+Proxy::Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, ProxyOptions options)
+    : loop_(loop),
+      bus_(bus),
+      subjects_(subjects),
+      options_(std::move(options)),
+      router_(subjects.ns),
+      request_id_prefix_(service::RandomHex(8)) {}
+
+Proxy::~Proxy() = default;
+
+Status Proxy::Start() {
+  server_ = std::make_unique<http::Server>(
+      loop_, options_.http,
+      [this](http::Request&& request, http::Responder responder) {
+        OnHttp(std::move(request), std::move(responder));
+      });
+  Status listening = server_->Listen();
+  if (!listening.ok()) {
+    return Status::Error(listening.message() + "; the proxy's address is set with --http-host "
+                         "and --http-port");
+  }
+  Status subscribed = bus_.Subscribe(subjects_.routes, [this](bus::Message& m) {
+    OnRouteTable(m.data);
+  });
+  if (!subscribed.ok()) return subscribed;
+  // After a reconnect the controller may have published while this proxy was away.
+  bus_.SetConnectionListener([this](bool connected) {
+    if (connected) RequestRoutes();
+  });
+  routes_retry_ = std::make_unique<service::OneShotTimer>(loop_);
+  RequestRoutes();
+  SendHeartbeat();
+  heartbeat_ = std::make_unique<service::RepeatingTimer>(loop_, options_.heartbeat_period_s,
+                                                         [this] { SendHeartbeat(); });
+  spdlog::info("proxy {} listening on http://{}:{}", options_.proxy_id, options_.http.host,
+               server_->port());
+  return Status::Ok();
+}
+
+void Proxy::Stop(std::function<void()> on_closed) {
+  heartbeat_.reset();
+  routes_retry_.reset();
+  if (server_ != nullptr) {
+    server_->Close(std::move(on_closed));
+  } else if (on_closed) {
+    on_closed();
+  }
+}
+
+void Proxy::RequestRoutes() {
+  bus_.Request(subjects_.ctl_routes, "{}", 2.0, [this](Result<bus::Message> reply) {
+    if (reply.ok()) {
+      OnRouteTable(reply->data);
+      return;
+    }
+    spdlog::log(have_routes_ ? spdlog::level::debug : spdlog::level::warn,
+                "cannot get the route table yet ({}); retrying", reply.error());
+    if (routes_retry_ != nullptr) routes_retry_->Start(1.0, [this] { RequestRoutes(); });
+  });
+}
+
+void Proxy::OnRouteTable(const std::string& bytes) {
+  auto table = wire::Verify<wire::RouteTable>(bytes);
+  if (!table.ok()) {
+    spdlog::warn("ignored a route table: {}", table.error());
+    return;
+  }
+  if (router_.Update(**table)) {
+    have_routes_ = true;
+    spdlog::info("routes (generation {}): {}", router_.generation(), router_.RoutesJson());
+  }
+}
+
+void Proxy::SendHeartbeat() {
+  wire::ProxyHeartbeatT heartbeat;
+  heartbeat.proxy_id = options_.proxy_id;
+  heartbeat.address = options_.http.host + ":" + std::to_string(port());
+  heartbeat.pid = getpid();
+  heartbeat.period_s = options_.heartbeat_period_s;
+  (void)bus_.Publish(subjects_.hb_proxy, wire::Pack(heartbeat));
+}
+
+void Proxy::OnHttp(http::Request&& request, http::Responder responder) {
+  if (request.path == "/-/healthz") {
+    responder.Send(TextResponse(200, "success"));
+    return;
+  }
+  if (request.path == "/-/routes") {
+    http::Response response;
+    response.headers.push_back({"Content-Type", "application/json"});
+    response.body = router_.RoutesJson();
+    responder.Send(std::move(response));
+    return;
+  }
+  auto call = std::make_shared<Call>();
+  const std::string* given_id = request.FindHeader("X-Request-ID");
+  if (given_id != nullptr && !given_id->empty() && given_id->size() <= 128) {
+    call->request_id = *given_id;
+  } else {
+    call->request_id = request_id_prefix_ + "-" + std::to_string(++request_counter_);
+  }
+  call->responder = std::move(responder);
+  const Route* route = router_.Lookup(request.path);
+  if (route == nullptr) {
+    Finish(call, TextResponse(404, "no route for " + request.path +
+                                       "; GET /-/routes lists the routes this proxy serves"));
+    return;
+  }
+  call->deployment = route->deployment;
+  call->route_prefix = route->prefix;
+  call->head = request.method == "HEAD";
+  call->encoded = EncodeRequest(request, call->request_id);
+  Attempt(call);
+}
+
+void Proxy::Attempt(const std::shared_ptr<Call>& call) {
+  const Route* route = router_.Lookup(call->route_prefix);
+  if (route == nullptr || route->deployment != call->deployment) {
+    Finish(call, TextResponse(503, "deployment " + call->deployment + " was removed"));
+    return;
+  }
+  if (route->replicas.empty()) {
+    Finish(call, TextResponse(503, "deployment " + call->deployment +
+                                       " has no running replica right now (starting, updating "
+                                       "or scaled to zero); `serve status` tells which"));
+    return;
+  }
+  bool all_full = false;
+  const ReplicaTarget* target = router_.Pick(*route, call->tried, &all_full);
+  if (target == nullptr) {
+    Finish(call, all_full ? TextResponse(503, "every replica of " + call->deployment +
+                                                  " is at max_concurrent_queries; retry later "
+                                                  "or add replicas")
+                          : TextResponse(502, "no replica of " + call->deployment +
+                                                  " could take the request"));
+    return;
+  }
+  ++call->attempts;
+  call->tried.insert(target->id);
+  std::string replica_id = target->id;
+  router_.Acquire(replica_id);
+  bus_.Request(
+      target->subject, call->encoded, options_.request_timeout_s,
+      [this, call, replica_id](Result<bus::Message> reply) {
+        router_.Release(replica_id);
+        if (!reply.ok()) {
+          bool gone = reply.error().rfind("nothing listens", 0) == 0;
+          if (gone && call->attempts < options_.max_attempts) {
+            spdlog::debug("[{}] replica {} is gone; trying another", call->request_id,
+                          replica_id);
+            Attempt(call);
+            return;
+          }
+          if (gone) {
+            Finish(call, TextResponse(502, "replica " + replica_id + " of " + call->deployment +
+                                               " is gone and no other could take the request"));
+          } else if (reply.error().find("in time") != std::string::npos) {
+            Finish(call, TextResponse(504, "replica " + replica_id + " of " + call->deployment +
+                                               " did not answer within " +
+                                               std::to_string(static_cast<int>(
+                                                   options_.request_timeout_s)) +
+                                               " s"));
+          } else {
+            Finish(call, TextResponse(502, "request to replica " + replica_id + " failed: " +
+                                               reply.error()));
+          }
+          return;
+        }
+        auto answer = wire::Verify<wire::HttpResponse>(reply->data);
+        if (!answer.ok()) {
+          Finish(call, TextResponse(502, "replica " + replica_id +
+                                             " sent an unreadable answer: " + answer.error()));
+          return;
+        }
+        const wire::HttpResponse& r = **answer;
+        if (r.error() != nullptr && r.error()->size() > 0) {
+          spdlog::warn("[{}] replica {}: {}", call->request_id, replica_id, r.error()->str());
+          Finish(call, TextResponse(r.status() >= 500 ? r.status() : 502, r.error()->str()));
+          return;
+        }
+        http::Response response;
+        response.status = r.status();
+        if (r.headers() != nullptr) {
+          response.headers.reserve(r.headers()->size() + 1);
+          for (const auto* h : *r.headers()) {
+            if (h == nullptr || h->name() == nullptr) continue;
+            response.headers.push_back(
+                {h->name()->str(), h->value() == nullptr ? "" : h->value()->str()});
+          }
+        }
+        if (r.body() != nullptr && !call->head) {
+          response.body.assign(reinterpret_cast<const char*>(r.body()->data()), r.body()->size());
+        }
+        Finish(call, std::move(response));
+      });
+}
+
+void Proxy::Finish(const std::shared_ptr<Call>& call, http::Response response) {
+  response.headers.push_back({"X-Request-ID", call->request_id});
+  if (response.status >= 500) {
+    spdlog::warn("[{}] {} {}: {}", call->request_id, call->deployment, response.status,
+                 response.body.substr(0, response.body.find('\n')));
+  }
+  call->responder.Send(std::move(response));
+}
+
+}  // namespace serve::proxy

@@ -1,0 +1,63 @@
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+
+#include "bus/bus.h"
+#include "bus/subjects.h"
+#include "http/server.h"
+#include "proxy/router.h"
+#include "service/service.h"
+
+namespace serve::proxy {
+
+struct ProxyOptions {
+  std::string proxy_id;
+  http::ServerOptions http;
+  // How long a replica may take to answer before the client gets 504.
+  double request_timeout_s = 60;
+  // Tries on other replicas when the chosen one is gone before it took the request.
+  int max_attempts = 3;
+  double heartbeat_period_s = 1;
+};
+
+// HTTP ingress: routes each request by longest prefix to a replica of the matched deployment,
+// over the bus, and writes the replica's answer back.
+class Proxy {
+ public:
+  Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, ProxyOptions options);
+  ~Proxy();
+
+  // Listens, asks the controller for the route table and follows its updates.
+  Status Start();
+  void Stop(std::function<void()> on_closed);
+
+  int port() const { return server_ != nullptr ? server_->port() : 0; }
+  const Router& router() const { return router_; }
+
+ private:
+  struct Call;
+
+  void OnHttp(http::Request&& request, http::Responder responder);
+  void Attempt(const std::shared_ptr<Call>& call);
+  void Finish(const std::shared_ptr<Call>& call, http::Response response);
+  void OnRouteTable(const std::string& bytes);
+  void RequestRoutes();
+  void SendHeartbeat();
+
+  uv_loop_t* loop_;
+  bus::Bus& bus_;
+  const bus::Subjects& subjects_;
+  ProxyOptions options_;
+  Router router_;
+  std::unique_ptr<http::Server> server_;
+  std::unique_ptr<service::RepeatingTimer> heartbeat_;
+  std::unique_ptr<service::OneShotTimer> routes_retry_;
+  bool have_routes_ = false;
+  uint64_t request_counter_ = 0;
+  std::string request_id_prefix_;
+};
+
+}  // namespace serve::proxy

@@ -1,0 +1,201 @@
+// serve-replica: the node agent, or (`serve-replica worker ...`, started by the agent) one
+// replica worker process.
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+#include "replica/node_agent.h"
+#include "replica/worker.h"
+#include "service/service.h"
+#include "wire/codec.h"
+
+namespace {
+
+using namespace serve;
+
+std::string SelfExe() {
+  char path[4096];
+  ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  return n > 0 ? std::string(path, static_cast<size_t>(n)) : "serve-replica";
+}
+
+void WriteError(const std::string& path, const std::string& error) {
+  if (path.empty()) return;
+  std::ofstream out(path, std::ios::trunc);
+  out << error << "\n";
+}
+
+int RunWorker(int argc, char** argv) {
+  CLI::App app{"serve-replica worker: one replica (started by the node agent)"};
+  service::CommonFlags flags;
+  std::string replica_id, node_id, spec_path, error_file;
+  int agent_pid = 0;
+  service::AddCommonFlags(app, flags);
+  app.add_option("--replica-id", replica_id)->required();
+  app.add_option("--node-id", node_id)->required();
+  app.add_option("--spec", spec_path)->required();
+  app.add_option("--error-file", error_file);
+  app.add_option("--agent-pid", agent_pid);
+  CLI11_PARSE(app, argc, argv);
+
+  // A worker never outlives its node agent.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (agent_pid > 0 && getppid() != agent_pid) return 1;
+
+  Status init = service::Init(flags, "replica " + replica_id);
+  if (!init.ok()) {
+    WriteError(error_file, init.message());
+    return 2;
+  }
+  std::ifstream in(spec_path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto spec = wire::Unpack<wire::DeploymentSpec>(bytes);
+  if (!spec.ok()) {
+    WriteError(error_file, "cannot read the replica spec " + spec_path + ": " + spec.error());
+    return 2;
+  }
+  replica::ReplicaIdentity identity{replica_id, spec->name, spec->version};
+  auto runtime = replica::MakeRuntime(*spec, identity);
+  if (!runtime.ok()) {
+    spdlog::error("{}", runtime.error());
+    WriteError(error_file, runtime.error());
+    return 3;
+  }
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  flags.bus.name = "serve-replica " + replica_id;
+  auto bus = bus::Bus::Connect(&loop, flags.bus);
+  if (!bus.ok()) {
+    WriteError(error_file, bus.error());
+    return 2;
+  }
+  bus::Subjects subjects(flags.ns);
+  replica::WorkerOptions options{replica_id, node_id, *spec, spec->version};
+  auto worker = std::make_unique<replica::ReplicaWorker>(&loop, **bus, subjects,
+                                                         std::move(options), std::move(*runtime));
+  Status started = worker->Start();
+  if (!started.ok()) {
+    WriteError(error_file, started.message());
+    return 2;
+  }
+  service::SignalWatcher signals(&loop, [&](int) {
+    worker->Drain([&] {
+      signals.Close();
+      (*bus)->Close();
+    });
+  });
+  service::RunLoop(&loop);
+  worker.reset();
+  return 0;
+}
+
+int RunAgent(int argc, char** argv) {
+  CLI::App app{"serve-replica: the node agent that runs replica worker processes"};
+  service::CommonFlags flags;
+  replica::NodeAgentOptions options;
+  std::string resources_json;
+  options.num_cpus = std::max(1u, std::thread::hardware_concurrency());
+  service::AddCommonFlags(app, flags);
+  app.add_option("--node-id", options.node_id, "Node id (default: node-<random>)")
+      ->envname("SERVE_NODE_ID");
+  app.add_option("--num-cpus", options.num_cpus, "CPUs this node offers to replicas")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--num-gpus", options.num_gpus, "GPUs this node offers to replicas")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--resources", resources_json, "Custom resources as JSON: '{\"name\": 2}'");
+  app.add_option("--work-dir", options.work_dir,
+                 "Where replica specs live (default: ~/.serve/<namespace>/nodes/<node-id>)")
+      ->envname("SERVE_NODE_WORK_DIR");
+  app.add_option("--heartbeat-period-s", options.heartbeat_period_s)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
+
+  Status init = service::Init(flags, "node");
+  if (!init.ok()) {
+    fprintf(stderr, "serve-replica: %s\n", init.message().c_str());
+    return 2;
+  }
+  if (!resources_json.empty()) {
+    auto parsed = nlohmann::json::parse(resources_json, nullptr, false);
+    if (!parsed.is_object()) {
+      fprintf(stderr, "serve-replica: --resources must be a JSON object like '{\"tpu\": 2}'\n");
+      return 2;
+    }
+    for (auto& [name, amount] : parsed.items()) {
+      if (!amount.is_number() || amount.get<double>() < 0) {
+        fprintf(stderr, "serve-replica: --resources: '%s' must be a non-negative number\n",
+                name.c_str());
+        return 2;
+      }
+      options.custom_resources[name] = amount.get<double>();
+    }
+  }
+  if (options.node_id.empty()) options.node_id = "node-" + service::RandomHex(6);
+  if (options.work_dir.empty()) {
+    const char* home = getenv("HOME");
+    options.work_dir = std::string(home ? home : "/tmp") + "/.serve/" + flags.ns + "/nodes/" +
+                       options.node_id;
+  }
+  options.worker_exe = SelfExe();
+  // Workers reach the same bus as their agent, however the agent was told about it.
+  options.worker_env = {{"SERVE_ADDRESS", flags.bus.url},
+                        {"SERVE_NAMESPACE", flags.ns},
+                        {"SERVE_LOG_FORMAT", flags.log_format},
+                        {"SERVE_LOG_LEVEL", flags.log_level}};
+  if (!flags.bus.user.empty()) options.worker_env["SERVE_NATS_USER"] = flags.bus.user;
+  if (!flags.bus.password.empty()) options.worker_env["SERVE_NATS_PASSWORD"] = flags.bus.password;
+  if (!flags.bus.token.empty()) options.worker_env["SERVE_NATS_TOKEN"] = flags.bus.token;
+  if (!flags.bus.creds_file.empty()) options.worker_env["SERVE_NATS_CREDS"] = flags.bus.creds_file;
+  if (!flags.bus.tls_ca.empty()) options.worker_env["SERVE_NATS_TLS_CA"] = flags.bus.tls_ca;
+  if (!flags.bus.tls_cert.empty()) options.worker_env["SERVE_NATS_TLS_CERT"] = flags.bus.tls_cert;
+  if (!flags.bus.tls_key.empty()) options.worker_env["SERVE_NATS_TLS_KEY"] = flags.bus.tls_key;
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  flags.bus.name = "serve-replica " + options.node_id;
+  auto bus = bus::Bus::Connect(&loop, flags.bus);
+  if (!bus.ok()) {
+    fprintf(stderr, "serve-replica: %s\n", bus.error().c_str());
+    return 2;
+  }
+  bus::Subjects subjects(flags.ns);
+  auto agent = std::make_unique<replica::NodeAgent>(&loop, **bus, subjects, options);
+  Status started = agent->Start();
+  if (!started.ok()) {
+    fprintf(stderr, "serve-replica: %s\n", started.message().c_str());
+    return 2;
+  }
+  std::unique_ptr<service::SignalWatcher> signals;
+  auto shutdown = [&] {
+    agent->Shutdown([&] {
+      signals->Close();
+      (*bus)->Close();
+    });
+  };
+  signals = std::make_unique<service::SignalWatcher>(&loop, [&](int) { shutdown(); });
+  Status subscribed = (*bus)->Subscribe(subjects.shutdown, [&](bus::Message&) {
+    spdlog::info("shutdown requested on the bus");
+    shutdown();
+  });
+  if (!subscribed.ok()) spdlog::warn("{}", subscribed.message());
+  service::RunLoop(&loop);
+  agent.reset();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "worker") return RunWorker(argc - 1, argv + 1);
+  return RunAgent(argc, argv);
+}

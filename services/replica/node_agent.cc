@@ -1,0 +1,283 @@
+#include "replica/node_agent.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "wire/codec.h"
+
+extern char** environ;
+
+namespace serve::replica {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Replica ids become file names and subjects: refuse anything else outright.
+bool SafeId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > 2000) text = "..." + text.substr(text.size() - 2000);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+}  // namespace
+
+NodeAgent::NodeAgent(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
+                     NodeAgentOptions options)
+    : loop_(loop),
+      bus_(bus),
+      subjects_(subjects),
+      options_(std::move(options)),
+      host_(service::HostName()) {}
+
+NodeAgent::~NodeAgent() {
+  // Workers die with their agent (PR_SET_PDEATHSIG); make it explicit for an orderly exit.
+  for (auto& [id, worker] : workers_) {
+    if (worker->pid > 0) kill(worker->pid, SIGKILL);
+  }
+}
+
+Status NodeAgent::Start() {
+  std::error_code ec;
+  fs::create_directories(fs::path(options_.work_dir) / "replicas", ec);
+  if (ec) {
+    return Status::Error("cannot create the node's work directory " + options_.work_dir + ": " +
+                         ec.message());
+  }
+  Status status = bus_.Subscribe(subjects_.NodeStart(options_.node_id),
+                                 [this](bus::Message& m) { OnStart(m); });
+  if (!status.ok()) return status;
+  status = bus_.Subscribe(subjects_.NodeStop(options_.node_id),
+                          [this](bus::Message& m) { OnStop(m); });
+  if (!status.ok()) return status;
+  SendHeartbeat();
+  heartbeat_ = std::make_unique<service::RepeatingTimer>(loop_, options_.heartbeat_period_s,
+                                                         [this] { SendHeartbeat(); });
+  spdlog::info("node {} ready: {} CPUs, {} GPUs, work dir {}", options_.node_id,
+               options_.num_cpus, options_.num_gpus, options_.work_dir);
+  return Status::Ok();
+}
+
+void NodeAgent::OnStart(bus::Message& message) {
+  auto order = wire::Unpack<wire::StartReplica>(message.data);
+  wire::StartReplicaReplyT reply;
+  if (!order.ok()) {
+    reply.error = order.error();
+  } else if (shutdown_done_) {
+    reply.error = "node " + options_.node_id + " is shutting down";
+  } else if (!SafeId(order->replica_id) || order->spec == nullptr) {
+    reply.error = "start order needs a replica_id of letters, digits, '-' and '_' and a spec";
+  } else if (auto it = workers_.find(order->replica_id); it != workers_.end()) {
+    reply.pid = it->second->pid;  // already running: starting is idempotent
+  } else {
+    auto pid = Spawn(*order);
+    if (pid.ok()) {
+      reply.pid = *pid;
+    } else {
+      reply.error = pid.error();
+    }
+  }
+  if (!reply.error.empty()) spdlog::warn("start refused: {}", reply.error);
+  (void)bus_.Respond(message, wire::Pack(reply));
+}
+
+Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
+  const std::string& id = order.replica_id;
+  std::string base = (fs::path(options_.work_dir) / "replicas" / id).string();
+  std::string spec_path = base + ".spec";
+  {
+    std::ofstream out(spec_path, std::ios::binary | std::ios::trunc);
+    std::string bytes = wire::Pack(*order.spec);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) return Status::Error("cannot write " + spec_path);
+  }
+  auto worker = std::make_unique<Worker>();
+  worker->agent = this;
+  worker->replica_id = id;
+  worker->deployment = order.spec->name;
+  worker->version = order.spec->version;
+  worker->error_file = base + ".error";
+  worker->graceful_timeout_s = order.spec->graceful_shutdown_timeout_s;
+  fs::remove(worker->error_file);
+
+  std::vector<std::string> args = {options_.worker_exe, "worker",   "--replica-id",
+                                   id,                  "--node-id", options_.node_id,
+                                   "--spec",            spec_path,   "--error-file",
+                                   worker->error_file,  "--agent-pid", std::to_string(getpid())};
+  std::vector<char*> argv;
+  for (auto& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry(*e);
+    std::string key = entry.substr(0, entry.find('='));
+    if (options_.worker_env.count(key) == 0) env_strings.push_back(entry);
+  }
+  for (auto& [key, value] : options_.worker_env) env_strings.push_back(key + "=" + value);
+  std::vector<char*> envp;
+  for (auto& entry : env_strings) envp.push_back(entry.data());
+  envp.push_back(nullptr);
+
+  uv_stdio_container_t stdio[3];
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = 1;
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = 2;
+
+  uv_process_options_t spawn{};
+  spawn.file = options_.worker_exe.c_str();
+  spawn.args = argv.data();
+  spawn.env = envp.data();
+  spawn.stdio = stdio;
+  spawn.stdio_count = 3;
+  spawn.exit_cb = [](uv_process_t* process, int64_t exit_status, int term_signal) {
+    auto* worker = static_cast<Worker*>(process->data);
+    worker->agent->OnWorkerExit(worker, exit_status, term_signal);
+  };
+  worker->process.data = worker.get();
+  int rc = uv_spawn(loop_, &worker->process, &spawn);
+  if (rc != 0) {
+    // A failed spawn still initialised the handle; it must be closed before it is freed.
+    Worker* raw = worker.release();
+    uv_close(reinterpret_cast<uv_handle_t*>(&raw->process),
+             [](uv_handle_t* h) { delete static_cast<Worker*>(h->data); });
+    return Status::Error("cannot start a worker process (" + options_.worker_exe +
+                         "): " + uv_strerror(rc));
+  }
+  worker->pid = worker->process.pid;
+  int pid = worker->pid;
+  spdlog::info("started replica {} of {} as pid {}", id, worker->deployment, pid);
+  workers_[id] = std::move(worker);
+  SendHeartbeat();
+  return pid;
+}
+
+void NodeAgent::OnStop(bus::Message& message) {
+  auto order = wire::Unpack<wire::StopReplica>(message.data);
+  wire::StopReplicaReplyT reply;
+  if (!order.ok()) {
+    reply.error = order.error();
+  } else if (auto it = workers_.find(order->replica_id); it != workers_.end()) {
+    StopWorker(*it->second);
+  }
+  // Stopping a replica this node does not run is not an error: it is already stopped.
+  (void)bus_.Respond(message, wire::Pack(reply));
+}
+
+void NodeAgent::StopWorker(Worker& worker) {
+  if (worker.stopping || worker.pid <= 0) return;
+  worker.stopping = true;
+  spdlog::info("stopping replica {} (pid {})", worker.replica_id, worker.pid);
+  kill(worker.pid, SIGTERM);
+  worker.kill_timer = std::make_unique<service::OneShotTimer>(loop_);
+  Worker* target = &worker;
+  worker.kill_timer->Start(worker.graceful_timeout_s + 1, [target] {
+    if (target->pid > 0) {
+      spdlog::warn("replica {} did not stop within its grace period; killing it",
+                   target->replica_id);
+      kill(target->pid, SIGKILL);
+    }
+  });
+}
+
+void NodeAgent::OnWorkerExit(Worker* worker, int64_t exit_status, int term_signal) {
+  wire::ReplicaExitedT exited;
+  exited.node_id = options_.node_id;
+  exited.replica_id = worker->replica_id;
+  exited.exit_code = static_cast<int>(exit_status);
+  exited.term_signal = term_signal;
+  std::string detail = ReadSmallFile(worker->error_file);
+  if (worker->stopping && exit_status == 0) {
+    exited.message = "stopped";
+  } else if (term_signal != 0) {
+    exited.message = "worker killed by signal " + std::to_string(term_signal) + " (" +
+                     strsignal(term_signal) + ")";
+  } else {
+    exited.message = "worker exited with code " + std::to_string(exit_status);
+  }
+  if (!detail.empty()) exited.message += ": " + detail;
+  spdlog::log(worker->stopping ? spdlog::level::info : spdlog::level::warn,
+              "replica {} (pid {}): {}", worker->replica_id, worker->pid, exited.message);
+  (void)bus_.Publish(subjects_.node_exited, wire::Pack(exited));
+
+  worker->pid = 0;
+  worker->kill_timer.reset();
+  auto it = workers_.find(worker->replica_id);
+  Worker* raw = it->second.release();
+  workers_.erase(it);
+  uv_close(reinterpret_cast<uv_handle_t*>(&raw->process),
+           [](uv_handle_t* h) { delete static_cast<Worker*>(h->data); });
+  SendHeartbeat();
+  MaybeFinishShutdown();
+}
+
+void NodeAgent::SendHeartbeat() {
+  wire::NodeHeartbeatT heartbeat;
+  heartbeat.node_id = options_.node_id;
+  heartbeat.host = host_;
+  heartbeat.pid = getpid();
+  heartbeat.period_s = options_.heartbeat_period_s;
+  heartbeat.resources = std::make_unique<wire::ResourcesT>();
+  heartbeat.resources->num_cpus = options_.num_cpus;
+  heartbeat.resources->num_gpus = options_.num_gpus;
+  for (const auto& [name, amount] : options_.custom_resources) {
+    auto resource = std::make_unique<wire::CustomResourceT>();
+    resource->name = name;
+    resource->amount = amount;
+    heartbeat.resources->custom.push_back(std::move(resource));
+  }
+  for (const auto& [id, worker] : workers_) {
+    auto replica = std::make_unique<wire::NodeReplicaT>();
+    replica->id = id;
+    replica->deployment = worker->deployment;
+    replica->version = worker->version;
+    replica->pid = worker->pid;
+    heartbeat.replicas.push_back(std::move(replica));
+  }
+  (void)bus_.Publish(subjects_.hb_node, wire::Pack(heartbeat));
+}
+
+void NodeAgent::Shutdown(std::function<void()> done) {
+  if (shutdown_done_) return;
+  shutdown_done_ = std::move(done);
+  heartbeat_.reset();
+  double longest_grace = 0;
+  for (auto& [id, worker] : workers_) {
+    longest_grace = std::max(longest_grace, worker->graceful_timeout_s);
+    StopWorker(*worker);
+  }
+  shutdown_deadline_ = std::make_unique<service::OneShotTimer>(loop_);
+  shutdown_deadline_->Start(longest_grace + 2, [this] {
+    for (auto& [id, worker] : workers_) {
+      if (worker->pid > 0) kill(worker->pid, SIGKILL);
+    }
+  });
+  MaybeFinishShutdown();
+}
+
+void NodeAgent::MaybeFinishShutdown() {
+  if (!shutdown_done_ || !workers_.empty()) return;
+  shutdown_deadline_.reset();
+  auto done = std::move(shutdown_done_);
+  shutdown_done_ = [] {};  // stays set: the agent is shut down
+  done();
+}
+
+}  // namespace serve::replica

@@ -1,0 +1,78 @@
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "bus/bus.h"
+#include "bus/subjects.h"
+#include "service/service.h"
+#include "wire/serve_generated.h"
+
+namespace serve::replica {
+
+struct NodeAgentOptions {
+  std::string node_id;
+  double num_cpus = 1;
+  double num_gpus = 0;
+  std::map<std::string, double> custom_resources;
+  std::string work_dir;       // replica specs and error files live here
+  std::string worker_exe;     // this executable; workers run `<exe> worker ...`
+  double heartbeat_period_s = 1;
+  // Extra environment for workers (bus address, namespace, credentials).
+  std::map<std::string, std::string> worker_env;
+};
+
+// The node agent: registers the node (its heartbeat carries its resources), starts one worker
+// process per replica on the controller's order, stops it on order, and reports at once when
+// a worker exits.
+class NodeAgent {
+ public:
+  NodeAgent(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
+            NodeAgentOptions options);
+  ~NodeAgent();
+
+  Status Start();
+  // Stops every worker (SIGTERM, then SIGKILL after the grace period) and calls `done` once
+  // all have exited.
+  void Shutdown(std::function<void()> done);
+
+  size_t worker_count() const { return workers_.size(); }
+
+ private:
+  struct Worker {
+    NodeAgent* agent = nullptr;
+    std::string replica_id;
+    std::string deployment;
+    std::string version;
+    std::string error_file;
+    double graceful_timeout_s = 20;
+    uv_process_t process{};
+    int pid = 0;
+    bool stopping = false;
+    std::unique_ptr<service::OneShotTimer> kill_timer;
+  };
+
+  void OnStart(bus::Message& message);
+  void OnStop(bus::Message& message);
+  Result<int> Spawn(const wire::StartReplicaT& order);
+  void StopWorker(Worker& worker);
+  void OnWorkerExit(Worker* worker, int64_t exit_status, int term_signal);
+  void SendHeartbeat();
+  void MaybeFinishShutdown();
+
+  uv_loop_t* loop_;
+  bus::Bus& bus_;
+  const bus::Subjects& subjects_;
+  NodeAgentOptions options_;
+  std::string host_;
+  std::map<std::string, std::unique_ptr<Worker>> workers_;  // by replica id
+  std::unique_ptr<service::RepeatingTimer> heartbeat_;
+  std::function<void()> shutdown_done_;
+  std::unique_ptr<service::OneShotTimer> shutdown_deadline_;
+};
+
+}  // namespace serve::replica
