@@ -195,6 +195,16 @@ void Controller::OnShutdown(bus::Message& message) {
 }
 
 void Controller::OnRoutesRequest(bus::Message& message) {
+  // An empty request is fine: asking is all a proxy needs to say.
+  if (!message.data.empty()) {
+    auto request = wire::DecodeRequest<wire::RouteTableRequest>(json_, message.data);
+    if (!request.ok()) {
+      wire::RouteTableT reply;
+      reply.error = request.error();
+      (void)bus_.Respond(message, wire::Pack(reply));
+      return;
+    }
+  }
   (void)bus_.Respond(message, RouteTableBytes());
 }
 

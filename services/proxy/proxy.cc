@@ -123,6 +123,10 @@ void Proxy::OnRouteTable(const std::string& bytes) {
     spdlog::warn("ignored a route table: {}", table.error());
     return;
   }
+  if ((*table)->error() != nullptr && (*table)->error()->size() > 0) {
+    spdlog::warn("the controller refused the route request: {}", (*table)->error()->str());
+    return;
+  }
   if (router_.Update(**table)) {
     have_routes_ = true;
     spdlog::info("routes (generation {}): {}", router_.generation(), router_.RoutesJson());

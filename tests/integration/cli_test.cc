@@ -1,0 +1,172 @@
+// The `serve` CLI as a newcomer uses it: start, deploy, status, delete, shutdown, and the
+// errors it gives for bad input.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "support/process.h"
+
+namespace serve::testing {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+class CliTest : public ::testing::Test {
+ protected:
+  CommandResult Serve(std::vector<std::string> args) {
+    std::vector<std::string> argv = {BinDir() + "/serve", "--address", nats_url_, "--run-dir",
+                                     run_dir_, "--namespace", "clitest"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv);
+  }
+  std::string WriteConfig(const std::string& yaml) {
+    std::string path = dir_.path() + "/config-" + std::to_string(++files_) + ".yaml";
+    WriteFile(path, yaml);
+    return path;
+  }
+  std::vector<pid_t> RecordedPids() {
+    std::vector<pid_t> pids;
+    for (const auto& entry : fs::directory_iterator(run_dir_ + "/pids")) {
+      std::ifstream in(entry.path());
+      pid_t pid = 0;
+      if (in >> pid) pids.push_back(pid);
+    }
+    return pids;
+  }
+  void TearDown() override {
+    // Whatever happened, leave nothing running.
+    if (fs::exists(run_dir_ + "/pids")) {
+      Serve({"shutdown"});
+      for (pid_t pid : RecordedPids()) kill(pid, SIGKILL);
+    }
+  }
+
+  TempDir dir_;
+  std::string run_dir_ = dir_.path() + "/run";
+  int nats_port_ = FreePort();
+  std::string nats_url_ = "nats://127.0.0.1:" + std::to_string(nats_port_);
+  int files_ = 0;
+};
+
+static bool Alive(pid_t pid) {
+  if (kill(pid, 0) != 0) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string content;
+  std::getline(stat, content);
+  size_t paren = content.rfind(')');
+  return !(paren != std::string::npos && paren + 2 < content.size() && content[paren + 2] == 'Z');
+}
+
+TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
+  int http_port = FreePort();
+  auto started = Serve({"start", "--http-port", std::to_string(http_port)});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  EXPECT_THAT(started.output, HasSubstr("Serve is running in namespace 'clitest'"));
+  EXPECT_THAT(started.output, HasSubstr("nats-server started by serve"));
+
+  auto again = Serve({"start", "--http-port", std::to_string(http_port)});
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("already running"));
+  EXPECT_THAT(again.output, HasSubstr("Nothing was started"));
+
+  auto deployed = Serve({"deploy", "examples/hello.yaml"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
+  EXPECT_THAT(deployed.output, HasSubstr("HEALTHY"));
+  auto response = HttpGet(http_port, "/hello");
+  EXPECT_EQ(response.status, 200);
+  EXPECT_EQ(response.body, "hello world");
+
+  auto status = Serve({"status", "--json"});
+  ASSERT_EQ(status.exit_code, 0) << status.output;
+  auto json = nlohmann::json::parse(status.output, nullptr, false);
+  ASSERT_TRUE(json.is_object()) << status.output;
+  ASSERT_EQ(json["deployments"].size(), 1u);
+  EXPECT_EQ(json["deployments"][0]["status"], "HEALTHY");
+  EXPECT_EQ(json["deployments"][0]["replicas"][0]["state"], "RUNNING");
+  EXPECT_EQ(json["nodes"].size(), 1u);
+  EXPECT_EQ(json["proxies"].size(), 1u);
+
+  auto table = Serve({"status"});
+  EXPECT_EQ(table.exit_code, 0);
+  EXPECT_THAT(table.output, HasSubstr("DEPLOYMENT"));
+  EXPECT_THAT(table.output, HasSubstr("hello"));
+
+  std::vector<pid_t> pids = RecordedPids();
+  ASSERT_EQ(pids.size(), 5u);  // nats-server and the four services
+  auto stopped = Serve({"shutdown"});
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+  EXPECT_THAT(stopped.output, HasSubstr("Serve stopped"));
+  for (pid_t pid : pids) {
+    EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); })) << "pid " << pid << " still runs";
+  }
+  EXPECT_FALSE(PortOpen(nats_port_));
+  EXPECT_FALSE(PortOpen(http_port));
+  // The replica workers are gone too.
+  EXPECT_EQ(RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output, "");
+}
+
+TEST_F(CliTest, DeployWithoutAnInstanceSaysHowToStartOne) {
+  auto result = Serve({"deploy", "examples/hello.yaml"});
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_THAT(result.output, HasSubstr("serve start"));
+  auto status = Serve({"status"});
+  EXPECT_NE(status.exit_code, 0);
+  EXPECT_THAT(status.output, HasSubstr("serve start"));
+}
+
+TEST_F(CliTest, ShutdownWithNothingRunningSaysSo) {
+  auto result = Serve({"shutdown"});
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_THAT(result.output, HasSubstr("Nothing to stop"));
+}
+
+TEST_F(CliTest, BadConfigFilesNameTheFieldAndLine) {
+  struct Case {
+    std::string yaml;
+    std::vector<std::string> expected;
+  };
+  std::vector<Case> cases = {
+      {"deployments:\n  - name: a\n    runtime: builtin:hello\n    num_replicas: [\n",
+       {"invalid YAML"}},
+      {"deployments:\n  - name: a\n    runtime: builtin:nope\n",
+       {":3", "runtime", "builtin:hello"}},
+      {"deployments:\n  - name: a\n    runtime: builtin:hello\n    num_replicas: -1\n",
+       {":4", "num_replicas"}},
+      {"deployments:\n  - name: a\n    runtime: builtin:hello\n    replicas: 2\n",
+       {":4", "replicas", "num_replicas"}},
+      {"deployments:\n  - name: a\n    runtime: builtin:hello\n  - name: a\n    runtime: "
+       "builtin:echo\n",
+       {"a", "line 2", "line 4"}},
+      {"deployments:\n  - name: a\n    runtime: builtin:hello\n    route_prefix: /x\n  - name: b\n"
+       "    runtime: builtin:echo\n    route_prefix: /x\n",
+       {"route_prefix", "/x"}},
+      {"\x01\x02\xff garbage", {"config-"}},
+  };
+  for (const auto& c : cases) {
+    std::string path = WriteConfig(c.yaml);
+    auto result = Serve({"deploy", path});
+    EXPECT_NE(result.exit_code, 0) << c.yaml;
+    for (const auto& expected : c.expected) {
+      EXPECT_THAT(result.output, HasSubstr(expected)) << "for config:\n" << c.yaml;
+    }
+  }
+  auto missing = Serve({"deploy", dir_.path() + "/no-such-file.yaml"});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_THAT(missing.output, HasSubstr("no-such-file.yaml"));
+}
+
+TEST_F(CliTest, BadFlagsAreRefused) {
+  EXPECT_NE(Serve({"start", "--http-port", "99999"}).exit_code, 0);
+  auto ns = RunCommand({BinDir() + "/serve", "--namespace", "bad.ns", "status"});
+  EXPECT_NE(ns.exit_code, 0);
+  EXPECT_THAT(ns.output, HasSubstr("namespace"));
+  EXPECT_NE(Serve({"frobnicate"}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace serve::testing

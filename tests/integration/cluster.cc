@@ -1,0 +1,112 @@
+#include "integration/cluster.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+
+namespace serve::testing {
+
+Cluster::Cluster() : Cluster(Options{}) {}
+
+Cluster::Cluster(Options options) : options_(options), http_port_(FreePort()) {
+  std::string bin = BinDir();
+  auto flags = CommonFlags();
+  auto with = [&](std::vector<std::string> argv) {
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return argv;
+  };
+  log_names_ = {"checkpointer", "controller", "proxy"};
+  checkpointer_ = Process(with({bin + "/serve-checkpointer", "--checkpoint-path",
+                                "file://" + dir() + "/checkpoint"}),
+                          dir() + "/checkpointer.log");
+  controller_ = Process(with({bin + "/serve-controller"}), dir() + "/controller.log");
+  proxy_ = Process(with({bin + "/serve-proxy", "--http-port", std::to_string(http_port_)}),
+                   dir() + "/proxy.log");
+  for (int i = 0; i < options_.nodes; ++i) {
+    StartNode("node-" + std::to_string(i + 1), options_.node_cpus);
+  }
+  bool ready = WaitUntil([&] {
+    auto status = Status();
+    if (!status.is_object()) return false;
+    int healthy_nodes = 0;
+    for (const auto& node : status["nodes"]) healthy_nodes += node["state"] == "HEALTHY";
+    return healthy_nodes >= options_.nodes && !status["proxies"].empty() &&
+           HttpGet(http_port_, "/-/healthz").status == 200;
+  });
+  EXPECT_TRUE(ready) << "the cluster did not come up; controller log:\n" << Log("controller");
+}
+
+void Cluster::StartNode(const std::string& node_id, double cpus) {
+  auto flags = CommonFlags();
+  std::vector<std::string> argv = {BinDir() + "/serve-replica", "--node-id", node_id,
+                                   "--num-cpus", std::to_string(cpus), "--work-dir",
+                                   dir() + "/" + node_id};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  nodes_.emplace_back(argv, dir() + "/" + node_id + ".log");
+  log_names_.push_back(node_id);
+}
+
+std::vector<std::string> Cluster::CommonFlags() const {
+  return {"--address", nats_.url(), "--namespace", "itest"};
+}
+
+Cluster::~Cluster() {
+  for (auto& node : nodes_) node.Stop(std::chrono::seconds(30));
+  proxy_.Stop();
+  controller_.Stop();
+  checkpointer_.Stop();
+  CheckLogsForSanitizerReports();
+}
+
+void Cluster::CheckLogsForSanitizerReports() {
+  for (const auto& name : log_names_) {
+    std::string log = Log(name);
+    for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                               "runtime error:"}) {
+      if (log.find(marker) != std::string::npos) {
+        ADD_FAILURE() << name << " reported \"" << marker << "\":\n" << log;
+        break;
+      }
+    }
+  }
+}
+
+std::string Cluster::Log(const std::string& name) const {
+  return ReadFile(dir() + "/" + name + ".log");
+}
+
+CommandResult Cluster::Serve(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  std::vector<std::string> argv = {BinDir() + "/serve", "--address", nats_.url(), "--namespace",
+                                   "itest", "--run-dir", dir() + "/run"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv, {}, timeout);
+}
+
+nlohmann::json Cluster::Status() {
+  auto result = Serve({"status", "--json"}, std::chrono::seconds(10));
+  if (result.exit_code != 0) return nullptr;
+  return nlohmann::json::parse(result.output, nullptr, false);
+}
+
+nlohmann::json Cluster::Deployment(const std::string& name) {
+  auto status = Status();
+  if (!status.is_object()) return nullptr;
+  for (const auto& d : status["deployments"]) {
+    if (d["name"] == name) return d;
+  }
+  return nullptr;
+}
+
+void Cluster::Deploy(const std::string& yaml) {
+  std::string path = dir() + "/deploy-" + std::to_string(++deploy_files_) + ".yaml";
+  WriteFile(path, yaml);
+  auto result = Serve({"deploy", path});
+  ASSERT_EQ(result.exit_code, 0) << result.output << "\ncontroller log:\n" << Log("controller");
+}
+
+bool Cluster::WaitForStatus(const std::string& target, int status) {
+  return WaitUntil([&] { return Get(target).status == status; });
+}
+
+}  // namespace serve::testing

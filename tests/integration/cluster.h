@@ -1,0 +1,64 @@
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "support/process.h"
+
+namespace serve::testing {
+
+// A whole Serve instance of real processes on free ports: nats-server, checkpointer,
+// controller, proxy and `nodes` node agents, each logging to a file in a temp directory. The
+// destructor stops them with SIGTERM (so sanitizer builds check their exits) and fails the test
+// if any log holds a sanitizer report.
+class Cluster {
+ public:
+  struct Options {
+    int nodes = 1;
+    double node_cpus = 4;
+  };
+  Cluster();
+  explicit Cluster(Options options);
+  ~Cluster();
+
+  const std::string& dir() const { return dir_.path(); }
+  int http_port() const { return http_port_; }
+  std::string nats_url() const { return nats_.url(); }
+  NatsServer& nats() { return nats_; }
+
+  // Runs the `serve` CLI against this instance.
+  CommandResult Serve(std::vector<std::string> args,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(90));
+  // `serve status --json`, parsed; null when the CLI failed.
+  nlohmann::json Status();
+  // One deployment's entry of Status(); null when absent.
+  nlohmann::json Deployment(const std::string& name);
+  // Writes `yaml` to a file and deploys it, expecting success.
+  void Deploy(const std::string& yaml);
+  HttpResult Get(const std::string& target) { return HttpGet(http_port_, target); }
+  // Polls until GET `target` answers `status`.
+  bool WaitForStatus(const std::string& target, int status);
+
+  Process& node(size_t i) { return nodes_[i]; }
+  void StartNode(const std::string& node_id, double cpus);
+  std::string Log(const std::string& name) const;
+
+ private:
+  std::vector<std::string> CommonFlags() const;
+  void CheckLogsForSanitizerReports();
+
+  Options options_;
+  TempDir dir_;
+  NatsServer nats_;
+  int http_port_;
+  Process checkpointer_;
+  Process controller_;
+  Process proxy_;
+  std::vector<Process> nodes_;
+  std::vector<std::string> log_names_;
+  int deploy_files_ = 0;
+};
+
+}  // namespace serve::testing

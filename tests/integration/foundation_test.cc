@@ -1,0 +1,202 @@
+// The walking skeleton, end to end: HTTP -> proxy -> NATS -> replica worker -> back, driven by
+// the real executables and the `serve` CLI.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "bus/bus.h"
+#include "bus/subjects.h"
+#include "integration/cluster.h"
+#include "wire/codec.h"
+
+namespace serve::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kHello[] = R"(
+deployments:
+  - name: hello
+    route_prefix: /hello
+    runtime: builtin:hello
+    num_replicas: 1
+    user_config: {message: "hello world"}
+)";
+
+constexpr char kEcho[] = R"(
+deployments:
+  - name: echo
+    runtime: builtin:echo
+    num_replicas: 2
+    resources: {num_cpus: 0.5}
+)";
+
+// A bus client on its own loop, for talking to the control plane as any NATS client would.
+class RawClient {
+ public:
+  explicit RawClient(const std::string& url) {
+    uv_loop_init(&loop_);
+    bus::Options options;
+    options.url = url;
+    options.retry_initial_connect = false;
+    auto bus = bus::Bus::Connect(&loop_, options);
+    EXPECT_TRUE(bus.ok()) << bus.error();
+    bus_ = std::move(*bus);
+  }
+  ~RawClient() {
+    bus_->Close();
+    bus_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+  }
+  Result<bus::Message> Request(const std::string& subject, const std::string& data) {
+    return bus::RequestAndWait(&loop_, *bus_, subject, data, 10);
+  }
+  void Publish(const std::string& subject, const std::string& data) {
+    (void)bus_->Publish(subject, data);
+  }
+
+ private:
+  uv_loop_t loop_;
+  std::unique_ptr<bus::Bus> bus_;
+};
+
+TEST(Foundation, HelloAnswersHelloWorldAndStatusIsHealthy) {
+  Cluster cluster;
+  cluster.Deploy(kHello);
+  auto response = cluster.Get("/hello");
+  EXPECT_EQ(response.status, 200);
+  EXPECT_EQ(response.body, "hello world");
+  EXPECT_FALSE(response.headers["x-request-id"].empty());
+
+  auto hello = cluster.Deployment("hello");
+  ASSERT_TRUE(hello.is_object());
+  EXPECT_EQ(hello["status"], "HEALTHY");
+  EXPECT_EQ(hello["route_prefix"], "/hello");
+  ASSERT_EQ(hello["replicas"].size(), 1u);
+  EXPECT_EQ(hello["replicas"][0]["state"], "RUNNING");
+  EXPECT_FALSE(hello["replicas"][0]["node"].get<std::string>().empty());
+}
+
+TEST(Foundation, EchoWithTwoReplicasAnswersFromBoth) {
+  Cluster cluster;
+  cluster.Deploy(kEcho);
+  std::set<std::string> replicas;
+  bool both = WaitUntil([&] {
+    auto response = HttpRequest(cluster.http_port(), "POST", "/echo/a/b?x=1", "payload");
+    if (response.status != 200) return false;
+    auto body = nlohmann::json::parse(response.body, nullptr, false);
+    EXPECT_EQ(body["method"], "POST");
+    EXPECT_EQ(body["path"], "/echo/a/b");
+    EXPECT_EQ(body["query"], "x=1");
+    EXPECT_EQ(body["body"], "payload");
+    replicas.insert(body["replica"].get<std::string>());
+    return replicas.size() == 2;
+  });
+  EXPECT_TRUE(both) << "replicas seen: " << replicas.size();
+}
+
+TEST(Foundation, DeleteMakesTheRouteAnswer404) {
+  Cluster cluster;
+  cluster.Deploy(kHello);
+  ASSERT_EQ(cluster.Get("/hello").status, 200);
+  auto deleted = cluster.Serve({"delete", "hello"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.output;
+  EXPECT_THAT(deleted.output, HasSubstr("deleted hello"));
+  ASSERT_TRUE(cluster.WaitForStatus("/hello", 404));
+  auto response = cluster.Get("/hello");
+  EXPECT_THAT(response.body, HasSubstr("/-/routes"));
+  EXPECT_TRUE(cluster.Deployment("hello").is_null());
+}
+
+TEST(Foundation, ProxyServesHealthAndRoutes) {
+  Cluster cluster;
+  cluster.Deploy(kHello);
+  auto health = cluster.Get("/-/healthz");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_THAT(health.body, HasSubstr("success"));
+  auto routes = nlohmann::json::parse(cluster.Get("/-/routes").body, nullptr, false);
+  EXPECT_EQ(routes["/hello"], "hello");
+}
+
+TEST(Foundation, AnyNatsClientCanDeployWithJson) {
+  Cluster cluster;
+  RawClient client(cluster.nats_url());
+  auto reply = client.Request(
+      "itest.ctl.deploy",
+      R"({"deployments":[{"name":"js","runtime":"builtin:hello","user_config":"{\"message\":\"from json\"}"}]})");
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  auto json = nlohmann::json::parse(reply->data, nullptr, false);
+  ASSERT_TRUE(json.is_object()) << reply->data;
+  EXPECT_FALSE(json.contains("error")) << reply->data;  // absent on success
+  ASSERT_TRUE(cluster.WaitForStatus("/js", 200));
+  EXPECT_EQ(cluster.Get("/js").body, "from json");
+
+  auto status = client.Request("itest.ctl.status", "{}");
+  ASSERT_TRUE(status.ok());
+  EXPECT_THAT(status->data, HasSubstr("\"name\": \"js\""));
+}
+
+TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsServing) {
+  Cluster cluster;
+  cluster.Deploy(kHello);
+  RawClient client(cluster.nats_url());
+  std::string truncated = wire::Pack(wire::DeployRequestT{}).substr(0, 10);
+  const std::vector<std::string> inputs = {
+      "\x01\x02\x03garbage\xff\xfe", truncated, R"({"deployments": 7})", "{\"nope\": true}",
+      "{not json", std::string(100000, 'x')};
+  struct Subject {
+    std::string name;
+    std::function<std::string(const std::string&)> error_of;
+  };
+  auto error_of = [](auto* tag) {
+    using Table = std::remove_pointer_t<decltype(tag)>;
+    return [](const std::string& data) {
+      auto reply = wire::Unpack<Table>(data);
+      return reply.ok() ? reply->error : "unreadable reply: " + reply.error();
+    };
+  };
+  std::vector<Subject> subjects = {
+      {"itest.ctl.deploy", error_of(static_cast<wire::DeployReply*>(nullptr))},
+      {"itest.ctl.delete", error_of(static_cast<wire::DeleteReply*>(nullptr))},
+      {"itest.ctl.status", error_of(static_cast<wire::StatusReply*>(nullptr))},
+      {"itest.ctl.ping", error_of(static_cast<wire::PingReply*>(nullptr))},
+      {"itest.ctl.shutdown", error_of(static_cast<wire::ShutdownReply*>(nullptr))},
+      {"itest.ctl.routes", error_of(static_cast<wire::RouteTable*>(nullptr))},
+  };
+  for (const auto& subject : subjects) {
+    for (const auto& input : inputs) {
+      auto reply = client.Request(subject.name, input);
+      ASSERT_TRUE(reply.ok()) << subject.name << ": " << reply.error();
+      std::string error = subject.error_of(reply->data);
+      EXPECT_FALSE(error.empty()) << subject.name << " accepted " << input.substr(0, 40);
+    }
+  }
+  // Data-plane and heartbeat subjects take garbage silently.
+  for (const char* subject : {"itest.hb.node", "itest.hb.replica", "itest.hb.proxy",
+                              "itest.node.exited", "itest.routes", "itest.node.node-1.start",
+                              "itest.node.node-1.stop"}) {
+    for (const auto& input : inputs) client.Publish(subject, input);
+  }
+  auto status = cluster.Deployment("hello");
+  ASSERT_TRUE(status.is_object());
+  EXPECT_EQ(status["status"], "HEALTHY");
+  EXPECT_EQ(cluster.Get("/hello").body, "hello world");
+}
+
+TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
+  Cluster cluster;
+  cluster.Deploy(kHello);
+  ASSERT_EQ(cluster.Get("/hello").status, 200);
+  cluster.nats().Stop();
+  cluster.nats().Start();
+  EXPECT_TRUE(WaitUntil([&] { return cluster.Get("/hello").body == "hello world"; },
+                        std::chrono::seconds(30)))
+      << cluster.Log("proxy");
+  cluster.Deploy(kEcho);
+  EXPECT_TRUE(cluster.WaitForStatus("/echo", 200));
+}
+
+}  // namespace
+}  // namespace serve::testing
