@@ -118,9 +118,14 @@ Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::Deployment
     if (it == deployments_.end()) {
       outcome = "created";
     } else if (it->second.fingerprint == fingerprint &&
-               it->second.spec.num_replicas == spec.num_replicas) {
+               it->second.spec.num_replicas == spec.num_replicas &&
+               it->second.start_failures == 0) {
       results.push_back(spec.name + ": unchanged");
       continue;
+    } else if (it->second.fingerprint == fingerprint &&
+               it->second.spec.num_replicas == spec.num_replicas) {
+      // The same spec again after failed starts: the cause may have been outside the spec.
+      outcome = "retrying after " + std::to_string(it->second.start_failures) + " failed starts";
     } else if (it->second.fingerprint == fingerprint) {
       outcome = "scaled from " + std::to_string(it->second.spec.num_replicas) + " to " +
                 std::to_string(spec.num_replicas) + " replicas";
@@ -236,8 +241,10 @@ void Reconciler::AdoptOrStop(const std::string& node_id, const wire::NodeReplica
   if (it != deployments_.end() && it->second.spec.version == reported.version) {
     Deployment& d = it->second;
     int serving = 0;
+    // Placeholders that wait for placement run nothing: a live replica takes precedence.
     for (const auto& [id, r] : replicas_) {
-      if (r.deployment == d.spec.name && r.fingerprint == d.fingerprint && Serving(r.state)) {
+      if (r.deployment == d.spec.name && r.fingerprint == d.fingerprint && !r.node.empty() &&
+          (r.state == ReplicaState::STARTING || r.state == ReplicaState::RUNNING)) {
         ++serving;
       }
     }
@@ -250,6 +257,7 @@ void Reconciler::AdoptOrStop(const std::string& node_id, const wire::NodeReplica
       replica.version = reported.version;
       replica.resources = ResourcesOf(d.spec);
       replica.last_heartbeat = clock_.Now();
+      replica.last_progress = clock_.Now();
       replica.ever_running = true;
       SetReplicaState(replica, ReplicaState::RUNNING, "adopted after a controller restart");
       return;
@@ -263,8 +271,36 @@ void Reconciler::OnReplicaHeartbeat(const wire::ReplicaHeartbeatT& heartbeat) {
   if (it == replicas_.end()) return;  // node heartbeats decide on unknown replicas
   Replica& replica = it->second;
   replica.last_heartbeat = clock_.Now();
+  if (replica.state == ReplicaState::RUNNING) {
+    double now = clock_.Now();
+    if (heartbeat.in_flight == 0 || heartbeat.completed != replica.completed) {
+      replica.last_progress = now;
+    }
+    replica.completed = heartbeat.completed;
+    auto d = deployments_.find(replica.deployment);
+    double timeout = d != deployments_.end() ? d->second.spec.health_check_timeout_s : 30;
+    if (now - replica.last_progress > timeout) {
+      // Half-alive: it answers heartbeats but finishes no request.
+      std::string why = std::to_string(heartbeat.in_flight) +
+                        " requests in flight and none completed for " +
+                        FormatAmount(now - replica.last_progress) + " s";
+      SetReplicaState(replica, ReplicaState::UNHEALTHY, "stalled: " + why);
+      StopAndForget(replica, "stalled: " + why);
+      return;
+    }
+    replica.failed_checks = heartbeat.healthy ? 0 : replica.failed_checks + 1;
+    if (replica.failed_checks >= kFailedChecksBeforeUnhealthy) {
+      SetReplicaState(replica, ReplicaState::UNHEALTHY,
+                      "health check failed " + std::to_string(replica.failed_checks) +
+                          " times in a row: " + heartbeat.health_message);
+      StopAndForget(replica, "health check failed: " + heartbeat.health_message);
+    }
+    return;
+  }
   if (replica.state == ReplicaState::STARTING && heartbeat.healthy) {
     replica.ever_running = true;
+    replica.last_progress = clock_.Now();
+    replica.completed = heartbeat.completed;
     SetReplicaState(replica, ReplicaState::RUNNING, "");
     auto d = deployments_.find(replica.deployment);
     if (d != deployments_.end()) {
@@ -450,10 +486,12 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
   }
   // Old versions: keep only as many running as the new version still lacks.
   int running_current = 0;
+  bool current_starting = false;
   bool current_blocked = false;
   for (Replica* r : current) {
     if (r->state == ReplicaState::RUNNING) ++running_current;
-    if (r->state == ReplicaState::PENDING) current_blocked = true;
+    if (r->state == ReplicaState::STARTING) current_starting = true;
+    if (r->state == ReplicaState::PENDING && !FitsAnywhere(r->resources)) current_blocked = true;
   }
   int keep = std::max(0, target - running_current);
   std::sort(old.begin(), old.end(), [](const Replica* a, const Replica* b) {
@@ -476,8 +514,9 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
       StopAndForget(*r, "replaced by version " + d.spec.version);
     }
   }
-  // A new replica waiting for room gets it from an old one, one at a time.
-  if (current_blocked && !stopping_old && last_kept != nullptr) {
+  // A new replica that fits nowhere gets room from an old one: one at a time, and only once
+  // the replica that got the last room is running, so something always serves.
+  if (current_blocked && !current_starting && !stopping_old && last_kept != nullptr) {
     StopAndForget(*last_kept, "making room for version " + d.spec.version);
   }
 }
@@ -547,45 +586,68 @@ bool Reconciler::Fits(const Node& node, const wire::ResourcesT& need) const {
   return true;
 }
 
+bool Reconciler::FitsAnywhere(const wire::ResourcesT& need) const {
+  for (const auto& [id, node] : nodes_) {
+    if (node.healthy && Fits(node, need)) return true;
+  }
+  return false;
+}
+
+std::map<std::string, double> Reconciler::Used(const Node& node) const {
+  std::map<std::string, double> used;
+  for (const auto& [id, r] : replicas_) {
+    if (r.node != node.id) continue;
+    used["num_cpus"] += r.resources.num_cpus;
+    used["num_gpus"] += r.resources.num_gpus;
+    for (const auto& c : r.resources.custom) {
+      if (c != nullptr) used[c->name] += c->amount;
+    }
+  }
+  return used;
+}
+
 std::string Reconciler::Shortfall(const wire::ResourcesT& need) const {
-  size_t healthy = 0;
-  for (const auto& [id, node] : nodes_) healthy += node.healthy ? 1 : 0;
-  if (healthy == 0) {
+  std::vector<const Node*> healthy;
+  for (const auto& [id, node] : nodes_) {
+    if (node.healthy) healthy.push_back(&node);
+  }
+  if (healthy.empty()) {
     return "no node is available: start a node agent (serve-replica) on this namespace";
   }
-  // Name the first resource that no node has enough of, and whether any node ever could.
-  auto check = [&](const std::string& name, double amount, auto capacity_of) -> std::string {
-    if (amount <= 0) return "";
-    double most_capacity = 0;
-    bool any_fits = false;
-    for (const auto& [id, node] : nodes_) {
-      if (!node.healthy) continue;
-      most_capacity = std::max(most_capacity, capacity_of(node.capacity));
-      if (Fits(node, need)) any_fits = true;
-    }
-    if (most_capacity + 1e-9 < amount) {
+  std::vector<std::pair<std::string, double>> wanted = {{"num_cpus", need.num_cpus},
+                                                        {"num_gpus", need.num_gpus}};
+  for (const auto& c : need.custom) {
+    if (c != nullptr) wanted.emplace_back(c->name, c->amount);
+  }
+  auto capacity = [](const Node& node, const std::string& name) {
+    if (name == "num_cpus") return node.capacity.num_cpus;
+    if (name == "num_gpus") return node.capacity.num_gpus;
+    return CustomAmount(node.capacity, name);
+  };
+  constexpr double kEpsilon = 1e-9;
+  // First what no node could ever hold: that needs a person, not patience.
+  for (const auto& [name, amount] : wanted) {
+    if (amount <= 0) continue;
+    double largest = 0;
+    for (const Node* node : healthy) largest = std::max(largest, capacity(*node, name));
+    if (largest + kEpsilon < amount) {
       return "needs " + name + "=" + FormatAmount(amount) + " but no node has that much (largest: " +
-             FormatAmount(most_capacity) + "); lower the request or add a node that has it";
+             FormatAmount(largest) + "); lower the request or add a node that has it";
     }
-    if (!any_fits) {
+  }
+  // Then what is taken right now.
+  for (const auto& [name, amount] : wanted) {
+    if (amount <= 0) continue;
+    bool free_somewhere = false;
+    for (const Node* node : healthy) {
+      if (Used(*node)[name] + amount <= capacity(*node, name) + kEpsilon) free_somewhere = true;
+    }
+    if (!free_somewhere) {
       return "waiting for resources: needs " + name + "=" + FormatAmount(amount) +
              " and every node that has it is full";
     }
-    return "";
-  };
-  std::string why = check("num_cpus", need.num_cpus, [](const wire::ResourcesT& c) {
-    return c.num_cpus;
-  });
-  if (why.empty()) {
-    why = check("num_gpus", need.num_gpus, [](const wire::ResourcesT& c) { return c.num_gpus; });
   }
-  for (const auto& c : need.custom) {
-    if (!why.empty() || c == nullptr) break;
-    std::string name = c->name;
-    why = check(name, c->amount,
-                [&name](const wire::ResourcesT& cap) { return CustomAmount(cap, name); });
-  }
-  return why.empty() ? "waiting for resources" : why;
+  return "waiting for resources: no single node has all of them free at once";
 }
 
 void Reconciler::UpdateDeploymentState(Deployment& d) {

@@ -43,6 +43,9 @@ struct ReconcilerOptions {
 // controller calls it from its loop.
 class Reconciler {
  public:
+  // A RUNNING replica whose health check fails this many heartbeats in a row is replaced.
+  static constexpr int kFailedChecksBeforeUnhealthy = 3;
+
   Reconciler(const Clock& clock, ReconcilerActions& actions, ReconcilerOptions options = {});
 
   // Creates or updates deployments; each result line reads "<name>: created|updated|...".
@@ -82,6 +85,9 @@ class Reconciler {
     double state_since = 0;
     double last_heartbeat = 0;
     bool ever_running = false;
+    int failed_checks = 0;  // consecutive heartbeats whose health check failed
+    uint64_t completed = 0;    // requests completed, as last reported
+    double last_progress = 0;  // when it last completed one, or had none in flight
     wire::ResourcesT resources;
   };
   struct Node {
@@ -121,6 +127,8 @@ class Reconciler {
   void AdoptOrStop(const std::string& node_id, const wire::NodeReplicaT& reported);
   std::string NewReplicaId(const std::string& deployment);
   std::string Shortfall(const wire::ResourcesT& need) const;
+  bool FitsAnywhere(const wire::ResourcesT& need) const;
+  std::map<std::string, double> Used(const Node& node) const;
   bool Fits(const Node& node, const wire::ResourcesT& need) const;
   double FreeCpus(const Node& node) const;
   std::vector<Replica*> ReplicasOf(const std::string& deployment);
