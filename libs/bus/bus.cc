@@ -99,13 +99,22 @@ void OnNatsMessage(natsConnection*, natsSubscription*, natsMsg* msg, void* closu
 
 void OnSubscriptionComplete(void* closure) { delete static_cast<BusSubscription*>(closure); }
 
+// The closure of the connection callbacks. nats.c runs them on its own thread, possibly after
+// the Bus is gone (Close posts "disconnected" and then "closed"); the closure keeps the shared
+// state alive until "closed", the last callback of a connection.
+struct ConnectionClosure {
+  std::shared_ptr<BusShared> shared;
+};
+
 void OnDisconnected(natsConnection*, void* closure) {
-  static_cast<BusShared*>(closure)->Push(BusShared::ConnectionChange{false});
+  static_cast<ConnectionClosure*>(closure)->shared->Push(BusShared::ConnectionChange{false});
 }
 
 void OnConnected(natsConnection*, void* closure) {
-  static_cast<BusShared*>(closure)->Push(BusShared::ConnectionChange{true});
+  static_cast<ConnectionClosure*>(closure)->shared->Push(BusShared::ConnectionChange{true});
 }
+
+void OnClosed(natsConnection*, void* closure) { delete static_cast<ConnectionClosure*>(closure); }
 
 void OnAsyncError(natsConnection*, natsSubscription*, natsStatus status, void*) {
   // Slow consumers and permission violations land here; they are worth a line, not a crash.
@@ -138,8 +147,11 @@ Status Bus::Open() {
 
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
+  // Freed by OnClosed once a connection exists, here otherwise.
+  auto* closure = new ConnectionClosure{shared_};
   auto fail = [&](const std::string& what) {
     natsOptions_Destroy(opts);
+    delete closure;
     return Status::Error(what + ": " + NatsError(s));
   };
   if (s != NATS_OK) return fail("cannot create NATS options");
@@ -156,11 +168,12 @@ Status Bus::Open() {
   natsOptions_SetPingInterval(opts, 5000);
   natsOptions_SetMaxPingsOut(opts, 3);
   natsOptions_SetReconnectBufSize(opts, 32 * 1024 * 1024);
-  natsOptions_SetDisconnectedCB(opts, OnDisconnected, shared_.get());
-  natsOptions_SetReconnectedCB(opts, OnConnected, shared_.get());
+  natsOptions_SetDisconnectedCB(opts, OnDisconnected, closure);
+  natsOptions_SetReconnectedCB(opts, OnConnected, closure);
+  natsOptions_SetClosedCB(opts, OnClosed, closure);
   natsOptions_SetErrorHandler(opts, OnAsyncError, nullptr);
   if (options_.retry_initial_connect) {
-    natsOptions_SetRetryOnFailedConnect(opts, true, OnConnected, shared_.get());
+    natsOptions_SetRetryOnFailedConnect(opts, true, OnConnected, closure);
   }
   if (!options_.user.empty() || !options_.password.empty()) {
     s = natsOptions_SetUserInfo(opts, options_.user.c_str(), options_.password.c_str());
@@ -201,6 +214,7 @@ Status Bus::Open() {
   }
   if (s != NATS_OK) {
     connection_ = nullptr;
+    delete closure;  // a failed connect runs no callbacks
     std::string hint = s == NATS_NO_SERVER
                            ? " (is a NATS server running there? `serve start` starts one)"
                            : "";
@@ -247,6 +261,13 @@ void Bus::Close(double flush_timeout_s) {
 
 bool Bus::connected() const {
   return connection_ != nullptr && natsConnection_Status(connection_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+Status Bus::Flush(double timeout_s) {
+  if (connection_ == nullptr) return Status::Error("bus is closed");
+  natsStatus s = natsConnection_FlushTimeout(connection_, static_cast<int64_t>(timeout_s * 1000));
+  if (s != NATS_OK) return Status::Error("cannot flush to NATS: " + NatsError(s));
+  return Status::Ok();
 }
 
 void Bus::SetConnectionListener(ConnectionListener listener) {

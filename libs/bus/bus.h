@@ -87,6 +87,11 @@ class Bus {
   void Request(const std::string& subject, std::string_view data, double timeout_s,
                ReplyCallback callback);
 
+  // Blocks until the server has processed everything sent so far (subscriptions included), or
+  // `timeout_s` passes. For start-up and tests: a subscription made on one connection is only
+  // certain to be seen by requests from another connection after this.
+  Status Flush(double timeout_s = 2.0);
+
   void SetConnectionListener(ConnectionListener listener);
   bool connected() const;
   const std::string& url() const { return options_.url; }

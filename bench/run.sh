@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Measures Serve's HTTP path against a baseline measured in the same run: nginx (one worker)
+# answering a fixed body. Prints a Markdown table; docs/benchmarks.md keeps the figures.
+#
+#   bench/run.sh [duration-seconds] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION=${1:-10}
+CONNECTIONS=${2:-64}
+THREADS=2
+WORK=$(mktemp -d /tmp/serve-bench-XXXXXX)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NGINX_PORT=$(free_port)
+HTTP_PORT=$(free_port)
+NATS_PORT=$(free_port)
+SERVE=("$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve" --address "nats://127.0.0.1:$NATS_PORT" --namespace bench --run-dir "$WORK/run")
+
+cleanup() {
+  "${SERVE[@]}" shutdown >/dev/null 2>&1 || true
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { return 200 "hello world"; }
+  }
+}
+CONF
+nginx -c "$WORK/nginx.conf" -p "$WORK" 2>/dev/null
+"${SERVE[@]}" start --http-port "$HTTP_PORT" >/dev/null
+"${SERVE[@]}" deploy examples/hello.yaml >/dev/null
+
+# Prints "requests/s p50 p99" for one wrk run.
+measure() {
+  local url=$1
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >/dev/null  # warm-up
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" |
+    awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$NF}
+         END {printf "%s %s %s %s\n", rps, p50, p99, bad ? bad : 0}'
+}
+
+read -r nginx_rps nginx_p50 nginx_p99 nginx_bad < <(measure "http://127.0.0.1:$NGINX_PORT/hello")
+read -r serve_rps serve_p50 serve_p99 serve_bad < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
+ratio=$(awk -v a="$serve_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
+
+echo "| target | requests/s | p50 | p99 | non-2xx |"
+echo "|---|---|---|---|---|"
+echo "| nginx, fixed body (baseline) | $nginx_rps | $nginx_p50 | $nginx_p99 | $nginx_bad |"
+echo "| serve: proxy -> NATS -> builtin:hello replica | $serve_rps | $serve_p50 | $serve_p99 | $serve_bad |"
+echo
+echo "serve / nginx throughput ratio: $ratio ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(date -u +%Y-%m-%d))"

@@ -1,0 +1,64 @@
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <string>
+
+#include "base/status.h"
+#include "bus/bus.h"
+#include "bus/subjects.h"
+#include "checkpointer/store.h"
+#include "wire/codec.h"
+
+namespace serve::checkpointer {
+
+// Serves a CheckpointStore on the bus:
+//   <ns>.ckpt.put  CheckpointPut -> CheckpointPutReply (fenced by generation)
+//   <ns>.ckpt.get  CheckpointGet -> CheckpointGetReply
+//   <ns>.shutdown  any payload   -> the shutdown handler
+// Requests come as FlatBuffers or as JSON of the same table and are answered in kind; a request
+// that decodes as neither is answered with an error that says so.
+//
+// Store calls run on the loop thread, one at a time and in arrival order, so the puts of one
+// writer are applied in the order it sent them (a thread pool could reorder them and turn a
+// writer's own older put into a spurious fencing refusal). Everything runs on the loop thread.
+class Checkpointer {
+ public:
+  using ShutdownHandler = std::function<void(const std::string& why)>;
+
+  // `bus`, `subjects` and `store` must outlive the Checkpointer.
+  Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
+               CheckpointStore& store);
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
+
+  // Called once on <ns>.shutdown; the process should close its handles and let the loop end.
+  void SetShutdownHandler(ShutdownHandler handler) { on_shutdown_ = std::move(handler); }
+
+  // Subscribes to the subjects above.
+  Status Start();
+  // From now on requests are answered with an error instead of touching the store, until the
+  // bus owner closes the bus.
+  void Stop();
+
+ private:
+  void OnPut(const bus::Message& message);
+  void OnGet(const bus::Message& message);
+  void OnShutdown(const bus::Message& message);
+  void Reply(const bus::Message& request, const std::string& bytes);
+  // Milliseconds since `start_ms` (loop time), refreshing the loop's clock: a slow disk holds
+  // the loop, and every request waits behind it.
+  uint64_t ElapsedMs(uint64_t start_ms);
+  uint64_t NowMs();
+
+  uv_loop_t* loop_;
+  bus::Bus& bus_;
+  const bus::Subjects& subjects_;
+  CheckpointStore& store_;
+  wire::JsonCodec codec_;
+  ShutdownHandler on_shutdown_;
+  bool stopped_ = false;
+};
+
+}  // namespace serve::checkpointer

@@ -1,0 +1,251 @@
+#include "checkpointer/checkpointer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "checkpointer/file_store.h"
+#include "checkpointer/test_loop.h"
+#include "support/process.h"
+
+namespace serve::checkpointer {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// A Checkpointer on a real nats-server and a file store, driven by a client bus on the same loop.
+class CheckpointerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    uv_loop_init(&loop_);
+    auto store = FileStore::Open(tmp_.path() + "/store");
+    ASSERT_TRUE(store.ok()) << store.error();
+    store_ = std::move(*store);
+    server_ = Connect();
+    client_ = Connect();
+    ASSERT_TRUE(server_ && client_);
+    checkpointer_ = std::make_unique<Checkpointer>(&loop_, *server_, subjects_, *store_);
+    checkpointer_->SetShutdownHandler([this](const std::string& why) { shutdown_why_ = why; });
+    ASSERT_TRUE(checkpointer_->Start().ok());
+    // The checkpointer's subscriptions travel on another connection; wait until they are live.
+    wire::CheckpointGetT get;
+    get.key = "warm-up";
+    auto answered = RequestWhenAnswered(&loop_, *client_, subjects_.ckpt_get, wire::Pack(get));
+    ASSERT_TRUE(answered.ok()) << answered.error();
+  }
+
+  void TearDown() override {
+    checkpointer_.reset();
+    server_.reset();
+    client_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    ASSERT_EQ(uv_loop_close(&loop_), 0);
+  }
+
+  std::unique_ptr<bus::Bus> Connect() {
+    bus::Options options;
+    options.url = nats_.url();
+    options.retry_initial_connect = false;
+    auto bus = bus::Bus::Connect(&loop_, options);
+    EXPECT_TRUE(bus.ok()) << bus.error();
+    return bus.ok() ? std::move(*bus) : nullptr;
+  }
+
+  Result<bus::Message> Send(const std::string& subject, std::string_view bytes) {
+    return bus::RequestAndWait(&loop_, *client_, subject, bytes, 10);
+  }
+
+  template <typename T>
+  typename T::NativeTableType Reply(const Result<bus::Message>& reply) {
+    EXPECT_TRUE(reply.ok()) << reply.error();
+    if (!reply.ok()) return {};
+    auto value = wire::Unpack<T>(reply->data);
+    EXPECT_TRUE(value.ok()) << value.error();
+    return value.ok() ? *value : typename T::NativeTableType{};
+  }
+
+  // Parses a JSON reply, checking that it is JSON and not a FlatBuffer.
+  template <typename T>
+  typename T::NativeTableType JsonReply(const Result<bus::Message>& reply) {
+    EXPECT_TRUE(reply.ok()) << reply.error();
+    if (!reply.ok()) return {};
+    EXPECT_THAT(reply->data, StartsWith("{"));
+    auto binary = codec_.FromJson<T>(reply->data);
+    EXPECT_TRUE(binary.ok()) << binary.error();
+    if (!binary.ok()) return {};
+    return *wire::Unpack<T>(*binary);
+  }
+
+  wire::CheckpointPutReplyT Put(const std::string& key, uint64_t generation,
+                                const std::string& data) {
+    wire::CheckpointPutT put;
+    put.key = key;
+    put.generation = generation;
+    put.data.assign(data.begin(), data.end());
+    return Reply<wire::CheckpointPutReply>(Send(subjects_.ckpt_put, wire::Pack(put)));
+  }
+
+  wire::CheckpointGetReplyT Get(const std::string& key) {
+    wire::CheckpointGetT get;
+    get.key = key;
+    return Reply<wire::CheckpointGetReply>(Send(subjects_.ckpt_get, wire::Pack(get)));
+  }
+
+  static std::string Text(const std::vector<uint8_t>& bytes) {
+    return std::string(bytes.begin(), bytes.end());
+  }
+
+  testing::NatsServer nats_;
+  testing::TempDir tmp_;
+  uv_loop_t loop_;
+  bus::Subjects subjects_{"t"};
+  wire::JsonCodec codec_;
+  std::unique_ptr<FileStore> store_;
+  std::unique_ptr<bus::Bus> server_;
+  std::unique_ptr<bus::Bus> client_;
+  std::unique_ptr<Checkpointer> checkpointer_;
+  std::string shutdown_why_;
+};
+
+TEST_F(CheckpointerTest, PutThenGetOverFlatBuffers) {
+  auto put = Put("controller/state", 3, std::string("state\0bytes", 11));
+  EXPECT_EQ(put.error, "");
+  EXPECT_EQ(put.stored_generation, 3u);
+
+  auto get = Get("controller/state");
+  EXPECT_EQ(get.error, "");
+  EXPECT_TRUE(get.found);
+  EXPECT_EQ(get.generation, 3u);
+  EXPECT_EQ(Text(get.data), std::string("state\0bytes", 11));
+}
+
+TEST_F(CheckpointerTest, GetOfAMissingKeyIsNotFoundWithoutError) {
+  auto get = Get("nobody/wrote/this");
+  EXPECT_EQ(get.error, "");
+  EXPECT_FALSE(get.found);
+}
+
+TEST_F(CheckpointerTest, OlderGenerationIsRefusedAndTheWinnerIsNamed) {
+  ASSERT_EQ(Put("controller/state", 7, "seven").error, "");
+  auto refused = Put("controller/state", 4, "four");
+  EXPECT_EQ(refused.error,
+            "refused: generation 4 is older than the stored generation 7 for key "
+            "'controller/state' (another controller wrote a newer state)");
+  EXPECT_EQ(refused.stored_generation, 7u);
+  EXPECT_EQ(Put("controller/state", 7, "again").error, "");
+  EXPECT_EQ(Put("controller/state", 8, "eight").stored_generation, 8u);
+  EXPECT_EQ(Text(Get("controller/state").data), "eight");
+}
+
+TEST_F(CheckpointerTest, JsonRequestsAreAnsweredInJson) {
+  auto put = JsonReply<wire::CheckpointPutReply>(
+      Send(subjects_.ckpt_put, R"({"key":"a","generation":1,"data":[1,2,3]})"));
+  EXPECT_EQ(put.error, "");
+  EXPECT_EQ(put.stored_generation, 1u);
+
+  auto get = JsonReply<wire::CheckpointGetReply>(Send(subjects_.ckpt_get, R"({"key":"a"})"));
+  EXPECT_EQ(get.error, "");
+  EXPECT_TRUE(get.found);
+  EXPECT_EQ(get.generation, 1u);
+  EXPECT_EQ(get.data, (std::vector<uint8_t>{1, 2, 3}));
+
+  // Both encodings reach the same record.
+  EXPECT_EQ(Get("a").data, (std::vector<uint8_t>{1, 2, 3}));
+
+  auto refused = JsonReply<wire::CheckpointPutReply>(
+      Send(subjects_.ckpt_put, R"({"key":"a","generation":0,"data":[]})"));
+  EXPECT_THAT(refused.error, HasSubstr("refused: generation 0 is older"));
+}
+
+TEST_F(CheckpointerTest, GarbageGetsAnErrorReplyAndTheServiceCarriesOn) {
+  std::string garbage("\x00\x01\x02garbage that is not a flatbuffer\xff", 37);
+  auto put = Reply<wire::CheckpointPutReply>(Send(subjects_.ckpt_put, garbage));
+  EXPECT_THAT(put.error, HasSubstr("not a valid CheckpointPut message (37 bytes"));
+  auto get = Reply<wire::CheckpointGetReply>(Send(subjects_.ckpt_get, garbage));
+  EXPECT_THAT(get.error, HasSubstr("not a valid CheckpointGet message"));
+  auto empty = Reply<wire::CheckpointPutReply>(Send(subjects_.ckpt_put, ""));
+  EXPECT_THAT(empty.error, HasSubstr("not a valid CheckpointPut message (0 bytes"));
+
+  ASSERT_EQ(Put("k", 1, "still works").error, "");
+  EXPECT_EQ(Text(Get("k").data), "still works");
+}
+
+TEST_F(CheckpointerTest, TruncatedBufferGetsAnErrorReply) {
+  wire::CheckpointPutT put;
+  put.key = "controller/state";
+  put.generation = 9;
+  put.data.assign(200, 'x');
+  std::string bytes = wire::Pack(put);
+  for (size_t size : {bytes.size() / 2, size_t{12}, size_t{8}, size_t{3}}) {
+    auto reply = Reply<wire::CheckpointPutReply>(Send(subjects_.ckpt_put, bytes.substr(0, size)));
+    EXPECT_THAT(reply.error, HasSubstr("not a valid CheckpointPut message")) << size;
+  }
+  EXPECT_FALSE(Get("controller/state").found);
+  EXPECT_EQ(Put("controller/state", 9, "whole").error, "");
+}
+
+TEST_F(CheckpointerTest, BadJsonGetsAJsonErrorReply) {
+  auto reply = JsonReply<wire::CheckpointPutReply>(
+      Send(subjects_.ckpt_put, R"({"key":"a","generation":"many"})"));
+  EXPECT_THAT(reply.error, HasSubstr("invalid JSON for CheckpointPut"));
+  auto unknown = JsonReply<wire::CheckpointGetReply>(Send(subjects_.ckpt_get, R"({"kee":"a"})"));
+  EXPECT_THAT(unknown.error, HasSubstr("invalid JSON for CheckpointGet"));
+}
+
+TEST_F(CheckpointerTest, InvalidKeyIsAnErrorThatNamesIt) {
+  EXPECT_THAT(Put("../../etc/passwd", 1, "x").error,
+              HasSubstr("checkpoint key '../../etc/passwd' must not contain '..'"));
+  EXPECT_THAT(Get("").error, HasSubstr("checkpoint key must not be empty"));
+}
+
+TEST_F(CheckpointerTest, CorruptRecordIsReportedNotReplaced) {
+  std::string path = store_->PathFor("k");
+  testing::WriteFile(path, "corrupt!");
+  auto get = Get("k");
+  EXPECT_FALSE(get.found);
+  EXPECT_THAT(get.error, HasSubstr(path + " for key 'k' is corrupt"));
+  auto put = Put("k", 1, "x");
+  EXPECT_THAT(put.error, StartsWith("refused: the checkpoint file " + path));
+  EXPECT_EQ(testing::ReadFile(path), "corrupt!");
+}
+
+TEST_F(CheckpointerTest, PublishedPutWithoutReplySubjectIsStillStored) {
+  wire::CheckpointPutT put;
+  put.key = "fire-and-forget";
+  put.generation = 2;
+  put.data = {'o', 'k'};
+  ASSERT_TRUE(client_->Publish(subjects_.ckpt_put, wire::Pack(put)).ok());
+  ASSERT_TRUE(client_->Publish(subjects_.ckpt_put, "garbage without a reply subject").ok());
+  ASSERT_TRUE(client_->Publish(subjects_.ckpt_get, wire::Pack(wire::CheckpointGetT{})).ok());
+  bool stored = RunUntil(&loop_, [&] { return Get("fire-and-forget").found; });
+  EXPECT_TRUE(stored);
+  EXPECT_EQ(Text(Get("fire-and-forget").data), "ok");
+}
+
+TEST_F(CheckpointerTest, ShutdownNoticeStopsTheService) {
+  wire::ShutdownNoticeT notice;
+  notice.reason = "serve shutdown";
+  ASSERT_TRUE(client_->Publish(subjects_.shutdown, wire::Pack(notice)).ok());
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return !shutdown_why_.empty(); }));
+  EXPECT_EQ(shutdown_why_, "shutdown requested on t.shutdown: serve shutdown");
+  // Until the bus closes, requests get an answer rather than a timeout.
+  EXPECT_THAT(Put("k", 1, "late").error, HasSubstr("shutting down"));
+  EXPECT_FALSE(store_->Get("k")->has_value());
+}
+
+TEST_F(CheckpointerTest, AnyPayloadOnShutdownStopsTheService) {
+  ASSERT_TRUE(client_->Publish(subjects_.shutdown, "").ok());
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return !shutdown_why_.empty(); }));
+  EXPECT_EQ(shutdown_why_, "shutdown requested on t.shutdown");
+}
+
+TEST_F(CheckpointerTest, OtherNamespacesAreNotServed) {
+  wire::CheckpointGetT get;
+  get.key = "k";
+  auto reply = Send("other.ckpt.get", wire::Pack(get));
+  ASSERT_FALSE(reply.ok());
+  EXPECT_THAT(reply.error(), HasSubstr("nothing listens on other.ckpt.get"));
+}
+
+}  // namespace
+}  // namespace serve::checkpointer

@@ -1,0 +1,268 @@
+#include "checkpointer/file_store.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "service/service.h"
+#include "wire/codec.h"
+
+namespace serve::checkpointer {
+namespace {
+
+constexpr char kRecordSuffix[] = ".ckpt";
+
+std::string ErrnoText(int error) { return std::strerror(error); }
+
+std::string ParentOf(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string BaseName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Closes a file descriptor when it goes out of scope.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() { Reset(); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void Reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  // Closes now and reports the error close(2) returned, which on some filesystems is the first
+  // sign that written data did not reach the disk.
+  int Close() {
+    int result = ::close(fd_);
+    fd_ = -1;
+    return result;
+  }
+
+ private:
+  int fd_;
+};
+
+// Makes a new directory entry durable: a file or directory created in `directory` survives a
+// crash only once the directory itself is synced.
+Status SyncDirectory(const std::string& directory) {
+  Fd fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid() || ::fsync(fd.get()) != 0) {
+    return Status::Error("cannot sync the directory " + directory + ": " + ErrnoText(errno));
+  }
+  return Status::Ok();
+}
+
+// mkdir -p, syncing the parent of every directory it creates.
+Status MakeDirectories(const std::string& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) == 0) {
+    if (S_ISDIR(info.st_mode)) return Status::Ok();
+    return Status::Error(path + " exists and is not a directory");
+  }
+  // ENOTDIR: some ancestor is a file; the recursion below finds and names it.
+  if (errno != ENOENT && errno != ENOTDIR) {
+    return Status::Error("cannot use " + path + ": " + ErrnoText(errno));
+  }
+  std::string parent = ParentOf(path);
+  if (parent != path) {
+    Status status = MakeDirectories(parent);
+    if (!status.ok()) return status;
+  }
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status::Error("cannot create the directory " + path + ": " + ErrnoText(errno));
+  }
+  return SyncDirectory(parent);
+}
+
+Status WriteAll(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    ssize_t written = ::write(fd, bytes.data(), bytes.size());
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return Status::Error(ErrnoText(errno));
+    }
+    bytes.remove_prefix(static_cast<size_t>(written));
+  }
+  return Status::Ok();
+}
+
+// Replaces `path` with `bytes` so that readers and crashes see either the old content or the
+// new one: write a temporary file in the same directory, sync it, rename it over `path`, sync
+// the directory.
+Status ReplaceFileAtomically(const std::string& path, std::string_view bytes) {
+  std::string directory = ParentOf(path);
+  std::string temp = directory + "/." + BaseName(path) + ".tmp-XXXXXX";
+  Fd fd(::mkostemp(temp.data(), O_CLOEXEC));
+  if (!fd.valid()) {
+    return Status::Error("cannot create a temporary file in " + directory + ": " +
+                         ErrnoText(errno));
+  }
+  auto fail = [&](const std::string& what, int error) {
+    fd.Reset();
+    ::unlink(temp.c_str());
+    return Status::Error(what + ": " + ErrnoText(error));
+  };
+  Status written = WriteAll(fd.get(), bytes);
+  if (!written.ok()) {
+    fd.Reset();
+    ::unlink(temp.c_str());
+    return Status::Error("cannot write " + temp + ": " + written.message());
+  }
+  if (::fsync(fd.get()) != 0) return fail("cannot sync " + temp, errno);
+  if (fd.Close() != 0) return fail("cannot write " + temp, errno);
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    return fail("cannot rename " + temp + " to " + path, errno);
+  }
+  return SyncDirectory(directory);
+}
+
+// Holds an exclusive flock(2) on a directory. Each holder opens its own descriptor, so the lock
+// excludes other threads of this process as well as other processes.
+class DirectoryLock {
+ public:
+  static Result<std::unique_ptr<DirectoryLock>> Acquire(const std::string& directory) {
+    int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      return Status::Error("cannot open the checkpoint directory " + directory + ": " +
+                           ErrnoText(errno));
+    }
+    std::unique_ptr<DirectoryLock> lock(new DirectoryLock(fd));
+    while (::flock(fd, LOCK_EX) != 0) {
+      if (errno != EINTR) {
+        return Status::Error("cannot lock the checkpoint directory " + directory + ": " +
+                             ErrnoText(errno));
+      }
+    }
+    return lock;
+  }
+  // Closing the descriptor releases the lock.
+
+ private:
+  explicit DirectoryLock(int fd) : fd_(fd) {}
+  Fd fd_;
+};
+
+std::string Untouched(const std::string& key) {
+  return "; the file is left untouched for inspection: move it aside to let key '" + key +
+         "' be written again";
+}
+
+}  // namespace
+
+Result<std::unique_ptr<FileStore>> FileStore::Open(const std::string& directory) {
+  if (directory.empty() || directory.front() != '/') {
+    return Status::Error("the file checkpoint store needs an absolute directory, got '" +
+                         directory + "'");
+  }
+  std::string normalized = directory;
+  while (normalized.size() > 1 && normalized.back() == '/') normalized.pop_back();
+  Status made = MakeDirectories(normalized);
+  if (!made.ok()) return made.WithContext("cannot open the checkpoint store file://" + normalized);
+  // Fail now, not at the first put minutes later, when the directory is not writable.
+  std::string probe = normalized + "/.probe-XXXXXX";
+  Fd fd(::mkostemp(probe.data(), O_CLOEXEC));
+  if (!fd.valid()) {
+    return Status::Error("cannot open the checkpoint store file://" + normalized +
+                         ": cannot create files in " + normalized + ": " + ErrnoText(errno));
+  }
+  fd.Reset();
+  ::unlink(probe.c_str());
+  return std::unique_ptr<FileStore>(new FileStore(normalized));
+}
+
+std::string FileStore::Describe() const { return "file://" + directory_; }
+
+std::string FileStore::PathFor(const std::string& key) const {
+  return (directory_ == "/" ? "" : directory_) + "/" + key + kRecordSuffix;
+}
+
+Result<std::optional<Record>> FileStore::Read(const std::string& key,
+                                              const std::string& path) const {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT || errno == ENOTDIR) return std::optional<Record>();
+    return Status::Error("cannot read the checkpoint file " + path + " for key '" + key +
+                         "': " + ErrnoText(errno) + Untouched(key));
+  }
+  std::string bytes;
+  char buffer[64 * 1024];
+  while (true) {
+    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::Error("cannot read the checkpoint file " + path + " for key '" + key +
+                           "': " + ErrnoText(errno) + Untouched(key));
+    }
+    bytes.append(buffer, static_cast<size_t>(n));
+  }
+  auto stored = wire::Verify<wire::StoredCheckpoint>(bytes);
+  if (!stored.ok()) {
+    return Status::Error("the checkpoint file " + path + " for key '" + key + "' is corrupt (" +
+                         std::to_string(bytes.size()) +
+                         " bytes that are not a valid StoredCheckpoint record)" + Untouched(key));
+  }
+  const wire::StoredCheckpoint* record = *stored;
+  std::string stored_key = record->key() != nullptr ? record->key()->str() : "";
+  if (stored_key != key) {
+    // Most likely copied or renamed by hand; serving it under this key would be a lie.
+    return Status::Error("the checkpoint file " + path + " holds the record of key '" + stored_key +
+                         "', not of key '" + key + "'" + Untouched(key));
+  }
+  Record result;
+  result.generation = record->generation();
+  result.written_ms = record->written_ms();
+  if (record->data() != nullptr) {
+    result.data.assign(reinterpret_cast<const char*>(record->data()->data()),
+                       record->data()->size());
+  }
+  return std::optional<Record>(std::move(result));
+}
+
+Result<std::optional<Record>> FileStore::Get(const std::string& key) {
+  Status valid = ValidateKey(key);
+  if (!valid.ok()) return valid;
+  return Read(key, PathFor(key));
+}
+
+Status FileStore::Put(const std::string& key, uint64_t generation, std::string_view data) {
+  Status valid = ValidateKey(key);
+  if (!valid.ok()) return valid;
+  std::string path = PathFor(key);
+  Status made = MakeDirectories(ParentOf(path));
+  if (!made.ok()) return made.WithContext("cannot store key '" + key + "'");
+
+  auto lock = DirectoryLock::Acquire(directory_);
+  if (!lock.ok()) return lock.status();
+  auto current = Read(key, path);
+  if (!current.ok()) return Status::Error("refused: " + current.error());
+  if (current->has_value() && (*current)->generation > generation) {
+    return Status::Error("refused: generation " + std::to_string(generation) +
+                         " is older than the stored generation " +
+                         std::to_string((*current)->generation) + " for key '" + key +
+                         "' (another controller wrote a newer state)");
+  }
+
+  wire::StoredCheckpointT record;
+  record.key = key;
+  record.generation = generation;
+  record.written_ms = service::UnixMillis();
+  record.data.assign(data.begin(), data.end());
+  Status replaced = ReplaceFileAtomically(path, wire::Pack(record));
+  if (!replaced.ok()) return replaced.WithContext("cannot store key '" + key + "'");
+  return Status::Ok();
+}
+
+}  // namespace serve::checkpointer

@@ -1,0 +1,59 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "base/status.h"
+
+namespace serve::checkpointer {
+
+// One stored checkpoint.
+struct Record {
+  uint64_t generation = 0;
+  std::string data;
+  int64_t written_ms = 0;  // Unix milliseconds of the put that wrote it
+};
+
+// A CheckpointStore is a durable map from keys ("controller/state") to the latest Record
+// written under each key. It is the seam behind --checkpoint-path: file:// today; redis://,
+// s3://, gs:// and custom:// plugins later.
+//
+// Writes are fenced: a Put whose generation is lower than the one stored for its key is refused,
+// so a controller that lost its place to a newer one cannot overwrite the newer state. The check
+// and the write are one atomic step per key, also against other writers of the same backend.
+//
+// Keys are 1 to 200 characters of [A-Za-z0-9._/-], without ".." or a leading '/'; '/' groups
+// keys into folders, like object-store prefixes.
+class CheckpointStore {
+ public:
+  virtual ~CheckpointStore() = default;
+
+  // Stores `data` under `key` unless the stored generation is higher than `generation`. An equal
+  // generation replaces the data (a controller may re-save its state). Once Put returns OK the
+  // record survives a crash of the process or the machine.
+  virtual Status Put(const std::string& key, uint64_t generation, std::string_view data) = 0;
+
+  // The record stored under `key`, or nullopt when there is none. An unreadable or corrupt
+  // record is an error, never "not found": recovering from nothing would lose the state.
+  virtual Result<std::optional<Record>> Get(const std::string& key) = 0;
+
+  // Where the records live, as a URI a person can pass back to --checkpoint-path
+  // ("file:///var/lib/serve").
+  virtual std::string Describe() const = 0;
+};
+
+// Checks a key against the rules above; the error names the key and the rule it breaks.
+Status ValidateKey(const std::string& key);
+
+// Opens the store named by a --checkpoint-path URI: "file:///abs/dir" (a relative
+// "file://dir" is taken from the working directory). The file store creates its directory, so
+// a store that cannot be used fails here rather than at the first put.
+Result<std::unique_ptr<CheckpointStore>> OpenStore(const std::string& uri);
+
+// The embedded default: file://$HOME/.serve/<namespace>/checkpoint.
+std::string DefaultStoreUri(const std::string& ns);
+
+}  // namespace serve::checkpointer
