@@ -21,14 +21,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string RedactUrl(const std::string& url) {
-  size_t scheme = url.find("://");
-  size_t at = url.rfind('@');
-  if (scheme != std::string::npos && at != std::string::npos && at > scheme) {
-    return url.substr(0, scheme + 3) + "***@" + url.substr(at + 1);
-  }
-  return url;
-}
+using bus::RedactUrl;
 
 // A short-lived bus connection for one command.
 class Client {
@@ -54,9 +47,18 @@ class Client {
   }
 
   // A control-plane call; "nothing listens" becomes advice about the missing controller.
+  // `patient`: give a controller that is reconnecting a moment before calling it missing.
   Result<std::string> Call(const std::string& subject, const std::string& bytes,
-                           double timeout_s = 10) {
+                           double timeout_s = 10, bool patient = true) {
     auto reply = bus::RequestAndWait(&loop_, *bus_, subject, bytes, timeout_s);
+    // A controller that is reconnecting after a NATS restart is back within a second or two:
+    // do not call it missing before then.
+    auto deadline = Clock::now() + std::chrono::seconds(patient ? 2 : 0);
+    while (!reply.ok() && reply.error().rfind("nothing listens", 0) == 0 &&
+           Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      reply = bus::RequestAndWait(&loop_, *bus_, subject, bytes, timeout_s);
+    }
     if (!reply.ok()) {
       if (reply.error().rfind("nothing listens", 0) == 0) {
         return Status::Error("no Serve controller is running in namespace '" + subjects_.ns +
@@ -70,8 +72,9 @@ class Client {
   template <typename ReplyTable>
   Result<typename ReplyTable::NativeTableType> CallFor(const std::string& subject,
                                                        const std::string& bytes,
-                                                       double timeout_s = 10) {
-    auto data = Call(subject, bytes, timeout_s);
+                                                       double timeout_s = 10,
+                                                       bool patient = true) {
+    auto data = Call(subject, bytes, timeout_s, patient);
     if (!data.ok()) return data.status();
     return wire::Unpack<ReplyTable>(*data);
   }
@@ -105,8 +108,8 @@ std::string RunDirPath(const GlobalOptions& global) {
 
 // "serve ping" of the controller: who runs this namespace, if anyone.
 std::optional<wire::PingReplyT> PingController(Client& client, double timeout_s = 1.0) {
-  auto reply = client.CallFor<wire::PingReply>(client.subjects().ctl_ping,
-                                               wire::Pack(wire::PingRequestT{}), timeout_s);
+  auto reply = client.CallFor<wire::PingReply>(
+      client.subjects().ctl_ping, wire::Pack(wire::PingRequestT{}), timeout_s, /*patient=*/false);
   if (!reply.ok()) return std::nullopt;
   return *reply;
 }
@@ -173,15 +176,8 @@ int StartInstance(const GlobalOptions& global, const StartOptions& options) {
   std::string checkpoint = options.checkpoint_path.empty()
                                ? "file://" + run.path() + "/checkpoint"
                                : options.checkpoint_path;
-  std::map<std::string, std::string> env = {{"SERVE_ADDRESS", global.bus.url},
-                                            {"SERVE_NAMESPACE", global.ns}};
-  if (!global.bus.user.empty()) env["SERVE_NATS_USER"] = global.bus.user;
-  if (!global.bus.password.empty()) env["SERVE_NATS_PASSWORD"] = global.bus.password;
-  if (!global.bus.token.empty()) env["SERVE_NATS_TOKEN"] = global.bus.token;
-  if (!global.bus.creds_file.empty()) env["SERVE_NATS_CREDS"] = global.bus.creds_file;
-  if (!global.bus.tls_ca.empty()) env["SERVE_NATS_TLS_CA"] = global.bus.tls_ca;
-  if (!global.bus.tls_cert.empty()) env["SERVE_NATS_TLS_CERT"] = global.bus.tls_cert;
-  if (!global.bus.tls_key.empty()) env["SERVE_NATS_TLS_KEY"] = global.bus.tls_key;
+  std::map<std::string, std::string> env = bus::EnvironmentFor(global.bus);
+  env["SERVE_NAMESPACE"] = global.ns;
   std::map<std::string, std::vector<std::string>> commands = {
       {"checkpointer", {ServiceExecutable("serve-checkpointer"), "--checkpoint-path", checkpoint}},
       {"controller", {ServiceExecutable("serve-controller")}},
@@ -305,9 +301,8 @@ int DeployFile(const GlobalOptions& global, const DeployOptions& options) {
       Progress& before = shown[d->name];
       if (now.running != before.running || now.state != before.state ||
           now.message != before.message) {
-        std::cout << "  " << d->name << ": " << now.state << " " << now.running << "/"
-                  << now.target << " replicas" << (now.message.empty() ? "" : " - ")
-                  << now.message << "\n";
+        std::cout << "  " << d->name << ": " << now.state
+                  << (now.message.empty() ? "" : " - ") << now.message << "\n";
         before = now;
       }
       if (d->status == wire::DeploymentState::DEPLOY_FAILED) {

@@ -24,26 +24,6 @@ std::string NatsError(natsStatus status) {
   return text;
 }
 
-// Hides user:password@ in URLs before they reach a log line or an error message.
-std::string RedactUrl(const std::string& url) {
-  std::string out;
-  size_t start = 0;
-  while (start <= url.size()) {
-    size_t comma = url.find(',', start);
-    std::string one = url.substr(start, comma == std::string::npos ? std::string::npos
-                                                                   : comma - start);
-    size_t scheme = one.find("://");
-    size_t at = one.find('@');
-    if (scheme != std::string::npos && at != std::string::npos && at > scheme) {
-      one = one.substr(0, scheme + 3) + "***@" + one.substr(at + 1);
-    }
-    out += (out.empty() ? "" : ",") + one;
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 namespace detail {
@@ -430,10 +410,47 @@ void Bus::Drain() {
         spdlog::info("connected to NATS at {}", RedactUrl(options_.url));
       } else {
         spdlog::warn("lost the connection to NATS at {}; reconnecting", RedactUrl(options_.url));
+        // Replies to what was sent before the drop are lost with the connection: fail those
+        // requests now instead of letting each wait out its timeout.
+        FailAllRequests("the connection to NATS was lost before the reply came");
       }
       if (connection_listener_) connection_listener_(connected);
     }
   }
+}
+
+std::string RedactUrl(const std::string& url) {
+  std::string out;
+  size_t start = 0;
+  while (start <= url.size()) {
+    size_t comma = url.find(',', start);
+    std::string one = url.substr(start, comma == std::string::npos ? std::string::npos
+                                                                   : comma - start);
+    size_t scheme = one.find("://");
+    size_t at = one.find('@');
+    if (scheme != std::string::npos && at != std::string::npos && at > scheme) {
+      one = one.substr(0, scheme + 3) + "***@" + one.substr(at + 1);
+    }
+    out += (out.empty() ? "" : ",") + one;
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::map<std::string, std::string> EnvironmentFor(const Options& options) {
+  std::map<std::string, std::string> env = {{"SERVE_ADDRESS", options.url}};
+  auto add = [&env](const char* name, const std::string& value) {
+    if (!value.empty()) env[name] = value;
+  };
+  add("SERVE_NATS_USER", options.user);
+  add("SERVE_NATS_PASSWORD", options.password);
+  add("SERVE_NATS_TOKEN", options.token);
+  add("SERVE_NATS_CREDS", options.creds_file);
+  add("SERVE_NATS_TLS_CA", options.tls_ca);
+  add("SERVE_NATS_TLS_CERT", options.tls_cert);
+  add("SERVE_NATS_TLS_KEY", options.tls_key);
+  return env;
 }
 
 Result<Message> RequestAndWait(uv_loop_t* loop, Bus& bus, const std::string& subject,

@@ -82,8 +82,8 @@ class Bus {
   // Answers `request` on its reply subject; a message without one is ignored.
   Status Respond(const Message& request, std::string_view data);
   // Sends a request and calls `callback` exactly once, on the loop: with the reply, or with an
-  // error when nothing answers within `timeout_s`, nobody listens on `subject`, or the bus
-  // closes first.
+  // error when nothing answers within `timeout_s`, nobody listens on `subject`, the connection
+  // drops before the reply came, or the bus closes first.
   void Request(const std::string& subject, std::string_view data, double timeout_s,
                ReplyCallback callback);
 
@@ -132,6 +132,13 @@ class Bus {
   std::multimap<uint64_t, uint64_t> deadlines_;  // deadline ms -> request id
   bool closed_ = false;
 };
+
+// `url` with any user:password@ replaced by ***@, for log lines and messages.
+std::string RedactUrl(const std::string& url);
+
+// The SERVE_* environment variables that hand `options` to a child process (the flags read
+// them), so credentials never appear on a command line.
+std::map<std::string, std::string> EnvironmentFor(const Options& options);
 
 // Runs `loop` until `callback`'s reply arrives: for the CLI and for tests, never for services.
 Result<Message> RequestAndWait(uv_loop_t* loop, Bus& bus, const std::string& subject,

@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "support/loop.h"
 #include "support/process.h"
 
 namespace serve::bus {
@@ -12,26 +13,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Runs `loop` until `condition` holds or a generous deadline passes.
-bool RunUntil(uv_loop_t* loop, const std::function<bool()>& condition, double timeout_s = 20) {
-  uv_update_time(loop);
-  uint64_t deadline = uv_now(loop) + static_cast<uint64_t>(timeout_s * 1000);
-  uv_timer_t tick;
-  uv_timer_init(loop, &tick);
-  uv_timer_start(&tick, [](uv_timer_t*) {}, 5, 5);  // wakes the loop to re-check
-  bool ok = true;
-  while (!condition()) {
-    uv_update_time(loop);
-    if (uv_now(loop) > deadline) {
-      ok = false;
-      break;
-    }
-    uv_run(loop, UV_RUN_ONCE);
-  }
-  uv_close(reinterpret_cast<uv_handle_t*>(&tick), nullptr);
-  uv_run(loop, UV_RUN_NOWAIT);
-  return ok;
-}
+using serve::testing::RunUntil;
 
 class BusTest : public ::testing::Test {
  protected:
@@ -204,6 +186,47 @@ TEST_F(BusTest, TokenIsPassedThrough) {
   options.token = "tok123";
   Bus& bus = Connect(nats.url(), options);
   EXPECT_TRUE(bus.connected());
+}
+
+TEST_F(BusTest, TlsOptionsArePassedThrough) {
+  testing::TempDir certs;
+  std::string d = certs.path();
+  testing::WriteFile(d + "/san.ext", "subjectAltName=IP:127.0.0.1\n");
+  for (const auto& argv : std::vector<std::vector<std::string>>{
+           {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/ca.key",
+            "-out", d + "/ca.pem", "-days", "1", "-subj", "/CN=serve-test-ca"},
+           {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/server.key",
+            "-out", d + "/server.csr", "-subj", "/CN=127.0.0.1"},
+           {"openssl", "x509", "-req", "-in", d + "/server.csr", "-CA", d + "/ca.pem", "-CAkey",
+            d + "/ca.key", "-CAcreateserial", "-out", d + "/server.pem", "-days", "1",
+            "-extfile", d + "/san.ext"}}) {
+    auto result = testing::RunCommand(argv);
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+  }
+  testing::NatsServer nats(
+      {"--tls", "--tlscert", d + "/server.pem", "--tlskey", d + "/server.key"});
+  Options options;
+  options.tls_ca = d + "/ca.pem";
+  Bus& bus = Connect(nats.url(), options);
+  EXPECT_TRUE(bus.connected());
+  ASSERT_TRUE(bus.Subscribe("t.tls", [&](Message& m) { (void)bus.Respond(m, "secure"); }).ok());
+  auto reply = RequestAndWait(&loop_, bus, "t.tls", "x", 5);
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_EQ(reply->data, "secure");
+
+  Options untrusted;
+  untrusted.url = nats.url();
+  untrusted.retry_initial_connect = false;
+  auto refused = Bus::Connect(&loop_, untrusted);
+  EXPECT_FALSE(refused.ok()) << "a TLS server must not accept a client that does not speak TLS";
+
+  Options missing;
+  missing.url = nats.url();
+  missing.tls_ca = d + "/missing.pem";
+  missing.retry_initial_connect = false;
+  auto no_file = Bus::Connect(&loop_, missing);
+  ASSERT_FALSE(no_file.ok());
+  EXPECT_THAT(no_file.error(), HasSubstr("missing.pem"));
 }
 
 TEST_F(BusTest, MissingCredsFileIsAClearError) {

@@ -9,10 +9,14 @@
 #include <exception>
 #include <utility>
 
+#include "http/ascii.h"
 #include "http/server_core.h"
 
 namespace serve::http::internal {
 namespace {
+
+using internal::AsciiToLower;
+using internal::EqualsIgnoreCase;
 
 // A client may have this many requests in flight (read but not yet answered and written)
 // before the server stops reading from it; the same for bytes waiting to be written.
@@ -30,20 +34,6 @@ constexpr size_t kInitialBodyReserve = 64 * 1024;
 constexpr uint64_t kLingerMs = 2000;
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-
-char ToLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c; }
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (ToLower(a[i]) != ToLower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
 
 // Whether a comma-separated header value such as "keep-alive, Close" lists `token`.
 bool HasToken(std::string_view value, std::string_view token) {
@@ -92,7 +82,7 @@ std::string DescribeParserError(llhttp_errno_t error) {
   }
   std::string text(name);
   for (char& c : text) {
-    c = c == '_' ? ' ' : ToLower(c);
+    c = c == '_' ? ' ' : AsciiToLower(c);
   }
   return text;
 }

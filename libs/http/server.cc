@@ -11,25 +11,14 @@
 #include <cmath>
 #include <utility>
 
+#include "http/ascii.h"
 #include "http/connection.h"
 #include "http/server_core.h"
 
 namespace serve::http {
 namespace {
 
-char ToLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c; }
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (ToLower(a[i]) != ToLower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
+using internal::EqualsIgnoreCase;
 
 uint64_t ToMilliseconds(double seconds) {
   if (!(seconds > 0)) {

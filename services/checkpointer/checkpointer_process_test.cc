@@ -11,12 +11,15 @@
 
 #include "bus/bus.h"
 #include "bus/subjects.h"
-#include "checkpointer/test_loop.h"
+#include "support/loop.h"
 #include "support/process.h"
 #include "wire/codec.h"
 
 namespace serve::checkpointer {
 namespace {
+
+using serve::testing::RequestWhenAnswered;
+using serve::testing::RunUntil;
 
 namespace fs = std::filesystem;
 using ::testing::AllOf;

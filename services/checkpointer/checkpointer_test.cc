@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include "checkpointer/file_store.h"
-#include "checkpointer/test_loop.h"
+#include "support/loop.h"
 #include "support/process.h"
 
 namespace serve::checkpointer {
 namespace {
+
+using serve::testing::RequestWhenAnswered;
+using serve::testing::RunUntil;
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;

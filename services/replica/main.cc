@@ -148,17 +148,10 @@ int RunAgent(int argc, char** argv) {
   }
   options.worker_exe = SelfExe();
   // Workers reach the same bus as their agent, however the agent was told about it.
-  options.worker_env = {{"SERVE_ADDRESS", flags.bus.url},
-                        {"SERVE_NAMESPACE", flags.ns},
-                        {"SERVE_LOG_FORMAT", flags.log_format},
-                        {"SERVE_LOG_LEVEL", flags.log_level}};
-  if (!flags.bus.user.empty()) options.worker_env["SERVE_NATS_USER"] = flags.bus.user;
-  if (!flags.bus.password.empty()) options.worker_env["SERVE_NATS_PASSWORD"] = flags.bus.password;
-  if (!flags.bus.token.empty()) options.worker_env["SERVE_NATS_TOKEN"] = flags.bus.token;
-  if (!flags.bus.creds_file.empty()) options.worker_env["SERVE_NATS_CREDS"] = flags.bus.creds_file;
-  if (!flags.bus.tls_ca.empty()) options.worker_env["SERVE_NATS_TLS_CA"] = flags.bus.tls_ca;
-  if (!flags.bus.tls_cert.empty()) options.worker_env["SERVE_NATS_TLS_CERT"] = flags.bus.tls_cert;
-  if (!flags.bus.tls_key.empty()) options.worker_env["SERVE_NATS_TLS_KEY"] = flags.bus.tls_key;
+  options.worker_env = bus::EnvironmentFor(flags.bus);
+  options.worker_env["SERVE_NAMESPACE"] = flags.ns;
+  options.worker_env["SERVE_LOG_FORMAT"] = flags.log_format;
+  options.worker_env["SERVE_LOG_LEVEL"] = flags.log_level;
 
   uv_loop_t loop;
   uv_loop_init(&loop);

@@ -8,7 +8,7 @@
 
 #include "bus/bus.h"
 
-namespace serve::checkpointer {
+namespace serve::testing {
 
 // Runs `loop` until `condition` holds or `timeout_s` passes; the tests' only way to wait.
 inline bool RunUntil(uv_loop_t* loop, const std::function<bool()>& condition,
@@ -49,4 +49,4 @@ inline Result<bus::Message> RequestWhenAnswered(uv_loop_t* loop, bus::Bus& bus,
   return last;
 }
 
-}  // namespace serve::checkpointer
+}  // namespace serve::testing
