@@ -1,0 +1,23 @@
+# Serve's executables on Debian 12. docker-compose.yml runs one container per service from it.
+FROM debian:12 AS build
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      build-essential cmake ninja-build pkg-config libnats-dev libuv1-dev node-llhttp \
+      libflatbuffers-dev flatbuffers-compiler libhiredis-dev libspdlog-dev libfmt-dev \
+      libcurl4-openssl-dev libssl-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DSERVE_BUILD_TESTS=OFF \
+    && cmake --build build
+
+FROM debian:12-slim
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      libnats3.4 libuv1 libflatbuffers2 libhiredis0.14 libspdlog1.10 libfmt9 libcurl4 \
+      libyaml-cpp0.7 ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --create-home --home-dir /var/lib/serve serve
+COPY --from=build /src/build/bin/ /usr/local/bin/
+COPY examples /opt/serve/examples
+USER serve
+WORKDIR /var/lib/serve
+ENV SERVE_ADDRESS=nats://nats:4222
