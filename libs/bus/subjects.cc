@@ -46,4 +46,8 @@ std::string Subjects::Replica(const std::string& replica_id) const {
   return ns + ".replica." + replica_id;
 }
 
+std::string Subjects::ReplicaControl(const std::string& replica_id) const {
+  return ns + ".replica." + replica_id + ".ctl";
+}
+
 }  // namespace serve::bus

@@ -30,6 +30,8 @@ struct Subjects {
   std::string NodeStop(const std::string& node_id) const;
   // The data-plane subject a replica worker answers on.
   std::string Replica(const std::string& replica_id) const;
+  // A replica worker's control subject (reconfigure in place).
+  std::string ReplicaControl(const std::string& replica_id) const;
 };
 
 }  // namespace serve::bus

@@ -278,6 +278,30 @@ void Controller::StopReplica(const std::string& node_id, const std::string& repl
                });
 }
 
+void Controller::ReconfigureReplica(const std::string& replica_id,
+                                    const wire::DeploymentSpecT& spec,
+                                    const std::string& config_hash) {
+  wire::ReconfigureT order;
+  order.replica_id = replica_id;
+  order.user_config = spec.user_config;
+  order.health_check_period_s = spec.health_check_period_s;
+  spdlog::info("reconfiguring replica {} of {}", replica_id, spec.name);
+  bus_.Request(subjects_.ReplicaControl(replica_id), wire::Pack(order),
+               options_.request_timeout_s,
+               [this, replica_id, config_hash](Result<bus::Message> reply) {
+                 Status result = Status::Ok();
+                 if (!reply.ok()) {
+                   result = reply.status();
+                 } else if (auto r = wire::Unpack<wire::ReconfigureReply>(reply->data); !r.ok()) {
+                   result = r.status();
+                 } else if (!r->error.empty()) {
+                   result = Status::Error(r->error);
+                 }
+                 reconciler_.OnReconfigureResult(replica_id, config_hash, result);
+                 Sync();
+               });
+}
+
 void Controller::Event(const std::string& kind, const std::string& name, const std::string& state,
                        const std::string& message) {
   spdlog::info("{} {}: {}{}{}", kind, name, state, message.empty() ? "" : " - ", message);

@@ -42,6 +42,8 @@ class Controller : public ReconcilerActions {
   void StartReplica(const std::string& node_id, const std::string& replica_id,
                     const wire::DeploymentSpecT& spec) override;
   void StopReplica(const std::string& node_id, const std::string& replica_id) override;
+  void ReconfigureReplica(const std::string& replica_id, const wire::DeploymentSpecT& spec,
+                          const std::string& config_hash) override;
   void Event(const std::string& kind, const std::string& name, const std::string& state,
              const std::string& message) override;
 

@@ -37,11 +37,22 @@ double CustomAmount(const wire::ResourcesT& resources, const std::string& name) 
 }
 
 // What must match for a running replica to count as up to date: the whole spec except the
-// replica count.
+// replica count and what changes in place (see ConfigHash). A change here rolls replicas over.
 std::string Fingerprint(const wire::DeploymentSpecT& spec) {
   wire::DeploymentSpecT copy = spec;
   copy.num_replicas = 0;
+  copy.user_config.clear();
+  copy.health_check_period_s = 0;
+  copy.health_check_timeout_s = 0;
+  copy.max_concurrent_queries = 0;
   return ShortHash(wire::Pack(copy));
+}
+
+// What a running replica takes without a restart: user_config (through the user's
+// reconfigure) and its heartbeat period. max_concurrent_queries and the health timeout are
+// enforced by proxies and the controller, so they need no replica change at all.
+std::string ConfigHash(const wire::DeploymentSpecT& spec) {
+  return ShortHash(spec.user_config + "\n" + std::to_string(spec.health_check_period_s));
 }
 
 // What a derived version covers: the code. Options that change in place do not count.
@@ -113,30 +124,39 @@ Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::Deployment
   std::vector<std::string> results;
   for (auto& spec : specs) {
     std::string fingerprint = Fingerprint(spec);
+    std::string config_hash = ConfigHash(spec);
     auto it = deployments_.find(spec.name);
     std::string outcome;
     if (it == deployments_.end()) {
       outcome = "created";
-    } else if (it->second.fingerprint == fingerprint &&
-               it->second.spec.num_replicas == spec.num_replicas &&
-               it->second.start_failures == 0) {
-      results.push_back(spec.name + ": unchanged");
-      continue;
-    } else if (it->second.fingerprint == fingerprint &&
-               it->second.spec.num_replicas == spec.num_replicas) {
-      // The same spec again after failed starts: the cause may have been outside the spec.
-      outcome = "retrying after " + std::to_string(it->second.start_failures) + " failed starts";
-    } else if (it->second.fingerprint == fingerprint) {
-      outcome = "scaled from " + std::to_string(it->second.spec.num_replicas) + " to " +
-                std::to_string(spec.num_replicas) + " replicas";
-    } else {
+    } else if (it->second.fingerprint != fingerprint) {
       outcome = it->second.spec.version == spec.version
-                    ? "updated"
+                    ? "updating (rolling restart)"
                     : "updating from version " + it->second.spec.version + " to " + spec.version;
+    } else {
+      const Deployment& before = it->second;
+      if (before.spec.num_replicas != spec.num_replicas) {
+        outcome = "scaled from " + std::to_string(before.spec.num_replicas) + " to " +
+                  std::to_string(spec.num_replicas) + " replicas";
+      }
+      if (before.config_hash != config_hash) {
+        outcome += std::string(outcome.empty() ? "" : ", ") + "reconfigured in place";
+      } else if (wire::Pack(before.spec) != wire::Pack(spec) && outcome.empty()) {
+        outcome = "options updated in place";
+      }
+      if (outcome.empty() && before.start_failures == 0) {
+        results.push_back(spec.name + ": unchanged");
+        continue;
+      }
+      if (outcome.empty()) {
+        // The same spec again after failed starts: the cause may have been outside the spec.
+        outcome = "retrying after " + std::to_string(before.start_failures) + " failed starts";
+      }
     }
     Deployment& d = deployments_[spec.name];
     d.spec = std::move(spec);
     d.fingerprint = fingerprint;
+    d.config_hash = config_hash;
     d.reached_target = false;
     d.start_failures = 0;
     d.next_start_after = 0;
@@ -182,6 +202,7 @@ void Reconciler::Restore(const std::vector<wire::DeploymentSpecT>& specs) {
     Deployment& d = deployments_[spec.name];
     d.spec = spec;
     d.fingerprint = Fingerprint(spec);
+    d.config_hash = ConfigHash(spec);
     d.message = "restored from the checkpoint";
   }
   started_at_ = clock_.Now();
@@ -254,6 +275,7 @@ void Reconciler::AdoptOrStop(const std::string& node_id, const wire::NodeReplica
       replica.deployment = d.spec.name;
       replica.node = node_id;
       replica.fingerprint = d.fingerprint;
+      replica.config_hash = d.config_hash;
       replica.version = reported.version;
       replica.resources = ResourcesOf(d.spec);
       replica.last_heartbeat = clock_.Now();
@@ -347,6 +369,23 @@ void Reconciler::OnStartResult(const std::string& replica_id, const Status& resu
   actions_.Event("replica", replica_id, "UNHEALTHY", why);
   replicas_.erase(it);
   RecordStartFailure(deployment, why);
+}
+
+void Reconciler::OnReconfigureResult(const std::string& replica_id,
+                                     const std::string& config_hash, const Status& result) {
+  auto it = replicas_.find(replica_id);
+  if (it == replicas_.end()) return;
+  Replica& replica = it->second;
+  if (replica.reconfiguring_to == config_hash) replica.reconfiguring_to.clear();
+  if (result.ok()) {
+    replica.config_hash = config_hash;
+    return;
+  }
+  // A replica that cannot take the new config is replaced by one started with it.
+  if (replica.state == ReplicaState::RUNNING) {
+    SetReplicaState(replica, ReplicaState::UNHEALTHY, result.message());
+    StopAndForget(replica, result.message());
+  }
 }
 
 void Reconciler::RecordStartFailure(const std::string& deployment, const std::string& why) {
@@ -478,10 +517,20 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
       replica.id = id;
       replica.deployment = d.spec.name;
       replica.fingerprint = d.fingerprint;
+      replica.config_hash = d.config_hash;
       replica.version = d.spec.version;
       replica.resources = ResourcesOf(d.spec);
       SetReplicaState(replica, ReplicaState::PENDING, "waiting for placement");
       current.push_back(&replica);
+    }
+  }
+  // In-place changes reach running replicas of the current version; a replica that started
+  // with an older config catches up once it runs.
+  for (Replica* r : current) {
+    if (r->state == ReplicaState::RUNNING && r->config_hash != d.config_hash &&
+        r->reconfiguring_to != d.config_hash) {
+      r->reconfiguring_to = d.config_hash;
+      actions_.ReconfigureReplica(r->id, d.spec, d.config_hash);
     }
   }
   // Old versions: keep only as many running as the new version still lacks.
@@ -652,13 +701,13 @@ std::string Reconciler::Shortfall(const wire::ResourcesT& need) const {
 
 void Reconciler::UpdateDeploymentState(Deployment& d) {
   int target = d.spec.num_replicas;
-  int running = 0, running_current = 0, others = 0;
+  int running_current = 0, others = 0, reconfiguring = 0;
   bool pending = false;
   for (const auto& [id, r] : replicas_) {
     if (r.deployment != d.spec.name) continue;
-    if (r.state == ReplicaState::RUNNING) {
-      ++running;
-      if (r.fingerprint == d.fingerprint) ++running_current;
+    if (r.state == ReplicaState::RUNNING && r.fingerprint == d.fingerprint) {
+      ++running_current;
+      if (r.config_hash != d.config_hash) ++reconfiguring;
     }
     if (r.fingerprint != d.fingerprint && Serving(r.state)) ++others;
     if (r.state == ReplicaState::PENDING) pending = true;
@@ -671,13 +720,14 @@ void Reconciler::UpdateDeploymentState(Deployment& d) {
     state = DeploymentState::DEPLOY_FAILED;
     message = std::to_string(d.start_failures) + " replica starts failed in a row; last: " +
               d.last_failure + " (fix it and deploy again)";
-  } else if (running_current == target && others == 0) {
+  } else if (running_current == target && others == 0 && reconfiguring == 0) {
     state = DeploymentState::HEALTHY;
     message = target == 0 ? "scaled to zero replicas: requests get 503" : count;
     d.reached_target = true;
   } else {
     state = d.reached_target ? DeploymentState::UNHEALTHY : DeploymentState::UPDATING;
     message = count;
+    if (reconfiguring > 0) message += "; reconfiguring " + std::to_string(reconfiguring);
     if (pending && !d.pending_reason.empty()) message += "; " + d.pending_reason;
     if (!d.last_failure.empty()) message += "; last failure: " + d.last_failure;
   }
@@ -687,7 +737,6 @@ void Reconciler::UpdateDeploymentState(Deployment& d) {
   }
   d.state = state;
   d.message = message;
-  (void)running;
 }
 
 std::string Reconciler::NewReplicaId(const std::string& deployment) {

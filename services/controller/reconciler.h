@@ -20,6 +20,10 @@ class ReconcilerActions {
   virtual void StartReplica(const std::string& node_id, const std::string& replica_id,
                             const wire::DeploymentSpecT& spec) = 0;
   virtual void StopReplica(const std::string& node_id, const std::string& replica_id) = 0;
+  // Applies `spec`'s in-place options (user_config, heartbeat period) to a running replica;
+  // the answer comes back through Reconciler::OnReconfigureResult with `config_hash`.
+  virtual void ReconfigureReplica(const std::string& replica_id, const wire::DeploymentSpecT& spec,
+                                  const std::string& config_hash) = 0;
   // Something a person watching would want to know; published on <ns>.events.
   virtual void Event(const std::string& kind, const std::string& name, const std::string& state,
                      const std::string& message) = 0;
@@ -59,6 +63,8 @@ class Reconciler {
   void OnProxyHeartbeat(const wire::ProxyHeartbeatT& heartbeat);
   void OnReplicaExited(const wire::ReplicaExitedT& exited);
   void OnStartResult(const std::string& replica_id, const Status& result);
+  void OnReconfigureResult(const std::string& replica_id, const std::string& config_hash,
+                           const Status& result);
 
   // Acts on everything that changed: timeouts, placement, scaling, replacement, statuses.
   void Step();
@@ -79,6 +85,8 @@ class Reconciler {
     std::string deployment;
     std::string node;         // empty while PENDING
     std::string fingerprint;  // of the spec it runs
+    std::string config_hash;  // of the in-place options it runs with
+    std::string reconfiguring_to;  // config hash of a reconfigure in flight
     std::string version;
     wire::ReplicaState state = wire::ReplicaState::PENDING;
     std::string message;
@@ -108,6 +116,7 @@ class Reconciler {
   struct Deployment {
     wire::DeploymentSpecT spec;  // version filled in
     std::string fingerprint;
+    std::string config_hash;
     wire::DeploymentState state = wire::DeploymentState::UPDATING;
     std::string message;
     bool reached_target = false;

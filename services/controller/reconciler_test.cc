@@ -37,6 +37,11 @@ class FakeCluster : public ReconcilerActions {
     std::string node;
     std::string replica;
   };
+  struct ReconfigureCall {
+    std::string replica;
+    std::string user_config;
+    std::string config_hash;
+  };
   struct EventCall {
     std::string kind;
     std::string name;
@@ -62,6 +67,10 @@ class FakeCluster : public ReconcilerActions {
     order.push_back("stop " + replica_id);
     workers[node_id].erase(replica_id);
   }
+  void ReconfigureReplica(const std::string& replica_id, const wire::DeploymentSpecT& spec,
+                          const std::string& config_hash) override {
+    reconfigures.push_back({replica_id, spec.user_config, config_hash});
+  }
   void Event(const std::string& kind, const std::string& name, const std::string& state,
              const std::string& message) override {
     events.push_back({kind, name, state, message});
@@ -70,6 +79,7 @@ class FakeCluster : public ReconcilerActions {
   void ClearCalls() {
     starts.clear();
     stops.clear();
+    reconfigures.clear();
     events.clear();
     order.clear();
   }
@@ -91,6 +101,7 @@ class FakeCluster : public ReconcilerActions {
 
   std::vector<StartCall> starts;
   std::vector<StopCall> stops;
+  std::vector<ReconfigureCall> reconfigures;
   std::vector<EventCall> events;
   std::vector<std::string> order;  // "start <id>" and "stop <id>", as they came
   std::map<std::string, std::map<std::string, Worker>> workers;  // by node, then replica id
@@ -1188,6 +1199,86 @@ TEST_F(ReconcilerTest, ShortHashIsStableAndSixteenHexDigits) {
   EXPECT_NE(ShortHash("abc"), ShortHash("abd"));
   EXPECT_EQ(ShortHash("").size(), 16u);
   EXPECT_EQ(ShortHash(""), "cbf29ce484222325");  // the FNV-1a offset basis
+}
+
+
+TEST_F(ReconcilerTest, UserConfigChangeReconfiguresInPlace) {
+  AddNode("n1", 4);
+  auto spec = Spec("hello", 2);
+  spec.user_config = R"({"message":"one"})";
+  auto ids = DeployHealthy(std::move(spec));
+  ASSERT_EQ(ids.size(), 2u);
+  cluster_.ClearCalls();
+
+  auto changed = Spec("hello", 2);
+  changed.user_config = R"({"message":"two"})";
+  auto results = DeployOk(std::move(changed));
+  EXPECT_THAT(results, ElementsAre("hello: reconfigured in place"));
+  ASSERT_EQ(cluster_.reconfigures.size(), 2u);
+  EXPECT_EQ(cluster_.reconfigures[0].user_config, R"({"message":"two"})");
+  EXPECT_TRUE(cluster_.starts.empty());
+  EXPECT_TRUE(cluster_.stops.empty());
+  // Still serving from the same replicas while the change lands.
+  EXPECT_EQ(Routed("hello"), ids);
+  EXPECT_EQ(StateOf("hello"), "UPDATING");
+  EXPECT_THAT(MessageOf("hello"), HasSubstr("reconfiguring 2"));
+
+  for (const auto& call : cluster_.reconfigures) {
+    r().OnReconfigureResult(call.replica, call.config_hash, Status::Ok());
+  }
+  r().Step();
+  EXPECT_EQ(StateOf("hello"), "HEALTHY");
+  EXPECT_EQ(Routed("hello"), ids);
+  // Steps after that send nothing more.
+  cluster_.ClearCalls();
+  Run(3);
+  EXPECT_TRUE(cluster_.reconfigures.empty());
+}
+
+TEST_F(ReconcilerTest, ReplicaThatRefusesANewConfigIsReplaced) {
+  AddNode("n1", 4);
+  auto ids = DeployHealthy(Spec("hello", 1));
+  cluster_.ClearCalls();
+  auto changed = Spec("hello", 1);
+  changed.user_config = R"({"message":"bad"})";
+  DeployOk(std::move(changed));
+  ASSERT_EQ(cluster_.reconfigures.size(), 1u);
+  r().OnReconfigureResult(ids[0], cluster_.reconfigures[0].config_hash,
+                          Status::Error("reconfigure failed: no"));
+  r().Step();
+  EXPECT_THAT(cluster_.StoppedIds(), ElementsAre(ids[0]));
+  ASSERT_EQ(cluster_.starts.size(), 1u);
+  EXPECT_EQ(cluster_.starts[0].spec.user_config, R"({"message":"bad"})");
+}
+
+TEST_F(ReconcilerTest, MaxConcurrentQueriesChangesWithoutARestart) {
+  AddNode("n1", 4);
+  auto ids = DeployHealthy(Spec("hello", 2));
+  cluster_.ClearCalls();
+  auto changed = Spec("hello", 2);
+  changed.max_concurrent_queries = 7;
+  EXPECT_THAT(DeployOk(std::move(changed)), ElementsAre("hello: options updated in place"));
+  EXPECT_TRUE(cluster_.starts.empty());
+  EXPECT_TRUE(cluster_.stops.empty());
+  auto table = r().Routes();
+  ASSERT_EQ(table.routes.size(), 1u);
+  ASSERT_EQ(table.routes[0]->replicas.size(), 2u);
+  EXPECT_EQ(table.routes[0]->replicas[0]->max_concurrent_queries, 7);
+  EXPECT_EQ(StateOf("hello"), "HEALTHY");
+}
+
+TEST_F(ReconcilerTest, ReplicaStartedBeforeAConfigChangeCatchesUpOnceRunning) {
+  AddNode("n1", 4);
+  DeployOk(Spec("hello", 1));
+  ASSERT_EQ(cluster_.starts.size(), 1u);
+  std::string id = cluster_.starts[0].replica;
+  auto changed = Spec("hello", 1);
+  changed.user_config = R"({"message":"later"})";
+  DeployOk(std::move(changed));
+  EXPECT_TRUE(cluster_.reconfigures.empty());  // not running yet: nothing to reconfigure
+  Run(1);
+  ASSERT_EQ(cluster_.reconfigures.size(), 1u);
+  EXPECT_EQ(cluster_.reconfigures[0].replica, id);
 }
 
 }  // namespace

@@ -10,11 +10,19 @@ std::string_view AsView(const flatbuffers::String* s) {
 }
 
 // builtin:hello answers user_config.message, or "hello world" when it is not set.
+Result<std::string> HelloMessage(const std::string& user_config);
+
 class HelloRuntime : public Runtime {
  public:
   explicit HelloRuntime(std::string message) : message_(std::move(message)) {}
   HandlerResponse Handle(const wire::HttpRequest&) override {
     return HandlerResponse{200, {{"Content-Type", "text/plain; charset=utf-8"}}, message_};
+  }
+  Status Reconfigure(const std::string& user_config) override {
+    auto message = HelloMessage(user_config);
+    if (!message.ok()) return message.status();
+    message_ = std::move(*message);
+    return Status::Ok();
   }
 
  private:
@@ -25,6 +33,7 @@ class HelloRuntime : public Runtime {
 class EchoRuntime : public Runtime {
  public:
   explicit EchoRuntime(ReplicaIdentity identity) : identity_(std::move(identity)) {}
+  Status Reconfigure(const std::string&) override { return Status::Ok(); }
   HandlerResponse Handle(const wire::HttpRequest& request) override {
     std::string body;
     if (request.body() != nullptr) {

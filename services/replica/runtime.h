@@ -32,6 +32,9 @@ class Runtime {
   virtual ~Runtime() = default;
   // Answers one request. Called on the worker's loop thread.
   virtual HandlerResponse Handle(const wire::HttpRequest& request) = 0;
+  // Applies a new user_config (JSON text) without a restart. The error is shown to the person
+  // who deployed it.
+  virtual Status Reconfigure(const std::string& user_config) = 0;
 };
 
 // Creates the runtime named by `spec.runtime`. The error names the runtime and the cause.

@@ -42,14 +42,16 @@ ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
       subjects_(subjects),
       options_(std::move(options)),
       runtime_(std::move(runtime)),
-      subject_(subjects.Replica(options_.replica_id)) {}
+      subject_(subjects.Replica(options_.replica_id)),
+      control_subject_(subjects.ReplicaControl(options_.replica_id)) {}
 
 Status ReplicaWorker::Start() {
   Status status = bus_.Subscribe(subject_, [this](bus::Message& m) { OnRequest(m); });
   if (!status.ok()) return status;
+  status = bus_.Subscribe(control_subject_, [this](bus::Message& m) { OnReconfigure(m); });
+  if (!status.ok()) return status;
   SendHeartbeat();
-  heartbeat_ = std::make_unique<service::RepeatingTimer>(
-      loop_, options_.spec.health_check_period_s, [this] { SendHeartbeat(); });
+  StartHeartbeats();
   spdlog::info("replica {} of {} (version {}) ready on {}", options_.replica_id,
                options_.spec.name, options_.version, subject_);
   return Status::Ok();
@@ -72,6 +74,37 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
   (void)bus_.Respond(message, EncodeResponse(answer));
 }
 
+void ReplicaWorker::StartHeartbeats() {
+  heartbeat_ = std::make_unique<service::RepeatingTimer>(
+      loop_, options_.spec.health_check_period_s, [this] { SendHeartbeat(); });
+}
+
+void ReplicaWorker::OnReconfigure(bus::Message& message) {
+  auto order = wire::Unpack<wire::Reconfigure>(message.data);
+  wire::ReconfigureReplyT reply;
+  if (!order.ok()) {
+    reply.error = order.error();
+  } else if (order->replica_id != options_.replica_id) {
+    reply.error = "reconfigure for " + order->replica_id + " reached replica " +
+                  options_.replica_id;
+  } else {
+    Status applied = runtime_->Reconfigure(order->user_config);
+    if (applied.ok()) {
+      options_.spec.user_config = order->user_config;
+      if (order->health_check_period_s > 0 &&
+          order->health_check_period_s != options_.spec.health_check_period_s) {
+        options_.spec.health_check_period_s = order->health_check_period_s;
+        if (!draining_) StartHeartbeats();
+      }
+      spdlog::info("replica {} reconfigured", options_.replica_id);
+    } else {
+      reply.error = "reconfigure failed: " + applied.message();
+      spdlog::warn("replica {}: {}", options_.replica_id, reply.error);
+    }
+  }
+  (void)bus_.Respond(message, wire::Pack(reply));
+}
+
 void ReplicaWorker::SendHeartbeat() {
   wire::ReplicaHeartbeatT heartbeat;
   heartbeat.replica_id = options_.replica_id;
@@ -89,6 +122,7 @@ void ReplicaWorker::Drain(std::function<void()> done) {
   if (draining_) return;
   draining_ = true;
   bus_.Unsubscribe(subject_);
+  bus_.Unsubscribe(control_subject_);
   heartbeat_.reset();
   SendHeartbeat();
   // Built-in handlers answer on the loop, so nothing is in flight once this runs; runtimes

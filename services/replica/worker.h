@@ -39,6 +39,8 @@ class ReplicaWorker {
 
  private:
   void OnRequest(bus::Message& message);
+  void OnReconfigure(bus::Message& message);
+  void StartHeartbeats();
   void SendHeartbeat();
 
   uv_loop_t* loop_;
@@ -47,6 +49,7 @@ class ReplicaWorker {
   WorkerOptions options_;
   std::unique_ptr<Runtime> runtime_;
   std::string subject_;
+  std::string control_subject_;
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
   int in_flight_ = 0;
   uint64_t completed_ = 0;
