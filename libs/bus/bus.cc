@@ -3,6 +3,7 @@
 #include <nats/nats.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <charconv>
 #include <deque>
 #include <mutex>
@@ -38,7 +39,11 @@ struct BusShared {
   struct ConnectionChange {
     bool connected = false;
   };
-  using Item = std::variant<Delivery, ConnectionChange>;
+  // A subscription delivered its last message (after a drain or unsubscribe).
+  struct SubscriptionDone {
+    size_t handler = 0;
+  };
+  using Item = std::variant<Delivery, ConnectionChange, SubscriptionDone>;
 
   std::mutex mutex;
   std::deque<Item> queue;        // guarded by mutex
@@ -77,7 +82,12 @@ void OnNatsMessage(natsConnection*, natsSubscription*, natsMsg* msg, void* closu
   subscription->shared->Push(BusShared::Delivery{subscription->handler, std::move(message)});
 }
 
-void OnSubscriptionComplete(void* closure) { delete static_cast<BusSubscription*>(closure); }
+void OnSubscriptionComplete(void* closure) {
+  auto* subscription = static_cast<BusSubscription*>(closure);
+  // Queued behind every message this subscription delivered, so the loop sees them first.
+  subscription->shared->Push(BusShared::SubscriptionDone{subscription->handler});
+  delete subscription;
+}
 
 // The closure of the connection callbacks. nats.c runs them on its own thread, possibly after
 // the Bus is gone (Close posts "disconnected" and then "closed"); the closure keeps the shared
@@ -115,7 +125,8 @@ Result<std::unique_ptr<Bus>> Bus::Connect(uv_loop_t* loop, const Options& option
 
 Status Bus::Open() {
   wakeup_ = new uv_async_t;
-  uv_async_init(loop_, wakeup_, [](uv_async_t* handle) { static_cast<Bus*>(handle->data)->Drain(); });
+  uv_async_init(loop_, wakeup_,
+                [](uv_async_t* handle) { static_cast<Bus*>(handle->data)->DrainQueue(); });
   wakeup_->data = this;
   timer_ = new uv_timer_t;
   uv_timer_init(loop_, timer_);
@@ -221,7 +232,10 @@ void Bus::Close(double flush_timeout_s) {
     // Subscriptions are closed with the connection; each frees its closure when nats.c says
     // it is complete, so a late callback never sees freed memory.
     natsConnection_Close(connection_);
-    for (auto& [subject, sub] : subscriptions_) natsSubscription_Destroy(sub);
+    for (auto& entry : subscriptions_) natsSubscription_Destroy(entry.sub);
+    for (natsSubscription* sub : draining_) natsSubscription_Destroy(sub);
+    draining_.clear();
+    drained_.clear();
     subscriptions_.clear();
     natsConnection_Destroy(connection_);
     connection_ = nullptr;
@@ -269,15 +283,15 @@ Status Bus::Subscribe(const std::string& subject, Handler handler) {
   // Control messages are small; a generous limit keeps a burst from being dropped as a slow
   // consumer while the loop is busy.
   natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
-  subscriptions_.emplace_back(subject, sub);
+  subscriptions_.push_back(SubscriptionEntry{subject, sub, handlers_.size() - 1});
   return Status::Ok();
 }
 
 void Bus::Unsubscribe(const std::string& subject) {
   for (auto it = subscriptions_.begin(); it != subscriptions_.end();) {
-    if (it->first == subject) {
-      natsSubscription_Unsubscribe(it->second);
-      natsSubscription_Destroy(it->second);
+    if (it->subject == subject) {
+      natsSubscription_Unsubscribe(it->sub);
+      natsSubscription_Destroy(it->sub);
       it = subscriptions_.erase(it);
     } else {
       ++it;
@@ -299,6 +313,30 @@ Status Bus::Publish(const std::string& subject, std::string_view data, const std
 Status Bus::Respond(const Message& request, std::string_view data) {
   if (request.reply.empty()) return Status::Ok();
   return Publish(request.reply, data);
+}
+
+void Bus::Drain(const std::string& subject, double timeout_s, std::function<void()> done) {
+  auto it = std::find_if(subscriptions_.begin(), subscriptions_.end(),
+                         [&](const SubscriptionEntry& e) { return e.subject == subject; });
+  if (it == subscriptions_.end()) {
+    done();
+    return;
+  }
+  natsSubscription* sub = it->sub;
+  // Destroying a subscription that still drains would unsubscribe it at once and drop what it
+  // holds: it is destroyed when the drain is done.
+  drained_[it->handler] = [this, sub, done = std::move(done)] {
+    natsSubscription_Destroy(sub);
+    std::erase(draining_, sub);
+    done();
+  };
+  draining_.push_back(sub);
+  subscriptions_.erase(it);
+  natsStatus s = natsSubscription_DrainTimeout(sub, static_cast<int64_t>(timeout_s * 1000));
+  if (s != NATS_OK) {
+    // Not connected, say: nothing more can arrive anyway.
+    natsSubscription_Unsubscribe(sub);
+  }
 }
 
 Status Bus::EnsureReplySubscription() {
@@ -394,7 +432,7 @@ void Bus::FailAllRequests(const std::string& why) {
   for (auto& [id, request] : pending) request.callback(Status::Error(why));
 }
 
-void Bus::Drain() {
+void Bus::DrainQueue() {
   std::deque<BusShared::Item> items;
   {
     std::lock_guard<std::mutex> lock(shared_->mutex);
@@ -404,6 +442,13 @@ void Bus::Drain() {
     if (closed_) return;
     if (auto* delivery = std::get_if<BusShared::Delivery>(&item)) {
       handlers_[delivery->handler](delivery->message);
+    } else if (auto* done = std::get_if<BusShared::SubscriptionDone>(&item)) {
+      auto it = drained_.find(done->handler);
+      if (it != drained_.end()) {
+        auto callback = std::move(it->second);
+        drained_.erase(it);
+        callback();
+      }
     } else {
       bool connected = std::get<BusShared::ConnectionChange>(item).connected;
       if (connected) {

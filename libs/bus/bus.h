@@ -77,6 +77,10 @@ class Bus {
   Status Subscribe(const std::string& subject, Handler handler);
   // Stops delivery for every subscription on exactly `subject`.
   void Unsubscribe(const std::string& subject);
+  // Unsubscribes from `subject` without losing what is already on its way: messages the server
+  // routed here before it saw the unsubscribe are still handed to the handler, then `done` runs
+  // (on the loop). For replicas that leave service without dropping a request.
+  void Drain(const std::string& subject, double timeout_s, std::function<void()> done);
   Status Publish(const std::string& subject, std::string_view data,
                  const std::string& reply = "");
   // Answers `request` on its reply subject; a message without one is ignored.
@@ -110,7 +114,7 @@ class Bus {
   Bus(uv_loop_t* loop, Options options);
   Status Open();
   Status EnsureReplySubscription();
-  void Drain();
+  void DrainQueue();
   void OnReply(Message& message);
   void ArmTimer();
   void ExpireRequests();
@@ -123,7 +127,14 @@ class Bus {
   uv_async_t* wakeup_ = nullptr;
   uv_timer_t* timer_ = nullptr;
   std::deque<Handler> handlers_;  // indexed by subscription; a deque keeps them in place
-  std::vector<std::pair<std::string, __natsSubscription*>> subscriptions_;
+  std::map<size_t, std::function<void()>> drained_;  // by handler index: Drain()'s callbacks
+  struct SubscriptionEntry {
+    std::string subject;
+    __natsSubscription* sub;
+    size_t handler;  // index into handlers_
+  };
+  std::vector<SubscriptionEntry> subscriptions_;
+  std::vector<__natsSubscription*> draining_;
   ConnectionListener connection_listener_;
 
   std::string reply_prefix_;  // "_INBOX.<nuid>."

@@ -121,14 +121,17 @@ void ReplicaWorker::SendHeartbeat() {
 void ReplicaWorker::Drain(std::function<void()> done) {
   if (draining_) return;
   draining_ = true;
-  bus_.Unsubscribe(subject_);
-  bus_.Unsubscribe(control_subject_);
   heartbeat_.reset();
   SendHeartbeat();
-  // Built-in handlers answer on the loop, so nothing is in flight once this runs; runtimes
-  // that answer asynchronously wait here for in_flight_ to reach zero.
-  spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
-  done();
+  bus_.Unsubscribe(control_subject_);
+  // Requests the server routed here before it saw the unsubscribe are still answered; anything
+  // later finds no listener, and the proxy sends it to another replica.
+  bus_.Drain(subject_, options_.spec.graceful_shutdown_timeout_s, [this, done = std::move(done)] {
+    // Built-in handlers answer on the loop, so nothing is in flight once the queue is empty;
+    // runtimes that answer asynchronously wait here for in_flight_ to reach zero.
+    spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
+    done();
+  });
 }
 
 }  // namespace serve::replica
