@@ -266,16 +266,26 @@ void Controller::StartReplica(const std::string& node_id, const std::string& rep
 }
 
 void Controller::StopReplica(const std::string& node_id, const std::string& replica_id) {
-  wire::StopReplicaT order;
-  order.replica_id = replica_id;
-  spdlog::info("stopping replica {} on node {}", replica_id, node_id);
-  bus_.Request(subjects_.NodeStop(node_id), wire::Pack(order), options_.request_timeout_s,
-               [replica_id, node_id](Result<bus::Message> reply) {
-                 if (!reply.ok()) {
-                   spdlog::warn("stop of replica {} on node {}: {}", replica_id, node_id,
-                                reply.error());
-                 }
-               });
+  // Sent by Sync() after the route table that no longer lists the replica: proxies stop
+  // choosing it before it stops listening.
+  pending_stops_.emplace_back(node_id, replica_id);
+}
+
+void Controller::SendStops() {
+  auto stops = std::move(pending_stops_);
+  pending_stops_.clear();
+  for (const auto& [node_id, replica_id] : stops) {
+    wire::StopReplicaT order;
+    order.replica_id = replica_id;
+    spdlog::info("stopping replica {} on node {}", replica_id, node_id);
+    bus_.Request(subjects_.NodeStop(node_id), wire::Pack(order), options_.request_timeout_s,
+                 [replica_id, node_id](Result<bus::Message> reply) {
+                   if (!reply.ok()) {
+                     spdlog::warn("stop of replica {} on node {}: {}", replica_id, node_id,
+                                  reply.error());
+                   }
+                 });
+  }
 }
 
 void Controller::ReconfigureReplica(const std::string& replica_id,
@@ -329,6 +339,7 @@ void Controller::Sync() {
     ++route_generation_;
     (void)bus_.Publish(subjects_.routes, RouteTableBytes());
   }
+  SendStops();
   wire::ControllerStateT state;
   for (auto& spec : reconciler_.Desired()) {
     state.deployments.push_back(std::make_unique<wire::DeploymentSpecT>(std::move(spec)));

@@ -65,6 +65,7 @@ class Controller : public ReconcilerActions {
   // Publishes routes and writes the checkpoint if either changed.
   void Sync();
   void WriteCheckpoint();
+  void SendStops();
   std::string RouteTableBytes();
 
   uv_loop_t* loop_;
@@ -82,6 +83,7 @@ class Controller : public ReconcilerActions {
   std::unique_ptr<service::RepeatingTimer> ticker_;
   std::function<void()> on_shutdown_;
 
+  std::vector<std::pair<std::string, std::string>> pending_stops_;  // (node, replica)
   uint64_t route_generation_ = 0;
   std::string published_routes_;  // the last route table published, without its generation
 
