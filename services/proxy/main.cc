@@ -24,6 +24,9 @@ int main(int argc, char** argv) {
                  "How long a replica may take before the client gets 504")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--max-queued-requests", options.max_queued_per_deployment,
+                 "Requests per deployment that wait for a replica with room before 503")
+      ->capture_default_str();
   app.add_option("--max-body-bytes", options.http.max_body_bytes, "Largest request body (413)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -54,6 +54,7 @@ struct Proxy::Call {
   std::set<std::string> tried;
   int attempts = 0;
   bool head = false;
+  uint64_t queued_at_ms = 0;  // when it started waiting for a free replica
 };
 
 Proxy::Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, ProxyOptions options)
@@ -90,6 +91,9 @@ Status Proxy::Start() {
   SendHeartbeat();
   heartbeat_ = std::make_unique<service::RepeatingTimer>(loop_, options_.heartbeat_period_s,
                                                          [this] { SendHeartbeat(); });
+  queue_sweeper_ = std::make_unique<service::RepeatingTimer>(loop_, 0.1, [this] {
+    ExpireWaiting();
+  });
   spdlog::info("proxy {} listening on http://{}:{}", options_.proxy_id, options_.http.host,
                server_->port());
   return Status::Ok();
@@ -98,6 +102,11 @@ Status Proxy::Start() {
 void Proxy::Stop(std::function<void()> on_closed) {
   heartbeat_.reset();
   routes_retry_.reset();
+  queue_sweeper_.reset();
+  for (auto& [deployment, queue] : waiting_) {
+    for (auto& call : queue) Finish(call, TextResponse(503, "the proxy is shutting down"));
+  }
+  waiting_.clear();
   if (server_ != nullptr) {
     server_->Close(std::move(on_closed));
   } else if (on_closed) {
@@ -130,6 +139,9 @@ void Proxy::OnRouteTable(const std::string& bytes) {
   if (router_.Update(**table)) {
     have_routes_ = true;
     spdlog::info("routes (generation {}): {}", router_.generation(), router_.RoutesJson());
+    std::vector<std::string> deployments;
+    for (const auto& [deployment, queue] : waiting_) deployments.push_back(deployment);
+    for (const auto& deployment : deployments) DispatchWaiting(deployment);
   }
 }
 
@@ -189,12 +201,25 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
   }
   bool all_full = false;
   const ReplicaTarget* target = router_.Pick(*route, call->tried, &all_full);
+  if (target == nullptr && all_full) {
+    auto& queue = waiting_[call->deployment];
+    if (queue.size() >= options_.max_queued_per_deployment) {
+      Finish(call, TextResponse(503, "every replica of " + call->deployment +
+                                         " is at max_concurrent_queries and " +
+                                         std::to_string(queue.size()) +
+                                         " requests already wait; retry later or add replicas"));
+      return;
+    }
+    if (call->queued_at_ms == 0) {
+      uv_update_time(loop_);
+      call->queued_at_ms = uv_now(loop_);
+    }
+    queue.push_back(call);
+    return;
+  }
   if (target == nullptr) {
-    Finish(call, all_full ? TextResponse(503, "every replica of " + call->deployment +
-                                                  " is at max_concurrent_queries; retry later "
-                                                  "or add replicas")
-                          : TextResponse(502, "no replica of " + call->deployment +
-                                                  " could take the request"));
+    Finish(call, TextResponse(502, "no replica of " + call->deployment +
+                                       " could take the request"));
     return;
   }
   ++call->attempts;
@@ -205,6 +230,7 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
       target->subject, call->encoded, options_.request_timeout_s,
       [this, call, replica_id](Result<bus::Message> reply) {
         router_.Release(replica_id);
+        DispatchWaiting(call->deployment);
         if (!reply.ok()) {
           bool gone = reply.error().rfind("nothing listens", 0) == 0;
           if (gone && call->attempts < options_.max_attempts) {
@@ -255,6 +281,46 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
         }
         Finish(call, std::move(response));
       });
+}
+
+void Proxy::DispatchWaiting(const std::string& deployment) {
+  auto it = waiting_.find(deployment);
+  if (it == waiting_.end()) return;
+  auto& queue = it->second;
+  while (!queue.empty()) {
+    std::shared_ptr<Call> call = queue.front();
+    if (!call->responder.client_connected()) {
+      queue.pop_front();
+      continue;
+    }
+    const Route* route = router_.Lookup(call->route_prefix);
+    if (route != nullptr && route->deployment == deployment) {
+      bool all_full = false;
+      if (router_.Pick(*route, call->tried, &all_full) == nullptr && all_full) break;
+    }
+    queue.pop_front();
+    Attempt(call);  // sends it, or answers why it cannot be sent
+  }
+  if (queue.empty()) waiting_.erase(deployment);
+}
+
+void Proxy::ExpireWaiting() {
+  if (waiting_.empty()) return;
+  uv_update_time(loop_);
+  uint64_t now = uv_now(loop_);
+  auto limit = static_cast<uint64_t>(options_.request_timeout_s * 1000);
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    auto& queue = it->second;
+    while (!queue.empty() && now - queue.front()->queued_at_ms >= limit) {
+      Finish(queue.front(), TextResponse(503, "waited " +
+                                                  std::to_string(static_cast<int>(
+                                                      options_.request_timeout_s)) +
+                                                  " s for a replica of " + it->first +
+                                                  " with room; retry later or add replicas"));
+      queue.pop_front();
+    }
+    it = queue.empty() ? waiting_.erase(it) : std::next(it);
+  }
 }
 
 void Proxy::Finish(const std::shared_ptr<Call>& call, http::Response response) {

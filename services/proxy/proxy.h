@@ -2,7 +2,9 @@
 
 #include <uv.h>
 
+#include <deque>
 #include <memory>
+#include <unordered_map>
 #include <string>
 
 #include "bus/bus.h"
@@ -20,6 +22,9 @@ struct ProxyOptions {
   double request_timeout_s = 60;
   // Tries on other replicas when the chosen one is gone before it took the request.
   int max_attempts = 3;
+  // Requests that wait, per deployment, while every replica is at max_concurrent_queries;
+  // beyond this they get 503 at once. They wait at most request_timeout_s.
+  size_t max_queued_per_deployment = 1000;
   double heartbeat_period_s = 1;
 };
 
@@ -43,6 +48,9 @@ class Proxy {
   void OnHttp(http::Request&& request, http::Responder responder);
   void Attempt(const std::shared_ptr<Call>& call);
   void Finish(const std::shared_ptr<Call>& call, http::Response response);
+  // Sends waiting requests of `deployment` to replicas that have room.
+  void DispatchWaiting(const std::string& deployment);
+  void ExpireWaiting();
   void OnRouteTable(const std::string& bytes);
   void RequestRoutes();
   void SendHeartbeat();
@@ -55,6 +63,8 @@ class Proxy {
   std::unique_ptr<http::Server> server_;
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
   std::unique_ptr<service::OneShotTimer> routes_retry_;
+  std::unique_ptr<service::RepeatingTimer> queue_sweeper_;
+  std::unordered_map<std::string, std::deque<std::shared_ptr<Call>>> waiting_;  // by deployment
   bool have_routes_ = false;
   uint64_t request_counter_ = 0;
   std::string request_id_prefix_;
