@@ -7,6 +7,7 @@
 
 #include "bus/bus.h"
 #include "bus/subjects.h"
+#include "integration/bus_client.h"
 #include "integration/cluster.h"
 #include "wire/codec.h"
 
@@ -31,36 +32,6 @@ deployments:
     num_replicas: 2
     resources: {num_cpus: 0.5}
 )";
-
-// A bus client on its own loop, for talking to the control plane as any NATS client would.
-class RawClient {
- public:
-  explicit RawClient(const std::string& url) {
-    uv_loop_init(&loop_);
-    bus::Options options;
-    options.url = url;
-    options.retry_initial_connect = false;
-    auto bus = bus::Bus::Connect(&loop_, options);
-    EXPECT_TRUE(bus.ok()) << bus.error();
-    bus_ = std::move(*bus);
-  }
-  ~RawClient() {
-    bus_->Close();
-    bus_.reset();
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_loop_close(&loop_);
-  }
-  Result<bus::Message> Request(const std::string& subject, const std::string& data) {
-    return bus::RequestAndWait(&loop_, *bus_, subject, data, 10);
-  }
-  void Publish(const std::string& subject, const std::string& data) {
-    (void)bus_->Publish(subject, data);
-  }
-
- private:
-  uv_loop_t loop_;
-  std::unique_ptr<bus::Bus> bus_;
-};
 
 TEST(Foundation, HelloAnswersHelloWorldAndStatusIsHealthy) {
   Cluster cluster;
@@ -196,6 +167,22 @@ TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
       << cluster.Log("proxy");
   cluster.Deploy(kEcho);
   EXPECT_TRUE(cluster.WaitForStatus("/echo", 200));
+}
+
+TEST(Foundation, ASecondControllerForTheNamespaceRefusesToStart) {
+  Cluster cluster;
+  auto second = RunCommand({BinDir() + "/serve-controller", "--address", cluster.nats_url(),
+                            "--namespace", "itest"},
+                           {}, std::chrono::seconds(30));
+  EXPECT_EQ(second.exit_code, 1) << second.output;
+  EXPECT_THAT(second.output, HasSubstr("already running for namespace 'itest'"));
+  // Another namespace on the same bus is free.
+  Process other({BinDir() + "/serve-controller", "--address", cluster.nats_url(), "--namespace",
+                 "other"},
+                cluster.dir() + "/other-controller.log");
+  RawClient client(cluster.nats_url());
+  EXPECT_TRUE(WaitUntil([&] { return client.Request("other.ctl.ping", "{}").ok(); }));
+  EXPECT_EQ(other.Stop(), 0);
 }
 
 }  // namespace
