@@ -31,6 +31,13 @@ struct DeployOptions {
 struct StatusOptions {
   std::vector<std::string> names;
   bool json = false;
+  bool watch = false;  // then follow <ns>.events until SIGINT or SIGTERM
+};
+
+// `serve run`: the instance options apply only when it has to start one.
+struct RunOptions {
+  StartOptions instance;
+  DeployOptions deploy;  // always waits
 };
 
 // Each returns the process exit code, having printed what a person needs: progress on stdout,
@@ -40,5 +47,8 @@ int DeployFile(const GlobalOptions& global, const DeployOptions& options);
 int DeleteDeployments(const GlobalOptions& global, const std::vector<std::string>& names);
 int ShowStatus(const GlobalOptions& global, const StatusOptions& options);
 int ShutdownInstance(const GlobalOptions& global);
+// In the foreground until SIGINT or SIGTERM: starts an instance if none runs, deploys the file,
+// follows its events, and on the way out deletes what it deployed and stops what it started.
+int RunForeground(const GlobalOptions& global, const RunOptions& options);
 
 }  // namespace serve::cli

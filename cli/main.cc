@@ -4,8 +4,19 @@
 #include "bus/flags.h"
 #include "bus/subjects.h"
 #include "cli/commands.h"
+#include "log/log.h"
 
 using namespace serve;
+
+// The options of a local instance that `serve start` and `serve run` share.
+static void AddInstanceOptions(CLI::App* command, cli::StartOptions& options) {
+  command->add_option("--checkpoint-path", options.checkpoint_path,
+                      "Recovery store URI (default: file://<run dir>/checkpoint)");
+  command->add_option("--http-host", options.http_host, "Proxy address")->capture_default_str();
+  command->add_option("--http-port", options.http_port, "Proxy port")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65535));
+}
 
 int main(int argc, char** argv) {
   CLI::App app{"serve: run user code behind HTTP, scaled, health-checked and recoverable"};
@@ -17,13 +28,9 @@ int main(int argc, char** argv) {
       ->envname("SERVE_RUN_DIR");
 
   cli::StartOptions start;
-  auto* start_cmd = app.add_subcommand("start", "Start a local instance (or report the running one)");
-  start_cmd->add_option("--checkpoint-path", start.checkpoint_path,
-                        "Recovery store URI (default: file://<run dir>/checkpoint)");
-  start_cmd->add_option("--http-host", start.http_host, "Proxy address")->capture_default_str();
-  start_cmd->add_option("--http-port", start.http_port, "Proxy port")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 65535));
+  auto* start_cmd =
+      app.add_subcommand("start", "Start a local instance (or report the running one)");
+  AddInstanceOptions(start_cmd, start);
   start_cmd->add_option("--num-cpus", start.num_cpus, "CPUs the local node offers (default: all)")
       ->check(CLI::NonNegativeNumber);
   start_cmd->add_option("--timeout-s", start.timeout_s, "How long to wait for readiness")
@@ -44,7 +51,14 @@ int main(int argc, char** argv) {
   cli::StatusOptions status;
   auto* status_cmd = app.add_subcommand("status", "Show deployments, replicas, nodes, proxies");
   status_cmd->add_option("names", status.names, "Only these deployments");
-  status_cmd->add_flag("--json", status.json, "Print JSON");
+  status_cmd->add_flag("--json", status.json, "Print JSON (with --watch: one object per line)");
+  status_cmd->add_flag("--watch", status.watch, "Then print events as they happen, until Ctrl-C");
+
+  cli::RunOptions run;
+  auto* run_cmd = app.add_subcommand(
+      "run", "Deploy a file in the foreground (starting Serve if needed); Ctrl-C undoes it all");
+  run_cmd->add_option("file", run.deploy.file, "Config file (YAML)")->required();
+  AddInstanceOptions(run_cmd, run.instance);
 
   auto* shutdown_cmd = app.add_subcommand("shutdown", "Stop every service of the namespace");
 
@@ -54,10 +68,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   deploy.wait = !no_wait;
+  // Library log lines (the bus's) go to stderr, so that stdout stays what the command prints.
+  (void)log::Init(log::Options{"serve", log::Format::kText, "warn"});
   if (*start_cmd) return cli::StartInstance(global, start);
   if (*deploy_cmd) return cli::DeployFile(global, deploy);
   if (*delete_cmd) return cli::DeleteDeployments(global, delete_names);
   if (*status_cmd) return cli::ShowStatus(global, status);
   if (*shutdown_cmd) return cli::ShutdownInstance(global);
+  if (*run_cmd) return cli::RunForeground(global, run);
   return 2;
 }

@@ -8,30 +8,49 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "integration/logged_process.h"
 #include "support/process.h"
 
 namespace serve::testing {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 namespace fs = std::filesystem;
 
 class CliTest : public ::testing::Test {
  protected:
-  CommandResult Serve(std::vector<std::string> args) {
+  std::vector<std::string> ServeCommand(const std::vector<std::string>& args) {
     std::vector<std::string> argv = {BinDir() + "/serve", "--address", nats_url_, "--run-dir",
                                      run_dir_, "--namespace", "clitest"};
     argv.insert(argv.end(), args.begin(), args.end());
-    return RunCommand(argv);
+    return argv;
+  }
+  CommandResult Serve(std::vector<std::string> args) { return RunCommand(ServeCommand(args)); }
+  // `serve run`, left running with its output in a file.
+  LoggedProcess ServeRun(std::vector<std::string> args) {
+    args.insert(args.begin(), "run");
+    return LoggedProcess(ServeCommand(args), dir_.path() + "/run-" + std::to_string(++files_) +
+                                                 ".log");
   }
   std::string WriteConfig(const std::string& yaml) {
     std::string path = dir_.path() + "/config-" + std::to_string(++files_) + ".yaml";
     WriteFile(path, yaml);
     return path;
   }
+  // The deployments `serve status --json` lists; {"<status failed>"} when it fails.
+  std::vector<std::string> DeployedNames() {
+    auto status = nlohmann::json::parse(Serve({"status", "--json"}).output, nullptr, false);
+    if (!status.is_object()) return {"<status failed>"};
+    std::vector<std::string> names;
+    for (const auto& d : status["deployments"]) names.push_back(d["name"]);
+    return names;
+  }
   std::vector<pid_t> RecordedPids() {
     std::vector<pid_t> pids;
-    for (const auto& entry : fs::directory_iterator(run_dir_ + "/pids")) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(run_dir_ + "/pids", ec)) {
       std::ifstream in(entry.path());
       pid_t pid = 0;
       if (in >> pid) pids.push_back(pid);
@@ -117,6 +136,94 @@ TEST_F(CliTest, DeployWithoutAnInstanceSaysHowToStartOne) {
   auto status = Serve({"status"});
   EXPECT_NE(status.exit_code, 0);
   EXPECT_THAT(status.output, HasSubstr("serve start"));
+  auto watch = Serve({"status", "--watch"});
+  EXPECT_NE(watch.exit_code, 0);
+  EXPECT_THAT(watch.output, HasSubstr("serve start"));
+}
+
+TEST_F(CliTest, RunStartsServesAndOnSigtermUndoesEverythingItDid) {
+  int http_port = FreePort();
+  LoggedProcess run = ServeRun({"examples/hello.yaml", "--http-port", std::to_string(http_port)});
+  ASSERT_TRUE(run.WaitForOutput("Serving. Press Ctrl-C to stop.")) << run.Output();
+  EXPECT_THAT(run.Output(), HasSubstr("nats-server started by serve"));
+  EXPECT_THAT(run.Output(), HasSubstr("HEALTHY"));
+  auto response = HttpGet(http_port, "/hello");
+  EXPECT_EQ(response.status, 200);
+  EXPECT_EQ(response.body, "hello world");
+  std::vector<pid_t> pids = RecordedPids();
+  ASSERT_EQ(pids.size(), 5u);  // nats-server and the four services
+
+  EXPECT_EQ(run.Terminate(), 0) << run.Output();
+  EXPECT_THAT(run.Output(), HasSubstr("deleted hello"));
+  EXPECT_THAT(run.Output(), HasSubstr("Stopped the Serve instance this command started"));
+  for (pid_t pid : pids) EXPECT_FALSE(Alive(pid)) << "pid " << pid << " still runs";
+  EXPECT_TRUE(RecordedPids().empty());
+  EXPECT_FALSE(PortOpen(nats_port_));
+  EXPECT_FALSE(PortOpen(http_port));
+  EXPECT_TRUE(WaitUntil([&] {
+    return RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output.empty();
+  }));
+}
+
+TEST_F(CliTest, RunAgainstARunningInstanceDeletesOnlyItsOwnDeployment) {
+  int http_port = FreePort();
+  ASSERT_EQ(Serve({"start", "--http-port", std::to_string(http_port)}).exit_code, 0);
+  std::vector<pid_t> pids = RecordedPids();
+  ASSERT_EQ(Serve({"deploy", "examples/hello.yaml"}).exit_code, 0);
+
+  std::string mine = WriteConfig(
+      "deployments:\n  - name: mine\n    runtime: builtin:hello\n"
+      "    user_config: {message: \"mine\"}\n    resources: {num_cpus: 0.1}\n");
+  LoggedProcess run = ServeRun({mine});
+  ASSERT_TRUE(run.WaitForOutput("Serving. Press Ctrl-C to stop.")) << run.Output();
+  EXPECT_THAT(run.Output(), HasSubstr("already running"));
+  EXPECT_EQ(HttpGet(http_port, "/mine").body, "mine");
+
+  EXPECT_EQ(run.Terminate(), 0) << run.Output();
+  EXPECT_THAT(run.Output(), HasSubstr("deleted mine"));
+  EXPECT_THAT(run.Output(), HasSubstr("keeps running"));
+  // The controller no longer routes there; the proxy hears of it a moment later.
+  EXPECT_TRUE(WaitUntil([&] { return HttpGet(http_port, "/mine").status == 404; }));
+  EXPECT_EQ(HttpGet(http_port, "/hello").body, "hello world");
+  for (pid_t pid : pids) EXPECT_TRUE(Alive(pid)) << "pid " << pid << " was stopped";
+  EXPECT_THAT(DeployedNames(), ElementsAre("hello"));
+}
+
+TEST_F(CliTest, RunThatCannotServeCleansUpAfterItself) {
+  int http_port = FreePort();
+  ASSERT_EQ(Serve({"start", "--http-port", std::to_string(http_port)}).exit_code, 0);
+  ASSERT_EQ(Serve({"deploy", "examples/hello.yaml"}).exit_code, 0);
+
+  // Refused by the controller: nothing of it was deployed, so nothing is deleted.
+  std::string clash = WriteConfig(
+      "deployments:\n  - name: clash\n    route_prefix: /hello\n    runtime: builtin:echo\n");
+  auto refused = Serve({"run", clash});
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_THAT(refused.output, HasSubstr("/hello"));
+  EXPECT_THAT(refused.output, Not(HasSubstr("deleted")));
+  EXPECT_EQ(HttpGet(http_port, "/hello").body, "hello world");
+
+  // Stopped while it waits for a deployment no node can hold: that deployment goes again.
+  std::string big = WriteConfig(
+      "deployments:\n  - name: big\n    runtime: builtin:echo\n"
+      "    resources: {num_cpus: 100000}\n");
+  LoggedProcess run = ServeRun({big});
+  ASSERT_TRUE(run.WaitForOutput("big: UPDATING")) << run.Output();
+  EXPECT_EQ(run.Terminate(), 0) << run.Output();
+  EXPECT_THAT(run.Output(), HasSubstr("deleted big"));
+  EXPECT_THAT(DeployedNames(), ElementsAre("hello"));
+}
+
+TEST_F(CliTest, RunWithAnInvalidFileSaysWhyAndStartsNothing) {
+  std::string path = WriteConfig(
+      "deployments:\n  - name: a\n    runtime: builtin:hello\n    num_replicas: -1\n");
+  auto result = Serve({"run", path});
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_THAT(result.output, HasSubstr(path + ":4"));
+  EXPECT_THAT(result.output, HasSubstr("num_replicas"));
+  EXPECT_FALSE(PortOpen(nats_port_));
+  EXPECT_TRUE(RecordedPids().empty());
+  EXPECT_FALSE(fs::exists(run_dir_));
 }
 
 TEST_F(CliTest, ShutdownWithNothingRunningSaysSo) {

@@ -76,11 +76,15 @@ std::string Cluster::Log(const std::string& name) const {
   return ReadFile(dir() + "/" + name + ".log");
 }
 
-CommandResult Cluster::Serve(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+std::vector<std::string> Cluster::ServeCommand(const std::vector<std::string>& args) const {
   std::vector<std::string> argv = {BinDir() + "/serve", "--address", nats_.url(), "--namespace",
                                    "itest", "--run-dir", dir() + "/run"};
   argv.insert(argv.end(), args.begin(), args.end());
-  return RunCommand(argv, {}, timeout);
+  return argv;
+}
+
+CommandResult Cluster::Serve(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  return RunCommand(ServeCommand(args), {}, timeout);
 }
 
 nlohmann::json Cluster::Status() {

@@ -28,6 +28,8 @@ class Cluster {
   std::string nats_url() const { return nats_.url(); }
   NatsServer& nats() { return nats_; }
 
+  // The argv of the `serve` CLI against this instance, for a command left running.
+  std::vector<std::string> ServeCommand(const std::vector<std::string>& args) const;
   // Runs the `serve` CLI against this instance.
   CommandResult Serve(std::vector<std::string> args,
                       std::chrono::milliseconds timeout = std::chrono::seconds(90));

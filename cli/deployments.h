@@ -1,0 +1,33 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "cli/client.h"
+#include "cli/stop_signals.h"
+#include "config/deployment_config.h"
+
+namespace serve::cli {
+
+// The deployment steps `serve deploy`, `serve delete` and `serve run` are made of. Each prints
+// its progress on stdout and returns an error a person can act on.
+
+// Sends the deployments of `config` to the controller and prints its answer per deployment.
+Status SubmitDeployments(Client& client, const config::ConfigFile& config);
+
+// Follows `names` until every one is HEALTHY, one line per change. Fails when one reaches
+// DEPLOY_FAILED, when `timeout_s` passes, or when `stop` (if given) is requested.
+Status WaitUntilHealthy(Client& client, const std::vector<std::string>& names, double timeout_s,
+                        StopSignals* stop = nullptr);
+
+// Deletes `names` (all or none: an unknown name is an error) and prints "deleted NAME" each.
+Status RequestDelete(Client& client, const std::vector<std::string>& names);
+
+// Waits until the controller's route table leads to none of `names`, or `timeout_s` passes.
+Status WaitUntilUnrouted(Client& client, const std::vector<std::string>& names, double timeout_s);
+
+// The names of the deployments in `config`, in file order.
+std::vector<std::string> DeploymentNames(const config::ConfigFile& config);
+
+}  // namespace serve::cli
