@@ -9,6 +9,17 @@ namespace {
 constexpr char kStateKey[] = "controller/state";
 constexpr char kVersion[] = "0.1.0";
 
+// The outcome of a request whose reply table has an `error` field: transport, decoding or the
+// replier's own error, in that order.
+template <typename ReplyTable>
+Status ReplyStatus(const Result<bus::Message>& reply) {
+  if (!reply.ok()) return reply.status();
+  auto decoded = wire::Unpack<ReplyTable>(reply->data);
+  if (!decoded.ok()) return decoded.status();
+  if (!decoded->error.empty()) return Status::Error(decoded->error);
+  return Status::Ok();
+}
+
 }  // namespace
 
 Controller::Controller(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
@@ -252,15 +263,8 @@ void Controller::StartReplica(const std::string& node_id, const std::string& rep
   spdlog::info("starting replica {} of {} on node {}", replica_id, spec.name, node_id);
   bus_.Request(subjects_.NodeStart(node_id), wire::Pack(order), options_.request_timeout_s,
                [this, replica_id](Result<bus::Message> reply) {
-                 Status result = Status::Ok();
-                 if (!reply.ok()) {
-                   result = reply.status();
-                 } else if (auto r = wire::Unpack<wire::StartReplicaReply>(reply->data); !r.ok()) {
-                   result = r.status();
-                 } else if (!r->error.empty()) {
-                   result = Status::Error(r->error);
-                 }
-                 reconciler_.OnStartResult(replica_id, result);
+                 reconciler_.OnStartResult(replica_id,
+                                           ReplyStatus<wire::StartReplicaReply>(reply));
                  Sync();
                });
 }
@@ -299,15 +303,8 @@ void Controller::ReconfigureReplica(const std::string& replica_id,
   bus_.Request(subjects_.ReplicaControl(replica_id), wire::Pack(order),
                options_.request_timeout_s,
                [this, replica_id, config_hash](Result<bus::Message> reply) {
-                 Status result = Status::Ok();
-                 if (!reply.ok()) {
-                   result = reply.status();
-                 } else if (auto r = wire::Unpack<wire::ReconfigureReply>(reply->data); !r.ok()) {
-                   result = r.status();
-                 } else if (!r->error.empty()) {
-                   result = Status::Error(r->error);
-                 }
-                 reconciler_.OnReconfigureResult(replica_id, config_hash, result);
+                 reconciler_.OnReconfigureResult(replica_id, config_hash,
+                                                 ReplyStatus<wire::ReconfigureReply>(reply));
                  Sync();
                });
 }
@@ -366,16 +363,9 @@ void Controller::WriteCheckpoint() {
   bus_.Request(subjects_.ckpt_put, wire::Pack(put), options_.request_timeout_s,
                [this, generation, written](Result<bus::Message> reply) {
                  checkpoint_in_flight_ = false;
-                 std::string error;
-                 if (!reply.ok()) {
-                   error = reply.error();
-                 } else if (auto r = wire::Unpack<wire::CheckpointPutReply>(reply->data); !r.ok()) {
-                   error = r.error();
-                 } else {
-                   error = r->error;
-                 }
-                 if (!error.empty()) {
-                   spdlog::warn("checkpoint write failed (will retry): {}", error);
+                 Status written_ok = ReplyStatus<wire::CheckpointPutReply>(reply);
+                 if (!written_ok.ok()) {
+                   spdlog::warn("checkpoint write failed (will retry): {}", written_ok.message());
                    checkpoint_retry_at_ = clock_.Now() + 1.0;
                    return;
                  }
