@@ -74,10 +74,26 @@ Status WaitUntilHealthy(Client& client, const std::vector<std::string>& names, d
       }
       if (d->status != wire::DeploymentState::HEALTHY) all_healthy = false;
     }
+    // HEALTHY in the controller's books is not yet traffic on the new replicas: wait until every
+    // live proxy applied the route table that goes with it.
+    int lagging_proxies = 0;
+    for (const auto& p : status->proxies) {
+      if (p->state == wire::MemberState::HEALTHY && p->route_generation < status->route_generation) {
+        ++lagging_proxies;
+      }
+    }
+    bool deployments_healthy = all_healthy;
+    if (lagging_proxies > 0) all_healthy = false;
     if (all_healthy) {
       std::cout << "All " << status->deployments.size() << " deployment(s) are HEALTHY."
                 << std::endl;
       return Status::Ok();
+    }
+    if (Clock::now() > deadline && deployments_healthy) {
+      return Status::Error(std::to_string(lagging_proxies) +
+                           " proxies have not applied the new route table within " +
+                           std::to_string(static_cast<int>(timeout_s)) +
+                           " s; `serve status` lists the proxies and when each was last seen");
     }
     if (Clock::now() > deadline) {
       return Status::Error("not HEALTHY within " + std::to_string(static_cast<int>(timeout_s)) +

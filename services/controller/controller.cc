@@ -48,6 +48,7 @@ void Controller::Subscribe(const std::string& subject,
 }
 
 Status Controller::Start() {
+  reconciler_.SetControllerId(options_.controller_id);
   Subscribe(subjects_.ctl_ping, &Controller::OnPing);
   Subscribe(subjects_.ctl_status, &Controller::OnStatus);
   Subscribe(subjects_.ctl_deploy, &Controller::OnDeploy);
@@ -186,6 +187,7 @@ void Controller::OnStatus(bus::Message& message) {
     reply.error = request.error();
   }
   reply.namespace_ = subjects_.ns;
+  reply.route_generation = route_generation_;
   (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
 }
 

@@ -341,6 +341,8 @@ void Reconciler::OnProxyHeartbeat(const wire::ProxyHeartbeatT& heartbeat) {
   }
   proxy.id = heartbeat.proxy_id;
   proxy.address = heartbeat.address;
+  proxy.route_generation = heartbeat.route_generation;
+  proxy.route_controller_id = heartbeat.route_controller_id;
   proxy.period_s = heartbeat.period_s > 0 ? heartbeat.period_s : 1;
   proxy.last_seen = clock_.Now();
   proxy.healthy = true;
@@ -786,6 +788,9 @@ wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) con
     status->state = proxy.healthy ? wire::MemberState::HEALTHY : wire::MemberState::UNHEALTHY;
     status->address = proxy.address;
     status->last_seen_s = now - proxy.last_seen;
+    // A table from another (earlier) controller says nothing about this one's.
+    status->route_generation =
+        proxy.route_controller_id == controller_id_ ? proxy.route_generation : 0;
     reply.proxies.push_back(std::move(status));
   }
   return reply;

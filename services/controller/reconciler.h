@@ -55,6 +55,8 @@ class Reconciler {
   // Creates or updates deployments; each result line reads "<name>: created|updated|...".
   Result<std::vector<std::string>> Deploy(std::vector<wire::DeploymentSpecT> specs);
   Result<std::vector<std::string>> Delete(const std::vector<std::string>& names);
+  // Proxies report which controller's route table they hold; only this one's counts.
+  void SetControllerId(std::string id) { controller_id_ = std::move(id); }
   // Loads desired state from a checkpoint (at start).
   void Restore(const std::vector<wire::DeploymentSpecT>& specs);
 
@@ -109,6 +111,8 @@ class Reconciler {
   struct Proxy {
     std::string id;
     std::string address;
+    uint64_t route_generation = 0;
+    std::string route_controller_id;
     double period_s = 1;
     double last_seen = 0;
     bool healthy = true;
@@ -151,6 +155,7 @@ class Reconciler {
   std::map<std::string, Node> nodes_;              // by id
   std::map<std::string, Proxy> proxies_;           // by id
   std::string id_prefix_;
+  std::string controller_id_;
   uint64_t replica_counter_ = 0;
 };
 

@@ -139,6 +139,7 @@ void Proxy::OnRouteTable(const std::string& bytes) {
   if (router_.Update(**table)) {
     have_routes_ = true;
     spdlog::info("routes (generation {}): {}", router_.generation(), router_.RoutesJson());
+    SendHeartbeat();  // tells the controller, and so `serve deploy`, that traffic switched
     std::vector<std::string> deployments;
     for (const auto& [deployment, queue] : waiting_) deployments.push_back(deployment);
     for (const auto& deployment : deployments) DispatchWaiting(deployment);
@@ -151,6 +152,8 @@ void Proxy::SendHeartbeat() {
   heartbeat.address = options_.http.host + ":" + std::to_string(port());
   heartbeat.pid = getpid();
   heartbeat.period_s = options_.heartbeat_period_s;
+  heartbeat.route_generation = router_.generation();
+  heartbeat.route_controller_id = router_.controller_id();
   (void)bus_.Publish(subjects_.hb_proxy, wire::Pack(heartbeat));
 }
 

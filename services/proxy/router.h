@@ -51,6 +51,7 @@ class Router {
   // {"/hello": "hello", ...}: the route prefixes and the deployments they lead to.
   std::string RoutesJson() const;
   uint64_t generation() const { return generation_; }
+  const std::string& controller_id() const { return controller_id_; }
   size_t route_count() const { return routes_.size(); }
 
  private:
