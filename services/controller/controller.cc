@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <optional>
+
 namespace serve::controller {
 namespace {
 
@@ -18,6 +20,19 @@ Status ReplyStatus(const Result<bus::Message>& reply) {
   if (!decoded.ok()) return decoded.status();
   if (!decoded->error.empty()) return Status::Error(decoded->error);
   return Status::Ok();
+}
+
+// Decodes a published event (heartbeat, exit report). One that does not verify is dropped with
+// a log line: a publisher gets no reply to read an error from.
+template <typename Table>
+std::optional<typename Table::NativeTableType> DecodeEvent(const bus::Message& message,
+                                                           const char* what) {
+  auto decoded = wire::Unpack<Table>(message.data);
+  if (!decoded.ok()) {
+    spdlog::warn("dropped a {}: {}", what, decoded.error());
+    return std::nullopt;
+  }
+  return std::move(*decoded);
 }
 
 }  // namespace
@@ -222,39 +237,23 @@ void Controller::OnRoutesRequest(bus::Message& message) {
 }
 
 void Controller::OnNodeHeartbeat(bus::Message& message) {
-  auto heartbeat = wire::Unpack<wire::NodeHeartbeat>(message.data);
-  if (!heartbeat.ok()) {
-    spdlog::warn("dropped a node heartbeat: {}", heartbeat.error());
-    return;
-  }
-  if (loaded_) reconciler_.OnNodeHeartbeat(*heartbeat);
+  auto heartbeat = DecodeEvent<wire::NodeHeartbeat>(message, "node heartbeat");
+  if (heartbeat.has_value() && loaded_) reconciler_.OnNodeHeartbeat(*heartbeat);
 }
 
 void Controller::OnReplicaHeartbeat(bus::Message& message) {
-  auto heartbeat = wire::Unpack<wire::ReplicaHeartbeat>(message.data);
-  if (!heartbeat.ok()) {
-    spdlog::warn("dropped a replica heartbeat: {}", heartbeat.error());
-    return;
-  }
-  if (loaded_) reconciler_.OnReplicaHeartbeat(*heartbeat);
+  auto heartbeat = DecodeEvent<wire::ReplicaHeartbeat>(message, "replica heartbeat");
+  if (heartbeat.has_value() && loaded_) reconciler_.OnReplicaHeartbeat(*heartbeat);
 }
 
 void Controller::OnProxyHeartbeat(bus::Message& message) {
-  auto heartbeat = wire::Unpack<wire::ProxyHeartbeat>(message.data);
-  if (!heartbeat.ok()) {
-    spdlog::warn("dropped a proxy heartbeat: {}", heartbeat.error());
-    return;
-  }
-  reconciler_.OnProxyHeartbeat(*heartbeat);
+  auto heartbeat = DecodeEvent<wire::ProxyHeartbeat>(message, "proxy heartbeat");
+  if (heartbeat.has_value()) reconciler_.OnProxyHeartbeat(*heartbeat);
 }
 
 void Controller::OnReplicaExited(bus::Message& message) {
-  auto exited = wire::Unpack<wire::ReplicaExited>(message.data);
-  if (!exited.ok()) {
-    spdlog::warn("dropped an exit report: {}", exited.error());
-    return;
-  }
-  if (loaded_) reconciler_.OnReplicaExited(*exited);
+  auto exited = DecodeEvent<wire::ReplicaExited>(message, "exit report");
+  if (exited.has_value() && loaded_) reconciler_.OnReplicaExited(*exited);
 }
 
 void Controller::StartReplica(const std::string& node_id, const std::string& replica_id,
