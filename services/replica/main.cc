@@ -60,8 +60,10 @@ int RunWorker(int argc, char** argv) {
     WriteError(error_file, "cannot read the replica spec " + spec_path + ": " + spec.error());
     return 2;
   }
-  replica::ReplicaIdentity identity{replica_id, spec->name, spec->version};
-  auto runtime = replica::MakeRuntime(*spec, identity);
+  replica::RuntimeContext context;
+  context.spec = *spec;
+  context.identity = replica::ReplicaIdentity{replica_id, spec->name, spec->version};
+  auto runtime = replica::MakeRuntime(context);
   if (!runtime.ok()) {
     spdlog::error("{}", runtime.error());
     WriteError(error_file, runtime.error());
@@ -92,6 +94,11 @@ int RunWorker(int argc, char** argv) {
     });
   });
   service::RunLoop(&loop);
+  if (worker->user_code_stuck()) {
+    // A handler or health check that never returns cannot be joined; leave without it.
+    spdlog::shutdown();
+    _exit(0);
+  }
   worker.reset();
   return 0;
 }

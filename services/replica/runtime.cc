@@ -2,12 +2,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "http/ascii.h"
+#include "replica/command_runtime.h"
+#include "replica/native_runtime.h"
+
 namespace serve::replica {
 namespace {
-
-std::string_view AsView(const flatbuffers::String* s) {
-  return s == nullptr ? std::string_view() : std::string_view(s->data(), s->size());
-}
 
 // builtin:hello answers user_config.message, or "hello world" when it is not set.
 Result<std::string> HelloMessage(const std::string& user_config);
@@ -15,7 +15,8 @@ Result<std::string> HelloMessage(const std::string& user_config);
 class HelloRuntime : public Runtime {
  public:
   explicit HelloRuntime(std::string message) : message_(std::move(message)) {}
-  HandlerResponse Handle(const wire::HttpRequest&) override {
+  int Concurrency() const override { return 0; }
+  HandlerResponse Handle(const RequestView&) override {
     return HandlerResponse{200, {{"Content-Type", "text/plain; charset=utf-8"}}, message_};
   }
   Status Reconfigure(const std::string& user_config) override {
@@ -33,17 +34,14 @@ class HelloRuntime : public Runtime {
 class EchoRuntime : public Runtime {
  public:
   explicit EchoRuntime(ReplicaIdentity identity) : identity_(std::move(identity)) {}
+  int Concurrency() const override { return 0; }
   Status Reconfigure(const std::string&) override { return Status::Ok(); }
-  HandlerResponse Handle(const wire::HttpRequest& request) override {
-    std::string body;
-    if (request.body() != nullptr) {
-      body.assign(reinterpret_cast<const char*>(request.body()->data()), request.body()->size());
-    }
+  HandlerResponse Handle(const RequestView& request) override {
     nlohmann::json answer = {
-        {"method", AsView(request.method())},
-        {"path", AsView(request.path())},
-        {"query", AsView(request.query())},
-        {"body", body},
+        {"method", request.method},
+        {"path", request.path},
+        {"query", request.query},
+        {"body", request.body},
         {"replica", identity_.replica_id},
         {"version", identity_.version},
     };
@@ -70,18 +68,28 @@ Result<std::string> HelloMessage(const std::string& user_config) {
 
 }  // namespace
 
-Result<std::unique_ptr<Runtime>> MakeRuntime(const wire::DeploymentSpecT& spec,
-                                             const ReplicaIdentity& identity) {
+std::string_view RequestView::Header(std::string_view name) const {
+  for (const auto& [key, value] : headers) {
+    if (http::internal::EqualsIgnoreCase(key, name)) return value;
+  }
+  return {};
+}
+
+Result<std::unique_ptr<Runtime>> MakeRuntime(const RuntimeContext& context) {
+  const wire::DeploymentSpecT& spec = context.spec;
   if (spec.runtime == "builtin:hello") {
     auto message = HelloMessage(spec.user_config);
     if (!message.ok()) return message.status();
     return std::unique_ptr<Runtime>(new HelloRuntime(*message));
   }
   if (spec.runtime == "builtin:echo") {
-    return std::unique_ptr<Runtime>(new EchoRuntime(identity));
+    return std::unique_ptr<Runtime>(new EchoRuntime(context.identity));
   }
+  if (spec.runtime == "native") return LoadNativeRuntime(context);
+  if (spec.runtime == "command") return StartCommandRuntime(context);
   return Status::Error("runtime '" + spec.runtime +
-                       "' is not known to this serve-replica; known: builtin:hello, builtin:echo");
+                       "' is not known to this serve-replica; known: builtin:hello, "
+                       "builtin:echo, native, command");
 }
 
 }  // namespace serve::replica

@@ -7,12 +7,17 @@
 namespace serve::replica {
 namespace {
 
-std::string ErrorResponse(const std::string& error) {
+std::string_view AsView(const flatbuffers::String* s) {
+  return s == nullptr ? std::string_view() : std::string_view(s->data(), s->size());
+}
+
+std::string ErrorResponse(const std::string& error, int status = 500, bool overloaded = false) {
   flatbuffers::FlatBufferBuilder fbb(256);
   auto text = fbb.CreateString(error);
   wire::HttpResponseBuilder response(fbb);
   response.add_error(text);
-  response.add_status(500);
+  response.add_status(status);
+  response.add_overloaded(overloaded);
   return wire::Finish(fbb, response.Finish());
 }
 
@@ -33,6 +38,30 @@ std::string EncodeResponse(const HandlerResponse& answer) {
   return wire::Finish(fbb, response.Finish());
 }
 
+RequestView ViewOf(const wire::HttpRequest& request) {
+  RequestView view;
+  view.method = AsView(request.method());
+  view.path = AsView(request.path());
+  view.query = AsView(request.query());
+  if (request.body() != nullptr) {
+    view.body = std::string_view(reinterpret_cast<const char*>(request.body()->data()),
+                                 request.body()->size());
+  }
+  if (request.headers() != nullptr) {
+    view.headers.reserve(request.headers()->size());
+    for (const auto* h : *request.headers()) {
+      if (h != nullptr) view.headers.emplace_back(AsView(h->name()), AsView(h->value()));
+    }
+  }
+  return view;
+}
+
+std::string Seconds(double s) {
+  char text[32];
+  snprintf(text, sizeof(text), "%g", s);
+  return text;
+}
+
 }  // namespace
 
 ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
@@ -43,7 +72,25 @@ ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
       options_(std::move(options)),
       runtime_(std::move(runtime)),
       subject_(subjects.Replica(options_.replica_id)),
-      control_subject_(subjects.ReplicaControl(options_.replica_id)) {}
+      control_subject_(subjects.ReplicaControl(options_.replica_id)),
+      inbox_(loop) {
+  if (runtime_->Concurrency() > 0) {
+    handlers_ = std::make_unique<service::ThreadPool>(runtime_->Concurrency());
+  }
+}
+
+ReplicaWorker::~ReplicaWorker() {
+  if (user_code_stuck()) {
+    // Joining would wait forever on user code; the process is about to exit anyway.
+    if (handlers_) handlers_->Abandon();
+    control_.Abandon();
+    (void)runtime_.release();
+  }
+}
+
+bool ReplicaWorker::user_code_stuck() const {
+  return (handlers_ != nullptr && handlers_->busy() > 0) || control_.busy() > 0;
+}
 
 Status ReplicaWorker::Start() {
   Status status = bus_.Subscribe(subject_, [this](bus::Message& m) { OnRequest(m); });
@@ -57,26 +104,83 @@ Status ReplicaWorker::Start() {
   return Status::Ok();
 }
 
+void ReplicaWorker::Answer(const bus::Message& request, const std::string& bytes) {
+  Status sent = bus_.Respond(request, bytes);
+  if (!sent.ok()) {
+    spdlog::warn("replica {}: cannot answer a request: {}", options_.replica_id, sent.message());
+  }
+}
+
 void ReplicaWorker::OnRequest(bus::Message& message) {
   if (message.reply.empty()) return;  // nobody to answer
   auto request = wire::Verify<wire::HttpRequest>(message.data);
   if (!request.ok()) {
     spdlog::warn("replica {}: dropped a malformed request: {}", options_.replica_id,
                  request.error());
-    (void)bus_.Respond(message, ErrorResponse("replica " + options_.replica_id +
-                                              " could not read the request: " + request.error()));
+    Answer(message, ErrorResponse("replica " + options_.replica_id +
+                                  " could not read the request: " + request.error()));
+    return;
+  }
+  int limit = std::max(1, options_.spec.max_concurrent_queries);
+  if (in_flight_ >= limit) {
+    // Several proxies each keep within the limit on their own; together they can exceed it.
+    Answer(message, ErrorResponse("replica " + options_.replica_id + " of " +
+                                      options_.spec.name + " already runs " +
+                                      std::to_string(in_flight_) +
+                                      " requests (max_concurrent_queries)",
+                                  503, /*overloaded=*/true));
     return;
   }
   ++in_flight_;
-  HandlerResponse answer = runtime_->Handle(**request);
-  --in_flight_;
-  ++completed_;
-  (void)bus_.Respond(message, EncodeResponse(answer));
+  if (handlers_ == nullptr) {
+    HandlerResponse answer = runtime_->Handle(ViewOf(**request));
+    --in_flight_;
+    ++completed_;
+    Answer(message, EncodeResponse(answer));
+    return;
+  }
+  auto owned = std::make_shared<bus::Message>(std::move(message));
+  handlers_->Post([this, owned] {
+    // Verified above; the bytes have not changed since.
+    const auto* request = flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data());
+    std::string bytes = EncodeResponse(runtime_->Handle(ViewOf(*request)));
+    inbox_.Post([this, owned, bytes = std::move(bytes)] {
+      --in_flight_;
+      ++completed_;
+      Answer(*owned, bytes);
+      MaybeFinishDrain();
+    });
+  });
 }
 
 void ReplicaWorker::StartHeartbeats() {
   heartbeat_ = std::make_unique<service::RepeatingTimer>(
-      loop_, options_.spec.health_check_period_s, [this] { SendHeartbeat(); });
+      loop_, options_.spec.health_check_period_s, [this] { OnHeartbeatTick(); });
+}
+
+void ReplicaWorker::OnHeartbeatTick() {
+  uv_update_time(loop_);
+  uint64_t now = uv_now(loop_);
+  if (check_started_ms_ != 0) {
+    double running_s = static_cast<double>(now - check_started_ms_) / 1000.0;
+    if (running_s >= options_.spec.health_check_timeout_s) {
+      healthy_ = false;
+      health_message_ = "check_health has not returned after " + Seconds(running_s) +
+                        " s (health_check_timeout_s is " +
+                        Seconds(options_.spec.health_check_timeout_s) + ")";
+    }
+  } else {
+    check_started_ms_ = now;
+    control_.Post([this] {
+      Status health = runtime_->CheckHealth();
+      inbox_.Post([this, health] {
+        check_started_ms_ = 0;
+        healthy_ = health.ok();
+        health_message_ = health.ok() ? "" : "check_health failed: " + health.message();
+      });
+    });
+  }
+  SendHeartbeat();
 }
 
 void ReplicaWorker::OnReconfigure(bus::Message& message) {
@@ -87,22 +191,32 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
   } else if (order->replica_id != options_.replica_id) {
     reply.error = "reconfigure for " + order->replica_id + " reached replica " +
                   options_.replica_id;
-  } else {
-    Status applied = runtime_->Reconfigure(order->user_config);
-    if (applied.ok()) {
-      options_.spec.user_config = order->user_config;
-      if (order->health_check_period_s > 0 &&
-          order->health_check_period_s != options_.spec.health_check_period_s) {
-        options_.spec.health_check_period_s = order->health_check_period_s;
-        if (!draining_) StartHeartbeats();
-      }
-      spdlog::info("replica {} reconfigured", options_.replica_id);
-    } else {
-      reply.error = "reconfigure failed: " + applied.message();
-      spdlog::warn("replica {}: {}", options_.replica_id, reply.error);
-    }
   }
-  (void)bus_.Respond(message, wire::Pack(reply));
+  if (!reply.error.empty()) {
+    Answer(message, wire::Pack(reply));
+    return;
+  }
+  auto request = std::make_shared<bus::Message>(std::move(message));
+  auto new_config = std::make_shared<wire::ReconfigureT>(std::move(*order));
+  control_.Post([this, request, new_config] {
+    Status applied = runtime_->Reconfigure(new_config->user_config);
+    inbox_.Post([this, request, new_config, applied] {
+      wire::ReconfigureReplyT reply;
+      if (applied.ok()) {
+        options_.spec.user_config = new_config->user_config;
+        double period = new_config->health_check_period_s;
+        if (period > 0 && period != options_.spec.health_check_period_s) {
+          options_.spec.health_check_period_s = period;
+          if (!draining_) StartHeartbeats();
+        }
+        spdlog::info("replica {} reconfigured", options_.replica_id);
+      } else {
+        reply.error = "reconfigure failed: " + applied.message();
+        spdlog::warn("replica {}: {}", options_.replica_id, reply.error);
+      }
+      Answer(*request, wire::Pack(reply));
+    });
+  });
 }
 
 void ReplicaWorker::SendHeartbeat() {
@@ -111,8 +225,8 @@ void ReplicaWorker::SendHeartbeat() {
   heartbeat.deployment = options_.spec.name;
   heartbeat.version = options_.version;
   heartbeat.node_id = options_.node_id;
-  heartbeat.healthy = !draining_;
-  heartbeat.health_message = draining_ ? "draining" : "";
+  heartbeat.healthy = !draining_ && healthy_;
+  heartbeat.health_message = draining_ ? "draining" : health_message_;
   heartbeat.in_flight = in_flight_;
   heartbeat.completed = completed_;
   (void)bus_.Publish(subjects_.hb_replica, wire::Pack(heartbeat));
@@ -121,17 +235,37 @@ void ReplicaWorker::SendHeartbeat() {
 void ReplicaWorker::Drain(std::function<void()> done) {
   if (draining_) return;
   draining_ = true;
+  drain_done_ = std::move(done);
   heartbeat_.reset();
   SendHeartbeat();
   bus_.Unsubscribe(control_subject_);
+  double grace = options_.spec.graceful_shutdown_timeout_s;
+  drain_deadline_ = std::make_unique<service::OneShotTimer>(loop_);
+  drain_deadline_->Start(grace, [this, grace] {
+    spdlog::warn("replica {}: {} requests still running after graceful_shutdown_timeout_s "
+                 "({} s); stopping anyway",
+                 options_.replica_id, in_flight_, grace);
+    in_flight_ = 0;
+    subscription_drained_ = true;
+    MaybeFinishDrain();
+  });
   // Requests the server routed here before it saw the unsubscribe are still answered; anything
   // later finds no listener, and the proxy sends it to another replica.
-  bus_.Drain(subject_, options_.spec.graceful_shutdown_timeout_s, [this, done = std::move(done)] {
-    // Built-in handlers answer on the loop, so nothing is in flight once the queue is empty;
-    // runtimes that answer asynchronously wait here for in_flight_ to reach zero.
-    spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
-    done();
+  bus_.Drain(subject_, grace, [this] {
+    subscription_drained_ = true;
+    MaybeFinishDrain();
   });
+}
+
+void ReplicaWorker::MaybeFinishDrain() {
+  if (!draining_ || !subscription_drained_ || in_flight_ > 0 || !drain_done_) return;
+  drain_deadline_.reset();
+  spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
+  if (!user_code_stuck()) runtime_->Stop();
+  inbox_.Close();
+  auto done = std::move(drain_done_);
+  drain_done_ = nullptr;
+  done();
 }
 
 }  // namespace serve::replica

@@ -10,6 +10,7 @@
 #include "bus/subjects.h"
 #include "replica/runtime.h"
 #include "service/service.h"
+#include "service/threads.h"
 #include "wire/serve_generated.h"
 
 namespace serve::replica {
@@ -22,26 +23,39 @@ struct WorkerOptions {
 };
 
 // One replica of one deployment, in a process of its own: answers data-plane requests on
-// <ns>.replica.<id> and heartbeats on <ns>.hb.replica.
+// <ns>.replica.<id>, takes reconfigure orders on <ns>.replica.<id>.ctl and heartbeats on
+// <ns>.hb.replica.
+//
+// Threads: the loop thread owns the bus and every counter. Requests run on the loop thread for
+// runtimes that never block (Concurrency() == 0), otherwise on a handler pool of
+// Concurrency() threads; check_health and reconfigure run on a control thread of their own,
+// so a busy or stuck handler never delays them. Results come back to the loop via an inbox.
 class ReplicaWorker {
  public:
   ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
                 WorkerOptions options, std::unique_ptr<Runtime> runtime);
+  ~ReplicaWorker();
 
   // Subscribes, then heartbeats at once: the first heartbeat tells the controller the replica
   // can take traffic, and the server saw the subscription before it.
   Status Start();
   // Stops taking requests, lets in-flight ones finish (up to graceful_shutdown_timeout_s),
-  // sends a last heartbeat, then calls `done`.
+  // sends a last heartbeat, stops the runtime, then calls `done`.
   void Drain(std::function<void()> done);
 
   uint64_t completed() const { return completed_; }
+  // True when user code is still running (a handler or a health check that never returned):
+  // the process should then exit without waiting for it.
+  bool user_code_stuck() const;
 
  private:
   void OnRequest(bus::Message& message);
   void OnReconfigure(bus::Message& message);
+  void Answer(const bus::Message& request, const std::string& bytes);
   void StartHeartbeats();
+  void OnHeartbeatTick();
   void SendHeartbeat();
+  void MaybeFinishDrain();
 
   uv_loop_t* loop_;
   bus::Bus& bus_;
@@ -51,9 +65,19 @@ class ReplicaWorker {
   std::string subject_;
   std::string control_subject_;
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
+  service::LoopInbox inbox_;
+  std::unique_ptr<service::ThreadPool> handlers_;  // null when requests run on the loop
+  service::ThreadPool control_{1};
   int in_flight_ = 0;
   uint64_t completed_ = 0;
+  // The latest health check's outcome, and when the running one started (0: none runs).
+  bool healthy_ = true;
+  std::string health_message_;
+  uint64_t check_started_ms_ = 0;
   bool draining_ = false;
+  bool subscription_drained_ = false;
+  std::function<void()> drain_done_;
+  std::unique_ptr<service::OneShotTimer> drain_deadline_;
 };
 
 }  // namespace serve::replica

@@ -1,0 +1,5 @@
+#include <gtest/gtest.h>
+
+#include "replica/command_runtime.h"
+
+TEST(CommandRuntimeTest, Placeholder) {}
