@@ -34,7 +34,10 @@ Subjects::Subjects(const std::string& n)
       shutdown(n + ".shutdown"),
       node_exited(n + ".node.exited"),
       ckpt_put(n + ".ckpt.put"),
-      ckpt_get(n + ".ckpt.get") {}
+      ckpt_get(n + ".ckpt.get"),
+      ckpt_blob_stat(n + ".ckpt.blob.stat"),
+      ckpt_blob_put(n + ".ckpt.blob.put"),
+      ckpt_blob_get(n + ".ckpt.blob.get") {}
 
 std::string Subjects::NodeStart(const std::string& node_id) const {
   return ns + ".node." + node_id + ".start";

@@ -25,6 +25,8 @@ struct Subjects {
   std::string node_exited;
   // Checkpoints: request/reply, answered by the checkpointer.
   std::string ckpt_put, ckpt_get;
+  // Code artifacts by digest: request/reply, answered by the checkpointer.
+  std::string ckpt_blob_stat, ckpt_blob_put, ckpt_blob_get;
 
   std::string NodeStart(const std::string& node_id) const;
   std::string NodeStop(const std::string& node_id) const;

@@ -322,7 +322,7 @@ TypedScalar Resolve(const YAML::Node& node) {
 // The options a deployment may set, as one table: adding an option is adding a row here, a
 // field in Deployment and, if it has rules, a check in FindProblem.
 
-enum class OptionKind { kText, kWholeNumber, kNumber, kUserConfig, kResources };
+enum class OptionKind { kText, kWholeNumber, kNumber, kUserConfig, kResources, kCommand };
 
 struct OptionSpec {
   std::string_view name;
@@ -357,6 +357,13 @@ constexpr OptionSpec kOptions[] = {
      .kind = OptionKind::kNumber,
      .number_field = &Deployment::graceful_shutdown_timeout_s},
     {.name = "resources", .kind = OptionKind::kResources},
+    {.name = "artifact", .kind = OptionKind::kText, .text_field = &Deployment::artifact},
+    {.name = "working_dir", .kind = OptionKind::kText, .text_field = &Deployment::working_dir},
+    {.name = "command", .kind = OptionKind::kCommand},
+    {.name = "health_path", .kind = OptionKind::kText, .text_field = &Deployment::health_path},
+    {.name = "startup_timeout_s",
+     .kind = OptionKind::kNumber,
+     .number_field = &Deployment::startup_timeout_s},
 };
 
 // Ray Serve spells the health-check options with a leading underscore; accepting both lets a
@@ -509,6 +516,57 @@ std::optional<Problem> FindProblem(const Deployment& d) {
     return Problem{"runtime", "runtime " + Quote(d.runtime) +
                                   " is not known; known runtimes: " + KnownRuntimesText()};
   }
+  // Code.
+  const bool is_builtin = d.runtime.rfind("builtin:", 0) == 0;
+  if (is_builtin) {
+    for (const auto& [option, given] :
+         {std::pair<const char*, bool>{"artifact", !d.artifact.empty()},
+          {"working_dir", !d.working_dir.empty()},
+          {"command", !d.command.empty()},
+          {"health_path", !d.health_path.empty()}}) {
+      if (given) {
+        return Problem{option, std::string(option) + " is for runtime native or command; " +
+                                   d.runtime + " runs code built into Serve"};
+      }
+    }
+  }
+  if (d.runtime == "native") {
+    if (d.artifact.empty()) {
+      return Problem{"runtime",
+                     "runtime native needs 'artifact:', the shared library built with "
+                     "sdk/include/serve/deployment.h (e.g. artifact: ./build/libcounter.so)"};
+    }
+    if (!d.command.empty()) {
+      return Problem{"command", "command is for runtime command; runtime native loads 'artifact'"};
+    }
+    if (!d.working_dir.empty()) {
+      return Problem{"working_dir",
+                     "working_dir is for runtime command; runtime native loads 'artifact'"};
+    }
+  }
+  if (d.runtime == "command") {
+    if (d.command.empty()) {
+      return Problem{"runtime",
+                     "runtime command needs 'command:', the program and its arguments, e.g. "
+                     "command: [\"python3\", \"server.py\"]"};
+    }
+    for (const std::string& arg : d.command) {
+      if (arg.empty() || arg.find('\0') != std::string::npos) {
+        return Problem{"command", "command arguments must be non-empty text without NUL bytes"};
+      }
+    }
+    if (!d.artifact.empty() && !d.working_dir.empty()) {
+      return Problem{"working_dir",
+                     "give runtime command its code as 'working_dir' (a directory), not also "
+                     "'artifact'"};
+    }
+  }
+  if (!d.health_path.empty() &&
+      (d.health_path[0] != '/' || HasSpaceOrControl(d.health_path))) {
+    return Problem{"health_path",
+                   "health_path must be a URL path starting with '/', got " + Quote(d.health_path)};
+  }
+  if (auto p = CheckNumber("startup_timeout_s", d.startup_timeout_s, 0, true)) return p;
   // Counts.
   if (d.num_replicas < 0) {
     return Problem{"num_replicas",
@@ -858,6 +916,19 @@ class Parser {
         case OptionKind::kResources:
           if (Status s = ParseResources(value, line, label, d, origin); !s.ok()) return s;
           break;
+        case OptionKind::kCommand:
+          if (!value.IsSequence()) {
+            return Fail(line, where + " must be a list of the program and its arguments, e.g. "
+                                      "[\"python3\", \"server.py\"], got " +
+                                  Describe(value));
+          }
+          for (const auto& arg : value) {
+            if (!arg.IsScalar()) {
+              return Fail(line, where + ": every argument must be text, got " + Describe(arg));
+            }
+            d->command.push_back(arg.Scalar());
+          }
+          break;
       }
     }
     if (origin->option_lines.count("route_prefix") == 0 && !d->name.empty()) {
@@ -1040,8 +1111,32 @@ class Parser {
 
 const std::vector<std::string>& KnownRuntimes() {
   // Adding a runtime is adding its name here (and its implementation in the replica).
-  static const std::vector<std::string> kRuntimes = {"builtin:hello", "builtin:echo"};
+  static const std::vector<std::string> kRuntimes = {"builtin:hello", "builtin:echo", "native",
+                                                      "command"};
   return kRuntimes;
+}
+
+bool IsArtifactDigest(std::string_view text) {
+  constexpr std::string_view kPrefix = "sha256:";
+  if (text.size() != kPrefix.size() + 64 || text.substr(0, kPrefix.size()) != kPrefix) {
+    return false;
+  }
+  return std::all_of(text.begin() + kPrefix.size(), text.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+Status ValidateArtifactReference(const Deployment& d) {
+  if (!d.artifact.empty() && !IsArtifactDigest(d.artifact)) {
+    return Status::Error(DeploymentLabel(d.name) + ": artifact must be the digest of stored " +
+                         "code (\"sha256:<64 hex digits>\"), got " + Quote(d.artifact) +
+                         "; `serve deploy FILE` uploads local files and fills it in");
+  }
+  if (!d.working_dir.empty()) {
+    return Status::Error(DeploymentLabel(d.name) +
+                         ": working_dir is a local path; upload it with `serve deploy FILE`, "
+                         "which sends its digest as 'artifact'");
+  }
+  return Status::Ok();
 }
 
 Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& source_name) {

@@ -48,6 +48,17 @@ struct Deployment {
   double graceful_shutdown_wait_loop_s = 2;
   double graceful_shutdown_timeout_s = 20;
   Resources resources;
+  // The code, for `native` and `command`. In a config file `artifact` is the path of a shared
+  // library and `working_dir` a directory, both relative to the file, uploaded by `serve
+  // deploy`; on the bus `artifact` is the stored content's digest ("sha256:<64 hex>") and
+  // `working_dir` is empty.
+  std::string artifact;
+  std::string artifact_name;  // what the digest was made from, for messages
+  std::string working_dir;
+  // `command`: the program and its arguments; it answers HTTP on $PORT.
+  std::vector<std::string> command;
+  std::string health_path;  // "" = any answer on PORT counts as healthy
+  double startup_timeout_s = 60;
 };
 
 struct ConfigFile {
@@ -78,5 +89,12 @@ Status ValidateDeployments(const std::vector<Deployment>& ds);
 
 // The runtimes this build knows, in the order messages list them.
 const std::vector<std::string>& KnownRuntimes();
+
+// True for "sha256:" followed by 64 lowercase hex digits: how deployments refer to stored code.
+bool IsArtifactDigest(std::string_view text);
+
+// Checks what only a deployment arriving at the controller must satisfy: its code is referred
+// to by digest (`serve deploy` uploads local files and fills the digest in).
+Status ValidateArtifactReference(const Deployment& d);
 
 }  // namespace serve::config

@@ -532,7 +532,8 @@ TEST(ParseConfig, UnknownOptionFarFromAnyListsTheKnownOptions) {
             "config.yaml:4: deployment 'app': unknown option 'colour'; known options: name, "
             "version, route_prefix, runtime, num_replicas, max_concurrent_queries, user_config, "
             "health_check_period_s, health_check_timeout_s, graceful_shutdown_wait_loop_s, "
-            "graceful_shutdown_timeout_s, resources");
+            "graceful_shutdown_timeout_s, resources, artifact, working_dir, command, health_path, "
+            "startup_timeout_s");
 }
 
 TEST(ParseConfig, UnknownOptionsFamiliarFromRayServeGetAdvice) {
@@ -684,12 +685,12 @@ TEST(ParseConfig, RuntimeRules) {
   EXPECT_EQ(ParseError("deployments:\n"
                        "  - name: app\n"),
             "config.yaml:2: deployment 'app': runtime is required; known runtimes: "
-            "builtin:hello, builtin:echo");
+            "builtin:hello, builtin:echo, native, command");
   EXPECT_EQ(ParseError("deployments:\n"
                        "  - name: app\n"
                        "    runtime: builtin:helo\n"),
             "config.yaml:3: deployment 'app': runtime 'builtin:helo' is not known; known "
-            "runtimes: builtin:hello, builtin:echo");
+            "runtimes: builtin:hello, builtin:echo, native, command");
 }
 
 TEST(ParseConfig, RoutePrefixRules) {
@@ -814,7 +815,7 @@ TEST(ValidateDeployment, MessagesMakeSenseWithoutAFile) {
   d.runtime = "builtin:helo";
   EXPECT_EQ(ValidateDeployment(d).message(),
             "deployment 'x': runtime 'builtin:helo' is not known; known runtimes: "
-            "builtin:hello, builtin:echo");
+            "builtin:hello, builtin:echo, native, command");
 
   EXPECT_EQ(ValidateDeployment(Deployment{}).message(),
             "unnamed deployment: name is required; add e.g. 'name: my-app' (1 to 63 letters, "
@@ -916,8 +917,71 @@ TEST(ValidateDeployments, DuplicateRoutePrefixes) {
             "give each deployment its own route_prefix");
 }
 
-TEST(KnownRuntimes, ListsTheBuiltins) {
-  EXPECT_THAT(KnownRuntimes(), ElementsAre("builtin:hello", "builtin:echo"));
+TEST(KnownRuntimes, ListsTheBuiltinsThenUserCode) {
+  EXPECT_THAT(KnownRuntimes(), ElementsAre("builtin:hello", "builtin:echo", "native", "command"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// User code: native and command.
+
+TEST(ParseConfig, NativeAndCommandDeployments) {
+  ConfigFile file = ParseOk(
+      "deployments:\n"
+      "  - name: counter\n"
+      "    runtime: native\n"
+      "    artifact: ./build/examples/libcounter.so\n"
+      "  - name: model\n"
+      "    runtime: command\n"
+      "    working_dir: ./examples/python-model\n"
+      "    command: [\"/usr/bin/python3\", \"server.py\"]\n"
+      "    health_path: /healthz\n"
+      "    startup_timeout_s: 90\n");
+  ASSERT_EQ(file.deployments.size(), 2u);
+  EXPECT_EQ(file.deployments[0].artifact, "./build/examples/libcounter.so");
+  EXPECT_EQ(file.deployments[1].working_dir, "./examples/python-model");
+  EXPECT_THAT(file.deployments[1].command, ElementsAre("/usr/bin/python3", "server.py"));
+  EXPECT_EQ(file.deployments[1].health_path, "/healthz");
+  EXPECT_EQ(file.deployments[1].startup_timeout_s, 90);
+}
+
+TEST(ParseConfig, CodeOptionRules) {
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: native\n"),
+              HasSubstr("runtime native needs 'artifact:'"));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: command\n"),
+              HasSubstr("runtime command needs 'command:'"));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: command\n"
+                         "    command: python3 server.py\n"),
+              AllOf(StartsWith("config.yaml:4: "), HasSubstr("must be a list")));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: builtin:hello\n"
+                         "    artifact: x.so\n"),
+              AllOf(StartsWith("config.yaml:4: "),
+                    HasSubstr("artifact is for runtime native or command")));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: native\n"
+                         "    artifact: x.so\n    command: [x]\n"),
+              AllOf(StartsWith("config.yaml:5: "), HasSubstr("command is for runtime command")));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: command\n"
+                         "    command: [x]\n    health_path: healthz\n"),
+              AllOf(StartsWith("config.yaml:5: "), HasSubstr("must be a URL path")));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: command\n"
+                         "    command: [x]\n    startup_timeout_s: 0\n"),
+              HasSubstr("startup_timeout_s must be > 0"));
+}
+
+TEST(ValidateArtifactReference, OnlyDigestsReachTheController) {
+  Deployment d = ValidDeployment("x");
+  d.runtime = "native";
+  d.artifact = "sha256:" + std::string(64, 'a');
+  EXPECT_TRUE(ValidateArtifactReference(d).ok());
+  d.artifact = "./libx.so";
+  EXPECT_THAT(ValidateArtifactReference(d).message(),
+              AllOf(HasSubstr("sha256:<64 hex digits>"), HasSubstr("serve deploy FILE")));
+  d.artifact = "sha256:" + std::string(64, 'A');
+  EXPECT_FALSE(ValidateArtifactReference(d).ok());
+  d.artifact.clear();
+  d.runtime = "command";
+  d.command = {"x"};
+  d.working_dir = "./dir";
+  EXPECT_THAT(ValidateArtifactReference(d).message(), HasSubstr("local path"));
 }
 
 // ---------------------------------------------------------------------------------------------

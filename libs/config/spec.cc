@@ -15,6 +15,11 @@ wire::DeploymentSpecT ToSpec(const Deployment& d) {
   spec.health_check_timeout_s = d.health_check_timeout_s;
   spec.graceful_shutdown_wait_loop_s = d.graceful_shutdown_wait_loop_s;
   spec.graceful_shutdown_timeout_s = d.graceful_shutdown_timeout_s;
+  spec.artifact = d.artifact;
+  spec.artifact_name = d.artifact_name;
+  spec.command = d.command;
+  spec.health_path = d.health_path;
+  spec.startup_timeout_s = d.startup_timeout_s;
   spec.resources = std::make_unique<wire::ResourcesT>();
   spec.resources->num_cpus = d.resources.num_cpus;
   spec.resources->num_gpus = d.resources.num_gpus;
@@ -40,6 +45,11 @@ Deployment FromSpec(const wire::DeploymentSpecT& spec) {
   d.health_check_timeout_s = spec.health_check_timeout_s;
   d.graceful_shutdown_wait_loop_s = spec.graceful_shutdown_wait_loop_s;
   d.graceful_shutdown_timeout_s = spec.graceful_shutdown_timeout_s;
+  d.artifact = spec.artifact;
+  d.artifact_name = spec.artifact_name;
+  d.command = spec.command;
+  d.health_path = spec.health_path;
+  d.startup_timeout_s = spec.startup_timeout_s;
   if (spec.resources != nullptr) {
     d.resources.num_cpus = spec.resources->num_cpus;
     d.resources.num_gpus = spec.resources->num_gpus;

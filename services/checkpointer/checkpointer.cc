@@ -2,6 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "artifact/artifact.h"
+#include "artifact/transfer.h"
+#include "config/deployment_config.h"
+
 namespace serve::checkpointer {
 namespace {
 
@@ -13,17 +20,30 @@ constexpr char kStopping[] = "the checkpointer is shutting down; retry against i
 }  // namespace
 
 Checkpointer::Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
-                           CheckpointStore& store)
-    : loop_(loop), bus_(bus), subjects_(subjects), store_(store) {}
+                           CheckpointStore& store, std::string staging_dir)
+    : loop_(loop),
+      bus_(bus),
+      subjects_(subjects),
+      store_(store),
+      staging_dir_(std::move(staging_dir)) {}
 
 Status Checkpointer::Start() {
+  std::error_code ec;
+  std::filesystem::create_directories(staging_dir_, ec);
+  if (ec) {
+    return Status::Error("cannot create the upload staging directory " + staging_dir_ + ": " +
+                         ec.message());
+  }
   struct Route {
     const std::string& subject;
     void (Checkpointer::*handler)(const bus::Message&);
   };
   for (const Route& route : {Route{subjects_.ckpt_put, &Checkpointer::OnPut},
                              Route{subjects_.ckpt_get, &Checkpointer::OnGet},
-                             Route{subjects_.shutdown, &Checkpointer::OnShutdown}}) {
+                             Route{subjects_.shutdown, &Checkpointer::OnShutdown},
+                             Route{subjects_.ckpt_blob_stat, &Checkpointer::OnBlobStat},
+                             Route{subjects_.ckpt_blob_put, &Checkpointer::OnBlobPut},
+                             Route{subjects_.ckpt_blob_get, &Checkpointer::OnBlobGet}}) {
     auto handler = route.handler;
     Status status =
         bus_.Subscribe(route.subject, [this, handler](bus::Message& m) { (this->*handler)(m); });
@@ -140,6 +160,132 @@ void Checkpointer::OnShutdown(const bus::Message& message) {
   }
   Stop();
   if (on_shutdown_) on_shutdown_(why);
+}
+
+void Checkpointer::OnBlobStat(const bus::Message& message) {
+  wire::BlobStatReplyT reply;
+  auto request = wire::DecodeRequest<wire::BlobStat>(codec_, message.data);
+  if (!request.ok()) {
+    reply.error = request.error();
+    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
+    return;
+  }
+  if (stopped_) {
+    reply.error = kStopping;
+  } else if (auto size = store_.BlobSize(request->value.digest); !size.ok()) {
+    reply.error = size.error();
+  } else if (size->has_value()) {
+    reply.found = true;
+    reply.size = **size;
+  }
+  Reply(message, wire::EncodeReply(codec_, reply, request->json));
+}
+
+wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
+  wire::BlobPutReplyT reply;
+  if (!config::IsArtifactDigest(put.digest)) {
+    reply.error = "'" + put.digest + "' is not an artifact digest (sha256:<64 hex digits>)";
+    return reply;
+  }
+  if (put.offset == 0) {
+    // A first chunk starts the upload over, whatever an earlier attempt left.
+    std::string hex = put.digest.substr(put.digest.find(':') + 1);
+    uploads_[put.digest] = Upload{staging_dir_ + "/" + hex + ".upload", 0, put.total_size};
+  }
+  auto it = uploads_.find(put.digest);
+  if (it == uploads_.end() || it->second.received != put.offset ||
+      it->second.total_size != put.total_size) {
+    uint64_t received = it == uploads_.end() ? 0 : it->second.received;
+    reply.error = "chunk of " + put.digest + " at offset " + std::to_string(put.offset) +
+                  " does not continue the upload (" + std::to_string(received) +
+                  " bytes received); start again from offset 0";
+    reply.received = received;
+    return reply;
+  }
+  Upload& upload = it->second;
+  if (upload.received + put.data.size() > upload.total_size) {
+    reply.error = "chunk of " + put.digest + " goes past its total_size of " +
+                  std::to_string(upload.total_size) + " bytes";
+    std::filesystem::remove(upload.path);
+    uploads_.erase(it);
+    return reply;
+  }
+  std::ofstream out(upload.path, std::ios::binary | (put.offset == 0 ? std::ios::trunc
+                                                                       : std::ios::app));
+  out.write(reinterpret_cast<const char*>(put.data.data()),
+            static_cast<std::streamsize>(put.data.size()));
+  out.close();
+  if (!out) {
+    reply.error = "cannot write " + upload.path + " (is the disk full?)";
+    return reply;
+  }
+  upload.received += put.data.size();
+  reply.received = upload.received;
+  if (upload.received < upload.total_size) return reply;
+
+  // Complete: the bytes must be what the digest says before anyone may run them.
+  std::string path = upload.path;
+  uploads_.erase(it);
+  auto digest = artifact::DigestFile(path);
+  if (!digest.ok() || *digest != put.digest) {
+    reply.error = digest.ok() ? "the uploaded bytes hash to " + *digest + ", not " + put.digest +
+                                    "; upload again"
+                              : digest.error();
+  } else if (Status stored = store_.PutBlob(put.digest, path); !stored.ok()) {
+    reply.error = stored.message();
+  } else {
+    reply.stored = true;
+    spdlog::info("stored {} ({} bytes) in {}", put.digest, put.total_size, store_.Describe());
+  }
+  std::filesystem::remove(path);
+  return reply;
+}
+
+void Checkpointer::OnBlobPut(const bus::Message& message) {
+  wire::BlobPutReplyT reply;
+  auto request = wire::DecodeRequest<wire::BlobPut>(codec_, message.data);
+  if (!request.ok()) {
+    reply.error = request.error();
+    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
+    return;
+  }
+  if (stopped_) {
+    reply.error = kStopping;
+  } else {
+    reply = ReceiveChunk(request->value);
+  }
+  if (!reply.error.empty()) spdlog::warn("blob put: {}", reply.error);
+  Reply(message, wire::EncodeReply(codec_, reply, request->json));
+}
+
+void Checkpointer::OnBlobGet(const bus::Message& message) {
+  wire::BlobGetReplyT reply;
+  auto request = wire::DecodeRequest<wire::BlobGet>(codec_, message.data);
+  if (!request.ok()) {
+    reply.error = request.error();
+    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
+    return;
+  }
+  const wire::BlobGetT& get = request->value;
+  if (stopped_) {
+    reply.error = kStopping;
+  } else if (auto size = store_.BlobSize(get.digest); !size.ok()) {
+    reply.error = size.error();
+  } else if (size->has_value()) {
+    reply.found = true;
+    reply.total_size = **size;
+    uint64_t length = get.length == 0 ? artifact::kChunkBytes
+                                      : std::min<uint64_t>(get.length, artifact::kChunkBytes);
+    if (get.offset < reply.total_size) {
+      auto bytes = store_.ReadBlob(get.digest, get.offset, length);
+      if (bytes.ok()) {
+        reply.data.assign(bytes->begin(), bytes->end());
+      } else {
+        reply.error = bytes.error();
+      }
+    }
+  }
+  Reply(message, wire::EncodeReply(codec_, reply, request->json));
 }
 
 }  // namespace serve::checkpointer

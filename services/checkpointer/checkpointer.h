@@ -3,6 +3,7 @@
 #include <uv.h>
 
 #include <functional>
+#include <map>
 #include <string>
 
 #include "base/status.h"
@@ -16,6 +17,7 @@ namespace serve::checkpointer {
 // Serves a CheckpointStore on the bus:
 //   <ns>.ckpt.put  CheckpointPut -> CheckpointPutReply (fenced by generation)
 //   <ns>.ckpt.get  CheckpointGet -> CheckpointGetReply
+//   <ns>.ckpt.blob.stat / .put / .get   code artifacts by digest (BlobStat, BlobPut, BlobGet)
 //   <ns>.shutdown  any payload   -> the shutdown handler
 // Requests come as FlatBuffers or as JSON of the same table and are answered in kind; a request
 // that decodes as neither is answered with an error that says so.
@@ -28,8 +30,10 @@ class Checkpointer {
   using ShutdownHandler = std::function<void(const std::string& why)>;
 
   // `bus`, `subjects` and `store` must outlive the Checkpointer.
+  // Uploads are assembled in `staging_dir` (created if missing) and checked against their
+  // digest before the store gets them.
   Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
-               CheckpointStore& store);
+               CheckpointStore& store, std::string staging_dir);
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
@@ -46,6 +50,11 @@ class Checkpointer {
   void OnPut(const bus::Message& message);
   void OnGet(const bus::Message& message);
   void OnShutdown(const bus::Message& message);
+  void OnBlobStat(const bus::Message& message);
+  void OnBlobPut(const bus::Message& message);
+  void OnBlobGet(const bus::Message& message);
+  // Applies one chunk of an upload; the reply says how far the upload got.
+  wire::BlobPutReplyT ReceiveChunk(const wire::BlobPutT& put);
   void Reply(const bus::Message& request, const std::string& bytes);
   // Milliseconds since `start_ms` (loop time), refreshing the loop's clock: a slow disk holds
   // the loop, and every request waits behind it.
@@ -59,6 +68,15 @@ class Checkpointer {
   wire::JsonCodec codec_;
   ShutdownHandler on_shutdown_;
   bool stopped_ = false;
+
+  // Uploads in progress, by digest: the staged file and how many bytes it holds.
+  struct Upload {
+    std::string path;
+    uint64_t received = 0;
+    uint64_t total_size = 0;
+  };
+  std::string staging_dir_;
+  std::map<std::string, Upload> uploads_;
 };
 
 }  // namespace serve::checkpointer

@@ -1,5 +1,11 @@
 #include "checkpointer/checkpointer.h"
 
+#include <filesystem>
+#include <fstream>
+
+#include "artifact/artifact.h"
+#include "artifact/transfer.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -27,7 +33,8 @@ class CheckpointerTest : public ::testing::Test {
     server_ = Connect();
     client_ = Connect();
     ASSERT_TRUE(server_ && client_);
-    checkpointer_ = std::make_unique<Checkpointer>(&loop_, *server_, subjects_, *store_);
+    checkpointer_ = std::make_unique<Checkpointer>(&loop_, *server_, subjects_, *store_,
+                                                   staging_.path());
     checkpointer_->SetShutdownHandler([this](const std::string& why) { shutdown_why_ = why; });
     ASSERT_TRUE(checkpointer_->Start().ok());
     // The checkpointer's subscriptions travel on another connection; wait until they are live.
@@ -100,6 +107,7 @@ class CheckpointerTest : public ::testing::Test {
 
   testing::NatsServer nats_;
   testing::TempDir tmp_;
+  testing::TempDir staging_;
   uv_loop_t loop_;
   bus::Subjects subjects_{"t"};
   wire::JsonCodec codec_;
@@ -248,6 +256,80 @@ TEST_F(CheckpointerTest, OtherNamespacesAreNotServed) {
   auto reply = Send("other.ckpt.get", wire::Pack(get));
   ASSERT_FALSE(reply.ok());
   EXPECT_THAT(reply.error(), HasSubstr("nothing listens on other.ckpt.get"));
+}
+
+// Artifacts: the CLI's upload and the replica's fetch, through the real checkpointer.
+TEST_F(CheckpointerTest, ArtifactUploadsInChunksOnceAndFetchesVerified) {
+  std::string bytes;
+  for (int i = 0; i < 1300 * 1000; ++i) bytes.push_back(static_cast<char>('a' + i % 23));
+  std::string source = tmp_.path() + "/libbig.so";
+  std::ofstream(source, std::ios::binary) << bytes;
+  std::string digest = artifact::DigestOf(bytes);
+
+  auto first = artifact::Upload(&loop_, *client_, subjects_, source, digest, 10);
+  ASSERT_TRUE(first.ok()) << first.error();
+  EXPECT_TRUE(first->sent);
+  EXPECT_EQ(first->size, bytes.size());
+  auto again = artifact::Upload(&loop_, *client_, subjects_, source, digest, 10);
+  ASSERT_TRUE(again.ok()) << again.error();
+  EXPECT_FALSE(again->sent) << "a stored digest is not sent again";
+
+  std::string fetched = tmp_.path() + "/fetched.so";
+  Status fetch = artifact::Fetch(&loop_, *client_, subjects_, digest, "libbig.so", fetched, 10);
+  ASSERT_TRUE(fetch.ok()) << fetch.message();
+  std::ifstream in(fetched, std::ios::binary);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()),
+            bytes);
+  EXPECT_TRUE(std::filesystem::is_empty(staging_.path())) << "finished uploads leave nothing";
+}
+
+TEST_F(CheckpointerTest, ArtifactWhoseBytesDoNotMatchItsDigestIsRefused) {
+  std::string source = tmp_.path() + "/lib.so";
+  std::ofstream(source, std::ios::binary) << "real bytes";
+  std::string wrong = artifact::DigestOf("other bytes");
+  auto upload = artifact::Upload(&loop_, *client_, subjects_, source, wrong, 10);
+  ASSERT_FALSE(upload.ok());
+  EXPECT_THAT(upload.error(), HasSubstr("hash to " + artifact::DigestOf("real bytes")));
+  auto size = store_->BlobSize(wrong);
+  ASSERT_TRUE(size.ok());
+  EXPECT_FALSE(size->has_value());
+}
+
+TEST_F(CheckpointerTest, FetchOfAnUnknownDigestSaysHowToFixIt) {
+  std::string digest = artifact::DigestOf("never uploaded");
+  Status fetch = artifact::Fetch(&loop_, *client_, subjects_, digest, "libcounter.so",
+                                 tmp_.path() + "/x", 10);
+  ASSERT_FALSE(fetch.ok());
+  EXPECT_THAT(fetch.message(), HasSubstr("libcounter.so"));
+  EXPECT_THAT(fetch.message(), HasSubstr("serve deploy"));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.path() + "/x"));
+}
+
+TEST_F(CheckpointerTest, ChunkThatDoesNotContinueAnUploadIsRefused) {
+  wire::BlobPutT put;
+  put.digest = artifact::DigestOf("0123456789");
+  put.total_size = 10;
+  put.offset = 4;
+  put.data = {'4', '5'};
+  auto reply = Reply<wire::BlobPutReply>(Send(subjects_.ckpt_blob_put, wire::Pack(put)));
+  EXPECT_THAT(reply.error, HasSubstr("start again from offset 0"));
+  put.digest = "md5:abc";
+  reply = Reply<wire::BlobPutReply>(Send(subjects_.ckpt_blob_put, wire::Pack(put)));
+  EXPECT_THAT(reply.error, HasSubstr("not an artifact digest"));
+}
+
+TEST_F(CheckpointerTest, GarbageOnBlobSubjectsGetsAnError) {
+  for (const std::string* subject :
+       {&subjects_.ckpt_blob_stat, &subjects_.ckpt_blob_put, &subjects_.ckpt_blob_get}) {
+    auto reply = Send(*subject, "\x01\x02garbage");
+    ASSERT_TRUE(reply.ok()) << reply.error();
+    auto error = wire::Unpack<wire::BlobStatReply>(reply->data);
+    ASSERT_TRUE(error.ok()) << *subject << ": " << error.error();
+    EXPECT_FALSE(error->error.empty()) << *subject;
+  }
+  auto json = Send(subjects_.ckpt_blob_stat, R"({"digest": "sha256:nothex"})");
+  ASSERT_TRUE(json.ok()) << json.error();
+  EXPECT_THAT(json->data, HasSubstr("not an artifact digest"));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "config/deployment_config.h"
 #include "service/service.h"
 #include "wire/codec.h"
 
@@ -154,6 +155,10 @@ class DirectoryLock {
   Fd fd_;
 };
 
+Status BadDigest(const std::string& digest) {
+  return Status::Error("'" + digest + "' is not an artifact digest (sha256:<64 hex digits>)");
+}
+
 std::string Untouched(const std::string& key) {
   return "; the file is left untouched for inspection: move it aside to let key '" + key +
          "' be written again";
@@ -263,6 +268,87 @@ Status FileStore::Put(const std::string& key, uint64_t generation, std::string_v
   Status replaced = ReplaceFileAtomically(path, wire::Pack(record));
   if (!replaced.ok()) return replaced.WithContext("cannot store key '" + key + "'");
   return Status::Ok();
+}
+
+std::string FileStore::BlobPathFor(const std::string& digest) const {
+  // "sha256:<hex>" -> <dir>/blobs/sha256/<hex>
+  std::string algorithm = digest.substr(0, digest.find(':'));
+  std::string hex = digest.substr(digest.find(':') + 1);
+  return (directory_ == "/" ? "" : directory_) + "/blobs/" + algorithm + "/" + hex;
+}
+
+Result<std::optional<uint64_t>> FileStore::BlobSize(const std::string& digest) {
+  if (!config::IsArtifactDigest(digest)) return BadDigest(digest);
+  struct stat info {};
+  std::string path = BlobPathFor(digest);
+  if (::stat(path.c_str(), &info) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return std::optional<uint64_t>();
+    return Status::Error("cannot read " + path + ": " + ErrnoText(errno));
+  }
+  return std::optional<uint64_t>(static_cast<uint64_t>(info.st_size));
+}
+
+Status FileStore::PutBlob(const std::string& digest, const std::string& source) {
+  if (!config::IsArtifactDigest(digest)) return BadDigest(digest);
+  std::string path = BlobPathFor(digest);
+  if (::access(path.c_str(), F_OK) == 0) return Status::Ok();  // same digest, same bytes
+  Status made = MakeDirectories(ParentOf(path));
+  if (!made.ok()) return made.WithContext("cannot store " + digest);
+  Fd in(::open(source.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in.valid()) return Status::Error("cannot read " + source + ": " + ErrnoText(errno));
+  std::string temp = ParentOf(path) + "/.tmp-XXXXXX";
+  Fd out(::mkostemp(temp.data(), O_CLOEXEC));
+  if (!out.valid()) {
+    return Status::Error("cannot create a temporary file in " + ParentOf(path) + ": " +
+                         ErrnoText(errno));
+  }
+  auto fail = [&](const std::string& what) {
+    out.Reset();
+    ::unlink(temp.c_str());
+    return Status::Error(what);
+  };
+  char buffer[64 * 1024];
+  while (true) {
+    ssize_t n = ::read(in.get(), buffer, sizeof(buffer));
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail("cannot read " + source + ": " + ErrnoText(errno));
+    }
+    Status written = WriteAll(out.get(), std::string_view(buffer, static_cast<size_t>(n)));
+    if (!written.ok()) return fail("cannot write " + temp + ": " + written.message());
+  }
+  if (::fsync(out.get()) != 0) return fail("cannot sync " + temp + ": " + ErrnoText(errno));
+  if (out.Close() != 0) return fail("cannot write " + temp + ": " + ErrnoText(errno));
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    return fail("cannot rename " + temp + " to " + path + ": " + ErrnoText(errno));
+  }
+  return SyncDirectory(ParentOf(path));
+}
+
+Result<std::string> FileStore::ReadBlob(const std::string& digest, uint64_t offset,
+                                        uint64_t length) {
+  if (!config::IsArtifactDigest(digest)) return BadDigest(digest);
+  std::string path = BlobPathFor(digest);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return Status::Error(digest + " is not stored in " + Describe());
+    return Status::Error("cannot read " + path + ": " + ErrnoText(errno));
+  }
+  std::string bytes(length, '\0');
+  size_t filled = 0;
+  while (filled < length) {
+    ssize_t n = ::pread(fd.get(), bytes.data() + filled, length - filled,
+                        static_cast<off_t>(offset + filled));
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::Error("cannot read " + path + ": " + ErrnoText(errno));
+    }
+    filled += static_cast<size_t>(n);
+  }
+  bytes.resize(filled);
+  return bytes;
 }
 
 }  // namespace serve::checkpointer

@@ -26,10 +26,17 @@ class FileStore : public CheckpointStore {
   Status Put(const std::string& key, uint64_t generation, std::string_view data) override;
   Result<std::optional<Record>> Get(const std::string& key) override;
   std::string Describe() const override;
+  // Blobs live in <dir>/blobs/sha256/<hex>, written like records (temp file, fsync, rename).
+  Result<std::optional<uint64_t>> BlobSize(const std::string& digest) override;
+  Status PutBlob(const std::string& digest, const std::string& path) override;
+  Result<std::string> ReadBlob(const std::string& digest, uint64_t offset,
+                               uint64_t length) override;
 
   const std::string& directory() const { return directory_; }
   // The file that holds `key`.
   std::string PathFor(const std::string& key) const;
+  // The file that holds the blob `digest`.
+  std::string BlobPathFor(const std::string& digest) const;
 
  private:
   explicit FileStore(std::string directory) : directory_(std::move(directory)) {}

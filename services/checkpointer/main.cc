@@ -35,6 +35,10 @@ int main(int argc, char** argv) {
   service::CommonFlags flags;
   service::AddCommonFlags(app, flags);
   std::string checkpoint_path;
+  std::string staging_dir;
+  app.add_option("--staging-dir", staging_dir,
+                 "Where artifact uploads are assembled before they are stored "
+                 "(default: $TMPDIR/serve-uploads-<namespace>-<pid>)");
   app.add_option("--checkpoint-path", checkpoint_path,
                  "Where checkpoints live: file:///dir (default "
                  "file://$HOME/.serve/<namespace>/checkpoint)")
@@ -59,7 +63,12 @@ int main(int argc, char** argv) {
   if (!bus.ok()) return Fail(1, bus.error());
 
   bus::Subjects subjects(flags.ns);
-  checkpointer::Checkpointer checkpointer(&loop, **bus, subjects, **store);
+  if (staging_dir.empty()) {
+    const char* tmp = getenv("TMPDIR");
+    staging_dir = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
+                  "/serve-uploads-" + flags.ns + "-" + std::to_string(getpid());
+  }
+  checkpointer::Checkpointer checkpointer(&loop, **bus, subjects, **store, staging_dir);
   std::unique_ptr<service::SignalWatcher> signals;
   auto shutdown = [&](const std::string& why) {
     spdlog::info("checkpointer stopping: {}", why);

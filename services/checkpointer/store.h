@@ -43,6 +43,19 @@ class CheckpointStore {
   // Where the records live, as a URI a person can pass back to --checkpoint-path
   // ("file:///var/lib/serve").
   virtual std::string Describe() const = 0;
+
+  // Code artifacts, by digest ("sha256:<64 hex>", checked with IsArtifactDigest). Blobs are
+  // immutable: the same digest always names the same bytes, so a second put of one is a no-op.
+  //
+  // The size of the stored blob, or nullopt when there is none.
+  virtual Result<std::optional<uint64_t>> BlobSize(const std::string& digest) = 0;
+  // Stores the file at `path`, whose content the caller has checked against `digest`. Once it
+  // returns OK the blob survives a crash.
+  virtual Status PutBlob(const std::string& digest, const std::string& path) = 0;
+  // Up to `length` bytes of the blob from `offset` (fewer at its end); an error when the blob
+  // does not exist.
+  virtual Result<std::string> ReadBlob(const std::string& digest, uint64_t offset,
+                                       uint64_t length) = 0;
 };
 
 // Checks a key against the rules above; the error names the key and the rule it breaks.
