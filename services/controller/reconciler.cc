@@ -56,8 +56,25 @@ std::string ConfigHash(const wire::DeploymentSpecT& spec) {
 }
 
 // What a derived version covers: the code. Options that change in place do not count.
+// What the code of a deployment is: its runtime, its artifact's digest and its command line.
+std::string CodeOf(const wire::DeploymentSpecT& spec) {
+  std::string code = spec.runtime + "\n" + spec.artifact;
+  for (const std::string& arg : spec.command) code += "\n" + arg;
+  return code;
+}
+
+// A short description of the code for messages: "runtime native (libcounter.so, sha256:ab12...)".
+std::string DescribeCode(const wire::DeploymentSpecT& spec) {
+  std::string text = "runtime " + spec.runtime;
+  if (!spec.artifact.empty()) {
+    text += " (" + (spec.artifact_name.empty() ? "" : spec.artifact_name + ", ") +
+            spec.artifact.substr(0, 19) + "...)";
+  }
+  return text;
+}
+
 std::string DerivedVersion(const wire::DeploymentSpecT& spec) {
-  return "auto-" + ShortHash(spec.runtime).substr(0, 8);
+  return "auto-" + ShortHash(CodeOf(spec)).substr(0, 8);
 }
 
 }  // namespace
@@ -84,7 +101,9 @@ Reconciler::Reconciler(const Clock& clock, ReconcilerActions& actions, Reconcile
 Status Reconciler::Admit(wire::DeploymentSpecT& spec) const {
   if (spec.route_prefix.empty() && !spec.name.empty()) spec.route_prefix = "/" + spec.name;
   if (spec.resources == nullptr) spec.resources = std::make_unique<wire::ResourcesT>();
-  Status valid = config::ValidateDeployment(config::FromSpec(spec));
+  config::Deployment deployment = config::FromSpec(spec);
+  Status valid = config::ValidateDeployment(deployment);
+  if (valid.ok()) valid = config::ValidateArtifactReference(deployment);
   if (!valid.ok()) return valid;
   for (const auto& [name, other] : deployments_) {
     if (name != spec.name && other.spec.route_prefix == spec.route_prefix) {
@@ -96,10 +115,11 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec) const {
   auto existing = deployments_.find(spec.name);
   if (!spec.version.empty() && existing != deployments_.end() &&
       existing->second.spec.version == spec.version &&
-      existing->second.spec.runtime != spec.runtime) {
+      CodeOf(existing->second.spec) != CodeOf(spec)) {
     return Status::Error("deployment '" + spec.name + "': version '" + spec.version +
-                         "' is already deployed with runtime " + existing->second.spec.runtime +
-                         "; give the new code a new version");
+                         "' is already deployed with other code, " +
+                         DescribeCode(existing->second.spec) + "; give the new code a new version "
+                         "(or leave version out to derive one from the code)");
   }
   if (spec.version.empty()) spec.version = DerivedVersion(spec);
   return Status::Ok();
@@ -463,12 +483,13 @@ void Reconciler::CheckLiveness() {
     auto d = deployments_.find(replica.deployment);
     double health_timeout = d != deployments_.end() ? d->second.spec.health_check_timeout_s : 30;
     double grace = d != deployments_.end() ? d->second.spec.graceful_shutdown_timeout_s : 20;
-    if (replica.state == ReplicaState::STARTING &&
-        now - replica.state_since > options_.start_timeout_s) {
+    double start_timeout =
+        (d != deployments_.end() ? d->second.spec.startup_timeout_s : 60) + options_.start_margin_s;
+    if (replica.state == ReplicaState::STARTING && now - replica.state_since > start_timeout) {
       timed_out.push_back(id);
       RecordStartFailure(replica.deployment,
                          "replica " + id + " did not report healthy within " +
-                             FormatAmount(options_.start_timeout_s) + " s of its start");
+                             FormatAmount(start_timeout) + " s of its start");
       StopAndForget(replica, "did not start in time");
     } else if (replica.state == ReplicaState::RUNNING &&
                now - replica.last_heartbeat > health_timeout) {

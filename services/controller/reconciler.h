@@ -30,8 +30,11 @@ class ReconcilerActions {
 };
 
 struct ReconcilerOptions {
-  // A replica that has not sent its first heartbeat this long after its start is a failed start.
-  double start_timeout_s = 60;
+  // A replica that has not sent its first heartbeat within its deployment's startup_timeout_s
+  // plus this margin (for fetching its code and starting its process) is a failed start. The
+  // replica itself gives up at startup_timeout_s with a precise message; this deadline catches
+  // a start that never reports at all (a lost order, a frozen node).
+  double start_margin_s = 30;
   // Consecutive failed starts (without a replica reaching RUNNING) before DEPLOY_FAILED.
   int max_start_failures = 5;
   double max_backoff_s = 30;

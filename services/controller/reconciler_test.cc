@@ -833,12 +833,40 @@ TEST_F(ReconcilerTest, RedeployingTheSameSpecAfterDeployFailedRetries) {
   EXPECT_NE(StateOf("hello"), "DEPLOY_FAILED");
 }
 
+wire::DeploymentSpecT NativeSpec(const std::string& name, char digest_digit) {
+  wire::DeploymentSpecT spec = Spec(name);
+  spec.runtime = "native";
+  spec.artifact = "sha256:" + std::string(64, digest_digit);
+  spec.artifact_name = "lib" + name + ".so";
+  return spec;
+}
+
+TEST_F(ReconcilerTest, NewArtifactRollsReplicasAndAReusedVersionIsRefused) {
+  AddNode("n1", 4);
+  auto first = DeployHealthy(NativeSpec("counter", 'a'));
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_THAT(DeployOk(NativeSpec("counter", 'b')), ElementsAre(HasSubstr("updating from")));
+
+  DeployOk(WithVersion(NativeSpec("pinned", 'a'), "v1"));
+  EXPECT_THAT(DeployError(WithVersion(NativeSpec("pinned", 'c'), "v1")),
+              AllOf(HasSubstr("version 'v1' is already deployed with other code"),
+                    HasSubstr("libpinned.so"), HasSubstr("give the new code a new version")));
+}
+
+TEST_F(ReconcilerTest, ArtifactMustBeADigest) {
+  wire::DeploymentSpecT spec = NativeSpec("counter", 'a');
+  spec.artifact = "./build/libcounter.so";
+  EXPECT_THAT(DeployError(std::move(spec)), HasSubstr("serve deploy FILE"));
+}
+
 TEST_F(ReconcilerTest, StartThatNeverReportsHealthyTimesOut) {
   ReconcilerOptions options;
-  options.start_timeout_s = 10;
+  options.start_margin_s = 4;
   Recreate(options);
   AddNode("n1", 4);
-  DeployOk(Spec("hello"));
+  wire::DeploymentSpecT spec = Spec("hello");
+  spec.startup_timeout_s = 6;
+  DeployOk(std::move(spec));
   ASSERT_EQ(cluster_.starts.size(), 1u);
   std::string id = cluster_.starts[0].replica;
   RunNodesOnly(10);
