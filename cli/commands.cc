@@ -178,7 +178,8 @@ int DeployFile(const GlobalOptions& global, const DeployOptions& options) {
   if (!config.ok()) return Fail(config.error());
   auto client = ConnectOrExplain(global);
   if (!client.ok()) return Fail(client.error());
-  Status status = SubmitDeployments(**client, *config);
+  Status status = UploadCode(**client, *config, options.file);
+  if (status.ok()) status = SubmitDeployments(**client, *config);
   if (status.ok() && options.wait) {
     status = WaitUntilHealthy(**client, DeploymentNames(*config), options.timeout_s);
   }
@@ -253,7 +254,8 @@ int RunForeground(const GlobalOptions& global, const RunOptions& options) {
 
   Client& client = *instance->client;
   Status outcome = stop.requested() ? Status::Error("interrupted before the deploy")
-                                    : SubmitDeployments(client, *config);
+                                    : UploadCode(client, *config, options.deploy.file);
+  if (outcome.ok()) outcome = SubmitDeployments(client, *config);
   bool submitted = outcome.ok();
   if (submitted) outcome = WaitUntilHealthy(client, names, options.deploy.timeout_s, &stop);
   WatchEnd end = WatchEnd::kStopSignal;

@@ -6,6 +6,11 @@
 #include <set>
 #include <thread>
 
+#include <filesystem>
+#include <unistd.h>
+
+#include "artifact/artifact.h"
+#include "artifact/transfer.h"
 #include "config/spec.h"
 
 namespace serve::cli {
@@ -25,6 +30,79 @@ std::vector<std::string> DeploymentNames(const config::ConfigFile& config) {
   std::vector<std::string> names;
   for (const auto& deployment : config.deployments) names.push_back(deployment.name);
   return names;
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string HumanSize(uint64_t bytes) {
+  char text[32];
+  if (bytes >= (1u << 20)) {
+    snprintf(text, sizeof(text), "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  } else if (bytes >= 1024) {
+    snprintf(text, sizeof(text), "%.1f KiB", static_cast<double>(bytes) / 1024);
+  } else {
+    snprintf(text, sizeof(text), "%llu bytes", static_cast<unsigned long long>(bytes));
+  }
+  return text;
+}
+
+// A temporary file removed when it goes out of scope.
+struct TempFile {
+  std::string path;
+  ~TempFile() {
+    if (!path.empty()) unlink(path.c_str());
+  }
+};
+
+}  // namespace
+
+Status UploadCode(Client& client, config::ConfigFile& config, const std::string& config_path) {
+  fs::path base = fs::absolute(config_path).parent_path();
+  for (auto& d : config.deployments) {
+    const bool is_directory = !d.working_dir.empty();
+    const std::string& given = is_directory ? d.working_dir : d.artifact;
+    if (given.empty() || config::IsArtifactDigest(given)) continue;
+    fs::path local = (base / given).lexically_normal();
+    if (local.filename().empty()) local = local.parent_path();  // "dir/" or "."
+    std::string label = "deployment '" + d.name + "': ";
+    std::error_code ec;
+    if (is_directory ? !fs::is_directory(local, ec) : !fs::is_regular_file(local, ec)) {
+      return Status::Error(label + (is_directory ? "working_dir " : "artifact ") + given +
+                           " (" + local.string() + ") " +
+                           (fs::exists(local, ec) ? (is_directory ? "is not a directory"
+                                                                  : "is not a regular file")
+                                                  : "does not exist") +
+                           (is_directory ? "" : "; build it first, or fix the path (it is "
+                                                "relative to the config file)"));
+    }
+    TempFile tar;
+    std::string upload_path = local.string();
+    Result<std::string> digest = std::string();
+    if (is_directory) {
+      tar.path = (fs::temp_directory_path() / ("serve-" + d.name + "-" +
+                                                std::to_string(getpid()) + ".tar"))
+                     .string();
+      digest = artifact::PackDirectory(local.string(), tar.path);
+      upload_path = tar.path;
+    } else {
+      digest = artifact::DigestFile(local.string());
+    }
+    if (!digest.ok()) return Status::Error(label + digest.error());
+    auto outcome = artifact::Upload(client.loop(), client.bus(), client.subjects(), upload_path,
+                                    *digest, 30);
+    if (!outcome.ok()) return Status::Error(label + "cannot upload " + given + ": " + outcome.error());
+    std::string name = local.filename().string() + (is_directory ? "/" : "");
+    std::cout << d.name << ": " << (outcome->sent ? "uploaded " : "") << name << " ("
+              << HumanSize(outcome->size) << ", " << digest->substr(0, 19) << "...)"
+              << (outcome->sent ? "" : " already stored") << "\n";
+    d.artifact = *digest;
+    d.artifact_name = name;
+    d.working_dir.clear();
+  }
+  std::cout.flush();
+  return Status::Ok();
 }
 
 Status SubmitDeployments(Client& client, const config::ConfigFile& config) {

@@ -13,6 +13,11 @@ namespace serve::cli {
 // The deployment steps `serve deploy`, `serve delete` and `serve run` are made of. Each prints
 // its progress on stdout and returns an error a person can act on.
 
+// Uploads the code of `config`'s native and command deployments to the checkpointer (once per
+// digest) and replaces their local paths with the digests, printing a line per artifact. Paths
+// are taken relative to `config_path`'s directory.
+Status UploadCode(Client& client, config::ConfigFile& config, const std::string& config_path);
+
 // Sends the deployments of `config` to the controller and prints its answer per deployment.
 Status SubmitDeployments(Client& client, const config::ConfigFile& config);
 

@@ -55,6 +55,7 @@ struct Proxy::Call {
   int attempts = 0;
   bool head = false;
   uint64_t queued_at_ms = 0;  // when it started waiting for a free replica
+  bool finished = false;      // answered; later replies for it are ignored
 };
 
 Proxy::Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, ProxyOptions options)
@@ -80,6 +81,10 @@ Status Proxy::Start() {
   }
   Status subscribed = bus_.Subscribe(subjects_.routes, [this](bus::Message& m) {
     OnRouteTable(m.data);
+  });
+  if (!subscribed.ok()) return subscribed;
+  subscribed = bus_.Subscribe(subjects_.node_exited, [this](bus::Message& m) {
+    OnReplicaExited(m.data);
   });
   if (!subscribed.ok()) return subscribed;
   // After a reconnect the controller may have published while this proxy was away.
@@ -229,11 +234,17 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
   call->tried.insert(target->id);
   std::string replica_id = target->id;
   router_.Acquire(replica_id);
+  running_[replica_id].insert(call);
   bus_.Request(
       target->subject, call->encoded, options_.request_timeout_s,
       [this, call, replica_id](Result<bus::Message> reply) {
         router_.Release(replica_id);
+        if (auto running = running_.find(replica_id); running != running_.end()) {
+          running->second.erase(call);
+          if (running->second.empty()) running_.erase(running);
+        }
         DispatchWaiting(call->deployment);
+        if (call->finished) return;  // answered when its replica exited
         if (!reply.ok()) {
           bool gone = reply.error().rfind("nothing listens", 0) == 0;
           if (gone && call->attempts < options_.max_attempts) {
@@ -264,6 +275,12 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
           return;
         }
         const wire::HttpResponse& r = **answer;
+        if (r.overloaded() && call->attempts < options_.max_attempts) {
+          // Full with other proxies' requests: another replica may have room.
+          spdlog::debug("[{}] replica {} is full; trying another", call->request_id, replica_id);
+          Attempt(call);
+          return;
+        }
         if (r.error() != nullptr && r.error()->size() > 0) {
           spdlog::warn("[{}] replica {}: {}", call->request_id, replica_id, r.error()->str());
           Finish(call, TextResponse(r.status() >= 500 ? r.status() : 502, r.error()->str()));
@@ -326,7 +343,26 @@ void Proxy::ExpireWaiting() {
   }
 }
 
+void Proxy::OnReplicaExited(const std::string& bytes) {
+  auto exited = wire::Unpack<wire::ReplicaExited>(bytes);
+  if (!exited.ok()) {
+    spdlog::warn("ignoring a malformed message on {}: {}", subjects_.node_exited, exited.error());
+    return;
+  }
+  auto it = running_.find(exited->replica_id);
+  if (it == running_.end()) return;
+  std::set<std::shared_ptr<Call>> calls = std::move(it->second);
+  running_.erase(it);
+  for (const auto& call : calls) {
+    Finish(call, TextResponse(502, "replica " + exited->replica_id + " of " + call->deployment +
+                                       " ended while it ran this request (" + exited->message +
+                                       "); the request may or may not have taken effect"));
+  }
+}
+
 void Proxy::Finish(const std::shared_ptr<Call>& call, http::Response response) {
+  if (call->finished) return;
+  call->finished = true;
   response.headers.push_back({"X-Request-ID", call->request_id});
   if (response.status >= 500) {
     spdlog::warn("[{}] {} {}: {}", call->request_id, call->deployment, response.status,

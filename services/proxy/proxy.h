@@ -4,6 +4,7 @@
 
 #include <deque>
 #include <memory>
+#include <set>
 #include <unordered_map>
 #include <string>
 
@@ -52,6 +53,8 @@ class Proxy {
   void DispatchWaiting(const std::string& deployment);
   void ExpireWaiting();
   void OnRouteTable(const std::string& bytes);
+  // A worker process ended: what it was running will never be answered.
+  void OnReplicaExited(const std::string& bytes);
   void RequestRoutes();
   void SendHeartbeat();
 
@@ -65,6 +68,8 @@ class Proxy {
   std::unique_ptr<service::OneShotTimer> routes_retry_;
   std::unique_ptr<service::RepeatingTimer> queue_sweeper_;
   std::unordered_map<std::string, std::deque<std::shared_ptr<Call>>> waiting_;  // by deployment
+  // Calls sent and not yet answered, by replica id.
+  std::unordered_map<std::string, std::set<std::shared_ptr<Call>>> running_;
   bool have_routes_ = false;
   uint64_t request_counter_ = 0;
   std::string request_id_prefix_;

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <thread>
 
+#include "replica/artifact_cache.h"
 #include "replica/node_agent.h"
 #include "replica/worker.h"
 #include "service/service.h"
@@ -34,7 +35,7 @@ void WriteError(const std::string& path, const std::string& error) {
 int RunWorker(int argc, char** argv) {
   CLI::App app{"serve-replica worker: one replica (started by the node agent)"};
   service::CommonFlags flags;
-  std::string replica_id, node_id, spec_path, error_file;
+  std::string replica_id, node_id, spec_path, error_file, cache_dir, scratch_dir;
   int agent_pid = 0;
   service::AddCommonFlags(app, flags);
   app.add_option("--replica-id", replica_id)->required();
@@ -42,6 +43,8 @@ int RunWorker(int argc, char** argv) {
   app.add_option("--spec", spec_path)->required();
   app.add_option("--error-file", error_file);
   app.add_option("--agent-pid", agent_pid);
+  app.add_option("--cache-dir", cache_dir, "The node's artifact cache");
+  app.add_option("--scratch-dir", scratch_dir, "A directory of this replica's own");
   CLI11_PARSE(app, argc, argv);
 
   // A worker never outlives its node agent.
@@ -60,16 +63,6 @@ int RunWorker(int argc, char** argv) {
     WriteError(error_file, "cannot read the replica spec " + spec_path + ": " + spec.error());
     return 2;
   }
-  replica::RuntimeContext context;
-  context.spec = *spec;
-  context.identity = replica::ReplicaIdentity{replica_id, spec->name, spec->version};
-  auto runtime = replica::MakeRuntime(context);
-  if (!runtime.ok()) {
-    spdlog::error("{}", runtime.error());
-    WriteError(error_file, runtime.error());
-    return 3;
-  }
-
   uv_loop_t loop;
   uv_loop_init(&loop);
   flags.bus.name = "serve-replica " + replica_id;
@@ -79,6 +72,28 @@ int RunWorker(int argc, char** argv) {
     return 2;
   }
   bus::Subjects subjects(flags.ns);
+
+  replica::RuntimeContext context;
+  context.spec = *spec;
+  context.identity = replica::ReplicaIdentity{replica_id, spec->name, spec->version};
+  context.scratch_dir = scratch_dir.empty() ? "." : scratch_dir;
+  context.error_file = error_file;
+  if (!spec->artifact.empty()) {
+    if (cache_dir.empty()) cache_dir = context.scratch_dir + "/artifacts";
+    auto code = replica::EnsureArtifact(&loop, **bus, subjects, cache_dir, *spec);
+    if (!code.ok()) {
+      spdlog::error("{}", code.error());
+      WriteError(error_file, code.error());
+      return 3;
+    }
+    context.artifact_path = *code;
+  }
+  auto runtime = replica::MakeRuntime(context);
+  if (!runtime.ok()) {
+    spdlog::error("{}", runtime.error());
+    WriteError(error_file, runtime.error());
+    return 3;
+  }
   replica::WorkerOptions options{replica_id, node_id, *spec, spec->version};
   auto worker = std::make_unique<replica::ReplicaWorker>(&loop, **bus, subjects,
                                                          std::move(options), std::move(*runtime));

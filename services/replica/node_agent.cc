@@ -106,7 +106,12 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     if (!out) return Status::Error("cannot write " + spec_path);
   }
+  std::string scratch_dir = base + ".d";
+  std::error_code ec;
+  fs::create_directories(scratch_dir, ec);
+  if (ec) return Status::Error("cannot create " + scratch_dir + ": " + ec.message());
   auto worker = std::make_unique<Worker>();
+  worker->scratch_dir = scratch_dir;
   worker->agent = this;
   worker->replica_id = id;
   worker->deployment = order.spec->name;
@@ -118,7 +123,10 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   std::vector<std::string> args = {options_.worker_exe, "worker",   "--replica-id",
                                    id,                  "--node-id", options_.node_id,
                                    "--spec",            spec_path,   "--error-file",
-                                   worker->error_file,  "--agent-pid", std::to_string(getpid())};
+                                   worker->error_file,  "--agent-pid", std::to_string(getpid()),
+                                   "--cache-dir",
+                                   (fs::path(options_.work_dir) / "artifacts").string(),
+                                   "--scratch-dir",     scratch_dir};
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -219,6 +227,9 @@ void NodeAgent::OnWorkerExit(Worker* worker, int64_t exit_status, int term_signa
 
   worker->pid = 0;
   worker->kill_timer.reset();
+  std::error_code ec;
+  fs::remove_all(worker->scratch_dir, ec);
+  fs::remove(fs::path(worker->error_file).replace_extension(".spec"), ec);
   auto it = workers_.find(worker->replica_id);
   Worker* raw = it->second.release();
   workers_.erase(it);

@@ -49,6 +49,7 @@ class NodeAgent {
     std::string deployment;
     std::string version;
     std::string error_file;
+    std::string scratch_dir;  // removed when the worker exits
     double graceful_timeout_s = 20;
     uv_process_t process{};
     int pid = 0;

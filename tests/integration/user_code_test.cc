@@ -1,0 +1,230 @@
+// User code (issue 4) on a whole instance of real processes: the C++ counter example and test
+// libraries through the native runtime, the Python model through the command runtime, code
+// uploaded once by digest, and each kind of bad code ending in DEPLOY_FAILED with its cause.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <future>
+#include <set>
+#include <thread>
+
+#include "integration/cluster.h"
+
+namespace serve::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string BuildDir() { return fs::path(BinDir()).parent_path().string(); }
+std::string TestLibrary(const std::string& name) {
+  return BuildDir() + "/tests/deployments/lib" + name + ".so";
+}
+std::string SourceDir() { return fs::current_path().string(); }  // ctest runs tests there
+
+// The replica ids of `name` in RUNNING state.
+std::set<std::string> RunningIds(Cluster& cluster, const std::string& name) {
+  std::set<std::string> ids;
+  nlohmann::json deployment = cluster.Deployment(name);  // kept: the loop reads into it
+  for (const auto& r : deployment["replicas"]) {
+    if (r["state"] == "RUNNING") ids.insert(r["id"].get<std::string>());
+  }
+  return ids;
+}
+
+std::string Field(const std::string& json_text, const std::string& key) {
+  auto json = nlohmann::json::parse(json_text, nullptr, false);
+  if (!json.is_object() || !json.contains(key)) return "";
+  return json[key].is_string() ? json[key].get<std::string>() : json[key].dump();
+}
+
+TEST(UserCodeTest, CounterExampleCountsReconfiguresAndUploadsOnce) {
+  Cluster cluster;
+  std::string library = BuildDir() + "/examples/libcounter.so";
+  ASSERT_TRUE(fs::exists(library)) << library;
+  std::string config = cluster.dir() + "/counter.yaml";
+  auto deploy = [&](int step) {
+    WriteFile(config, "deployments:\n"
+                      "  - name: counter\n"
+                      "    runtime: native\n"
+                      "    artifact: " + library + "\n"
+                      "    num_replicas: 1\n"
+                      "    user_config: {step: " + std::to_string(step) + "}\n");
+    return cluster.Serve({"deploy", config});
+  };
+  auto first = deploy(1);
+  ASSERT_EQ(first.exit_code, 0) << first.output << cluster.Log("node-1");
+  EXPECT_THAT(first.output, HasSubstr("uploaded libcounter.so"));
+  auto ids = RunningIds(cluster, "counter");
+  ASSERT_EQ(ids.size(), 1u) << cluster.Status().dump(2);
+
+  auto a = cluster.Get("/counter");
+  auto b = cluster.Get("/counter");
+  ASSERT_EQ(a.status, 200) << a.body;
+  ASSERT_EQ(b.status, 200) << b.body;
+  EXPECT_NE(a.body, b.body) << "every request counts";
+
+  // A user_config change reconfigures the same replica in place; the code is not sent again.
+  auto second = deploy(10);
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_THAT(second.output, AllOf(HasSubstr("already stored"), Not(HasSubstr("uploaded"))));
+  EXPECT_THAT(second.output, HasSubstr("reconfigured in place"));
+  EXPECT_EQ(RunningIds(cluster, "counter"), ids);
+  auto before = cluster.Get("/counter");
+  auto after = cluster.Get("/counter");
+  ASSERT_EQ(after.status, 200);
+  std::string count_before = Field(before.body, "count");
+  std::string count_after = Field(after.body, "count");
+  ASSERT_FALSE(count_before.empty()) << before.body;
+  EXPECT_EQ(std::stol(count_after) - std::stol(count_before), 10) << before.body << after.body;
+}
+
+TEST(UserCodeTest, ThrowingHandlerAnswers500AndCrashingHandlerTakesOnlyItsWorker) {
+  Cluster cluster;
+  cluster.Deploy("deployments:\n"
+                 "  - name: handlers\n"
+                 "    runtime: native\n"
+                 "    artifact: " + TestLibrary("test_handlers") + "\n"
+                 "    num_replicas: 2\n");
+  auto ids = RunningIds(cluster, "handlers");
+  ASSERT_EQ(ids.size(), 2u);
+
+  auto thrown = cluster.Get("/handlers/throw");
+  EXPECT_EQ(thrown.status, 500);
+  EXPECT_THAT(thrown.body, HasSubstr("handler failed on purpose"));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(cluster.Get("/handlers/ok").status, 200);
+  EXPECT_EQ(RunningIds(cluster, "handlers"), ids) << "a throwing handler restarts nothing";
+
+  // A crash ends its own worker: that request fails, the other replica keeps serving, and the
+  // crashed one is replaced.
+  auto crashed = cluster.Get("/handlers/crash");
+  EXPECT_EQ(crashed.status, 502) << crashed.body;
+  std::set<std::string> answered_by;
+  for (int i = 0; i < 10; ++i) {
+    auto answer = cluster.Get("/handlers/who");
+    ASSERT_EQ(answer.status, 200) << answer.body;
+    answered_by.insert(Field(answer.body, "replica_id"));
+  }
+  ASSERT_TRUE(WaitUntil([&] {
+    auto now = RunningIds(cluster, "handlers");
+    return now.size() == 2 && now != ids;
+  })) << cluster.Status().dump(2);
+  auto now = RunningIds(cluster, "handlers");
+  std::vector<std::string> kept;
+  std::set_intersection(ids.begin(), ids.end(), now.begin(), now.end(), std::back_inserter(kept));
+  EXPECT_EQ(kept.size(), 1u) << "only the crashed replica is replaced";
+  EXPECT_THAT(cluster.Log("controller") + cluster.Log("node-1"), HasSubstr("signal 6"));
+}
+
+TEST(UserCodeTest, PythonModelPredictsThroughTheCommandRuntime) {
+  if (std::system("/usr/bin/python3 -c 'import sklearn' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "/usr/bin/python3 cannot import sklearn; ./dev installs python3-sklearn";
+  }
+  Cluster cluster;
+  auto deployed = cluster.Serve({"deploy", SourceDir() + "/examples/python-model/serve.yaml"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.output << cluster.Log("node-1");
+  EXPECT_THAT(deployed.output, HasSubstr("uploaded python-model/"));
+  auto answer = HttpRequest(cluster.http_port(), "POST", "/model/predict",
+                            R"({"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})");
+  ASSERT_EQ(answer.status, 200) << answer.body;
+  auto json = nlohmann::json::parse(answer.body);
+  EXPECT_EQ(json["predictions"], nlohmann::json({"setosa", "virginica"})) << answer.body;
+  auto bad = HttpRequest(cluster.http_port(), "POST", "/model/predict", "not json");
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  auto again = cluster.Serve({"deploy", SourceDir() + "/examples/python-model/serve.yaml"});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, AllOf(HasSubstr("already stored"), HasSubstr("model: unchanged")));
+}
+
+TEST(UserCodeTest, BadCodeEndsInDeployFailedWithItsCause) {
+  Cluster cluster;
+  std::string commands = SourceDir() + "/tests/commands";
+  std::string yaml = "deployments:\n";
+  auto native = [&](const std::string& name, const std::string& library) {
+    yaml += "  - name: " + name + "\n    runtime: native\n    artifact: " + library + "\n";
+  };
+  native("not-a-library", BuildDir() + "/tests/deployments/not_a_library.so");
+  native("no-symbols", TestLibrary("test_no_symbols"));
+  native("wrong-abi", TestLibrary("test_wrong_abi"));
+  native("ctor-throws", TestLibrary("test_ctor_throws"));
+  yaml += "  - name: exits-at-once\n    runtime: command\n    working_dir: " + commands +
+          "\n    command: [\"/bin/sh\", \"exits_at_once.sh\"]\n";
+  yaml += "  - name: never-listens\n    runtime: command\n    working_dir: " + commands +
+          "\n    command: [\"/usr/bin/python3\", \"never_listens.py\"]\n"
+          "    startup_timeout_s: 1\n";
+  std::string path = cluster.dir() + "/bad.yaml";
+  WriteFile(path, yaml);
+  auto submitted = cluster.Serve({"deploy", "--no-wait", path});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.output;
+
+  const std::map<std::string, std::vector<std::string>> expected = {
+      {"not-a-library", {"not_a_library.so", "cannot be loaded as a shared library"}},
+      {"no-symbols", {"libtest_no_symbols.so", "SERVE_DEPLOYMENT"}},
+      {"wrong-abi", {"libtest_wrong_abi.so", "ABI"}},
+      {"ctor-throws", {"model file missing on purpose"}},
+      {"exits-at-once", {"exited with code 3"}},
+      {"never-listens", {"did not answer on port", "startup_timeout_s"}},
+  };
+  bool all_failed = WaitUntil(
+      [&] {
+        for (const auto& [name, words] : expected) {
+          if (cluster.Deployment(name)["status"] != "DEPLOY_FAILED") return false;
+        }
+        return true;
+      },
+      std::chrono::seconds(90));
+  ASSERT_TRUE(all_failed) << cluster.Status().dump(2);
+  for (const auto& [name, words] : expected) {
+    std::string message = cluster.Deployment(name)["message"].get<std::string>();
+    for (const auto& word : words) EXPECT_THAT(message, HasSubstr(word)) << name;
+  }
+  std::cout << "DEPLOY_FAILED messages:\n";
+  for (const auto& [name, words] : expected) {
+    std::cout << "  " << name << ": " << cluster.Deployment(name)["message"] << "\n";
+  }
+}
+
+// max_concurrent_queries with slow handlers: the proxy queues what the replicas cannot take,
+// and no replica ever runs more than its limit.
+TEST(UserCodeTest, MaxConcurrentQueriesQueuesAtTheProxyAndHoldsPerReplica) {
+  Cluster cluster;
+  cluster.Deploy("deployments:\n"
+                 "  - name: serial\n"
+                 "    runtime: native\n"
+                 "    artifact: " + TestLibrary("test_handlers") + "\n"
+                 "    max_concurrent_queries: 1\n"
+                 "  - name: wide\n"
+                 "    runtime: native\n"
+                 "    artifact: " + TestLibrary("test_concurrent") + "\n"
+                 "    max_concurrent_queries: 3\n");
+  auto burst = [&](const std::string& target, int count) {
+    std::vector<std::future<HttpResult>> answers;
+    for (int i = 0; i < count; ++i) {
+      answers.push_back(std::async(std::launch::async, [&] {
+        return HttpRequest(cluster.http_port(), "GET", target, "", std::chrono::seconds(30));
+      }));
+    }
+    int ok = 0;
+    for (auto& answer : answers) {
+      auto result = answer.get();
+      EXPECT_EQ(result.status, 200) << result.body << result.error;
+      ok += result.status == 200;
+    }
+    return ok;
+  };
+  EXPECT_EQ(burst("/serial/sleep?ms=200", 4), 4);
+  auto serial = cluster.Get("/serial/stats");
+  EXPECT_EQ(Field(serial.body, "max_in_flight"), "1") << serial.body;
+
+  EXPECT_EQ(burst("/wide/sleep?ms=300", 9), 9);
+  auto wide = cluster.Get("/wide/stats");
+  int widest = std::stoi(Field(wide.body, "max_in_flight"));
+  EXPECT_LE(widest, 3) << wide.body;
+  EXPECT_GE(widest, 2) << "a kConcurrent deployment runs calls side by side: " << wide.body;
+}
+
+}  // namespace
+}  // namespace serve::testing
