@@ -41,7 +41,9 @@ double CustomAmount(const wire::ResourcesT& resources, const std::string& name) 
 std::string Fingerprint(const wire::DeploymentSpecT& spec) {
   wire::DeploymentSpecT copy = spec;
   copy.num_replicas = 0;
-  copy.user_config.clear();
+  // A command reads user_config from its environment at start, so for it a new user_config
+  // means new replicas; every other runtime takes it in place.
+  if (spec.runtime != "command") copy.user_config.clear();
   copy.health_check_period_s = 0;
   copy.health_check_timeout_s = 0;
   copy.max_concurrent_queries = 0;

@@ -1230,6 +1230,24 @@ TEST_F(ReconcilerTest, ShortHashIsStableAndSixteenHexDigits) {
 }
 
 
+TEST_F(ReconcilerTest, UserConfigChangeOfACommandRollsItsReplicas) {
+  AddNode("n1", 4);
+  auto spec = Spec("model", 1);
+  spec.runtime = "command";
+  spec.command = {"python3", "server.py"};
+  spec.user_config = R"({"threshold":1})";
+  auto first = Spec("model", 1);
+  first.runtime = "command";
+  first.command = {"python3", "server.py"};
+  first.user_config = R"({"threshold":2})";
+  auto ids = DeployHealthy(std::move(spec));
+  ASSERT_EQ(ids.size(), 1u);
+  cluster_.ClearCalls();
+  EXPECT_THAT(DeployOk(std::move(first)), ElementsAre(HasSubstr("rolling restart")));
+  EXPECT_TRUE(cluster_.reconfigures.empty()) << "a command reads user_config only at start";
+  EXPECT_EQ(cluster_.starts.size(), 1u);
+}
+
 TEST_F(ReconcilerTest, UserConfigChangeReconfiguresInPlace) {
   AddNode("n1", 4);
   auto spec = Spec("hello", 2);
