@@ -44,7 +44,7 @@ http {
 CONF
 nginx -c "$WORK/nginx.conf" -p "$WORK" 2>/dev/null
 "${SERVE[@]}" start --http-port "$HTTP_PORT" >/dev/null
-"${SERVE[@]}" deploy examples/hello.yaml >/dev/null
+"${SERVE[@]}" deploy examples/hello/serve.yaml >/dev/null
 
 # Prints "requests/s p50 p99" for one wrk run.
 measure() {

@@ -169,7 +169,7 @@ int StartInstance(const GlobalOptions& global, const StartOptions& options) {
     return 0;
   }
   PrintStartedInstance(global, options, *instance);
-  std::cout << "Deploy with `serve deploy examples/hello.yaml`; stop with `serve shutdown`.\n";
+  std::cout << "Deploy with `serve deploy examples/hello/serve.yaml`; stop with `serve shutdown`.\n";
   return 0;
 }
 

@@ -93,7 +93,7 @@ TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
   EXPECT_THAT(again.output, HasSubstr("already running"));
   EXPECT_THAT(again.output, HasSubstr("Nothing was started"));
 
-  auto deployed = Serve({"deploy", "examples/hello.yaml"});
+  auto deployed = Serve({"deploy", "examples/hello/serve.yaml"});
   ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
   EXPECT_THAT(deployed.output, HasSubstr("HEALTHY"));
   auto response = HttpGet(http_port, "/hello");
@@ -130,7 +130,7 @@ TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
 }
 
 TEST_F(CliTest, DeployWithoutAnInstanceSaysHowToStartOne) {
-  auto result = Serve({"deploy", "examples/hello.yaml"});
+  auto result = Serve({"deploy", "examples/hello/serve.yaml"});
   EXPECT_NE(result.exit_code, 0);
   EXPECT_THAT(result.output, HasSubstr("serve start"));
   auto status = Serve({"status"});
@@ -143,7 +143,8 @@ TEST_F(CliTest, DeployWithoutAnInstanceSaysHowToStartOne) {
 
 TEST_F(CliTest, RunStartsServesAndOnSigtermUndoesEverythingItDid) {
   int http_port = FreePort();
-  LoggedProcess run = ServeRun({"examples/hello.yaml", "--http-port", std::to_string(http_port)});
+  LoggedProcess run =
+      ServeRun({"examples/hello/serve.yaml", "--http-port", std::to_string(http_port)});
   ASSERT_TRUE(run.WaitForOutput("Serving. Press Ctrl-C to stop.")) << run.Output();
   EXPECT_THAT(run.Output(), HasSubstr("nats-server started by serve"));
   EXPECT_THAT(run.Output(), HasSubstr("HEALTHY"));
@@ -169,7 +170,7 @@ TEST_F(CliTest, RunAgainstARunningInstanceDeletesOnlyItsOwnDeployment) {
   int http_port = FreePort();
   ASSERT_EQ(Serve({"start", "--http-port", std::to_string(http_port)}).exit_code, 0);
   std::vector<pid_t> pids = RecordedPids();
-  ASSERT_EQ(Serve({"deploy", "examples/hello.yaml"}).exit_code, 0);
+  ASSERT_EQ(Serve({"deploy", "examples/hello/serve.yaml"}).exit_code, 0);
 
   std::string mine = WriteConfig(
       "deployments:\n  - name: mine\n    runtime: builtin:hello\n"
@@ -192,7 +193,7 @@ TEST_F(CliTest, RunAgainstARunningInstanceDeletesOnlyItsOwnDeployment) {
 TEST_F(CliTest, RunThatCannotServeCleansUpAfterItself) {
   int http_port = FreePort();
   ASSERT_EQ(Serve({"start", "--http-port", std::to_string(http_port)}).exit_code, 0);
-  ASSERT_EQ(Serve({"deploy", "examples/hello.yaml"}).exit_code, 0);
+  ASSERT_EQ(Serve({"deploy", "examples/hello/serve.yaml"}).exit_code, 0);
 
   // Refused by the controller: nothing of it was deployed, so nothing is deleted.
   std::string clash = WriteConfig(

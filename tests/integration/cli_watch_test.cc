@@ -37,7 +37,7 @@ TEST(CliWatch, StatusWatchPrintsEventsAsTheyHappenSkipsGarbageAndEndsOnSigterm) 
   ASSERT_TRUE(watch.WaitForOutput("Following events")) << watch.Output();
   ASSERT_TRUE(json.WaitForOutput("\"namespace\"")) << json.Output();
 
-  cluster.Deploy(ReadFile("examples/hello.yaml"));
+  cluster.Deploy(ReadFile("examples/hello/serve.yaml"));
   EXPECT_TRUE(watch.WaitForOutput("deployment hello: UPDATING")) << watch.Output();
   EXPECT_TRUE(watch.WaitForOutput("deployment hello: HEALTHY")) << watch.Output();
   EXPECT_TRUE(std::regex_search(
@@ -100,7 +100,7 @@ TEST(CliWatch, StatusWatchSaysWhenTheBusDropsAndCarriesOn) {
   EXPECT_TRUE(watch.WaitForOutput("connected to NATS at")) << watch.Output();
   ASSERT_TRUE(WaitUntil([&] { return cluster.Status().is_object(); }));
 
-  cluster.Deploy(ReadFile("examples/hello.yaml"));
+  cluster.Deploy(ReadFile("examples/hello/serve.yaml"));
   EXPECT_TRUE(watch.WaitForOutput("deployment hello: HEALTHY")) << watch.Output();
   EXPECT_TRUE(watch.Running());
   EXPECT_EQ(watch.Terminate(), 0) << watch.Output();
