@@ -9,7 +9,9 @@
 #include <set>
 #include <thread>
 
+#include "integration/bus_client.h"
 #include "integration/cluster.h"
+#include "wire/codec.h"
 
 namespace serve::testing {
 namespace {
@@ -224,6 +226,63 @@ TEST(UserCodeTest, MaxConcurrentQueriesQueuesAtTheProxyAndHoldsPerReplica) {
   int widest = std::stoi(Field(wide.body, "max_in_flight"));
   EXPECT_LE(widest, 3) << wide.body;
   EXPECT_GE(widest, 2) << "a kConcurrent deployment runs calls side by side: " << wide.body;
+}
+
+// Two proxies can each keep within max_concurrent_queries and still, together, exceed it: the
+// replica itself refuses what is over the limit, marked so a proxy tries another replica.
+// Garbage on a replica's subjects gets an error answer and leaves the replica serving.
+TEST(UserCodeTest, ReplicaRefusesRequestsOverItsLimitAndGarbage) {
+  Cluster cluster;
+  cluster.Deploy("deployments:\n"
+                 "  - name: serial\n"
+                 "    runtime: native\n"
+                 "    artifact: " + TestLibrary("test_handlers") + "\n"
+                 "    max_concurrent_queries: 1\n");
+  auto ids = RunningIds(cluster, "serial");
+  ASSERT_EQ(ids.size(), 1u);
+  const std::string subject = "itest.replica." + *ids.begin();
+
+  wire::HttpRequestT request;
+  request.method = "GET";
+  request.path = "/serial/sleep";
+  request.query = "ms=1500";
+  std::string bytes = wire::Pack(request);
+  auto send = [&] {
+    RawClient client(cluster.nats_url());
+    auto reply = client.Request(subject, bytes);
+    EXPECT_TRUE(reply.ok()) << reply.error();
+    auto answer = reply.ok() ? wire::Unpack<wire::HttpResponse>(reply->data)
+                             : Result<wire::HttpResponseT>(Status::Error(reply.error()));
+    EXPECT_TRUE(answer.ok()) << answer.error();
+    return answer.ok() ? *answer : wire::HttpResponseT{};
+  };
+  auto first = std::async(std::launch::async, send);
+  auto second = std::async(std::launch::async, send);
+  std::vector<wire::HttpResponseT> answers = {first.get(), second.get()};
+  int served = 0, refused = 0;
+  for (const auto& answer : answers) {
+    if (answer.status == 200 && !answer.overloaded) ++served;
+    if (answer.status == 503 && answer.overloaded) {
+      ++refused;
+      EXPECT_THAT(answer.error, HasSubstr("max_concurrent_queries"));
+    }
+  }
+  EXPECT_EQ(served, 1);
+  EXPECT_EQ(refused, 1);
+
+  RawClient client(cluster.nats_url());
+  auto garbage = client.Request(subject, "\x01garbage");
+  ASSERT_TRUE(garbage.ok()) << garbage.error();
+  auto error = wire::Unpack<wire::HttpResponse>(garbage->data);
+  ASSERT_TRUE(error.ok()) << error.error();
+  EXPECT_THAT(error->error, HasSubstr("could not read the request"));
+  auto control = client.Request(subject + ".ctl", "{not a reconfigure");
+  ASSERT_TRUE(control.ok()) << control.error();
+  auto refusal = wire::Unpack<wire::ReconfigureReply>(control->data);
+  ASSERT_TRUE(refusal.ok()) << refusal.error();
+  EXPECT_FALSE(refusal->error.empty());
+  EXPECT_EQ(cluster.Get("/serial/ok").status, 200);
+  EXPECT_EQ(RunningIds(cluster, "serial"), ids);
 }
 
 }  // namespace
