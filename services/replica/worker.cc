@@ -228,6 +228,9 @@ void ReplicaWorker::SendHeartbeat() {
   heartbeat.healthy = !draining_ && healthy_;
   heartbeat.health_message = draining_ ? "draining" : health_message_;
   heartbeat.in_flight = in_flight_;
+  // Admitted requests that wait for a handler thread (a serialized runtime runs one at a time).
+  int running = handlers_ != nullptr ? static_cast<int>(handlers_->busy()) : 0;
+  heartbeat.queued = handlers_ != nullptr ? std::max(0, in_flight_ - running) : 0;
   heartbeat.completed = completed_;
   (void)bus_.Publish(subjects_.hb_replica, wire::Pack(heartbeat));
 }

@@ -47,12 +47,33 @@ void Cluster::StartNode(const std::string& node_id, double cpus) {
   log_names_.push_back(node_id);
 }
 
+void Cluster::StartProxy(const std::string& name, int port) {
+  auto flags = CommonFlags();
+  std::vector<std::string> argv = {BinDir() + "/serve-proxy", "--http-port", std::to_string(port)};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  extra_proxies_.emplace_back(argv, dir() + "/" + name + ".log");
+  log_names_.push_back(name);
+}
+
+pid_t Cluster::WorkerPid(const std::string& replica_id) {
+  const std::string wanted = std::string("--replica-id") + '\0' + replica_id + '\0';
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmdline = ReadFile(entry.path().string() + "/cmdline");
+    if (cmdline.find(wanted) != std::string::npos) return std::stoi(name);
+  }
+  return -1;
+}
+
 std::vector<std::string> Cluster::CommonFlags() const {
   return {"--address", nats_.url(), "--namespace", "itest"};
 }
 
 Cluster::~Cluster() {
   for (auto& node : nodes_) node.Stop(std::chrono::seconds(30));
+  for (auto& proxy : extra_proxies_) proxy.Stop();
   proxy_.Stop();
   controller_.Stop();
   checkpointer_.Stop();

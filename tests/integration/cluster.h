@@ -45,6 +45,11 @@ class Cluster {
 
   Process& node(size_t i) { return nodes_[i]; }
   void StartNode(const std::string& node_id, double cpus);
+  Process& proxy() { return proxy_; }
+  // Starts one more proxy, on `port`, logging to `name`.log; stopped with the cluster.
+  void StartProxy(const std::string& name, int port);
+  // The pid of replica `replica_id`'s worker process (found in /proc), or -1.
+  static pid_t WorkerPid(const std::string& replica_id);
   std::string Log(const std::string& name) const;
 
  private:
@@ -59,6 +64,7 @@ class Cluster {
   Process controller_;
   Process proxy_;
   std::vector<Process> nodes_;
+  std::vector<Process> extra_proxies_;
   std::vector<std::string> log_names_;
   int deploy_files_ = 0;
 };
