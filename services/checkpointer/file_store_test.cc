@@ -1,4 +1,5 @@
 #include "checkpointer/file_store.h"
+#include "checkpointer/store_contract.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -244,3 +245,20 @@ TEST_F(FileStoreTest, ConcurrentWritersNeverLoseTheNewestGeneration) {
 
 }  // namespace
 }  // namespace serve::checkpointer
+
+// The behaviour every store shares (store_contract.h), on a fresh directory per test.
+namespace serve::checkpointer::contract {
+namespace {
+std::vector<std::unique_ptr<testing::TempDir>>& ContractDirs() {
+  static std::vector<std::unique_ptr<testing::TempDir>> dirs;
+  return dirs;
+}
+INSTANTIATE_TEST_SUITE_P(File, StoreContractTest,
+                         ::testing::Values(StoreFactory([]() -> Result<std::unique_ptr<CheckpointStore>> {
+                           ContractDirs().push_back(std::make_unique<testing::TempDir>());
+                           auto store = FileStore::Open(ContractDirs().back()->path() + "/store");
+                           if (!store.ok()) return store.status();
+                           return std::unique_ptr<CheckpointStore>(std::move(*store));
+                         })));
+}  // namespace
+}  // namespace serve::checkpointer::contract

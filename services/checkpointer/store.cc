@@ -8,7 +8,10 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "checkpointer/custom_store.h"
 #include "checkpointer/file_store.h"
+#include "checkpointer/redis_store.h"
+#include "checkpointer/s3_store.h"
 
 namespace serve::checkpointer {
 namespace {
@@ -131,10 +134,9 @@ Result<std::unique_ptr<CheckpointStore>> OpenStore(const std::string& uri) {
     if (!store.ok()) return store.status();
     return std::unique_ptr<CheckpointStore>(std::move(*store));
   }
-  if (scheme == "redis" || scheme == "s3" || scheme == "gs" || scheme == "custom") {
-    return Status::Error("checkpoint store scheme '" + scheme +
-                         "' is not supported by this build yet; supported: file://");
-  }
+  if (scheme == "redis") return OpenRedisStore(uri);
+  if (scheme == "s3" || scheme == "gs") return OpenS3Store(uri);
+  if (scheme == "custom") return OpenCustomStore(uri);
   return Status::Error("unknown checkpoint store scheme " + Quote(scheme) + " in " + Quote(uri) +
                        "; " + std::string(kSupportedForms));
 }

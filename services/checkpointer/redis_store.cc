@@ -1,0 +1,9 @@
+#include "checkpointer/redis_store.h"
+
+namespace serve::checkpointer {
+
+Result<std::unique_ptr<CheckpointStore>> OpenRedisStore(const std::string& uri) {
+  return Status::Error("checkpoint store '" + uri + "' is not supported by this build yet");
+}
+
+}  // namespace serve::checkpointer
