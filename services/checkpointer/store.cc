@@ -134,9 +134,10 @@ Result<std::unique_ptr<CheckpointStore>> OpenStore(const std::string& uri) {
     if (!store.ok()) return store.status();
     return std::unique_ptr<CheckpointStore>(std::move(*store));
   }
-  if (scheme == "redis") return OpenRedisStore(uri);
-  if (scheme == "s3" || scheme == "gs") return OpenS3Store(uri);
-  if (scheme == "custom") return OpenCustomStore(uri);
+  const std::string normalized = scheme + "://" + rest;
+  if (scheme == "redis") return OpenRedisStore(normalized);
+  if (scheme == "s3" || scheme == "gs") return OpenS3Store(normalized);
+  if (scheme == "custom") return OpenCustomStore(normalized);
   return Status::Error("unknown checkpoint store scheme " + Quote(scheme) + " in " + Quote(uri) +
                        "; " + std::string(kSupportedForms));
 }

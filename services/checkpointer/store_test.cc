@@ -88,7 +88,9 @@ TEST(OpenStore, SchemeIsCaseInsensitive) {
   testing::TempDir tmp;
   auto store = OpenStore("FILE://" + tmp.path() + "/c");
   ASSERT_TRUE(store.ok()) << store.error();
-  EXPECT_THAT(OpenStore("Redis://h:6379/0").error(), HasSubstr("scheme 'redis'"));
+  // Other backends get the URI with its scheme in lower case.
+  EXPECT_THAT(OpenStore("Redis://no-such-host.invalid:6379/0").error(),
+              HasSubstr("redis://no-such-host.invalid:6379"));
 }
 
 TEST(OpenStore, BarePathSuggestsAFileUri) {
@@ -107,19 +109,6 @@ TEST(OpenStore, EmptyPathIsAnError) {
   EXPECT_THAT(OpenStore("").error(), AllOf(HasSubstr("empty"), HasSubstr("file:///")));
   EXPECT_THAT(OpenStore("file://").error(),
               AllOf(HasSubstr("'file://' names no directory"), HasSubstr("file:///")));
-}
-
-TEST(OpenStore, LaterBackendsAreNotSupportedYet) {
-  for (const auto& [uri, scheme] : std::vector<std::pair<std::string, std::string>>{
-           {"redis://localhost:6379/0", "redis"},
-           {"s3://bucket/prefix", "s3"},
-           {"gs://bucket/prefix", "gs"},
-           {"custom:///usr/lib/libstore.so?k=v", "custom"}}) {
-    auto store = OpenStore(uri);
-    ASSERT_FALSE(store.ok()) << uri;
-    EXPECT_EQ(store.error(), "checkpoint store scheme '" + scheme +
-                                 "' is not supported by this build yet; supported: file://");
-  }
 }
 
 TEST(OpenStore, UnknownSchemeListsTheSupportedForms) {
