@@ -23,6 +23,7 @@ int Fail(const std::string& message) {
 nlohmann::json StatusJson(const wire::StatusReplyT& status) {
   nlohmann::json out;
   out["namespace"] = status.namespace_;
+  if (!status.checkpoint_warning.empty()) out["checkpoint_warning"] = status.checkpoint_warning;
   out["deployments"] = nlohmann::json::array();
   for (const auto& d : status.deployments) {
     nlohmann::json replicas = nlohmann::json::array();
@@ -96,6 +97,9 @@ void PrintStatus(const wire::StatusReplyT& status, bool json, bool one_line) {
     return;
   }
   std::cout << "Namespace " << status.namespace_ << "\n\n";
+  if (!status.checkpoint_warning.empty()) {
+    std::cout << "WARNING: " << status.checkpoint_warning << "\n\n";
+  }
   if (status.deployments.empty()) {
     std::cout << "No deployments. Deploy with `serve deploy FILE.yaml`.\n";
   } else {

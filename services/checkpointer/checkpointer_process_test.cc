@@ -153,7 +153,8 @@ TEST_F(CheckpointerProcessTest, UnknownSchemeExitsWithUsageError) {
 TEST_F(CheckpointerProcessTest, UnusableStoreExitsWithUsageError) {
   testing::WriteFile(tmp_.path() + "/file", "x");
   for (const std::string& uri :
-       {"file://" + tmp_.path() + "/file/store", std::string("redis://h:6379/0"),
+       {"file://" + tmp_.path() + "/file/store", std::string("redis://h/0"),
+        std::string("s3://"), std::string("custom:///no/such/libstore.so"),
         std::string("/bare/path"), std::string("file://")}) {
     auto result =
         testing::RunCommand({Binary(), "--address", nats_.url(), "--checkpoint-path", uri});

@@ -19,8 +19,9 @@ namespace {
 constexpr size_t kMaxKeyLength = 200;
 
 constexpr char kSupportedForms[] =
-    "supported: file:///absolute/dir (or file://relative/dir); redis://host:port/db, "
-    "s3://bucket/prefix, gs://bucket/prefix and custom://path/to/libstore.so are planned";
+    "supported: file:///absolute/dir (or file://relative/dir), "
+    "redis://[user:password@]host:port[/db][?prefix=p], s3://bucket/prefix, "
+    "gs://bucket/prefix and custom:///path/to/libstore.so?key=value";
 
 // Quotes `text` for an error message, with control and non-ASCII bytes escaped so a bad key
 // cannot garble the log line that reports it.

@@ -55,7 +55,7 @@ class StoreContractTest : public ::testing::TestWithParam<StoreFactory> {
 };
 
 TEST_P(StoreContractTest, PutThenGet) {
-  std::string data("state\0with\xffbytes", 16);
+  std::string data("state\0with\xff" "bytes", 16);
   ASSERT_TRUE(store_->Put("controller/state", 3, data).ok());
   auto record = store_->Get("controller/state");
   ASSERT_TRUE(record.ok()) << record.error();

@@ -89,8 +89,7 @@ TEST(OpenStore, SchemeIsCaseInsensitive) {
   auto store = OpenStore("FILE://" + tmp.path() + "/c");
   ASSERT_TRUE(store.ok()) << store.error();
   // Other backends get the URI with its scheme in lower case.
-  EXPECT_THAT(OpenStore("Redis://no-such-host.invalid:6379/0").error(),
-              HasSubstr("redis://no-such-host.invalid:6379"));
+  EXPECT_THAT(OpenStore("Redis://no-port-given/0").error(), HasSubstr("redis://"));
 }
 
 TEST(OpenStore, BarePathSuggestsAFileUri) {
@@ -116,7 +115,8 @@ TEST(OpenStore, UnknownSchemeListsTheSupportedForms) {
   ASSERT_FALSE(store.ok());
   EXPECT_THAT(store.error(),
               AllOf(HasSubstr("unknown checkpoint store scheme 'bogus'"), HasSubstr("'bogus://x'"),
-                    HasSubstr("file:///absolute/dir"), HasSubstr("redis://host:port/db")));
+                    HasSubstr("file:///absolute/dir"), HasSubstr("redis://"),
+                    HasSubstr("s3://bucket/prefix"), HasSubstr("custom://")));
 }
 
 TEST(OpenStore, MalformedUrisListTheSupportedForms) {

@@ -1,5 +1,7 @@
 #include "controller/controller.h"
 
+#include <cmath>
+
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -77,14 +79,23 @@ Status Controller::Start() {
   load_retry_ = std::make_unique<service::OneShotTimer>(loop_);
   LoadCheckpoint();
   ticker_ = std::make_unique<service::RepeatingTimer>(loop_, options_.tick_s, [this] { Tick(); });
-  // Proxies that started first learn the (possibly empty) table now.
-  (void)bus_.Publish(subjects_.routes, RouteTableBytes());
+  // No route table goes out before the checkpoint is loaded and running replicas are adopted:
+  // proxies keep serving with the table they hold, which an empty one would wipe.
   return Status::Ok();
 }
 
 void Controller::Stop() {
   ticker_.reset();
   load_retry_.reset();
+}
+
+void Controller::StepDown(const std::string& why) {
+  if (stepped_down_) return;
+  stepped_down_ = true;
+  spdlog::error("stepping down: {}", why);
+  Event("controller", options_.controller_id, "STEPPED_DOWN", why);
+  Stop();
+  if (on_fenced_) on_fenced_(why);
 }
 
 void Controller::LoadCheckpoint() {
@@ -101,15 +112,19 @@ void Controller::LoadCheckpoint() {
                  if (!got.ok()) return retry(got.error());
                  if (!got->error.empty()) {
                    // A corrupt checkpoint is left alone for a person to inspect; nothing is
-                   // written over it.
-                   spdlog::error("checkpoint unusable: {}", got->error);
+                   // written over it, and nothing is deployed until it is fixed.
+                   load_error_ = "the checkpoint cannot be loaded: " + got->error;
+                   spdlog::error("{}", load_error_);
                    return retry(got->error);
                  }
                  if (got->found) {
                    std::string data(got->data.begin(), got->data.end());
                    auto state = wire::Unpack<wire::ControllerState>(data);
                    if (!state.ok()) {
-                     spdlog::error("checkpoint unusable: {}", state.error());
+                     load_error_ = "the checkpoint holds no valid controller state (" +
+                                   state.error() + "); it is left untouched: move it aside "
+                                   "to start from nothing";
+                     spdlog::error("{}", load_error_);
                      return retry(state.error());
                    }
                    std::vector<wire::DeploymentSpecT> specs;
@@ -124,6 +139,7 @@ void Controller::LoadCheckpoint() {
                                 specs.size(), got->generation);
                  }
                  loaded_ = true;
+                 load_error_.clear();
                  Sync();
                });
 }
@@ -154,8 +170,7 @@ void Controller::OnDeploy(bus::Message& message) {
   if (!request.ok()) {
     reply.error = request.error();
   } else if (!loaded_) {
-    reply.error = "the controller is still loading its checkpoint (is serve-checkpointer "
-                  "running?); try again in a moment";
+    reply.error = NotLoadedYet();
   } else {
     std::vector<wire::DeploymentSpecT> specs;
     for (auto& spec : request->value.deployments) {
@@ -180,7 +195,7 @@ void Controller::OnDelete(bus::Message& message) {
   if (!request.ok()) {
     reply.error = request.error();
   } else if (!loaded_) {
-    reply.error = "the controller is still loading its checkpoint; try again in a moment";
+    reply.error = NotLoadedYet();
   } else {
     auto deleted = reconciler_.Delete(request->value.names);
     if (deleted.ok()) {
@@ -196,10 +211,13 @@ void Controller::OnDelete(bus::Message& message) {
 void Controller::OnStatus(bus::Message& message) {
   auto request = wire::DecodeRequest<wire::StatusRequest>(json_, message.data);
   wire::StatusReplyT reply;
-  if (request.ok()) {
-    reply = reconciler_.Report(request->value.names);
-  } else {
+  if (!request.ok()) {
     reply.error = request.error();
+  } else if (!loaded_) {
+    reply.error = NotLoadedYet();
+  } else {
+    reply = reconciler_.Report(request->value.names);
+    reply.checkpoint_warning = CheckpointWarning();
   }
   reply.namespace_ = subjects_.ns;
   reply.route_generation = route_generation_;
@@ -232,6 +250,12 @@ void Controller::OnRoutesRequest(bus::Message& message) {
       (void)bus_.Respond(message, wire::Pack(reply));
       return;
     }
+  }
+  if (!loaded_ || reconciler_.Recovering()) {
+    wire::RouteTableT reply;
+    reply.error = "the controller is recovering its state; keep the routes you have";
+    (void)bus_.Respond(message, wire::Pack(reply));
+    return;
   }
   (void)bus_.Respond(message, RouteTableBytes());
 }
@@ -332,7 +356,7 @@ std::string Controller::RouteTableBytes() {
 void Controller::Sync() {
   if (!loaded_) return;
   std::string routes = wire::Pack(reconciler_.Routes());
-  if (routes != published_routes_) {
+  if (routes != published_routes_ && !reconciler_.Recovering()) {
     published_routes_ = std::move(routes);
     ++route_generation_;
     (void)bus_.Publish(subjects_.routes, RouteTableBytes());
@@ -346,8 +370,31 @@ void Controller::Sync() {
   WriteCheckpoint();
 }
 
+std::string Controller::NotLoadedYet() const {
+  if (!load_error_.empty()) return load_error_;
+  return "the controller is still loading its checkpoint (is serve-checkpointer running?); "
+         "try again in a moment";
+}
+
+std::string Controller::CheckpointWarning() const {
+  if (desired_bytes_ == checkpointed_bytes_ || unsaved_since_ == 0) return "";
+  double lag = clock_.Now() - unsaved_since_;
+  if (lag < 2 && checkpoint_failures_ == 0) return "";  // a write in progress
+  char seconds[32];
+  snprintf(seconds, sizeof(seconds), "%.0f", lag);
+  std::string warning = std::string("the latest changes are not checkpointed yet (for ") +
+                        seconds + " s)";
+  if (!last_checkpoint_error_.empty()) warning += ": " + last_checkpoint_error_;
+  return warning + "; Serve keeps serving and retries";
+}
+
 void Controller::WriteCheckpoint() {
-  if (checkpoint_in_flight_ || desired_bytes_ == checkpointed_bytes_) return;
+  if (desired_bytes_ == checkpointed_bytes_) {
+    unsaved_since_ = 0;
+    return;
+  }
+  if (unsaved_since_ == 0) unsaved_since_ = clock_.Now();
+  if (checkpoint_in_flight_) return;
   if (clock_.Now() < checkpoint_retry_at_) return;
   // The stored record carries the generation inside the state too, for people reading it.
   auto state = wire::Unpack<wire::ControllerState>(desired_bytes_);
@@ -364,14 +411,39 @@ void Controller::WriteCheckpoint() {
   bus_.Request(subjects_.ckpt_put, wire::Pack(put), options_.request_timeout_s,
                [this, generation, written](Result<bus::Message> reply) {
                  checkpoint_in_flight_ = false;
+                 if (reply.ok()) {
+                   auto answer = wire::Unpack<wire::CheckpointPutReply>(reply->data);
+                   if (answer.ok() && !answer->error.empty() &&
+                       answer->stored_generation > generation) {
+                     // Another controller stored a newer state: this one is stale and must
+                     // not act on the cluster any longer.
+                     StepDown("checkpoint generation " +
+                              std::to_string(answer->stored_generation) +
+                              " was written by another controller (this one is at " +
+                              std::to_string(generation) + ")");
+                     return;
+                   }
+                 }
                  Status written_ok = ReplyStatus<wire::CheckpointPutReply>(reply);
                  if (!written_ok.ok()) {
-                   spdlog::warn("checkpoint write failed (will retry): {}", written_ok.message());
-                   checkpoint_retry_at_ = clock_.Now() + 1.0;
+                   ++checkpoint_failures_;
+                   last_checkpoint_error_ = written_ok.message();
+                   double backoff =
+                       std::min(30.0, 0.5 * std::pow(2.0, std::min(checkpoint_failures_, 8) - 1));
+                   spdlog::warn("checkpoint write failed (retrying in {} s): {}", backoff,
+                                written_ok.message());
+                   checkpoint_retry_at_ = clock_.Now() + backoff;
                    return;
                  }
+                 if (checkpoint_failures_ > 0) {
+                   spdlog::info("checkpoint written again after {} failed attempts",
+                                checkpoint_failures_);
+                 }
+                 checkpoint_failures_ = 0;
+                 last_checkpoint_error_.clear();
                  checkpoint_generation_ = generation;
                  checkpointed_bytes_ = written;
+                 if (desired_bytes_ == checkpointed_bytes_) unsaved_since_ = 0;
                  spdlog::debug("checkpointed generation {}", generation);
                  WriteCheckpoint();  // something may have changed meanwhile
                });

@@ -36,6 +36,11 @@ class Controller : public ReconcilerActions {
   Status Start();
   // Called once a shutdown was requested on the bus and everyone was told.
   void SetShutdownHandler(std::function<void()> on_shutdown);
+  // Called when the checkpoint store refused a write because another controller stored a newer
+  // generation: this controller has stopped acting and the process should exit.
+  void SetFencedHandler(std::function<void(const std::string& why)> on_fenced) {
+    on_fenced_ = std::move(on_fenced);
+  }
   void Stop();
 
   // ReconcilerActions
@@ -65,6 +70,11 @@ class Controller : public ReconcilerActions {
   // Publishes routes and writes the checkpoint if either changed.
   void Sync();
   void WriteCheckpoint();
+  void StepDown(const std::string& why);
+  // Why deploys and status cannot be answered before the checkpoint is loaded.
+  std::string NotLoadedYet() const;
+  // For `serve status`: the desired state is not safely stored, since when and why.
+  std::string CheckpointWarning() const;
   void SendStops();
   std::string RouteTableBytes();
 
@@ -82,6 +92,9 @@ class Controller : public ReconcilerActions {
   std::unique_ptr<service::OneShotTimer> load_retry_;
   std::unique_ptr<service::RepeatingTimer> ticker_;
   std::function<void()> on_shutdown_;
+  std::function<void(const std::string&)> on_fenced_;
+  bool stepped_down_ = false;
+  std::string load_error_;  // why the checkpoint cannot be loaded, while it cannot
 
   std::vector<std::pair<std::string, std::string>> pending_stops_;  // (node, replica)
   uint64_t route_generation_ = 0;
@@ -92,6 +105,9 @@ class Controller : public ReconcilerActions {
   std::string checkpointed_bytes_;   // what the store holds
   bool checkpoint_in_flight_ = false;
   double checkpoint_retry_at_ = 0;
+  int checkpoint_failures_ = 0;         // failed writes in a row
+  std::string last_checkpoint_error_;
+  double unsaved_since_ = 0;            // when desired state first differed from the stored one
 };
 
 }  // namespace serve::controller

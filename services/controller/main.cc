@@ -62,7 +62,13 @@ int main(int argc, char** argv) {
   };
   signals = std::make_unique<service::SignalWatcher>(&loop, [&](int) { stop(); });
   controller.SetShutdownHandler(stop);
+  int exit_code = 0;
+  controller.SetFencedHandler([&](const std::string&) {
+    exit_code = 3;  // another controller took over: not a clean shutdown
+    stop();
+  });
   (void)controller.Start();
   spdlog::info("controller {} ready for namespace {}", options.controller_id, flags.ns);
-  return service::RunLoop(&loop);
+  int loop_exit = service::RunLoop(&loop);
+  return exit_code != 0 ? exit_code : loop_exit;
 }

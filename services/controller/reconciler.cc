@@ -176,6 +176,7 @@ Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::Deployment
       }
     }
     Deployment& d = deployments_[spec.name];
+    d.restored = false;  // a new intent, no longer the checkpoint's
     d.spec = std::move(spec);
     d.fingerprint = fingerprint;
     d.config_hash = config_hash;
@@ -226,8 +227,14 @@ void Reconciler::Restore(const std::vector<wire::DeploymentSpecT>& specs) {
     d.fingerprint = Fingerprint(spec);
     d.config_hash = ConfigHash(spec);
     d.message = "restored from the checkpoint";
+    d.state = DeploymentState::RECOVERING;
+    d.restored = true;
   }
   started_at_ = clock_.Now();
+}
+
+bool Reconciler::Recovering() const {
+  return clock_.Now() - started_at_ < options_.adoption_grace_s;
 }
 
 void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
@@ -745,10 +752,16 @@ void Reconciler::UpdateDeploymentState(Deployment& d) {
     state = DeploymentState::DEPLOY_FAILED;
     message = std::to_string(d.start_failures) + " replica starts failed in a row; last: " +
               d.last_failure + " (fix it and deploy again)";
-  } else if (running_current == target && others == 0 && reconfiguring == 0) {
+  } else if (running_current == target && others == 0 && reconfiguring == 0 && !Recovering()) {
     state = DeploymentState::HEALTHY;
     message = target == 0 ? "scaled to zero replicas: requests get 503" : count;
     d.reached_target = true;
+    d.restored = false;
+  } else if (d.restored) {
+    state = DeploymentState::RECOVERING;
+    message = "restored from the checkpoint; " + count +
+              (Recovering() ? " (adopting replicas that still run)" : " (starting what is missing)");
+    if (!d.last_failure.empty()) message += "; last failure: " + d.last_failure;
   } else {
     state = d.reached_target ? DeploymentState::UNHEALTHY : DeploymentState::UPDATING;
     message = count;

@@ -62,6 +62,10 @@ class Reconciler {
   void SetControllerId(std::string id) { controller_id_ = std::move(id); }
   // Loads desired state from a checkpoint (at start).
   void Restore(const std::vector<wire::DeploymentSpecT>& specs);
+  // True during the adoption grace after a start or a Restore: replicas that still run report
+  // through their nodes' heartbeats, and nothing new is started yet. The route table is not
+  // complete meanwhile, so the controller does not publish one.
+  bool Recovering() const;
 
   void OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat);
   void OnReplicaHeartbeat(const wire::ReplicaHeartbeatT& heartbeat);
@@ -131,6 +135,7 @@ class Reconciler {
     double next_start_after = 0;
     std::string last_failure;
     std::string pending_reason;
+    bool restored = false;  // from a checkpoint, and not yet HEALTHY since
   };
 
   void SetReplicaState(Replica& replica, wire::ReplicaState state, const std::string& message);

@@ -1047,6 +1047,10 @@ TEST_F(ReconcilerTest, RestartedControllerAdoptsRunningReplicasDuringGrace) {
   EXPECT_EQ(adopted->version, "v1");
   EXPECT_THAT(adopted->message, HasSubstr("adopted"));
   EXPECT_THAT(Routed("hello"), ElementsAre("hello-old1"));
+  EXPECT_TRUE(r().Recovering());
+  r().Step();
+  EXPECT_EQ(StateOf("hello"), "RECOVERING");
+  EXPECT_THAT(MessageOf("hello"), HasSubstr("adopting replicas that still run"));
 
   // Nothing is started during the grace period, although one replica is missing.
   r().Step();
@@ -1055,6 +1059,7 @@ TEST_F(ReconcilerTest, RestartedControllerAdoptsRunningReplicasDuringGrace) {
   Run(2);
   ASSERT_EQ(cluster_.starts.size(), 1u);
   EXPECT_EQ(cluster_.starts[0].spec.version, "v1");
+  EXPECT_FALSE(r().Recovering());
   Run(1);
   EXPECT_EQ(StateOf("hello"), "HEALTHY");
   EXPECT_EQ(Routed("hello").size(), 2u);

@@ -17,15 +17,15 @@ Cluster::Cluster(Options options) : options_(options), http_port_(FreePort()) {
     return argv;
   };
   log_names_ = {"checkpointer", "controller", "proxy"};
-  checkpointer_ = Process(with({bin + "/serve-checkpointer", "--checkpoint-path",
-                                "file://" + dir() + "/checkpoint"}),
-                          dir() + "/checkpointer.log");
-  controller_ = Process(with({bin + "/serve-controller"}), dir() + "/controller.log");
+  if (options_.checkpoint_uri.empty()) options_.checkpoint_uri = "file://" + dir() + "/checkpoint";
+  StartCheckpointer();
+  StartController();
   proxy_ = Process(with({bin + "/serve-proxy", "--http-port", std::to_string(http_port_)}),
-                   dir() + "/proxy.log");
+                   dir() + "/proxy.log", options_.env);
   for (int i = 0; i < options_.nodes; ++i) {
     StartNode("node-" + std::to_string(i + 1), options_.node_cpus);
   }
+  if (!options_.wait_until_ready) return;
   bool ready = WaitUntil([&] {
     auto status = Status();
     if (!status.is_object()) return false;
@@ -37,13 +37,38 @@ Cluster::Cluster(Options options) : options_(options), http_port_(FreePort()) {
   EXPECT_TRUE(ready) << "the cluster did not come up; controller log:\n" << Log("controller");
 }
 
+void Cluster::StartCheckpointer() {
+  std::vector<std::string> argv = {BinDir() + "/serve-checkpointer", "--checkpoint-path",
+                                   options_.checkpoint_uri};
+  auto flags = CommonFlags();
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  // Appended, so a restart keeps the earlier run's lines for the test's messages.
+  checkpointer_ = Process(argv, dir() + "/checkpointer.log", options_.env);
+}
+
+void Cluster::StartController() {
+  std::vector<std::string> argv = {BinDir() + "/serve-controller"};
+  auto flags = CommonFlags();
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  controller_ = Process(argv, dir() + "/controller.log", options_.env);
+}
+
+void Cluster::KillAll() {
+  for (auto& node : nodes_) node.Kill();
+  for (auto& proxy : extra_proxies_) proxy.Kill();
+  proxy_.Kill();
+  controller_.Kill();
+  checkpointer_.Kill();
+  nats_.Stop();
+}
+
 void Cluster::StartNode(const std::string& node_id, double cpus) {
   auto flags = CommonFlags();
   std::vector<std::string> argv = {BinDir() + "/serve-replica", "--node-id", node_id,
                                    "--num-cpus", std::to_string(cpus), "--work-dir",
                                    dir() + "/" + node_id};
   argv.insert(argv.end(), flags.begin(), flags.end());
-  nodes_.emplace_back(argv, dir() + "/" + node_id + ".log");
+  nodes_.emplace_back(argv, dir() + "/" + node_id + ".log", options_.env);
   log_names_.push_back(node_id);
 }
 

@@ -18,6 +18,12 @@ class Cluster {
   struct Options {
     int nodes = 1;
     double node_cpus = 4;
+    // The checkpointer's --checkpoint-path; empty: a file store in the cluster's directory.
+    std::string checkpoint_uri;
+    // Extra environment for every service (store credentials, say).
+    std::map<std::string, std::string> env;
+    // Wait in the constructor until the controller answers status with the nodes and a proxy.
+    bool wait_until_ready = true;
   };
   Cluster();
   explicit Cluster(Options options);
@@ -46,6 +52,13 @@ class Cluster {
   Process& node(size_t i) { return nodes_[i]; }
   void StartNode(const std::string& node_id, double cpus);
   Process& proxy() { return proxy_; }
+  Process& controller() { return controller_; }
+  Process& checkpointer() { return checkpointer_; }
+  // (Re)starts the controller or the checkpointer after a test stopped or killed it.
+  void StartController();
+  void StartCheckpointer();
+  // kill -9 of every process of the instance, nats-server included: a total loss.
+  void KillAll();
   // Starts one more proxy, on `port`, logging to `name`.log; stopped with the cluster.
   void StartProxy(const std::string& name, int port);
   // The pid of replica `replica_id`'s worker process (found in /proc), or -1.

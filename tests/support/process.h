@@ -39,6 +39,8 @@ class Process {
   // Sends SIGTERM and waits up to `timeout`, then SIGKILL. Returns the wait status.
   int Stop(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   void Kill();
+  // The wait status once Running() returned false (see WIFEXITED and friends).
+  int wait_status() const { return status_; }
 
  private:
   pid_t pid_ = -1;
