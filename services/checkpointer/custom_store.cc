@@ -184,27 +184,10 @@ Result<std::optional<Record>> CustomStore::Get(const std::string& key) {
   const std::string untouched = "; it is left untouched for inspection: delete '" + plugin_key +
                                 "' from the plugin's storage to let key '" + key +
                                 "' be written again";
-  auto stored = wire::Verify<wire::StoredCheckpoint>(**bytes);
-  if (!stored.ok()) {
-    return Status::Error("the checkpoint record '" + plugin_key + "' in " + describe_ +
-                         " for key '" + key + "' is corrupt (" + std::to_string((*bytes)->size()) +
-                         " bytes that are not a valid StoredCheckpoint record)" + untouched);
-  }
-  const wire::StoredCheckpoint* record = *stored;
-  std::string stored_key = record->key() != nullptr ? record->key()->str() : "";
-  if (stored_key != key) {
-    return Status::Error("the checkpoint record '" + plugin_key + "' in " + describe_ +
-                         " holds the record of key '" + stored_key + "', not of key '" + key + "'" +
-                         untouched);
-  }
-  Record result;
-  result.generation = record->generation();
-  result.written_ms = record->written_ms();
-  if (record->data() != nullptr) {
-    result.data.assign(reinterpret_cast<const char*>(record->data()->data()),
-                       record->data()->size());
-  }
-  return std::optional<Record>(std::move(result));
+  auto record = DecodeRecord(key, **bytes, "the checkpoint record '" + plugin_key + "' in " +
+                             describe_, untouched);
+  if (!record.ok()) return record.status();
+  return std::optional<Record>(std::move(*record));
 }
 
 Status CustomStore::Put(const std::string& key, uint64_t generation, std::string_view data) {
@@ -214,17 +197,9 @@ Status CustomStore::Put(const std::string& key, uint64_t generation, std::string
   auto current = Get(key);
   if (!current.ok()) return Status::Error("refused: " + current.error());
   if (current->has_value() && (*current)->generation > generation) {
-    return Status::Error("refused: generation " + std::to_string(generation) +
-                         " is older than the stored generation " +
-                         std::to_string((*current)->generation) + " for key '" + key +
-                         "' (another controller wrote a newer state)");
+    return OlderGenerationRefused(key, generation, (*current)->generation);
   }
-  wire::StoredCheckpointT record;
-  record.key = key;
-  record.generation = generation;
-  record.written_ms = service::UnixMillis();
-  record.data.assign(data.begin(), data.end());
-  Status put = PluginPut(kRecordFolder + key, wire::Pack(record));
+  Status put = PluginPut(kRecordFolder + key, EncodeRecord(key, generation, data));
   if (!put.ok()) return put.WithContext("cannot store key '" + key + "'");
   return Status::Ok();
 }

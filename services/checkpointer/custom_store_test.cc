@@ -161,7 +161,8 @@ Result<std::unique_ptr<CheckpointStore>> FreshDirectoryStore() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Custom, StoreContractTest,
-                         ::testing::Values(StoreFactory(FreshDirectoryStore)));
+                         ::testing::Values(StoreFactory(FreshDirectoryStore)),
+                         ContractName);
 
 }  // namespace
 }  // namespace serve::checkpointer::contract

@@ -213,27 +213,9 @@ Result<std::optional<Record>> FileStore::Read(const std::string& key,
     }
     bytes.append(buffer, static_cast<size_t>(n));
   }
-  auto stored = wire::Verify<wire::StoredCheckpoint>(bytes);
-  if (!stored.ok()) {
-    return Status::Error("the checkpoint file " + path + " for key '" + key + "' is corrupt (" +
-                         std::to_string(bytes.size()) +
-                         " bytes that are not a valid StoredCheckpoint record)" + Untouched(key));
-  }
-  const wire::StoredCheckpoint* record = *stored;
-  std::string stored_key = record->key() != nullptr ? record->key()->str() : "";
-  if (stored_key != key) {
-    // Most likely copied or renamed by hand; serving it under this key would be a lie.
-    return Status::Error("the checkpoint file " + path + " holds the record of key '" + stored_key +
-                         "', not of key '" + key + "'" + Untouched(key));
-  }
-  Record result;
-  result.generation = record->generation();
-  result.written_ms = record->written_ms();
-  if (record->data() != nullptr) {
-    result.data.assign(reinterpret_cast<const char*>(record->data()->data()),
-                       record->data()->size());
-  }
-  return std::optional<Record>(std::move(result));
+  auto record = DecodeRecord(key, bytes, "the checkpoint file " + path, Untouched(key));
+  if (!record.ok()) return record.status();
+  return std::optional<Record>(std::move(*record));
 }
 
 Result<std::optional<Record>> FileStore::Get(const std::string& key) {
@@ -254,18 +236,10 @@ Status FileStore::Put(const std::string& key, uint64_t generation, std::string_v
   auto current = Read(key, path);
   if (!current.ok()) return Status::Error("refused: " + current.error());
   if (current->has_value() && (*current)->generation > generation) {
-    return Status::Error("refused: generation " + std::to_string(generation) +
-                         " is older than the stored generation " +
-                         std::to_string((*current)->generation) + " for key '" + key +
-                         "' (another controller wrote a newer state)");
+    return OlderGenerationRefused(key, generation, (*current)->generation);
   }
 
-  wire::StoredCheckpointT record;
-  record.key = key;
-  record.generation = generation;
-  record.written_ms = service::UnixMillis();
-  record.data.assign(data.begin(), data.end());
-  Status replaced = ReplaceFileAtomically(path, wire::Pack(record));
+  Status replaced = ReplaceFileAtomically(path, EncodeRecord(key, generation, data));
   if (!replaced.ok()) return replaced.WithContext("cannot store key '" + key + "'");
   return Status::Ok();
 }

@@ -259,6 +259,7 @@ INSTANTIATE_TEST_SUITE_P(File, StoreContractTest,
                            auto store = FileStore::Open(ContractDirs().back()->path() + "/store");
                            if (!store.ok()) return store.status();
                            return std::unique_ptr<CheckpointStore>(std::move(*store));
-                         })));
+                         })),
+                         ContractName);
 }  // namespace
 }  // namespace serve::checkpointer::contract

@@ -450,27 +450,11 @@ Result<std::optional<Record>> RedisStore::Get(const std::string& key) {
   if (!reply.ok()) return reply.status().WithContext("cannot read key '" + key + "'");
   if ((*reply)->type == REDIS_REPLY_NIL) return std::optional<Record>();
   std::string_view bytes = Text(**reply);
-  auto stored = wire::Verify<wire::StoredCheckpoint>(bytes);
-  if (!stored.ok()) {
-    return Status::Error("the checkpoint record " + redis_key + " in redis at " + Where() +
-                         " for key '" + key + "' is corrupt (" + std::to_string(bytes.size()) +
-                         " bytes that are not a valid StoredCheckpoint record)" + Untouched(key));
-  }
-  const wire::StoredCheckpoint* record = *stored;
-  std::string stored_key = record->key() != nullptr ? record->key()->str() : "";
-  if (stored_key != key) {
-    return Status::Error("the checkpoint record " + redis_key + " in redis at " + Where() +
-                         " holds the record of key '" + stored_key + "', not of key '" + key + "'" +
-                         Untouched(key));
-  }
-  Record result;
-  result.generation = record->generation();
-  result.written_ms = record->written_ms();
-  if (record->data() != nullptr) {
-    result.data.assign(reinterpret_cast<const char*>(record->data()->data()),
-                       record->data()->size());
-  }
-  return std::optional<Record>(std::move(result));
+  auto record = DecodeRecord(key, bytes,
+                             "the checkpoint record " + redis_key + " in redis at " + Where(),
+                             Untouched(key));
+  if (!record.ok()) return record.status();
+  return std::optional<Record>(std::move(*record));
 }
 
 Status RedisStore::Put(const std::string& key, uint64_t generation, std::string_view data) {
@@ -481,12 +465,7 @@ Status RedisStore::Put(const std::string& key, uint64_t generation, std::string_
   auto current = Get(key);
   if (!current.ok()) return Status::Error("refused: " + current.error());
 
-  wire::StoredCheckpointT record;
-  record.key = key;
-  record.generation = generation;
-  record.written_ms = service::UnixMillis();
-  record.data.assign(data.begin(), data.end());
-  std::string bytes = wire::Pack(record);
+  std::string bytes = EncodeRecord(key, generation, data);
   std::string record_key = RecordKey(key);
   std::string generation_key = GenerationKey(key);
   std::string generation_text = std::to_string(generation);
@@ -508,9 +487,7 @@ Status RedisStore::Put(const std::string& key, uint64_t generation, std::string_
                            ? std::string(Text(*answer.element[1]))
                            : "";
   if (outcome == "older") {
-    return Status::Error("refused: generation " + generation_text +
-                         " is older than the stored generation " + detail + " for key '" + key +
-                         "' (another controller wrote a newer state)");
+    return OlderGenerationRefused(key, generation, std::strtoull(detail.c_str(), nullptr, 10));
   }
   if (outcome == "corrupt") {
     return Status::Error("refused: the checkpoint record " + record_key + " in redis at " +

@@ -391,7 +391,8 @@ Result<std::unique_ptr<CheckpointStore>> FreshRedisStore() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Redis, StoreContractTest,
-                         ::testing::Values(StoreFactory(FreshRedisStore)));
+                         ::testing::Values(StoreFactory(FreshRedisStore)),
+                         ContractName);
 
 }  // namespace
 }  // namespace serve::checkpointer::contract

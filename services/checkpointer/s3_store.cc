@@ -567,26 +567,9 @@ Result<std::optional<Record>> S3Store::Parse(const std::string& key, const std::
       "; the object is left untouched for inspection: move or delete it "
       "to let key '" +
       key + "' be written again";
-  auto stored = wire::Verify<wire::StoredCheckpoint>(bytes);
-  if (!stored.ok()) {
-    return Status::Error("the checkpoint object " + Name(object) + " for key '" + key +
-                         "' is corrupt (" + std::to_string(bytes.size()) +
-                         " bytes that are not a valid StoredCheckpoint record)" + untouched);
-  }
-  const wire::StoredCheckpoint* record = *stored;
-  std::string stored_key = record->key() != nullptr ? record->key()->str() : "";
-  if (stored_key != key) {
-    return Status::Error("the checkpoint object " + Name(object) + " holds the record of key '" +
-                         stored_key + "', not of key '" + key + "'" + untouched);
-  }
-  Record result;
-  result.generation = record->generation();
-  result.written_ms = record->written_ms();
-  if (record->data() != nullptr) {
-    result.data.assign(reinterpret_cast<const char*>(record->data()->data()),
-                       record->data()->size());
-  }
-  return std::optional<Record>(std::move(result));
+  auto record = DecodeRecord(key, bytes, "the checkpoint object " + Name(object), untouched);
+  if (!record.ok()) return record.status();
+  return std::optional<Record>(std::move(*record));
 }
 
 Result<std::optional<Record>> S3Store::Get(const std::string& key) {
@@ -617,21 +600,13 @@ Status S3Store::Put(const std::string& key, uint64_t generation, std::string_vie
       auto record = Parse(key, object, current->body);
       if (!record.ok()) return Status::Error("refused: " + record.error());
       if ((*record)->generation > generation) {
-        return Status::Error("refused: generation " + std::to_string(generation) +
-                             " is older than the stored generation " +
-                             std::to_string((*record)->generation) + " for key '" + key +
-                             "' (another controller wrote a newer state)");
+        return OlderGenerationRefused(key, generation, (*record)->generation);
       }
     } else if (current->status != 404 || current->ErrorCode() == "NoSuchBucket") {
       return Unexpected(read, *current).WithContext("cannot store key '" + key + "'");
     }
 
-    wire::StoredCheckpointT record;
-    record.key = key;
-    record.generation = generation;
-    record.written_ms = service::UnixMillis();
-    record.data.assign(data.begin(), data.end());
-    const std::string bytes = wire::Pack(record);
+    const std::string bytes = EncodeRecord(key, generation, data);
 
     // Write only if the object is still the one just checked.
     HttpRequest write{.method = "PUT", .object = object, .bytes = bytes};

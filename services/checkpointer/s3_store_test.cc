@@ -781,6 +781,7 @@ INSTANTIATE_TEST_SUITE_P(
       }
       UseS3rverCredentials();
       return OpenStore(server->FreshUri());
-    })));
+    })),
+                         ContractName);
 }  // namespace
 }  // namespace serve::checkpointer::contract

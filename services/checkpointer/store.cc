@@ -12,6 +12,8 @@
 #include "checkpointer/file_store.h"
 #include "checkpointer/redis_store.h"
 #include "checkpointer/s3_store.h"
+#include "service/service.h"
+#include "wire/codec.h"
 
 namespace serve::checkpointer {
 namespace {
@@ -99,6 +101,46 @@ Status ValidateKey(const std::string& key) {
     start = slash + 1;
   }
   return Status::Ok();
+}
+
+std::string EncodeRecord(const std::string& key, uint64_t generation, std::string_view data) {
+  wire::StoredCheckpointT record;
+  record.key = key;
+  record.generation = generation;
+  record.written_ms = service::UnixMillis();
+  record.data.assign(data.begin(), data.end());
+  return wire::Pack(record);
+}
+
+Result<Record> DecodeRecord(const std::string& key, std::string_view bytes,
+                            const std::string& where, const std::string& untouched) {
+  auto stored = wire::Verify<wire::StoredCheckpoint>(bytes);
+  if (!stored.ok()) {
+    return Status::Error(where + " for key '" + key + "' is corrupt (" +
+                         std::to_string(bytes.size()) +
+                         " bytes that are not a valid StoredCheckpoint record)" + untouched);
+  }
+  const wire::StoredCheckpoint* record = *stored;
+  std::string stored_key = record->key() != nullptr ? record->key()->str() : "";
+  if (stored_key != key) {
+    // Most likely copied or renamed by hand; serving it under this key would be a lie.
+    return Status::Error(where + " holds the record of key '" + stored_key + "', not of key '" +
+                         key + "'" + untouched);
+  }
+  Record result;
+  result.generation = record->generation();
+  result.written_ms = record->written_ms();
+  if (record->data() != nullptr) {
+    result.data.assign(reinterpret_cast<const char*>(record->data()->data()),
+                       record->data()->size());
+  }
+  return result;
+}
+
+Status OlderGenerationRefused(const std::string& key, uint64_t generation, uint64_t stored) {
+  return Status::Error("refused: generation " + std::to_string(generation) +
+                       " is older than the stored generation " + std::to_string(stored) +
+                       " for key '" + key + "' (another controller wrote a newer state)");
 }
 
 Result<std::unique_ptr<CheckpointStore>> OpenStore(const std::string& uri) {

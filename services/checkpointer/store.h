@@ -61,6 +61,17 @@ class CheckpointStore {
 // Checks a key against the rules above; the error names the key and the rule it breaks.
 Status ValidateKey(const std::string& key);
 
+// Records as every store keeps them: the StoredCheckpoint FlatBuffer of schemas/serve.fbs,
+// which carries its key, so a record copied or renamed by hand is caught.
+std::string EncodeRecord(const std::string& key, uint64_t generation, std::string_view data);
+// Decodes the bytes stored for `key`. `where` names the place for messages ("the checkpoint
+// file /var/lib/serve/controller/state.ckpt"); `untouched` ends them, saying how to let the key
+// be written again. Bytes that do not verify, or a record of another key, are an error.
+Result<Record> DecodeRecord(const std::string& key, std::string_view bytes,
+                            const std::string& where, const std::string& untouched);
+// The refusal of a put whose generation is older than the stored one (the fencing message).
+Status OlderGenerationRefused(const std::string& key, uint64_t generation, uint64_t stored);
+
 // Opens the store named by a --checkpoint-path URI: "file:///abs/dir" (a relative
 // "file://dir" is taken from the working directory). The file store creates its directory, so
 // a store that cannot be used fails here rather than at the first put.

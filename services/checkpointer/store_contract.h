@@ -28,6 +28,12 @@ namespace serve::checkpointer::contract {
 
 using StoreFactory = std::function<Result<std::unique_ptr<CheckpointStore>>()>;
 
+// Names the one instantiation of each backend "store", so test names stay the same from build
+// to build (the default would print the factory's bytes).
+inline std::string ContractName(const ::testing::TestParamInfo<StoreFactory>&) {
+  return "store";
+}
+
 class StoreContractTest : public ::testing::TestWithParam<StoreFactory> {
  protected:
   void SetUp() override {
