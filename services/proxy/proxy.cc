@@ -98,6 +98,7 @@ Status Proxy::Start() {
                                                          [this] { SendHeartbeat(); });
   queue_sweeper_ = std::make_unique<service::RepeatingTimer>(loop_, 0.1, [this] {
     ExpireWaiting();
+    FailCallsOfExitedReplicas();
   });
   spdlog::info("proxy {} listening on http://{}:{}", options_.proxy_id, options_.http.host,
                server_->port());
@@ -349,14 +350,36 @@ void Proxy::OnReplicaExited(const std::string& bytes) {
     spdlog::warn("ignoring a malformed message on {}: {}", subjects_.node_exited, exited.error());
     return;
   }
-  auto it = running_.find(exited->replica_id);
-  if (it == running_.end()) return;
-  std::set<std::shared_ptr<Call>> calls = std::move(it->second);
-  running_.erase(it);
-  for (const auto& call : calls) {
-    Finish(call, TextResponse(502, "replica " + exited->replica_id + " of " + call->deployment +
-                                       " ended while it ran this request (" + exited->message +
-                                       "); the request may or may not have taken effect"));
+  if (running_.count(exited->replica_id) == 0) return;
+  // The exit report and the worker's last answers travel on different connections, so the
+  // report can overtake answers the worker sent just before it ended. Give those a moment; a
+  // worker that stopped cleanly answered everything it took, so its answers get longer.
+  bool clean = exited->exit_code == 0 && exited->term_signal == 0;
+  uv_update_time(loop_);
+  exited_[exited->replica_id] = ExitedReplica{uv_now(loop_) + (clean ? 2000 : 250),
+                                              exited->message};
+}
+
+void Proxy::FailCallsOfExitedReplicas() {
+  if (exited_.empty()) return;
+  uv_update_time(loop_);
+  uint64_t now = uv_now(loop_);
+  for (auto it = exited_.begin(); it != exited_.end();) {
+    if (now < it->second.fail_at_ms) {
+      ++it;
+      continue;
+    }
+    if (auto running = running_.find(it->first); running != running_.end()) {
+      std::set<std::shared_ptr<Call>> calls = std::move(running->second);
+      running_.erase(running);
+      for (const auto& call : calls) {
+        Finish(call, TextResponse(502, "replica " + it->first + " of " + call->deployment +
+                                           " ended while it ran this request (" +
+                                           it->second.why +
+                                           "); the request may or may not have taken effect"));
+      }
+    }
+    it = exited_.erase(it);
   }
 }
 

@@ -55,6 +55,8 @@ class Proxy {
   void OnRouteTable(const std::string& bytes);
   // A worker process ended: what it was running will never be answered.
   void OnReplicaExited(const std::string& bytes);
+  // Answers 502 for what replicas that exited were still running, once their grace is over.
+  void FailCallsOfExitedReplicas();
   void RequestRoutes();
   void SendHeartbeat();
 
@@ -70,6 +72,12 @@ class Proxy {
   std::unordered_map<std::string, std::deque<std::shared_ptr<Call>>> waiting_;  // by deployment
   // Calls sent and not yet answered, by replica id.
   std::unordered_map<std::string, std::set<std::shared_ptr<Call>>> running_;
+  // Replicas reported exited whose calls are failed at fail_at_ms (loop time).
+  struct ExitedReplica {
+    uint64_t fail_at_ms = 0;
+    std::string why;
+  };
+  std::unordered_map<std::string, ExitedReplica> exited_;
   bool have_routes_ = false;
   uint64_t request_counter_ = 0;
   std::string request_id_prefix_;
