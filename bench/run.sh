@@ -45,6 +45,10 @@ CONF
 nginx -c "$WORK/nginx.conf" -p "$WORK" 2>/dev/null
 "${SERVE[@]}" start --http-port "$HTTP_PORT" >/dev/null
 "${SERVE[@]}" deploy examples/hello/serve.yaml >/dev/null
+# The C++ counter through the native runtime (handler threads), from this build's library.
+sed "s#../../build/examples#$ROOT/${SERVE_BUILD_DIR:-build}/examples#" examples/counter/serve.yaml \
+  > "$WORK/counter.yaml"
+"${SERVE[@]}" deploy "$WORK/counter.yaml" >/dev/null
 
 # Prints "requests/s p50 p99" for one wrk run.
 measure() {
@@ -57,11 +61,14 @@ measure() {
 
 read -r nginx_rps nginx_p50 nginx_p99 nginx_bad < <(measure "http://127.0.0.1:$NGINX_PORT/hello")
 read -r serve_rps serve_p50 serve_p99 serve_bad < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
+read -r native_rps native_p50 native_p99 native_bad < <(measure "http://127.0.0.1:$HTTP_PORT/counter")
 ratio=$(awk -v a="$serve_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
+native_ratio=$(awk -v a="$native_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
 
 echo "| target | requests/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
 echo "| nginx, fixed body (baseline) | $nginx_rps | $nginx_p50 | $nginx_p99 | $nginx_bad |"
 echo "| serve: proxy -> NATS -> builtin:hello replica | $serve_rps | $serve_p50 | $serve_p99 | $serve_bad |"
+echo "| serve: proxy -> NATS -> native C++ counter, 2 replicas | $native_rps | $native_p50 | $native_p99 | $native_bad |"
 echo
-echo "serve / nginx throughput ratio: $ratio ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(date -u +%Y-%m-%d))"
+echo "serve / nginx throughput ratio: builtin $ratio, native $native_ratio ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(date -u +%Y-%m-%d))"

@@ -115,6 +115,12 @@ std::string RunDir::LogTail(const std::string& process, int lines) const {
 
 Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, const std::string& log_path,
                             const std::map<std::string, std::string>& env) {
+  // The previous instance's log becomes <name>.log.1: one earlier run stays for reading, and
+  // an error shown from this log is this run's.
+  std::error_code ec;
+  if (std::filesystem::exists(log_path, ec)) {
+    std::filesystem::rename(log_path, log_path + ".1", ec);
+  }
   // A pipe reports exec failures: it closes on a successful exec (CLOEXEC), or carries errno.
   int report[2];
   if (pipe2(report, O_CLOEXEC) != 0) return Status::Error("pipe: " + std::string(strerror(errno)));
