@@ -69,9 +69,20 @@ int RunWorker(int argc, char** argv) {
   auto bus = bus::Bus::Connect(&loop, flags.bus);
   if (!bus.ok()) {
     WriteError(error_file, bus.error());
+    service::RunLoop(&loop);
     return 2;
   }
   bus::Subjects subjects(flags.ns);
+  // Ends the worker before it serves: says why (for the node agent's exit report), then lets
+  // the bus and the loop close, so nothing is left open.
+  auto fail = [&](int code, const std::string& why) {
+    spdlog::error("{}", why);
+    WriteError(error_file, why);
+    (*bus)->Close();
+    bus->reset();
+    service::RunLoop(&loop);
+    return code;
+  };
 
   replica::RuntimeContext context;
   context.spec = *spec;
@@ -81,26 +92,18 @@ int RunWorker(int argc, char** argv) {
   if (!spec->artifact.empty()) {
     if (cache_dir.empty()) cache_dir = context.scratch_dir + "/artifacts";
     auto code = replica::EnsureArtifact(&loop, **bus, subjects, cache_dir, *spec);
-    if (!code.ok()) {
-      spdlog::error("{}", code.error());
-      WriteError(error_file, code.error());
-      return 3;
-    }
+    if (!code.ok()) return fail(3, code.error());
     context.artifact_path = *code;
   }
   auto runtime = replica::MakeRuntime(context);
-  if (!runtime.ok()) {
-    spdlog::error("{}", runtime.error());
-    WriteError(error_file, runtime.error());
-    return 3;
-  }
+  if (!runtime.ok()) return fail(3, runtime.error());
   replica::WorkerOptions options{replica_id, node_id, *spec, spec->version};
   auto worker = std::make_unique<replica::ReplicaWorker>(&loop, **bus, subjects,
                                                          std::move(options), std::move(*runtime));
   Status started = worker->Start();
   if (!started.ok()) {
-    WriteError(error_file, started.message());
-    return 2;
+    worker.reset();
+    return fail(2, started.message());
   }
   service::SignalWatcher signals(&loop, [&](int) {
     worker->Drain([&] {
