@@ -67,7 +67,7 @@ Result<std::map<std::string, pid_t>> SpawnServices(const GlobalOptions& global,
   env["SERVE_NAMESPACE"] = global.ns;
   std::map<std::string, std::vector<std::string>> commands = {
       {"checkpointer", {ServiceExecutable("serve-checkpointer"), "--checkpoint-path", checkpoint}},
-      {"controller", {ServiceExecutable("serve-controller")}},
+      {"controller", {ServiceExecutable("serve-controller"), "--checkpoint-path", checkpoint}},
       {"proxy",
        {ServiceExecutable("serve-proxy"), "--http-host", options.http_host, "--http-port",
         std::to_string(options.http_port)}},

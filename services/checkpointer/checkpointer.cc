@@ -70,6 +70,29 @@ void Checkpointer::Reply(const bus::Message& request, const std::string& bytes) 
   if (!sent.ok()) spdlog::warn("cannot answer on {}: {}", request.subject, sent.message());
 }
 
+namespace {
+
+// URIs as people write them: a trailing '/' and the scheme's case do not make another store.
+std::string Normalized(std::string uri) {
+  while (!uri.empty() && uri.back() == '/') uri.pop_back();
+  size_t scheme_end = uri.find("://");
+  for (size_t i = 0; i < scheme_end && i < uri.size(); ++i) {
+    uri[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(uri[i])));
+  }
+  return uri;
+}
+
+}  // namespace
+
+std::string Checkpointer::WrongStore(const std::string& requested) const {
+  if (requested.empty() || store_uri_.empty() || Normalized(requested) == Normalized(store_uri_)) {
+    return "";
+  }
+  return "this checkpointer serves " + bus::RedactUrl(store_uri_) +
+         ", but the request is for " + bus::RedactUrl(requested) +
+         "; start the controller and the checkpointer with the same --checkpoint-path";
+}
+
 void Checkpointer::OnPut(const bus::Message& message) {
   wire::CheckpointPutReplyT reply;
   auto request = wire::DecodeRequest<wire::CheckpointPut>(codec_, message.data);
@@ -80,8 +103,8 @@ void Checkpointer::OnPut(const bus::Message& message) {
     return;
   }
   const wire::CheckpointPutT& put = request->value;
-  if (stopped_) {
-    reply.error = kStopping;
+  if (stopped_ || !WrongStore(put.store).empty()) {
+    reply.error = stopped_ ? kStopping : WrongStore(put.store);
     Reply(message, wire::EncodeReply(codec_, reply, request->json));
     return;
   }
@@ -122,8 +145,8 @@ void Checkpointer::OnGet(const bus::Message& message) {
     return;
   }
   const wire::CheckpointGetT& get = request->value;
-  if (stopped_) {
-    reply.error = kStopping;
+  if (stopped_ || !WrongStore(get.store).empty()) {
+    reply.error = stopped_ ? kStopping : WrongStore(get.store);
     Reply(message, wire::EncodeReply(codec_, reply, request->json));
     return;
   }

@@ -37,6 +37,10 @@ class Checkpointer {
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
+  // The --checkpoint-path this checkpointer was started with. A put or get naming another
+  // store (its `store` field) is refused; one naming none is served.
+  void SetStoreUri(std::string uri) { store_uri_ = std::move(uri); }
+
   // Called once on <ns>.shutdown; the process should close its handles and let the loop end.
   void SetShutdownHandler(ShutdownHandler handler) { on_shutdown_ = std::move(handler); }
 
@@ -56,6 +60,9 @@ class Checkpointer {
   // Applies one chunk of an upload; the reply says how far the upload got.
   wire::BlobPutReplyT ReceiveChunk(const wire::BlobPutT& put);
   void Reply(const bus::Message& request, const std::string& bytes);
+  // Empty when `requested` (a request's `store`) is empty or names this checkpointer's store;
+  // otherwise the error to answer with.
+  std::string WrongStore(const std::string& requested) const;
   // Milliseconds since `start_ms` (loop time), refreshing the loop's clock: a slow disk holds
   // the loop, and every request waits behind it.
   uint64_t ElapsedMs(uint64_t start_ms);
@@ -76,6 +83,7 @@ class Checkpointer {
     uint64_t total_size = 0;
   };
   std::string staging_dir_;
+  std::string store_uri_;
   std::map<std::string, Upload> uploads_;
 };
 

@@ -20,6 +20,7 @@ using serve::testing::RequestWhenAnswered;
 using serve::testing::RunUntil;
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 // A Checkpointer on a real nats-server and a file store, driven by a client bus on the same loop.
@@ -256,6 +257,29 @@ TEST_F(CheckpointerTest, OtherNamespacesAreNotServed) {
   auto reply = Send("other.ckpt.get", wire::Pack(get));
   ASSERT_FALSE(reply.ok());
   EXPECT_THAT(reply.error(), HasSubstr("nothing listens on other.ckpt.get"));
+}
+
+TEST_F(CheckpointerTest, RequestForAnotherStoreIsRefused) {
+  checkpointer_->SetStoreUri("file:///var/lib/serve/");
+  wire::CheckpointGetT get;
+  get.key = "controller/state";
+  get.store = "FILE:///var/lib/serve";  // the same store, written differently
+  auto same = Reply<wire::CheckpointGetReply>(Send(subjects_.ckpt_get, wire::Pack(get)));
+  EXPECT_EQ(same.error, "");
+  get.store = "redis://:secret@10.0.0.5:6379/0";
+  auto other = Reply<wire::CheckpointGetReply>(Send(subjects_.ckpt_get, wire::Pack(get)));
+  EXPECT_THAT(other.error, HasSubstr("this checkpointer serves file:///var/lib/serve/"));
+  EXPECT_THAT(other.error, HasSubstr("same --checkpoint-path"));
+  EXPECT_THAT(other.error, Not(HasSubstr("secret"))) << "credentials stay out of messages";
+  wire::CheckpointPutT put;
+  put.key = "controller/state";
+  put.generation = 1;
+  put.store = "s3://elsewhere/x";
+  auto refused = Reply<wire::CheckpointPutReply>(Send(subjects_.ckpt_put, wire::Pack(put)));
+  EXPECT_THAT(refused.error, HasSubstr("s3://elsewhere/x"));
+  put.store.clear();
+  EXPECT_EQ(Reply<wire::CheckpointPutReply>(Send(subjects_.ckpt_put, wire::Pack(put))).error, "")
+      << "a request that names no store is served";
 }
 
 // Artifacts: the CLI's upload and the replica's fetch, through the real checkpointer.

@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
                   "/serve-uploads-" + flags.ns + "-" + std::to_string(getpid());
   }
   checkpointer::Checkpointer checkpointer(&loop, **bus, subjects, **store, staging_dir);
+  checkpointer.SetStoreUri(checkpoint_path);
   std::unique_ptr<service::SignalWatcher> signals;
   auto shutdown = [&](const std::string& why) {
     spdlog::info("checkpointer stopping: {}", why);

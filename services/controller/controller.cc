@@ -101,6 +101,7 @@ void Controller::StepDown(const std::string& why) {
 void Controller::LoadCheckpoint() {
   wire::CheckpointGetT get;
   get.key = kStateKey;
+  get.store = options_.checkpoint_path;
   bus_.Request(subjects_.ckpt_get, wire::Pack(get), options_.request_timeout_s,
                [this](Result<bus::Message> reply) {
                  auto retry = [this](const std::string& why) {
@@ -405,6 +406,7 @@ void Controller::WriteCheckpoint() {
   wire::CheckpointPutT put;
   put.key = kStateKey;
   put.generation = generation;
+  put.store = options_.checkpoint_path;
   std::string data = wire::Pack(*state);
   put.data.assign(data.begin(), data.end());
   checkpoint_in_flight_ = true;

@@ -20,6 +20,9 @@ struct ControllerOptions {
   double tick_s = 0.1;
   // How long a bus request to a node or the checkpointer may take.
   double request_timeout_s = 10;
+  // The store this controller's state lives in (--checkpoint-path); when set, a checkpointer
+  // serving another store is refused rather than recovered from. Empty: whichever answers.
+  std::string checkpoint_path;
   ReconcilerOptions reconciler;
 };
 

@@ -13,6 +13,10 @@ int main(int argc, char** argv) {
   controller::ControllerOptions options;
   service::AddCommonFlags(app, flags);
   app.add_option("--controller-id", options.controller_id, "Id (default: controller-<random>)");
+  app.add_option("--checkpoint-path", options.checkpoint_path,
+                 "The store the checkpointer must serve (as given to serve-checkpointer); "
+                 "another is refused. Default: whichever checkpointer answers")
+      ->envname("SERVE_CHECKPOINT_PATH");
   app.add_option("--adoption-grace-s", options.reconciler.adoption_grace_s,
                  "After a restart, wait this long for running replicas to be reported before "
                  "starting new ones")

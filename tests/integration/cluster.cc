@@ -47,7 +47,8 @@ void Cluster::StartCheckpointer() {
 }
 
 void Cluster::StartController() {
-  std::vector<std::string> argv = {BinDir() + "/serve-controller"};
+  std::vector<std::string> argv = {BinDir() + "/serve-controller", "--checkpoint-path",
+                                   options_.checkpoint_uri};
   auto flags = CommonFlags();
   argv.insert(argv.end(), flags.begin(), flags.end());
   controller_ = Process(argv, dir() + "/controller.log", options_.env);

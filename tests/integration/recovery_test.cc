@@ -309,3 +309,28 @@ TEST(CorruptCheckpointTest, IsRefusedAndLeftAlone) {
 
 }  // namespace
 }  // namespace serve::testing
+
+namespace serve::testing {
+namespace {
+
+// A controller started for another store than the checkpointer serves refuses to recover from
+// it, and says which two differ.
+TEST(StoreIdentityTest, ControllerRefusesACheckpointerOfAnotherStore) {
+  Cluster cluster;
+  cluster.controller().Kill();
+  Process controller({BinDir() + "/serve-controller", "--address", cluster.nats_url(),
+                      "--namespace", "itest", "--checkpoint-path", "redis://127.0.0.1:1/0"},
+                     cluster.dir() + "/controller-2.log");
+  CommandResult status;
+  ASSERT_TRUE(WaitUntil([&] {
+    status = cluster.Serve({"status"});
+    return status.output.find("this checkpointer serves") != std::string::npos;
+  })) << status.output << ReadFile(cluster.dir() + "/controller-2.log");
+  EXPECT_NE(status.exit_code, 0);
+  EXPECT_THAT(status.output, ::testing::HasSubstr("redis://127.0.0.1:1/0"));
+  EXPECT_THAT(status.output, ::testing::HasSubstr("same --checkpoint-path"));
+  controller.Stop();
+}
+
+}  // namespace
+}  // namespace serve::testing
