@@ -81,12 +81,6 @@ void Report(const std::string& what, double seconds) {
   ::testing::Test::RecordProperty(what, std::to_string(seconds));
 }
 
-std::string Field(const std::string& json_text, const std::string& key) {
-  auto json = nlohmann::json::parse(json_text, nullptr, false);
-  if (!json.is_object() || !json.contains(key)) return "";
-  return json[key].is_string() ? json[key].get<std::string>() : json[key].dump();
-}
-
 // (a) check_health starts failing: replaced after 3 failed checks, by a new replica id.
 TEST(HealthTest, FailingHealthCheckIsReplaced) {
   Cluster cluster;
