@@ -1,5 +1,7 @@
 #include "service/threads.h"
 
+#include <algorithm>
+
 namespace serve::service {
 
 struct LoopInbox::Shared {
@@ -7,9 +9,12 @@ struct LoopInbox::Shared {
   std::mutex mutex;
   std::vector<std::function<void()>> queue;
   bool closed = false;
+  std::shared_ptr<Shared> handle_ref;  // the handle's hold, released by its close callback
 };
 
-LoopInbox::LoopInbox(uv_loop_t* loop) : shared_(new Shared) {
+LoopInbox::LoopInbox(uv_loop_t* loop) : shared_(std::make_shared<Shared>()) {
+  shared_->handle_ref = shared_;
+  shared_->async.data = shared_.get();
   uv_async_init(loop, &shared_->async, [](uv_async_t* handle) {
     auto* shared = static_cast<Shared*>(handle->data);
     std::vector<std::function<void()>> batch;
@@ -20,30 +25,29 @@ LoopInbox::LoopInbox(uv_loop_t* loop) : shared_(new Shared) {
     }
     for (auto& fn : batch) fn();
   });
-  shared_->async.data = shared_;
 }
 
 LoopInbox::~LoopInbox() { Close(); }
 
 void LoopInbox::Post(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lock(shared_->mutex);
-    if (shared_->closed) return;
-    shared_->queue.push_back(std::move(fn));
-  }
+  // The send happens under the mutex: Close() takes it before it closes the handle, so the
+  // handle is alive for every send that finds the inbox open.
+  std::lock_guard<std::mutex> lock(shared_->mutex);
+  if (shared_->closed) return;
+  shared_->queue.push_back(std::move(fn));
   uv_async_send(&shared_->async);
 }
 
 void LoopInbox::Close() {
-  if (shared_ == nullptr) return;
   {
     std::lock_guard<std::mutex> lock(shared_->mutex);
+    if (shared_->closed) return;
     shared_->closed = true;
     shared_->queue.clear();
   }
-  uv_close(reinterpret_cast<uv_handle_t*>(&shared_->async),
-           [](uv_handle_t* handle) { delete static_cast<Shared*>(handle->data); });
-  shared_ = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(&shared_->async), [](uv_handle_t* handle) {
+    static_cast<Shared*>(handle->data)->handle_ref.reset();
+  });
 }
 
 ThreadPool::ThreadPool(size_t max_threads) : max_threads_(max_threads == 0 ? 1 : max_threads) {}
@@ -76,6 +80,16 @@ size_t ThreadPool::busy() const {
   return busy_;
 }
 
+bool ThreadPool::WaitIdle(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return idle_changed_.wait_for(lock, timeout, [this] { return busy_ == 0 && tasks_.empty(); });
+}
+
+void ThreadPool::SetMaxThreads(size_t max_threads) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  max_threads_ = std::max(max_threads_, max_threads);
+}
+
 void ThreadPool::Abandon() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -101,6 +115,7 @@ void ThreadPool::Run() {
     task();
     lock.lock();
     --busy_;
+    idle_changed_.notify_all();
   }
 }
 

@@ -4,7 +4,9 @@
 
 #include <condition_variable>
 #include <deque>
+#include <chrono>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -20,14 +22,17 @@ class LoopInbox {
   LoopInbox(const LoopInbox&) = delete;
   LoopInbox& operator=(const LoopInbox&) = delete;
 
-  // Thread-safe. Functions posted after Close() are dropped.
+  // Thread-safe. Functions posted after Close() are dropped, also from threads that outlive
+  // this object.
   void Post(std::function<void()> fn);
   // Closes the handle (on the loop thread); functions not yet run are dropped.
   void Close();
 
  private:
   struct Shared;
-  Shared* shared_;  // freed by the handle's close callback
+  // Held here and by the handle until its close callback, and by nothing else: Post() only
+  // touches it under its mutex, after checking that it is still open.
+  std::shared_ptr<Shared> shared_;
 };
 
 // A pool of up to `max_threads` threads running posted tasks in FIFO order. Threads start as
@@ -44,6 +49,10 @@ class ThreadPool {
   void Post(std::function<void()> task);
   // Tasks running right now (not queued ones).
   size_t busy() const;
+  // Waits until no task runs and none is queued, or `timeout` passes; true when idle.
+  bool WaitIdle(std::chrono::milliseconds timeout);
+  // Lets more threads start, up to `max_threads` (never fewer than now).
+  void SetMaxThreads(size_t max_threads);
   // Lets the threads go without waiting for them: for a process about to exit while user code
   // is stuck in a call that will never return.
   void Abandon();
@@ -51,7 +60,8 @@ class ThreadPool {
  private:
   void Run();
 
-  const size_t max_threads_;
+  size_t max_threads_;
+  std::condition_variable idle_changed_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> tasks_;

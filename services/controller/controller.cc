@@ -85,6 +85,7 @@ Status Controller::Start() {
 }
 
 void Controller::Stop() {
+  stopped_ = true;
   ticker_.reset();
   load_retry_.reset();
 }
@@ -289,6 +290,7 @@ void Controller::StartReplica(const std::string& node_id, const std::string& rep
   spdlog::info("starting replica {} of {} on node {}", replica_id, spec.name, node_id);
   bus_.Request(subjects_.NodeStart(node_id), wire::Pack(order), options_.request_timeout_s,
                [this, replica_id](Result<bus::Message> reply) {
+                 if (stopped_) return;
                  reconciler_.OnStartResult(replica_id,
                                            ReplyStatus<wire::StartReplicaReply>(reply));
                  Sync();
@@ -325,10 +327,13 @@ void Controller::ReconfigureReplica(const std::string& replica_id,
   order.replica_id = replica_id;
   order.user_config = spec.user_config;
   order.health_check_period_s = spec.health_check_period_s;
+  order.max_concurrent_queries = spec.max_concurrent_queries;
+  order.health_check_timeout_s = spec.health_check_timeout_s;
   spdlog::info("reconfiguring replica {} of {}", replica_id, spec.name);
   bus_.Request(subjects_.ReplicaControl(replica_id), wire::Pack(order),
                options_.request_timeout_s,
                [this, replica_id, config_hash](Result<bus::Message> reply) {
+                 if (stopped_) return;
                  reconciler_.OnReconfigureResult(replica_id, config_hash,
                                                  ReplyStatus<wire::ReconfigureReply>(reply));
                  Sync();
@@ -355,14 +360,18 @@ std::string Controller::RouteTableBytes() {
 }
 
 void Controller::Sync() {
-  if (!loaded_) return;
+  // A stopped controller (shut down, or stepped down for a newer one) publishes no routes and
+  // sends no orders, even for replies that arrive while its bus closes.
+  if (!loaded_ || stopped_) return;
   std::string routes = wire::Pack(reconciler_.Routes());
   if (routes != published_routes_ && !reconciler_.Recovering()) {
     published_routes_ = std::move(routes);
     ++route_generation_;
     (void)bus_.Publish(subjects_.routes, RouteTableBytes());
   }
-  SendStops();
+  // Stops follow the routes that no longer lead to the replicas; while recovering no table
+  // goes out, so no stop does either.
+  if (!reconciler_.Recovering()) SendStops();
   wire::ControllerStateT state;
   for (auto& spec : reconciler_.Desired()) {
     state.deployments.push_back(std::make_unique<wire::DeploymentSpecT>(std::move(spec)));

@@ -97,6 +97,7 @@ class Controller : public ReconcilerActions {
   std::function<void()> on_shutdown_;
   std::function<void(const std::string&)> on_fenced_;
   bool stepped_down_ = false;
+  bool stopped_ = false;  // Stop() ran: replies that still arrive change nothing
   std::string load_error_;  // why the checkpoint cannot be loaded, while it cannot
 
   std::vector<std::pair<std::string, std::string>> pending_stops_;  // (node, replica)

@@ -51,10 +51,12 @@ std::string Fingerprint(const wire::DeploymentSpecT& spec) {
 }
 
 // What a running replica takes without a restart: user_config (through the user's
-// reconfigure) and its heartbeat period. max_concurrent_queries and the health timeout are
-// enforced by proxies and the controller, so they need no replica change at all.
+// reconfigure), its heartbeat period, and the limits it enforces itself (max_concurrent_queries,
+// the health-check deadline), which proxies and the controller apply too.
 std::string ConfigHash(const wire::DeploymentSpecT& spec) {
-  return ShortHash(spec.user_config + "\n" + std::to_string(spec.health_check_period_s));
+  return ShortHash(spec.user_config + "\n" + std::to_string(spec.health_check_period_s) + "\n" +
+                   std::to_string(spec.max_concurrent_queries) + "\n" +
+                   std::to_string(spec.health_check_timeout_s));
 }
 
 // What a derived version covers: the code. Options that change in place do not count.

@@ -1308,9 +1308,15 @@ TEST_F(ReconcilerTest, MaxConcurrentQueriesChangesWithoutARestart) {
   cluster_.ClearCalls();
   auto changed = Spec("hello", 2);
   changed.max_concurrent_queries = 7;
-  EXPECT_THAT(DeployOk(std::move(changed)), ElementsAre("hello: options updated in place"));
+  EXPECT_THAT(DeployOk(std::move(changed)), ElementsAre("hello: reconfigured in place"));
   EXPECT_TRUE(cluster_.starts.empty());
   EXPECT_TRUE(cluster_.stops.empty());
+  // The replicas enforce the limit too, so they are told.
+  ASSERT_EQ(cluster_.reconfigures.size(), 2u);
+  for (const auto& call : cluster_.reconfigures) {
+    r().OnReconfigureResult(call.replica, call.config_hash, Status::Ok());
+  }
+  r().Step();
   auto table = r().Routes();
   ASSERT_EQ(table.routes.size(), 1u);
   ASSERT_EQ(table.routes[0]->replicas.size(), 2u);

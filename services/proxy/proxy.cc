@@ -276,10 +276,22 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
           return;
         }
         const wire::HttpResponse& r = **answer;
-        if (r.overloaded() && call->attempts < options_.max_attempts) {
-          // Full with other proxies' requests: another replica may have room.
-          spdlog::debug("[{}] replica {} is full; trying another", call->request_id, replica_id);
-          Attempt(call);
+        if (r.overloaded()) {
+          // Full with other proxies' requests: another replica may have room. When none is
+          // left to try, the answer is the replica's own 503, which a client may retry.
+          const Route* route = router_.Lookup(call->route_prefix);
+          bool all_full = false;
+          bool another = route != nullptr && route->deployment == call->deployment &&
+                         router_.Pick(*route, call->tried, &all_full) != nullptr;
+          if (another && call->attempts < options_.max_attempts) {
+            spdlog::debug("[{}] replica {} is full; trying another", call->request_id,
+                          replica_id);
+            Attempt(call);
+            return;
+          }
+          Finish(call, TextResponse(503, (r.error() != nullptr ? r.error()->str() : "") +
+                                             "; every replica tried is full: retry later or "
+                                             "add replicas"));
           return;
         }
         if (r.error() != nullptr && r.error()->size() > 0) {

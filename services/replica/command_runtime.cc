@@ -37,7 +37,10 @@ constexpr size_t kTailLines = 20;            // lines of output kept for error m
 constexpr size_t kTailLineBytes = 500;       // a kept line is cut after this many bytes
 constexpr size_t kMaxLineBytes = 16 * 1024;  // a longer line is forwarded in pieces
 constexpr milliseconds kProbeInterval(50);
-constexpr double kMaxGracefulStopS = 30;
+// The command's own SIGTERM handling: by the time Stop() runs the worker has drained its
+// requests (up to graceful_shutdown_timeout_s), so the process gets a few seconds more, which
+// fit in the node agent's margin before it kills the worker.
+constexpr double kMaxGracefulStopS = 5;
 // How long an error waits for the last output of a command that exited.
 constexpr milliseconds kOutputSettle(1000);
 
@@ -480,6 +483,7 @@ class CommandRuntime : public Runtime {
   }
 
   int Concurrency() const override { return std::max(1, spec_.max_concurrent_queries); }
+  bool ScalesWithLimit() const override { return true; }
 
   HandlerResponse Handle(const RequestView& request) override {
     std::string url = base_url_;

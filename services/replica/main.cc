@@ -112,7 +112,7 @@ int RunWorker(int argc, char** argv) {
     });
   });
   service::RunLoop(&loop);
-  if (worker->user_code_stuck()) {
+  if (!worker->WaitForUserCode(std::chrono::milliseconds(200))) {
     // A handler or health check that never returns cannot be joined; leave without it.
     spdlog::shutdown();
     _exit(0);

@@ -121,6 +121,7 @@ class NativeRuntime : public Runtime {
   }
 
   int Concurrency() const override { return concurrency_; }
+  bool ScalesWithLimit() const override { return concurrency_ > 1; }
 
   HandlerResponse Handle(const RequestView& request) override {
     HandlerResponse answer;

@@ -196,7 +196,9 @@ void NodeAgent::StopWorker(Worker& worker) {
   kill(worker.pid, SIGTERM);
   worker.kill_timer = std::make_unique<service::OneShotTimer>(loop_);
   Worker* target = &worker;
-  worker.kill_timer->Start(worker.graceful_timeout_s + 1, [target] {
+  // The margin covers what follows the drain: stopping a command's process (up to 5 s) and
+  // the last heartbeat.
+  worker.kill_timer->Start(worker.graceful_timeout_s + 8, [target] {
     if (target->pid > 0) {
       spdlog::warn("replica {} did not stop within its grace period; killing it",
                    target->replica_id);
@@ -275,7 +277,7 @@ void NodeAgent::Shutdown(std::function<void()> done) {
     StopWorker(*worker);
   }
   shutdown_deadline_ = std::make_unique<service::OneShotTimer>(loop_);
-  shutdown_deadline_->Start(longest_grace + 2, [this] {
+  shutdown_deadline_->Start(longest_grace + 8, [this] {
     for (auto& [id, worker] : workers_) {
       if (worker->pid > 0) kill(worker->pid, SIGKILL);
     }

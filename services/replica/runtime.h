@@ -67,6 +67,9 @@ class Runtime {
   // 0: Handle is cheap and never blocks, so the worker calls it on its loop thread (the
   // built-ins). 1: calls are serialized on one handler thread. n > 1: up to n at once.
   virtual int Concurrency() const = 0;
+  // True when Concurrency() is the deployment's max_concurrent_queries (a kConcurrent class, a
+  // command), so a new limit applied in place lets more calls run at once.
+  virtual bool ScalesWithLimit() const { return false; }
   // Answers one request. Never throws: user code's failures become 5xx answers.
   virtual HandlerResponse Handle(const RequestView& request) = 0;
   // The user's health check. An error marks this check failed; its message says why.

@@ -79,6 +79,25 @@ ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
   }
 }
 
+bool ReplicaWorker::WaitForUserCode(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto left = [&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::max(deadline - std::chrono::steady_clock::now(),
+                 std::chrono::steady_clock::duration::zero()));
+  };
+  bool handlers_idle = handlers_ == nullptr || handlers_->WaitIdle(left());
+  return control_.WaitIdle(left()) && handlers_idle;
+}
+
+void ReplicaWorker::OnControlThread(std::function<void()> fn) {
+  if (handlers_ == nullptr) {
+    fn();
+  } else {
+    control_.Post(std::move(fn));
+  }
+}
+
 ReplicaWorker::~ReplicaWorker() {
   if (user_code_stuck()) {
     // Joining would wait forever on user code; the process is about to exit anyway.
@@ -171,7 +190,7 @@ void ReplicaWorker::OnHeartbeatTick() {
     }
   } else {
     check_started_ms_ = now;
-    control_.Post([this] {
+    OnControlThread([this] {
       Status health = runtime_->CheckHealth();
       inbox_.Post([this, health] {
         check_started_ms_ = 0;
@@ -198,12 +217,21 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
   }
   auto request = std::make_shared<bus::Message>(std::move(message));
   auto new_config = std::make_shared<wire::ReconfigureT>(std::move(*order));
-  control_.Post([this, request, new_config] {
+  OnControlThread([this, request, new_config] {
     Status applied = runtime_->Reconfigure(new_config->user_config);
     inbox_.Post([this, request, new_config, applied] {
       wire::ReconfigureReplyT reply;
       if (applied.ok()) {
         options_.spec.user_config = new_config->user_config;
+        if (new_config->health_check_timeout_s > 0) {
+          options_.spec.health_check_timeout_s = new_config->health_check_timeout_s;
+        }
+        if (new_config->max_concurrent_queries > 0) {
+          options_.spec.max_concurrent_queries = new_config->max_concurrent_queries;
+          if (handlers_ != nullptr && runtime_->ScalesWithLimit()) {
+            handlers_->SetMaxThreads(static_cast<size_t>(new_config->max_concurrent_queries));
+          }
+        }
         double period = new_config->health_check_period_s;
         if (period > 0 && period != options_.spec.health_check_period_s) {
           options_.spec.health_check_period_s = period;
@@ -264,7 +292,9 @@ void ReplicaWorker::MaybeFinishDrain() {
   if (!draining_ || !subscription_drained_ || in_flight_ > 0 || !drain_done_) return;
   drain_deadline_.reset();
   spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
-  if (!user_code_stuck()) runtime_->Stop();
+  // Also with user code still running: a command's process group must not outlive the worker,
+  // and stopping it ends the calls that wait on it.
+  runtime_->Stop();
   inbox_.Close();
   auto done = std::move(drain_done_);
   drain_done_ = nullptr;

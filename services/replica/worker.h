@@ -44,9 +44,9 @@ class ReplicaWorker {
   void Drain(std::function<void()> done);
 
   uint64_t completed() const { return completed_; }
-  // True when user code is still running (a handler or a health check that never returned):
-  // the process should then exit without waiting for it.
-  bool user_code_stuck() const;
+  // Waits up to `timeout` for user code still running on other threads (a handler, a health
+  // check); true when none is. When false, the process should exit without joining it.
+  bool WaitForUserCode(std::chrono::milliseconds timeout);
 
  private:
   void OnRequest(bus::Message& message);
@@ -56,6 +56,10 @@ class ReplicaWorker {
   void OnHeartbeatTick();
   void SendHeartbeat();
   void MaybeFinishDrain();
+  // Runs `fn` where the runtime wants its checks and reconfigures: on the loop thread for a
+  // runtime that answers there (its state is the loop's), else on the control thread.
+  void OnControlThread(std::function<void()> fn);
+  bool user_code_stuck() const;
 
   uv_loop_t* loop_;
   bus::Bus& bus_;

@@ -226,6 +226,21 @@ TEST(UserCodeTest, MaxConcurrentQueriesQueuesAtTheProxyAndHoldsPerReplica) {
   int widest = std::stoi(Field(wide.body, "max_in_flight"));
   EXPECT_LE(widest, 3) << wide.body;
   EXPECT_GE(widest, 2) << "a kConcurrent deployment runs calls side by side: " << wide.body;
+
+  // A higher limit applies in place: the same replica now runs 5 calls side by side (each
+  // /wait call returns only once 5 are in flight at once).
+  auto ids = RunningIds(cluster, "wide");
+  std::string path = cluster.dir() + "/wider.yaml";
+  WriteFile(path, "deployments:\n"
+                  "  - name: wide\n"
+                  "    runtime: native\n"
+                  "    artifact: " + TestLibrary("test_concurrent") + "\n"
+                  "    max_concurrent_queries: 5\n");
+  auto wider = cluster.Serve({"deploy", path});
+  ASSERT_EQ(wider.exit_code, 0) << wider.output;
+  EXPECT_THAT(wider.output, HasSubstr("reconfigured in place"));
+  EXPECT_EQ(burst("/wide/wait?n=5", 5), 5);
+  EXPECT_EQ(RunningIds(cluster, "wide"), ids);
 }
 
 // Two proxies can each keep within max_concurrent_queries and still, together, exceed it: the
