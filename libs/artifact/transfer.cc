@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <vector>
 
 #include "artifact/artifact.h"
@@ -54,6 +55,7 @@ Result<UploadOutcome> Upload(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
   wire::BlobPutT put;
   put.digest = digest;
   put.total_size = size;
+  put.upload_id = std::to_string(std::random_device{}()) + "-" + std::to_string(getpid());
   std::vector<char> buffer(kChunkBytes);
   uint64_t offset = 0;
   do {

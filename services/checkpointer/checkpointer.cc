@@ -204,18 +204,38 @@ void Checkpointer::OnBlobStat(const bus::Message& message) {
   Reply(message, wire::EncodeReply(codec_, reply, request->json));
 }
 
+void Checkpointer::DropAbandonedUploads() {
+  constexpr uint64_t kAbandonedAfterMs = 10 * 60 * 1000;
+  uint64_t now = NowMs();
+  for (auto it = uploads_.begin(); it != uploads_.end();) {
+    if (it->second.last_chunk_ms != 0 && now - it->second.last_chunk_ms > kAbandonedAfterMs) {
+      spdlog::info("dropping an upload of {} abandoned after {} of {} bytes",
+                   it->first.substr(0, it->first.find('/')), it->second.received,
+                   it->second.total_size);
+      std::filesystem::remove(it->second.path);
+      it = uploads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
   wire::BlobPutReplyT reply;
   if (!config::IsArtifactDigest(put.digest)) {
     reply.error = "'" + put.digest + "' is not an artifact digest (sha256:<64 hex digits>)";
     return reply;
   }
+  DropAbandonedUploads();
+  const std::string upload_key = put.digest + "/" + put.upload_id;
   if (put.offset == 0) {
     // A first chunk starts the upload over, whatever an earlier attempt left.
     std::string hex = put.digest.substr(put.digest.find(':') + 1);
-    uploads_[put.digest] = Upload{staging_dir_ + "/" + hex + ".upload", 0, put.total_size};
+    std::string name = hex + "-" + std::to_string(std::hash<std::string>{}(put.upload_id));
+    auto& upload = uploads_[upload_key];
+    upload = Upload{staging_dir_ + "/" + name + ".upload", 0, put.total_size, 0};
   }
-  auto it = uploads_.find(put.digest);
+  auto it = uploads_.find(upload_key);
   if (it == uploads_.end() || it->second.received != put.offset ||
       it->second.total_size != put.total_size) {
     uint64_t received = it == uploads_.end() ? 0 : it->second.received;
@@ -226,6 +246,7 @@ wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
     return reply;
   }
   Upload& upload = it->second;
+  upload.last_chunk_ms = NowMs();
   if (upload.received + put.data.size() > upload.total_size) {
     reply.error = "chunk of " + put.digest + " goes past its total_size of " +
                   std::to_string(upload.total_size) + " bytes";
@@ -239,7 +260,9 @@ wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
             static_cast<std::streamsize>(put.data.size()));
   out.close();
   if (!out) {
-    reply.error = "cannot write " + upload.path + " (is the disk full?)";
+    reply.error = "cannot write " + upload.path + " (is the disk full?); start again from offset 0";
+    std::filesystem::remove(upload.path);
+    uploads_.erase(it);
     return reply;
   }
   upload.received += put.data.size();

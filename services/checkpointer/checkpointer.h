@@ -76,12 +76,15 @@ class Checkpointer {
   ShutdownHandler on_shutdown_;
   bool stopped_ = false;
 
-  // Uploads in progress, by digest: the staged file and how many bytes it holds.
+  // Uploads in progress, by digest and upload id: the staged file, how many bytes it holds,
+  // and when the last chunk came (loop time), so abandoned ones are dropped.
   struct Upload {
     std::string path;
     uint64_t received = 0;
     uint64_t total_size = 0;
+    uint64_t last_chunk_ms = 0;
   };
+  void DropAbandonedUploads();
   std::string staging_dir_;
   std::string store_uri_;
   std::map<std::string, Upload> uploads_;

@@ -329,6 +329,29 @@ TEST_F(CheckpointerTest, FetchOfAnUnknownDigestSaysHowToFixIt) {
   EXPECT_FALSE(std::filesystem::exists(tmp_.path() + "/x"));
 }
 
+TEST_F(CheckpointerTest, TwoUploadsOfTheSameDigestAtOnceBothSucceed) {
+  std::string bytes = "0123456789";
+  auto chunk = [&](const std::string& id, uint64_t offset, uint64_t length) {
+    wire::BlobPutT put;
+    put.digest = artifact::DigestOf(bytes);
+    put.total_size = bytes.size();
+    put.offset = offset;
+    put.upload_id = id;
+    put.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(offset),
+                    bytes.begin() + static_cast<std::ptrdiff_t>(offset + length));
+    return Reply<wire::BlobPutReply>(Send(subjects_.ckpt_blob_put, wire::Pack(put)));
+  };
+  EXPECT_EQ(chunk("a", 0, 4).error, "");
+  EXPECT_EQ(chunk("b", 0, 6).error, "");
+  auto a = chunk("a", 4, 6);
+  EXPECT_EQ(a.error, "");
+  EXPECT_TRUE(a.stored);
+  auto b = chunk("b", 6, 4);
+  EXPECT_EQ(b.error, "");
+  EXPECT_TRUE(b.stored);
+  EXPECT_TRUE(std::filesystem::is_empty(staging_.path()));
+}
+
 TEST_F(CheckpointerTest, ChunkThatDoesNotContinueAnUploadIsRefused) {
   wire::BlobPutT put;
   put.digest = artifact::DigestOf("0123456789");
