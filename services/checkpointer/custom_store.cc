@@ -26,28 +26,6 @@ Status UriError(const std::string& uri, const std::string& problem) {
   return Status::Error("checkpoint path '" + uri + "' " + problem + "; the form is " + kForm);
 }
 
-Result<std::string> PercentDecode(std::string_view text) {
-  auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  std::string out;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] != '%') {
-      out += text[i];
-      continue;
-    }
-    if (i + 2 >= text.size() || hex(text[i + 1]) < 0 || hex(text[i + 2]) < 0) {
-      return Status::Error("has a '%' that is not followed by two hex digits");
-    }
-    out += static_cast<char>(hex(text[i + 1]) * 16 + hex(text[i + 2]));
-    i += 2;
-  }
-  return out;
-}
-
 // Parameter values whose names suggest a secret stay out of Describe(), which is logged.
 bool LooksSecret(const std::string& name) {
   for (const char* word : {"password", "secret", "token", "credential"}) {

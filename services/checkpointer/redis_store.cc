@@ -89,33 +89,6 @@ bool IsDigits(std::string_view text) {
   return !text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos;
 }
 
-Result<std::string> PercentDecode(std::string_view text) {
-  std::string out;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] != '%') {
-      out += text[i];
-      continue;
-    }
-    if (i + 2 >= text.size()) {
-      return Status::Error("has a '%' that is not followed by two hex digits");
-    }
-    auto hex = [](char c) -> int {
-      if (c >= '0' && c <= '9') return c - '0';
-      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-      return -1;
-    };
-    int high = hex(text[i + 1]);
-    int low = hex(text[i + 2]);
-    if (high < 0 || low < 0) {
-      return Status::Error("has a '%' that is not followed by two hex digits");
-    }
-    out += static_cast<char>(high * 16 + low);
-    i += 2;
-  }
-  return out;
-}
-
 Result<RedisUri> ParseRedisUri(const std::string& uri) {
   constexpr std::string_view kScheme = "redis://";
   if (uri.size() < kScheme.size() ||

@@ -192,24 +192,6 @@ Status ResolveCredentials(S3StoreConfig* config) {
                        "profile, AWS_SHARED_CREDENTIALS_FILE another file)");
 }
 
-bool IsHexDigit(char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; }
-
-Result<std::string> PercentDecode(std::string_view text) {
-  std::string out;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] != '%') {
-      out += text[i];
-      continue;
-    }
-    if (i + 2 >= text.size() || !IsHexDigit(text[i + 1]) || !IsHexDigit(text[i + 2])) {
-      return Status::Error("'" + std::string(text) + "' has a '%' not followed by two hex digits");
-    }
-    out += static_cast<char>(std::stoi(std::string(text.substr(i + 1, 2)), nullptr, 16));
-    i += 2;
-  }
-  return out;
-}
-
 // "http://127.0.0.1:9000" or "https://host"; a trailing '/' is dropped, any other path refused.
 Result<std::string> ValidateEndpoint(const std::string& endpoint, const std::string& origin) {
   auto bad = [&](const std::string& why) {
@@ -849,7 +831,7 @@ Result<S3StoreConfig> ResolveS3StoreConfig(const std::string& uri) {
         return bad("gives no value for the parameter '" + name + "'");
       }
       auto value = PercentDecode(pair.substr(equals + 1));
-      if (!value.ok()) return bad("has a bad value for '" + name + "': " + value.error());
+      if (!value.ok()) return bad("has a value for '" + name + "' that " + value.error());
       if (!params.emplace(name, *value).second) {
         return bad("gives the parameter '" + name + "' twice");
       }

@@ -628,7 +628,7 @@ TEST(S3StoreUri, MalformedUrisAreClearErrors) {
       {"s3://bucket/p?multipart_threshold=16MB", "not a number of bytes"},
       {"s3://bucket/p?part_size=0", "part_size=0"},
       {"s3://bucket/p?region=us-east-1&region=eu-west-1", "parameter 'region' twice"},
-      {"s3://bucket/p?region=us%2", "'%' not followed by two hex digits"},
+      {"s3://bucket/p?region=us%2", "'%' that is not followed by two hex digits"},
       {"s3://bucket/p#frag", "must not contain '#'"},
   };
   for (const auto& [uri, expected] : cases) {

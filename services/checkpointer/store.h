@@ -72,6 +72,11 @@ Result<Record> DecodeRecord(const std::string& key, std::string_view bytes,
 // The refusal of a put whose generation is older than the stored one (the fencing message).
 Status OlderGenerationRefused(const std::string& key, uint64_t generation, uint64_t stored);
 
+// Decodes %XX escapes in a part of a --checkpoint-path (a password, a parameter). A '%' without
+// two hex digits after it is an error "has a '%' that is not followed by two hex digits", for
+// the caller to put the part's name in front of.
+Result<std::string> PercentDecode(std::string_view text);
+
 // Opens the store named by a --checkpoint-path URI: "file:///abs/dir" (a relative
 // "file://dir" is taken from the working directory). The file store creates its directory, so
 // a store that cannot be used fails here rather than at the first put.
