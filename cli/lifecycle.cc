@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <thread>
@@ -30,8 +31,15 @@ Result<std::unique_ptr<Client>> ConnectOrStartNats(const GlobalOptions& global, 
                          "\nserve start only launches a NATS server for a local "
                          "nats://host:port address; start NATS there or fix --address.");
   }
-  std::vector<std::string> argv = {
-      "nats-server", "-a", hp->host, "-p", std::to_string(hp->port), "--pid", run.PidPath("nats")};
+  // Requests and answers travel as single NATS messages: allow 8 MiB instead of NATS's 1 MiB
+  // default (the proxy answers 413 above the limit the server announces).
+  std::string config = run.path() + "/nats.conf";
+  {
+    std::ofstream out(config, std::ios::trunc);
+    out << "# Written by serve start.\nmax_payload: 8388608\n";
+  }
+  std::vector<std::string> argv = {"nats-server", "-c", config, "-a", hp->host,
+                                   "-p", std::to_string(hp->port), "--pid", run.PidPath("nats")};
   if (!global.bus.user.empty()) {
     argv.insert(argv.end(), {"--user", global.bus.user, "--pass", global.bus.password});
   } else if (!global.bus.token.empty()) {

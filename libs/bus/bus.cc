@@ -257,6 +257,12 @@ bool Bus::connected() const {
   return connection_ != nullptr && natsConnection_Status(connection_) == NATS_CONN_STATUS_CONNECTED;
 }
 
+uint64_t Bus::max_payload() const {
+  if (connection_ == nullptr || !connected()) return 0;
+  int64_t limit = natsConnection_GetMaxPayload(connection_);
+  return limit > 0 ? static_cast<uint64_t>(limit) : 0;
+}
+
 Status Bus::Flush(double timeout_s) {
   if (connection_ == nullptr) return Status::Error("bus is closed");
   natsStatus s = natsConnection_FlushTimeout(connection_, static_cast<int64_t>(timeout_s * 1000));

@@ -98,6 +98,8 @@ class Bus {
 
   void SetConnectionListener(ConnectionListener listener);
   bool connected() const;
+  // The largest message the server takes (its max_payload), or 0 while not connected.
+  uint64_t max_payload() const;
   const std::string& url() const { return options_.url; }
   size_t pending_requests() const { return pending_.size(); }
 

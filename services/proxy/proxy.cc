@@ -231,6 +231,14 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
                                        " could take the request"));
     return;
   }
+  if (uint64_t limit = bus_.max_payload(); limit > 0 && call->encoded.size() > limit) {
+    Finish(call, TextResponse(413, "the request (" + std::to_string(call->encoded.size()) +
+                                       " bytes with its headers) is larger than the bus carries "
+                                       "(NATS max_payload: " + std::to_string(limit) +
+                                       " bytes); send less, or raise max_payload in the "
+                                       "nats-server configuration"));
+    return;
+  }
   ++call->attempts;
   call->tried.insert(target->id);
   std::string replica_id = target->id;

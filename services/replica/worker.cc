@@ -124,6 +124,18 @@ Status ReplicaWorker::Start() {
 }
 
 void ReplicaWorker::Answer(const bus::Message& request, const std::string& bytes) {
+  if (uint64_t limit = bus_.max_payload(); limit > 0 && bytes.size() > limit) {
+    // Dropping it would leave the client waiting for the proxy's timeout: say why instead.
+    std::string why = "the response of " + options_.spec.name + " (" +
+                      std::to_string(bytes.size()) + " bytes) is larger than the bus carries "
+                      "(NATS max_payload: " + std::to_string(limit) +
+                      " bytes); answer with less, or raise max_payload in the nats-server "
+                      "configuration";
+    spdlog::warn("replica {}: {}", options_.replica_id, why);
+    Status sent = bus_.Respond(request, ErrorResponse(why, 502));
+    if (!sent.ok()) spdlog::warn("replica {}: {}", options_.replica_id, sent.message());
+    return;
+  }
   Status sent = bus_.Respond(request, bytes);
   if (!sent.ok()) {
     spdlog::warn("replica {}: cannot answer a request: {}", options_.replica_id, sent.message());

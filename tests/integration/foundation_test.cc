@@ -156,6 +156,17 @@ TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsSer
   EXPECT_EQ(cluster.Get("/hello").body, "hello world");
 }
 
+// A request larger than NATS carries gets 413 that says so (the test's nats-server keeps the
+// default 1 MiB max_payload), and the proxy goes on serving.
+TEST(Foundation, RequestLargerThanTheBusCarriesIs413) {
+  Cluster cluster;
+  cluster.Deploy(kEcho);
+  auto answer = HttpRequest(cluster.http_port(), "POST", "/echo", std::string(1500 * 1000, 'x'));
+  EXPECT_EQ(answer.status, 413) << answer.body << answer.error;
+  EXPECT_THAT(answer.body, HasSubstr("max_payload"));
+  EXPECT_EQ(HttpRequest(cluster.http_port(), "POST", "/echo", "small").status, 200);
+}
+
 TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
   Cluster cluster;
   cluster.Deploy(kHello);
