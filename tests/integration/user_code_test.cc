@@ -189,6 +189,29 @@ TEST(UserCodeTest, BadCodeEndsInDeployFailedWithItsCause) {
   }
 }
 
+// Local code that is not there is refused before anything is sent, with the path resolved.
+TEST(UserCodeTest, MissingLocalCodeIsAClearDeployError) {
+  Cluster cluster;
+  std::string path = cluster.dir() + "/missing.yaml";
+  WriteFile(path, "deployments:\n"
+                  "  - name: lib\n"
+                  "    runtime: native\n"
+                  "    artifact: ./build/libnothing.so\n");
+  auto missing = cluster.Serve({"deploy", path});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_THAT(missing.output, HasSubstr(cluster.dir() + "/build/libnothing.so"));
+  EXPECT_THAT(missing.output, HasSubstr("does not exist; build it first"));
+  WriteFile(path, "deployments:\n"
+                  "  - name: cmd\n"
+                  "    runtime: command\n"
+                  "    working_dir: missing.yaml\n"
+                  "    command: [\"true\"]\n");
+  auto not_a_dir = cluster.Serve({"deploy", path});
+  EXPECT_NE(not_a_dir.exit_code, 0);
+  EXPECT_THAT(not_a_dir.output, HasSubstr("is not a directory"));
+  EXPECT_TRUE(cluster.Status()["deployments"].empty()) << "nothing was deployed";
+}
+
 // max_concurrent_queries with slow handlers: the proxy queues what the replicas cannot take,
 // and no replica ever runs more than its limit.
 TEST(UserCodeTest, MaxConcurrentQueriesQueuesAtTheProxyAndHoldsPerReplica) {
