@@ -95,13 +95,8 @@ std::string Checkpointer::WrongStore(const std::string& requested) const {
 
 void Checkpointer::OnPut(const bus::Message& message) {
   wire::CheckpointPutReplyT reply;
-  auto request = wire::DecodeRequest<wire::CheckpointPut>(codec_, message.data);
-  if (!request.ok()) {
-    spdlog::warn("bad request on {}: {}", message.subject, request.error());
-    reply.error = request.error();
-    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
-    return;
-  }
+  auto request = DecodeOrRefuse<wire::CheckpointPut, wire::CheckpointPutReply>(message);
+  if (!request) return;
   const wire::CheckpointPutT& put = request->value;
   if (stopped_ || !WrongStore(put.store).empty()) {
     reply.error = stopped_ ? kStopping : WrongStore(put.store);
@@ -133,13 +128,8 @@ void Checkpointer::OnPut(const bus::Message& message) {
 
 void Checkpointer::OnGet(const bus::Message& message) {
   wire::CheckpointGetReplyT reply;
-  auto request = wire::DecodeRequest<wire::CheckpointGet>(codec_, message.data);
-  if (!request.ok()) {
-    spdlog::warn("bad request on {}: {}", message.subject, request.error());
-    reply.error = request.error();
-    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
-    return;
-  }
+  auto request = DecodeOrRefuse<wire::CheckpointGet, wire::CheckpointGetReply>(message);
+  if (!request) return;
   if (message.reply.empty()) {
     spdlog::debug("get on {} had no reply subject; nothing to answer", message.subject);
     return;
@@ -187,12 +177,8 @@ void Checkpointer::OnShutdown(const bus::Message& message) {
 
 void Checkpointer::OnBlobStat(const bus::Message& message) {
   wire::BlobStatReplyT reply;
-  auto request = wire::DecodeRequest<wire::BlobStat>(codec_, message.data);
-  if (!request.ok()) {
-    reply.error = request.error();
-    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
-    return;
-  }
+  auto request = DecodeOrRefuse<wire::BlobStat, wire::BlobStatReply>(message);
+  if (!request) return;
   if (stopped_) {
     reply.error = kStopping;
   } else if (auto size = store_.BlobSize(request->value.digest); !size.ok()) {
@@ -289,12 +275,8 @@ wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
 
 void Checkpointer::OnBlobPut(const bus::Message& message) {
   wire::BlobPutReplyT reply;
-  auto request = wire::DecodeRequest<wire::BlobPut>(codec_, message.data);
-  if (!request.ok()) {
-    reply.error = request.error();
-    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
-    return;
-  }
+  auto request = DecodeOrRefuse<wire::BlobPut, wire::BlobPutReply>(message);
+  if (!request) return;
   if (stopped_) {
     reply.error = kStopping;
   } else {
@@ -306,12 +288,8 @@ void Checkpointer::OnBlobPut(const bus::Message& message) {
 
 void Checkpointer::OnBlobGet(const bus::Message& message) {
   wire::BlobGetReplyT reply;
-  auto request = wire::DecodeRequest<wire::BlobGet>(codec_, message.data);
-  if (!request.ok()) {
-    reply.error = request.error();
-    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
-    return;
-  }
+  auto request = DecodeOrRefuse<wire::BlobGet, wire::BlobGetReply>(message);
+  if (!request) return;
   const wire::BlobGetT& get = request->value;
   if (stopped_) {
     reply.error = kStopping;

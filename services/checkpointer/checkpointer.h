@@ -1,9 +1,11 @@
 #pragma once
 
+#include <spdlog/spdlog.h>
 #include <uv.h>
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "base/status.h"
@@ -60,6 +62,19 @@ class Checkpointer {
   // Applies one chunk of an upload; the reply says how far the upload got.
   wire::BlobPutReplyT ReceiveChunk(const wire::BlobPutT& put);
   void Reply(const bus::Message& request, const std::string& bytes);
+  // Decodes a request of table T. When it does not decode, answers a ReplyT table carrying why (in
+  // JSON when the request looked like JSON) and returns nullopt.
+  template <typename T, typename ReplyT>
+  std::optional<wire::Decoded<typename T::NativeTableType>> DecodeOrRefuse(
+      const bus::Message& message) {
+    auto request = wire::DecodeRequest<T>(codec_, message.data);
+    if (request.ok()) return std::move(*request);
+    spdlog::warn("bad request on {}: {}", message.subject, request.error());
+    typename ReplyT::NativeTableType reply;
+    reply.error = request.error();
+    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
+    return std::nullopt;
+  }
   // Empty when `requested` (a request's `store`) is empty or names this checkpointer's store;
   // otherwise the error to answer with.
   std::string WrongStore(const std::string& requested) const;
