@@ -3,6 +3,7 @@
 #include <chrono>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -126,12 +127,37 @@ Status WaitUntilHealthy(Client& client, const std::vector<std::string>& names, d
   std::string status_bytes = wire::Pack(status_request);
   std::map<std::string, Progress> shown;
   auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  // A controller that restarts (or fails over) mid-deploy picks the deploy up from its
+  // checkpoint: wait for it, within limits, rather than report a failure that is not one.
+  constexpr auto kControllerAbsence = std::chrono::seconds(60);
+  std::optional<Clock::time_point> unanswered_since;
   while (true) {
     if (stop != nullptr && stop->requested()) {
       return Status::Error("interrupted before every deployment was HEALTHY");
     }
     auto status = client.CallFor<wire::StatusReply>(client.subjects().ctl_status, status_bytes, 5);
-    if (!status.ok()) return status.status();
+    if (!status.ok()) {
+      auto now = Clock::now();
+      if (!unanswered_since.has_value()) {
+        unanswered_since = now;
+        std::cout << "  the controller does not answer (" << status.error()
+                  << "); waiting for it to come back" << std::endl;
+      }
+      if (now - *unanswered_since > kControllerAbsence || now > deadline) {
+        return Status::Error("the controller has not answered for " +
+                             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                                now - *unanswered_since)
+                                                .count()) +
+                             " s: " + status.error() +
+                             "; the deployment goes on once it is back (see `serve status`)");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    if (unanswered_since.has_value()) {
+      std::cout << "  the controller answers again" << std::endl;
+      unanswered_since.reset();
+    }
     bool all_healthy = !status->deployments.empty();
     for (const auto& d : status->deployments) {
       Progress now;

@@ -439,10 +439,21 @@ void Bus::FailAllRequests(const std::string& why) {
 }
 
 void Bus::DrainQueue() {
+  // At most kBatch messages per turn of the loop: a flood (a thousand stop orders, garbage from
+  // a hostile client) must not starve the loop's timers, which send this service's heartbeats.
+  constexpr size_t kBatch = 64;
   std::deque<BusShared::Item> items;
   {
     std::lock_guard<std::mutex> lock(shared_->mutex);
-    items.swap(shared_->queue);
+    if (shared_->queue.size() <= kBatch) {
+      items.swap(shared_->queue);
+    } else {
+      auto end = shared_->queue.begin() + kBatch;
+      items.insert(items.end(), std::make_move_iterator(shared_->queue.begin()),
+                   std::make_move_iterator(end));
+      shared_->queue.erase(shared_->queue.begin(), end);
+      if (shared_->wakeup != nullptr) uv_async_send(shared_->wakeup);  // the rest next turn
+    }
   }
   for (auto& item : items) {
     if (closed_) return;

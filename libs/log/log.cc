@@ -1,6 +1,7 @@
 #include "log/log.h"
 
 #include <spdlog/sinks/stdout_sinks.h>
+#include <chrono>
 #include <unistd.h>
 
 namespace serve::log {
@@ -29,6 +30,23 @@ Status Init(const Options& options) {
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
   return Status::Ok();
+}
+
+}  // namespace serve::log
+
+namespace serve::log {
+
+bool RateLimit::Allow(uint64_t* suppressed) {
+  double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+                   .count();
+  if (now - last_ < interval_s_) {
+    ++held_;
+    return false;
+  }
+  last_ = now;
+  *suppressed = held_;
+  held_ = 0;
+  return true;
 }
 
 }  // namespace serve::log

@@ -7,6 +7,8 @@
 
 #include <optional>
 
+#include "log/log.h"
+
 namespace serve::controller {
 namespace {
 
@@ -31,7 +33,14 @@ std::optional<typename Table::NativeTableType> DecodeEvent(const bus::Message& m
                                                            const char* what) {
   auto decoded = wire::Unpack<Table>(message.data);
   if (!decoded.ok()) {
-    spdlog::warn("dropped a {}: {}", what, decoded.error());
+    static log::RateLimit limit;
+    uint64_t suppressed = 0;
+    if (limit.Allow(&suppressed)) {
+      spdlog::warn("dropped a {} on {}: {}{}", what, message.subject, decoded.error(),
+                   suppressed > 0 ? " (and " + std::to_string(suppressed) +
+                                        " more undecodable messages since the last such line)"
+                                  : "");
+    }
     return std::nullopt;
   }
   return std::move(*decoded);
@@ -76,7 +85,19 @@ Status Controller::Start() {
   Subscribe(subjects_.hb_replica, &Controller::OnReplicaHeartbeat);
   Subscribe(subjects_.hb_proxy, &Controller::OnProxyHeartbeat);
   Subscribe(subjects_.node_exited, &Controller::OnReplicaExited);
+  // Cut off from the bus, the controller hears nobody: that silence is no evidence against
+  // anyone (see Reconciler::SetBusConnected).
+  reconciler_.SetBusConnected(bus_.connected());
+  bus_.SetConnectionListener([this](bool connected) {
+    if (stopped_) return;
+    spdlog::log(connected ? spdlog::level::info : spdlog::level::warn,
+                connected ? "bus connection back: holding verdicts until every member is heard"
+                          : "bus connection lost: no verdicts from missing heartbeats until it "
+                            "is back");
+    reconciler_.SetBusConnected(connected);
+  });
   load_retry_ = std::make_unique<service::OneShotTimer>(loop_);
+  routes_timer_ = std::make_unique<service::OneShotTimer>(loop_);
   LoadCheckpoint();
   ticker_ = std::make_unique<service::RepeatingTimer>(loop_, options_.tick_s, [this] { Tick(); });
   // No route table goes out before the checkpoint is loaded and running replicas are adopted:
@@ -88,6 +109,7 @@ void Controller::Stop() {
   stopped_ = true;
   ticker_.reset();
   load_retry_.reset();
+  routes_timer_.reset();
 }
 
 void Controller::StepDown(const std::string& why) {
@@ -147,6 +169,16 @@ void Controller::LoadCheckpoint() {
 }
 
 void Controller::Tick() {
+  double now = clock_.Now();
+  double gap = now - last_tick_at_;
+  if (last_tick_at_ > 0 && gap > options_.tick_s + 1.0) {
+    // Heartbeats that arrived meanwhile are still unread: missing them proves nothing.
+    spdlog::warn("the controller's loop was held up for {:.1f} s; judging no member from "
+                 "missing heartbeats until each had time to be heard again",
+                 gap);
+    reconciler_.ResumeListening();
+  }
+  last_tick_at_ = now;
   if (!loaded_) return;
   reconciler_.Step();
   Sync();
@@ -283,16 +315,28 @@ void Controller::OnReplicaExited(bus::Message& message) {
 }
 
 void Controller::StartReplica(const std::string& node_id, const std::string& replica_id,
-                              const wire::DeploymentSpecT& spec) {
+                              const wire::DeploymentSpecT& spec, const std::string& fingerprint,
+                              const std::string& config_hash) {
   wire::StartReplicaT order;
   order.replica_id = replica_id;
   order.spec = std::make_unique<wire::DeploymentSpecT>(spec);
+  order.fingerprint = fingerprint;
+  order.config_hash = config_hash;
   spdlog::info("starting replica {} of {} on node {}", replica_id, spec.name, node_id);
   bus_.Request(subjects_.NodeStart(node_id), wire::Pack(order), options_.request_timeout_s,
                [this, replica_id](Result<bus::Message> reply) {
                  if (stopped_) return;
-                 reconciler_.OnStartResult(replica_id,
-                                           ReplyStatus<wire::StartReplicaReply>(reply));
+                 StartOutcome outcome;
+                 outcome.delivered = reply.ok();
+                 outcome.status = ReplyStatus<wire::StartReplicaReply>(reply);
+                 if (reply.ok()) {
+                   auto answer = wire::Unpack<wire::StartReplicaReply>(reply->data);
+                   if (answer.ok()) {
+                     outcome.incarnation = answer->incarnation;
+                     outcome.heartbeat_seq = answer->heartbeat_seq;
+                   }
+                 }
+                 reconciler_.OnStartResult(replica_id, outcome);
                  Sync();
                });
 }
@@ -363,20 +407,35 @@ void Controller::Sync() {
   // A stopped controller (shut down, or stepped down for a newer one) publishes no routes and
   // sends no orders, even for replies that arrive while its bus closes.
   if (!loaded_ || stopped_) return;
-  std::string routes = wire::Pack(reconciler_.Routes());
-  if (routes != published_routes_ && !reconciler_.Recovering()) {
-    published_routes_ = std::move(routes);
-    ++route_generation_;
-    (void)bus_.Publish(subjects_.routes, RouteTableBytes());
+  // Building the table costs a pass over every replica: only when something it shows changed,
+  // and at most every kRoutesInterval_s, so a burst of changes (hundreds of replicas coming
+  // up) goes out as a few tables rather than one per replica.
+  if (reconciler_.routes_version() != routes_version_ && !reconciler_.Recovering()) {
+    double wait = last_routes_at_ + kRoutesInterval_s - clock_.Now();
+    if (wait > 0) {
+      if (!routes_timer_->active()) routes_timer_->Start(wait, [this] { Sync(); });
+    } else {
+      routes_version_ = reconciler_.routes_version();
+      last_routes_at_ = clock_.Now();
+      std::string routes = wire::Pack(reconciler_.Routes());
+      if (routes != published_routes_) {
+        published_routes_ = std::move(routes);
+        ++route_generation_;
+        (void)bus_.Publish(subjects_.routes, RouteTableBytes());
+      }
+    }
   }
   // Stops follow the routes that no longer lead to the replicas; while recovering no table
   // goes out, so no stop does either.
-  if (!reconciler_.Recovering()) SendStops();
-  wire::ControllerStateT state;
-  for (auto& spec : reconciler_.Desired()) {
-    state.deployments.push_back(std::make_unique<wire::DeploymentSpecT>(std::move(spec)));
+  if (!reconciler_.Recovering() && routes_version_ == reconciler_.routes_version()) SendStops();
+  if (reconciler_.desired_version() != desired_version_) {
+    desired_version_ = reconciler_.desired_version();
+    wire::ControllerStateT state;
+    for (auto& spec : reconciler_.Desired()) {
+      state.deployments.push_back(std::make_unique<wire::DeploymentSpecT>(std::move(spec)));
+    }
+    desired_bytes_ = wire::Pack(state);
   }
-  desired_bytes_ = wire::Pack(state);
   WriteCheckpoint();
 }
 

@@ -48,7 +48,8 @@ class Controller : public ReconcilerActions {
 
   // ReconcilerActions
   void StartReplica(const std::string& node_id, const std::string& replica_id,
-                    const wire::DeploymentSpecT& spec) override;
+                    const wire::DeploymentSpecT& spec, const std::string& fingerprint,
+                    const std::string& config_hash) override;
   void StopReplica(const std::string& node_id, const std::string& replica_id) override;
   void ReconfigureReplica(const std::string& replica_id, const wire::DeploymentSpecT& spec,
                           const std::string& config_hash) override;
@@ -103,6 +104,12 @@ class Controller : public ReconcilerActions {
   std::vector<std::pair<std::string, std::string>> pending_stops_;  // (node, replica)
   uint64_t route_generation_ = 0;
   std::string published_routes_;  // the last route table published, without its generation
+  uint64_t routes_version_ = 0;    // the reconciler's routes_version() it was built at
+  static constexpr double kRoutesInterval_s = 0.05;
+  double last_routes_at_ = 0;
+  std::unique_ptr<service::OneShotTimer> routes_timer_;
+  double last_tick_at_ = 0;
+  uint64_t desired_version_ = 0;   // the reconciler's desired_version() desired_bytes_ shows
 
   uint64_t checkpoint_generation_ = 0;
   std::string desired_bytes_;        // the desired state now

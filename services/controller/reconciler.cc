@@ -188,9 +188,12 @@ Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::Deployment
     d.last_failure.clear();
     d.state = DeploymentState::UPDATING;
     d.message = outcome;
+    MarkDirty(d.spec.name);
     actions_.Event("deployment", d.spec.name, "UPDATING", outcome);
     results.push_back(d.spec.name + ": " + outcome);
   }
+  ++routes_version_;
+  ++desired_version_;
   Step();
   return results;
 }
@@ -208,17 +211,19 @@ Result<std::vector<std::string>> Reconciler::Delete(const std::vector<std::strin
   std::vector<std::string> deleted;
   for (const auto& name : names) {
     deployments_.erase(name);
-    for (auto& [id, replica] : replicas_) {
-      if (replica.deployment == name && replica.state != ReplicaState::STOPPING) {
-        StopAndForget(replica, "deployment deleted");
-      }
+    dirty_.erase(name);
+    std::vector<std::string> ids(ReplicasOf(name).begin(), ReplicasOf(name).end());
+    for (const auto& id : ids) {
+      Replica& replica = replicas_.at(id);
+      if (replica.state == ReplicaState::STOPPING) continue;
+      StopAndForget(replica, "deployment deleted");
+      if (replica.node.empty()) EraseReplica(id);  // never placed: nothing to wait for
     }
     actions_.Event("deployment", name, "DELETED", "");
     deleted.push_back(name);
   }
-  std::erase_if(replicas_, [](const auto& entry) { return entry.second.node.empty() &&
-                                                          entry.second.state ==
-                                                              ReplicaState::STOPPING; });
+  ++routes_version_;
+  ++desired_version_;
   return deleted;
 }
 
@@ -231,12 +236,103 @@ void Reconciler::Restore(const std::vector<wire::DeploymentSpecT>& specs) {
     d.message = "restored from the checkpoint";
     d.state = DeploymentState::RECOVERING;
     d.restored = true;
+    MarkDirty(spec.name);
   }
   started_at_ = clock_.Now();
+  was_recovering_ = true;
+  ++routes_version_;
+  ++desired_version_;
 }
 
 bool Reconciler::Recovering() const {
   return clock_.Now() - started_at_ < options_.adoption_grace_s;
+}
+
+void Reconciler::SetBusConnected(bool connected) {
+  if (connected == bus_connected_) return;
+  bus_connected_ = connected;
+  if (connected) {
+    reconnected_at_ = clock_.Now();
+    actions_.Event("controller", controller_id_, "CONNECTED",
+                   "the bus is back; verdicts from missing heartbeats wait " +
+                       FormatAmount(ReconnectGrace()) + " s to hear from every member");
+  }
+}
+
+void Reconciler::ResumeListening() {
+  if (bus_connected_) reconnected_at_ = clock_.Now();
+}
+
+double Reconciler::ReconnectGrace() const {
+  double longest = 0;
+  for (const auto& [id, node] : nodes_) longest = std::max(longest, node.period_s);
+  for (const auto& [id, proxy] : proxies_) longest = std::max(longest, proxy.period_s);
+  return std::max(options_.min_reconnect_grace_s, 2 * longest + 0.5);
+}
+
+bool Reconciler::HoldingVerdicts() const {
+  return !bus_connected_ ||
+         (reconnected_at_ > 0 && clock_.Now() - reconnected_at_ < ReconnectGrace());
+}
+
+void Reconciler::Usage::Add(const wire::ResourcesT& resources, double sign) {
+  cpus += sign * resources.num_cpus;
+  gpus += sign * resources.num_gpus;
+  for (const auto& c : resources.custom) {
+    if (c != nullptr) custom[c->name] += sign * c->amount;
+  }
+}
+
+Reconciler::Replica& Reconciler::AddReplica(const std::string& id, const std::string& deployment) {
+  Replica& replica = replicas_[id];
+  replica.id = id;
+  replica.deployment = deployment;
+  replicas_by_deployment_[deployment].insert(id);
+  MarkDirty(deployment);
+  return replica;
+}
+
+void Reconciler::AssignNode(Replica& replica, const std::string& node_id) {
+  if (replica.node == node_id) return;
+  ClearNode(replica);
+  auto it = nodes_.find(node_id);
+  if (it == nodes_.end()) return;
+  replica.node = node_id;
+  it->second.replicas.insert(replica.id);
+  it->second.used.Add(replica.resources, 1);
+}
+
+void Reconciler::ClearNode(Replica& replica) {
+  if (replica.node.empty()) return;
+  auto it = nodes_.find(replica.node);
+  if (it != nodes_.end() && it->second.replicas.erase(replica.id) > 0) {
+    it->second.used.Add(replica.resources, -1);
+  }
+  replica.node.clear();
+  replica.acked = false;
+}
+
+void Reconciler::EraseReplica(const std::string& id) {
+  auto it = replicas_.find(id);
+  if (it == replicas_.end()) return;
+  Replica& replica = it->second;
+  ClearNode(replica);
+  if (replica.state == ReplicaState::RUNNING) ++routes_version_;
+  pending_.erase(id);
+  retired_[id] = clock_.Now();
+  MarkDirty(replica.deployment);
+  auto index = replicas_by_deployment_.find(replica.deployment);
+  if (index != replicas_by_deployment_.end()) {
+    index->second.erase(id);
+    if (index->second.empty()) replicas_by_deployment_.erase(index);
+  }
+  replicas_.erase(it);
+}
+
+const std::set<std::string>& Reconciler::ReplicasOf(const std::string& deployment) const {
+  static const std::set<std::string> kNone;
+  auto it = replicas_by_deployment_.find(deployment);
+  return it == replicas_by_deployment_.end() ? kNone : it->second;
 }
 
 void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
@@ -244,8 +340,23 @@ void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
   double now = clock_.Now();
   auto [it, inserted] = nodes_.try_emplace(heartbeat.node_id);
   Node& node = it->second;
+  // A heartbeat of an earlier run of the agent, or one overtaken by a newer one, says nothing.
+  if (!inserted && heartbeat.incarnation != 0) {
+    if (heartbeat.incarnation < node.incarnation) return;
+    if (heartbeat.incarnation == node.incarnation && heartbeat.seq != 0 &&
+        heartbeat.seq <= node.seq) {
+      return;
+    }
+  }
+  bool new_run = !inserted && node.incarnation != 0 && heartbeat.incarnation != node.incarnation;
+  if (new_run && node.healthy) {
+    actions_.Event("node", heartbeat.node_id, "RESTARTED", "its node agent started again");
+  }
   if (inserted || !node.healthy) {
     actions_.Event("node", heartbeat.node_id, "HEALTHY", inserted ? "registered" : "back");
+    for (const auto& [name, d] : deployments_) {
+      if (!d.pending_reason.empty()) MarkDirty(name);  // room for what waits
+    }
   }
   node.id = heartbeat.node_id;
   node.host = heartbeat.host;
@@ -253,86 +364,166 @@ void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
   node.period_s = heartbeat.period_s > 0 ? heartbeat.period_s : 1;
   node.last_seen = now;
   node.healthy = true;
+  node.incarnation = heartbeat.incarnation;
+  node.seq = heartbeat.seq;
+  node.reported_starting = heartbeat.starting;
 
   std::set<std::string> reported;
   for (const auto& r : heartbeat.replicas) {
-    if (r == nullptr) continue;
+    if (r == nullptr || r->id.empty()) continue;
     reported.insert(r->id);
     auto known = replicas_.find(r->id);
     if (known == replicas_.end()) {
-      AdoptOrStop(node.id, *r);
-    } else if (known->second.node != node.id) {
-      actions_.StopReplica(node.id, r->id);  // placed elsewhere since: this copy is stale
-    }
-  }
-  // A worker this node no longer runs is gone, even if its exit report was lost. Give a fresh
-  // start time to show up first.
-  for (auto& [id, replica] : replicas_) {
-    if (replica.node != node.id || reported.count(id) > 0) continue;
-    if (replica.state == ReplicaState::STOPPING) {
-      replica.node.clear();  // finished stopping
+      AdoptOrStop(node, *r);
       continue;
     }
-    if ((replica.state == ReplicaState::STARTING || replica.state == ReplicaState::RUNNING) &&
-        now - replica.state_since > 2 * node.period_s + 1) {
-      std::string deployment = replica.deployment;
-      bool was_running = replica.ever_running;
-      SetReplicaState(replica, ReplicaState::UNHEALTHY, "no longer running on node " + node.id);
-      replica.node.clear();
-      if (!was_running) RecordStartFailure(deployment, "replica " + id + " vanished from its node");
+    Replica& replica = known->second;
+    if (replica.node.empty() && replica.state == ReplicaState::PENDING) {
+      // A start order that got no answer reached this node after all: it runs here.
+      pending_.erase(replica.id);
+      AssignNode(replica, node.id);
+      SetReplicaState(replica, ReplicaState::STARTING, "starting on node " + node.id);
+    } else if (replica.node != node.id) {
+      StopOrphan(node.id, r->id);  // placed elsewhere since: this copy is stale
+      continue;
+    }
+    if ((!replica.acked || replica.incarnation == 0) && replica.state != ReplicaState::STOPPING) {
+      Ack(replica, heartbeat.incarnation, heartbeat.seq);
     }
   }
-  std::erase_if(replicas_, [](const auto& entry) {
-    return entry.second.node.empty() && (entry.second.state == ReplicaState::STOPPING ||
-                                         entry.second.state == ReplicaState::UNHEALTHY);
-  });
+  // What this node no longer lists is gone, but only once the node has accepted it: a start
+  // order still on its way, or waiting in the agent's queue, is not missing.
+  std::vector<std::string> placed(node.replicas.begin(), node.replicas.end());
+  for (const auto& id : placed) {
+    if (reported.count(id) > 0) continue;
+    Replica& replica = replicas_.at(id);
+    if (replica.state == ReplicaState::STOPPING) {
+      EraseReplica(id);  // finished stopping
+      continue;
+    }
+    if (!replica.acked) continue;
+    if (heartbeat.seq == 0 || replica.incarnation == 0) {
+      // No sequence to go by (an agent that sends none, or a replica known only from its own
+      // heartbeat): it is missing once the node had time to list it.
+      if (now - replica.state_since > 2 * node.period_s + 1) {
+        LoseReplica(replica, "no longer running on node " + node.id);
+      }
+    } else if (heartbeat.incarnation != replica.incarnation) {
+      LoseReplica(replica, "its node agent on " + node.id + " restarted (its workers end with it)");
+    } else if (heartbeat.seq >= replica.listed_from_seq) {
+      LoseReplica(replica, "no longer running on node " + node.id);
+    }
+  }
+  for (auto stop = orphan_stops_.lower_bound({node.id, ""});
+       stop != orphan_stops_.end() && stop->first.first == node.id;) {
+    stop = reported.count(stop->first.second) > 0 ? std::next(stop) : orphan_stops_.erase(stop);
+  }
 }
 
-void Reconciler::AdoptOrStop(const std::string& node_id, const wire::NodeReplicaT& reported) {
+void Reconciler::AdoptOrStop(const Node& node, const wire::NodeReplicaT& reported) {
   auto it = deployments_.find(reported.deployment);
-  if (it != deployments_.end() && it->second.spec.version == reported.version) {
+  if (it != deployments_.end()) {
     Deployment& d = it->second;
+    bool current = reported.fingerprint.empty() ? reported.version == d.spec.version
+                                                : reported.fingerprint == d.fingerprint;
     int serving = 0;
-    // Placeholders that wait for placement run nothing: a live replica takes precedence.
-    for (const auto& [id, r] : replicas_) {
-      if (r.deployment == d.spec.name && r.fingerprint == d.fingerprint && !r.node.empty() &&
-          (r.state == ReplicaState::STARTING || r.state == ReplicaState::RUNNING)) {
-        ++serving;
+    if (current) {
+      // Placeholders that wait for placement run nothing: a live replica takes precedence.
+      for (const auto& id : ReplicasOf(d.spec.name)) {
+        const Replica& r = replicas_.at(id);
+        if (r.fingerprint == d.fingerprint && !r.node.empty() &&
+            (r.state == ReplicaState::STARTING || r.state == ReplicaState::RUNNING)) {
+          ++serving;
+        }
       }
     }
-    if (serving < d.spec.num_replicas) {
-      Replica& replica = replicas_[reported.id];
-      replica.id = reported.id;
-      replica.deployment = d.spec.name;
-      replica.node = node_id;
-      replica.fingerprint = d.fingerprint;
-      replica.config_hash = d.config_hash;
+    // A replica of an older spec is adopted too: during an update it serves until the new
+    // version's replicas run, by the same rule as before the restart. One this controller
+    // already let go (stopped, replaced, lost) never comes back.
+    if ((!current || serving < d.spec.num_replicas) && retired_.count(reported.id) == 0) {
+      Replica& replica = AddReplica(reported.id, d.spec.name);
+      replica.fingerprint = current ? d.fingerprint
+                                    : (reported.fingerprint.empty() ? "version " + reported.version
+                                                                    : reported.fingerprint);
+      replica.config_hash = reported.config_hash.empty() && current ? d.config_hash
+                                                                    : reported.config_hash;
       replica.version = reported.version;
       replica.resources = ResourcesOf(d.spec);
+      AssignNode(replica, node.id);
+      Ack(replica, node.incarnation, node.seq);
       replica.last_heartbeat = clock_.Now();
       replica.last_progress = clock_.Now();
-      replica.ever_running = true;
-      SetReplicaState(replica, ReplicaState::RUNNING, "adopted after a controller restart");
+      if (reported.ready) {
+        replica.ever_running = true;
+        SetReplicaState(replica, ReplicaState::RUNNING, "adopted after a controller restart");
+      } else {
+        SetReplicaState(replica, ReplicaState::STARTING,
+                        "adopted while starting on node " + node.id);
+      }
       return;
     }
   }
-  actions_.StopReplica(node_id, reported.id);
+  StopOrphan(node.id, reported.id);
+}
+
+void Reconciler::StopOrphan(const std::string& node_id, const std::string& replica_id) {
+  double now = clock_.Now();
+  auto [it, inserted] = orphan_stops_.try_emplace({node_id, replica_id}, now);
+  if (!inserted) {
+    if (now - it->second < options_.orphan_stop_resend_s) return;  // still on its way
+    it->second = now;
+  }
+  actions_.StopReplica(node_id, replica_id);
+}
+
+void Reconciler::Ack(Replica& replica, uint64_t incarnation, uint64_t seq) {
+  replica.acked = true;
+  replica.incarnation = incarnation;
+  replica.listed_from_seq = seq;
+  replica.start_attempts = 0;
+  // A start is timed from when the node took it, not from when it was ordered: a node with a
+  // queue of orders is not late.
+  if (replica.state == ReplicaState::STARTING) replica.state_since = clock_.Now();
+}
+
+void Reconciler::MarkRunning(Replica& replica, const std::string& message) {
+  replica.ever_running = true;
+  replica.last_heartbeat = clock_.Now();
+  replica.last_progress = clock_.Now();
+  SetReplicaState(replica, ReplicaState::RUNNING, message);
+  auto d = deployments_.find(replica.deployment);
+  if (d != deployments_.end() && replica.fingerprint == d->second.fingerprint) {
+    d->second.start_failures = 0;
+    d->second.last_failure.clear();
+  }
+}
+
+void Reconciler::LoseReplica(Replica& replica, const std::string& why) {
+  std::string deployment = replica.deployment;
+  bool failed_start = !replica.ever_running;
+  SetReplicaState(replica, ReplicaState::UNHEALTHY, why);
+  std::string id = replica.id;
+  EraseReplica(id);
+  if (failed_start) RecordStartFailure(deployment, "replica " + id + ": " + why);
 }
 
 void Reconciler::OnReplicaHeartbeat(const wire::ReplicaHeartbeatT& heartbeat) {
   auto it = replicas_.find(heartbeat.replica_id);
   if (it == replicas_.end()) return;  // node heartbeats decide on unknown replicas
   Replica& replica = it->second;
-  replica.last_heartbeat = clock_.Now();
+  if (!heartbeat.node_id.empty() && !replica.node.empty() && heartbeat.node_id != replica.node) {
+    return;  // a stale copy elsewhere; its node is told to stop it
+  }
+  double now = clock_.Now();
+  replica.last_heartbeat = now;
   if (replica.state == ReplicaState::RUNNING) {
-    double now = clock_.Now();
     if (heartbeat.in_flight == 0 || heartbeat.completed != replica.completed) {
       replica.last_progress = now;
     }
     replica.completed = heartbeat.completed;
     auto d = deployments_.find(replica.deployment);
     double timeout = d != deployments_.end() ? d->second.spec.health_check_timeout_s : 30;
-    if (now - replica.last_progress > timeout) {
+    if (now - Since(replica.last_progress) > timeout) {
       // Half-alive: it answers heartbeats but finishes no request.
       std::string why = std::to_string(heartbeat.in_flight) +
                         " requests in flight and none completed for " +
@@ -351,15 +542,10 @@ void Reconciler::OnReplicaHeartbeat(const wire::ReplicaHeartbeatT& heartbeat) {
     return;
   }
   if (replica.state == ReplicaState::STARTING && heartbeat.healthy) {
-    replica.ever_running = true;
-    replica.last_progress = clock_.Now();
+    // The worker itself speaks: whatever became of the order's answer, it runs.
+    if (!replica.acked) Ack(replica, 0, 0);
     replica.completed = heartbeat.completed;
-    SetReplicaState(replica, ReplicaState::RUNNING, "");
-    auto d = deployments_.find(replica.deployment);
-    if (d != deployments_.end()) {
-      d->second.start_failures = 0;
-      d->second.last_failure.clear();
-    }
+    MarkRunning(replica, "");
   }
 }
 
@@ -383,24 +569,42 @@ void Reconciler::OnReplicaExited(const wire::ReplicaExitedT& exited) {
   auto it = replicas_.find(exited.replica_id);
   if (it == replicas_.end()) return;
   Replica& replica = it->second;
-  if (replica.state != ReplicaState::STOPPING) {
-    std::string deployment = replica.deployment;
-    bool was_running = replica.ever_running;
-    actions_.Event("replica", replica.id, "UNHEALTHY", exited.message);
-    if (!was_running) RecordStartFailure(deployment, exited.message);
+  // An exit on another node is a stale copy's, not this replica's.
+  if (!replica.node.empty() && !exited.node_id.empty() && exited.node_id != replica.node) return;
+  if (replica.state == ReplicaState::STOPPING) {
+    EraseReplica(exited.replica_id);
+    return;
   }
-  replicas_.erase(it);
+  LoseReplica(replica, exited.message);
 }
 
-void Reconciler::OnStartResult(const std::string& replica_id, const Status& result) {
-  if (result.ok()) return;
+void Reconciler::OnStartResult(const std::string& replica_id, const StartOutcome& outcome) {
   auto it = replicas_.find(replica_id);
   if (it == replicas_.end()) return;
-  std::string deployment = it->second.deployment;
-  std::string why = "node " + it->second.node + " could not start replica " + replica_id + ": " +
-                    result.message();
-  actions_.Event("replica", replica_id, "UNHEALTHY", why);
-  replicas_.erase(it);
+  Replica& replica = it->second;
+  if (replica.state != ReplicaState::STARTING && replica.state != ReplicaState::RUNNING) return;
+  if (outcome.status.ok()) {
+    if (!replica.acked || replica.incarnation == 0) {
+      Ack(replica, outcome.incarnation, outcome.heartbeat_seq);
+    }
+    return;
+  }
+  if (replica.acked) return;  // the node listed it meanwhile: the order did arrive
+  std::string node = replica.node;
+  if (!outcome.delivered && ++replica.start_attempts < options_.max_start_attempts) {
+    // The node may never have seen it; placing it again (maybe on the same node, where the
+    // order is idempotent) is safe, and a copy that did start is stopped as a stale one.
+    ClearNode(replica);
+    SetReplicaState(replica, ReplicaState::PENDING,
+                    "the start order to node " + node + " got no answer (" +
+                        outcome.status.message() + "); placing it again");
+    return;
+  }
+  std::string deployment = replica.deployment;
+  std::string why = "node " + node + " could not start replica " + replica_id + ": " +
+                    outcome.status.message();
+  SetReplicaState(replica, ReplicaState::UNHEALTHY, why);
+  EraseReplica(replica_id);
   RecordStartFailure(deployment, why);
 }
 
@@ -410,6 +614,7 @@ void Reconciler::OnReconfigureResult(const std::string& replica_id,
   if (it == replicas_.end()) return;
   Replica& replica = it->second;
   if (replica.reconfiguring_to == config_hash) replica.reconfiguring_to.clear();
+  MarkDirty(replica.deployment);
   if (result.ok()) {
     replica.config_hash = config_hash;
     return;
@@ -429,22 +634,34 @@ void Reconciler::RecordStartFailure(const std::string& deployment, const std::st
   d.last_failure = why;
   double backoff = std::min(options_.max_backoff_s, 0.5 * std::pow(2.0, d.start_failures - 1));
   d.next_start_after = clock_.Now() + backoff;
+  MarkDirty(deployment);
 }
 
 void Reconciler::SetReplicaState(Replica& replica, wire::ReplicaState state,
                                  const std::string& message) {
-  if (replica.state != state || replica.message != message) {
-    actions_.Event("replica", replica.id, wire::EnumNameReplicaState(state), message);
+  if (replica.state == state && replica.message == message) return;
+  actions_.Event("replica", replica.id, wire::EnumNameReplicaState(state), message);
+  if ((replica.state == ReplicaState::RUNNING) != (state == ReplicaState::RUNNING)) {
+    ++routes_version_;
   }
+  if (state == ReplicaState::PENDING) {
+    pending_.insert(replica.id);
+  } else {
+    pending_.erase(replica.id);
+  }
+  if (replica.state != state) replica.state_since = clock_.Now();
   replica.state = state;
   replica.message = message;
-  replica.state_since = clock_.Now();
+  MarkDirty(replica.deployment);
 }
 
 void Reconciler::StopAndForget(Replica& replica, const std::string& why) {
   if (replica.node.empty()) {
     // Never placed: nothing runs, so it simply goes.
+    pending_.erase(replica.id);
+    if (replica.state == ReplicaState::RUNNING) ++routes_version_;
     replica.state = ReplicaState::STOPPING;
+    MarkDirty(replica.deployment);
     return;
   }
   SetReplicaState(replica, ReplicaState::STOPPING, why);
@@ -453,78 +670,130 @@ void Reconciler::StopAndForget(Replica& replica, const std::string& why) {
 
 void Reconciler::Step() {
   CheckLiveness();
-  bool adopting = clock_.Now() - started_at_ < options_.adoption_grace_s;
-  if (!adopting) {
-    for (auto& [name, deployment] : deployments_) ReconcileDeployment(deployment);
-    std::erase_if(replicas_, [](const auto& entry) {
-      return entry.second.node.empty() && entry.second.state == ReplicaState::STOPPING;
-    });
+  bool recovering = Recovering();
+  if (was_recovering_ && !recovering) {
+    for (const auto& [name, d] : deployments_) MarkDirty(name);
+  }
+  was_recovering_ = recovering;
+  double now = clock_.Now();
+  for (auto& [name, d] : deployments_) {
+    if (d.next_start_after > 0 && now >= d.next_start_after) {
+      d.next_start_after = 0;  // a backoff ran out: try again
+      MarkDirty(name);
+    }
+  }
+  std::set<std::string> dirty;
+  if (!recovering) {
+    dirty.swap(dirty_);
+    for (const auto& name : dirty) {
+      auto it = deployments_.find(name);
+      if (it != deployments_.end()) ReconcileDeployment(it->second);
+    }
+    // Replicas that never ran anywhere and were told to go are simply dropped.
+    for (const auto& name : dirty) {
+      std::vector<std::string> gone;
+      for (const auto& id : ReplicasOf(name)) {
+        const Replica& r = replicas_.at(id);
+        if (r.node.empty() && r.state == ReplicaState::STOPPING) gone.push_back(id);
+      }
+      for (const auto& id : gone) EraseReplica(id);
+    }
     PlacePending();
   }
-  for (auto& [name, deployment] : deployments_) UpdateDeploymentState(deployment);
+  // What changed while reconciling is reported now, and reconciled again at the next step.
+  dirty.insert(dirty_.begin(), dirty_.end());
+  for (const auto& name : dirty) {
+    auto it = deployments_.find(name);
+    if (it != deployments_.end()) UpdateDeploymentState(it->second);
+  }
+  if (recovering) {
+    dirty_.insert(dirty.begin(), dirty.end());
+  }
 }
 
 void Reconciler::CheckLiveness() {
   double now = clock_.Now();
+  // Forgetting long-lost nodes is bookkeeping, not a verdict: it goes on while cut off.
+  std::erase_if(nodes_, [&](const auto& entry) {
+    const Node& node = entry.second;
+    return !node.healthy && node.replicas.empty() &&
+           now - node.last_seen > options_.forget_lost_nodes_after_s;
+  });
+  std::erase_if(retired_, [&](const auto& entry) {
+    return now - entry.second > options_.forget_lost_nodes_after_s;
+  });
+  // Silence is evidence only while this controller could have heard: not while its own
+  // connection is down, nor until every member had time to speak again after it returned.
+  if (HoldingVerdicts()) return;
   for (auto& [id, node] : nodes_) {
-    if (node.healthy && now - node.last_seen > options_.missed_heartbeats * node.period_s + 0.5) {
+    if (node.healthy &&
+        now - Since(node.last_seen) > options_.missed_heartbeats * node.period_s + 0.5) {
       node.healthy = false;
       actions_.Event("node", id, "UNHEALTHY", "no heartbeat for " +
                                                   FormatAmount(now - node.last_seen) + " s");
-      for (auto& [rid, replica] : replicas_) {
-        if (replica.node != id) continue;
-        bool was_running = replica.ever_running;
-        std::string deployment = replica.deployment;
-        bool stopping = replica.state == ReplicaState::STOPPING;
-        SetReplicaState(replica, ReplicaState::UNHEALTHY, "its node " + id + " was lost");
-        replica.node.clear();
-        replica.state = ReplicaState::STOPPING;  // dropped below; the node is gone
-        if (!was_running && !stopping) RecordStartFailure(deployment, "node " + id + " was lost");
+      std::vector<std::string> placed(node.replicas.begin(), node.replicas.end());
+      for (const auto& rid : placed) {
+        Replica& replica = replicas_.at(rid);
+        if (replica.state == ReplicaState::STOPPING) {
+          EraseReplica(rid);
+        } else {
+          LoseReplica(replica, "its node " + id + " was lost");
+        }
       }
+      for (auto& [name, d] : deployments_) MarkDirty(name);
     }
   }
   for (auto& [id, proxy] : proxies_) {
-    if (proxy.healthy && now - proxy.last_seen > options_.missed_heartbeats * proxy.period_s + 0.5) {
+    if (proxy.healthy &&
+        now - Since(proxy.last_seen) > options_.missed_heartbeats * proxy.period_s + 0.5) {
       proxy.healthy = false;
       actions_.Event("proxy", id, "UNHEALTHY", "no heartbeat");
     }
   }
-  std::vector<std::string> timed_out;
+  std::vector<std::string> timed_out, silent, abandoned;
   for (auto& [id, replica] : replicas_) {
-    auto d = deployments_.find(replica.deployment);
-    double health_timeout = d != deployments_.end() ? d->second.spec.health_check_timeout_s : 30;
-    double grace = d != deployments_.end() ? d->second.spec.graceful_shutdown_timeout_s : 20;
-    double start_timeout =
-        (d != deployments_.end() ? d->second.spec.startup_timeout_s : 60) + options_.start_margin_s;
-    if (replica.state == ReplicaState::STARTING && now - replica.state_since > start_timeout) {
-      timed_out.push_back(id);
-      RecordStartFailure(replica.deployment,
-                         "replica " + id + " did not report healthy within " +
-                             FormatAmount(start_timeout) + " s of its start");
-      StopAndForget(replica, "did not start in time");
-    } else if (replica.state == ReplicaState::RUNNING &&
-               now - replica.last_heartbeat > health_timeout) {
-      SetReplicaState(replica, ReplicaState::UNHEALTHY,
-                      "no heartbeat for " + FormatAmount(now - replica.last_heartbeat) + " s");
-      StopAndForget(replica, "no heartbeat");
-    } else if (replica.state == ReplicaState::STOPPING && now - replica.state_since > grace + 10) {
-      replica.node.clear();  // its node never confirmed: give up on it
+    if (replica.state == ReplicaState::STARTING && replica.acked) {
+      auto d = deployments_.find(replica.deployment);
+      double start_timeout = (d != deployments_.end() ? d->second.spec.startup_timeout_s : 60) +
+                             options_.start_margin_s;
+      if (now - Since(replica.state_since) > start_timeout) timed_out.push_back(id);
+    } else if (replica.state == ReplicaState::RUNNING) {
+      auto d = deployments_.find(replica.deployment);
+      double timeout = d != deployments_.end() ? d->second.spec.health_check_timeout_s : 30;
+      if (now - Since(replica.last_heartbeat) > timeout) silent.push_back(id);
+    } else if (replica.state == ReplicaState::STOPPING && !replica.node.empty()) {
+      auto d = deployments_.find(replica.deployment);
+      double grace = d != deployments_.end() ? d->second.spec.graceful_shutdown_timeout_s : 20;
+      if (now - Since(replica.state_since) > grace + 10) abandoned.push_back(id);
     }
   }
-}
-
-std::vector<Reconciler::Replica*> Reconciler::ReplicasOf(const std::string& deployment) {
-  std::vector<Replica*> out;
-  for (auto& [id, replica] : replicas_) {
-    if (replica.deployment == deployment) out.push_back(&replica);
+  for (const auto& id : timed_out) {
+    Replica& replica = replicas_.at(id);
+    auto d = deployments_.find(replica.deployment);
+    double start_timeout = (d != deployments_.end() ? d->second.spec.startup_timeout_s : 60) +
+                           options_.start_margin_s;
+    RecordStartFailure(replica.deployment, "replica " + id + " did not report healthy within " +
+                                               FormatAmount(start_timeout) + " s of its start");
+    StopAndForget(replica, "did not start in time");
   }
-  return out;
+  for (const auto& id : silent) {
+    Replica& replica = replicas_.at(id);
+    SetReplicaState(replica, ReplicaState::UNHEALTHY,
+                    "no heartbeat for " + FormatAmount(now - replica.last_heartbeat) + " s");
+    StopAndForget(replica, "no heartbeat");
+  }
+  for (const auto& id : abandoned) {
+    // Its node never confirmed the stop: give up on it. Should it still run, the node's next
+    // heartbeat lists a worker nobody wants, and it is stopped again.
+    EraseReplica(id);
+  }
 }
 
 void Reconciler::ReconcileDeployment(Deployment& d) {
   double now = clock_.Now();
   std::vector<Replica*> current, old;
-  for (Replica* r : ReplicasOf(d.spec.name)) {
+  for (const auto& id : ReplicasOf(d.spec.name)) {
+    Replica* r = &replicas_.at(id);
     if (!Serving(r->state)) continue;
     (r->fingerprint == d.fingerprint ? current : old).push_back(r);
   }
@@ -540,16 +809,13 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
     for (size_t i = 0; i < current.size() - static_cast<size_t>(target); ++i) {
       StopAndForget(*current[i], "scaled down");
     }
-    current.resize(static_cast<size_t>(target));
+    current.erase(current.begin(), current.end() - target);
   }
   // Too few: add pending replicas, unless start failures are backing off or gave up.
   if (static_cast<int>(current.size()) < target && !failed && now >= d.next_start_after) {
     int missing = target - static_cast<int>(current.size());
     for (int i = 0; i < missing; ++i) {
-      std::string id = NewReplicaId(d.spec.name);
-      Replica& replica = replicas_[id];
-      replica.id = id;
-      replica.deployment = d.spec.name;
+      Replica& replica = AddReplica(NewReplicaId(d.spec.name), d.spec.name);
       replica.fingerprint = d.fingerprint;
       replica.config_hash = d.config_hash;
       replica.version = d.spec.version;
@@ -582,9 +848,9 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
     return a->state_since < b->state_since;
   });
   bool stopping_old = false;
-  for (const auto& [id, r] : replicas_) {
-    if (r.deployment == d.spec.name && r.fingerprint != d.fingerprint &&
-        r.state == ReplicaState::STOPPING && !r.node.empty()) {
+  for (const auto& id : ReplicasOf(d.spec.name)) {
+    const Replica& r = replicas_.at(id);
+    if (r.fingerprint != d.fingerprint && r.state == ReplicaState::STOPPING && !r.node.empty()) {
       stopping_old = true;
     }
   }
@@ -605,20 +871,38 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
 }
 
 void Reconciler::PlacePending() {
-  for (auto& [id, replica] : replicas_) {
-    if (replica.state != ReplicaState::PENDING) continue;
+  if (pending_.empty()) return;
+  // How many starts each node has not finished: its own count, or the controller's when that
+  // is higher (orders the node has not reported yet).
+  std::map<std::string, int> starting;
+  for (const auto& [node_id, node] : nodes_) {
+    if (!node.healthy) continue;
+    int own = 0;
+    for (const auto& id : node.replicas) {
+      if (replicas_.at(id).state == ReplicaState::STARTING) ++own;
+    }
+    starting[node_id] = std::max(own, node.reported_starting);
+  }
+  std::vector<std::string> ids(pending_.begin(), pending_.end());
+  for (const auto& id : ids) {
+    Replica& replica = replicas_.at(id);
     auto d = deployments_.find(replica.deployment);
     if (d == deployments_.end()) continue;
     Node* best = nullptr;
     int best_same = 0;
     double best_free = 0;
+    bool busy = false;  // fits somewhere, but every such node is busy starting others
     for (auto& [node_id, node] : nodes_) {
       if (!node.healthy || !Fits(node, replica.resources)) continue;
-      int same = 0;
-      for (const auto& [rid, r] : replicas_) {
-        if (r.node == node_id && r.deployment == replica.deployment) ++same;
+      if (starting[node_id] >= options_.max_starting_per_node) {
+        busy = true;
+        continue;
       }
-      double free = FreeCpus(node);
+      int same = 0;
+      for (const auto& rid : node.replicas) {
+        if (replicas_.at(rid).deployment == replica.deployment) ++same;
+      }
+      double free = node.capacity.num_cpus - node.used.cpus;
       if (best == nullptr || same < best_same || (same == best_same && free > best_free)) {
         best = &node;
         best_same = same;
@@ -626,45 +910,30 @@ void Reconciler::PlacePending() {
       }
     }
     if (best == nullptr) {
-      std::string why = Shortfall(replica.resources);
-      d->second.pending_reason = why;
+      std::string why = busy ? "waiting for a node to finish starting other replicas"
+                             : Shortfall(replica.resources);
+      if (!busy) d->second.pending_reason = why;
       if (replica.message != why) SetReplicaState(replica, ReplicaState::PENDING, why);
       continue;
     }
-    replica.node = best->id;
+    AssignNode(replica, best->id);
+    replica.acked = false;
+    ++starting[best->id];
     SetReplicaState(replica, ReplicaState::STARTING, "starting on node " + best->id);
-    wire::DeploymentSpecT spec = d->second.spec;
-    actions_.StartReplica(best->id, id, spec);
+    actions_.StartReplica(best->id, id, d->second.spec, replica.fingerprint,
+                          replica.config_hash);
   }
-}
-
-double Reconciler::FreeCpus(const Node& node) const {
-  double used = 0;
-  for (const auto& [id, r] : replicas_) {
-    if (r.node == node.id) used += r.resources.num_cpus;
-  }
-  return node.capacity.num_cpus - used;
 }
 
 bool Reconciler::Fits(const Node& node, const wire::ResourcesT& need) const {
-  double cpus = 0, gpus = 0;
-  std::map<std::string, double> custom;
-  for (const auto& [id, r] : replicas_) {
-    if (r.node != node.id) continue;
-    cpus += r.resources.num_cpus;
-    gpus += r.resources.num_gpus;
-    for (const auto& c : r.resources.custom) {
-      if (c != nullptr) custom[c->name] += c->amount;
-    }
-  }
   constexpr double kEpsilon = 1e-9;
-  if (cpus + need.num_cpus > node.capacity.num_cpus + kEpsilon) return false;
-  if (gpus + need.num_gpus > node.capacity.num_gpus + kEpsilon) return false;
+  if (node.used.cpus + need.num_cpus > node.capacity.num_cpus + kEpsilon) return false;
+  if (node.used.gpus + need.num_gpus > node.capacity.num_gpus + kEpsilon) return false;
   for (const auto& c : need.custom) {
     if (c == nullptr || c->amount <= 0) continue;
-    if (custom[c->name] + c->amount > CustomAmount(node.capacity, c->name) + kEpsilon) {
-      return false;
-    }
+    auto used = node.used.custom.find(c->name);
+    double taken = used == node.used.custom.end() ? 0 : used->second;
+    if (taken + c->amount > CustomAmount(node.capacity, c->name) + kEpsilon) return false;
   }
   return true;
 }
@@ -674,19 +943,6 @@ bool Reconciler::FitsAnywhere(const wire::ResourcesT& need) const {
     if (node.healthy && Fits(node, need)) return true;
   }
   return false;
-}
-
-std::map<std::string, double> Reconciler::Used(const Node& node) const {
-  std::map<std::string, double> used;
-  for (const auto& [id, r] : replicas_) {
-    if (r.node != node.id) continue;
-    used["num_cpus"] += r.resources.num_cpus;
-    used["num_gpus"] += r.resources.num_gpus;
-    for (const auto& c : r.resources.custom) {
-      if (c != nullptr) used[c->name] += c->amount;
-    }
-  }
-  return used;
 }
 
 std::string Reconciler::Shortfall(const wire::ResourcesT& need) const {
@@ -707,6 +963,12 @@ std::string Reconciler::Shortfall(const wire::ResourcesT& need) const {
     if (name == "num_gpus") return node.capacity.num_gpus;
     return CustomAmount(node.capacity, name);
   };
+  auto used = [](const Node& node, const std::string& name) {
+    if (name == "num_cpus") return node.used.cpus;
+    if (name == "num_gpus") return node.used.gpus;
+    auto it = node.used.custom.find(name);
+    return it == node.used.custom.end() ? 0.0 : it->second;
+  };
   constexpr double kEpsilon = 1e-9;
   // First what no node could ever hold: that needs a person, not patience.
   for (const auto& [name, amount] : wanted) {
@@ -723,7 +985,7 @@ std::string Reconciler::Shortfall(const wire::ResourcesT& need) const {
     if (amount <= 0) continue;
     bool free_somewhere = false;
     for (const Node* node : healthy) {
-      if (Used(*node)[name] + amount <= capacity(*node, name) + kEpsilon) free_somewhere = true;
+      if (used(*node, name) + amount <= capacity(*node, name) + kEpsilon) free_somewhere = true;
     }
     if (!free_somewhere) {
       return "waiting for resources: needs " + name + "=" + FormatAmount(amount) +
@@ -737,8 +999,8 @@ void Reconciler::UpdateDeploymentState(Deployment& d) {
   int target = d.spec.num_replicas;
   int running_current = 0, others = 0, reconfiguring = 0;
   bool pending = false;
-  for (const auto& [id, r] : replicas_) {
-    if (r.deployment != d.spec.name) continue;
+  for (const auto& id : ReplicasOf(d.spec.name)) {
+    const Replica& r = replicas_.at(id);
     if (r.state == ReplicaState::RUNNING && r.fingerprint == d.fingerprint) {
       ++running_current;
       if (r.config_hash != d.config_hash) ++reconfiguring;
@@ -796,8 +1058,8 @@ wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) con
     status->route_prefix = d.spec.route_prefix;
     status->runtime = d.spec.runtime;
     status->num_replicas = d.spec.num_replicas;
-    for (const auto& [id, r] : replicas_) {
-      if (r.deployment != name) continue;
+    for (const auto& id : ReplicasOf(name)) {
+      const Replica& r = replicas_.at(id);
       auto replica = std::make_unique<wire::ReplicaStatusT>();
       replica->id = id;
       replica->state = r.state;
@@ -816,8 +1078,14 @@ wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) con
     status->last_seen_s = now - node.last_seen;
     status->num_cpus = node.capacity.num_cpus;
     status->num_gpus = node.capacity.num_gpus;
-    for (const auto& [rid, r] : replicas_) status->replicas += r.node == id ? 1 : 0;
-    if (!node.healthy) status->message = "no heartbeat";
+    status->replicas = static_cast<int>(node.replicas.size());
+    if (!node.healthy) {
+      status->message = "no heartbeat for " + FormatAmount(std::round(now - node.last_seen)) +
+                        " s; dropped from status after " +
+                        FormatAmount(options_.forget_lost_nodes_after_s) + " s";
+    } else if (HoldingVerdicts()) {
+      status->message = "the controller's bus connection was down: waiting to hear again";
+    }
     reply.nodes.push_back(std::move(status));
   }
   for (const auto& [id, proxy] : proxies_) {
@@ -840,8 +1108,9 @@ wire::RouteTableT Reconciler::Routes() const {
     auto route = std::make_unique<wire::RouteT>();
     route->route_prefix = d.spec.route_prefix;
     route->deployment = name;
-    for (const auto& [id, r] : replicas_) {
-      if (r.deployment != name || r.state != ReplicaState::RUNNING) continue;
+    for (const auto& id : ReplicasOf(name)) {
+      const Replica& r = replicas_.at(id);
+      if (r.state != ReplicaState::RUNNING) continue;
       auto replica = std::make_unique<wire::RouteReplicaT>();
       replica->id = id;
       replica->max_concurrent_queries = d.spec.max_concurrent_queries;

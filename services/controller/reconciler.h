@@ -17,8 +17,11 @@ namespace serve::controller {
 class ReconcilerActions {
  public:
   virtual ~ReconcilerActions() = default;
+  // The answer comes back through Reconciler::OnStartResult. `fingerprint` and `config_hash`
+  // travel with the order so the node can report what the replica runs.
   virtual void StartReplica(const std::string& node_id, const std::string& replica_id,
-                            const wire::DeploymentSpecT& spec) = 0;
+                            const wire::DeploymentSpecT& spec, const std::string& fingerprint,
+                            const std::string& config_hash) = 0;
   virtual void StopReplica(const std::string& node_id, const std::string& replica_id) = 0;
   // Applies `spec`'s in-place options (user_config, heartbeat period) to a running replica;
   // the answer comes back through Reconciler::OnReconfigureResult with `config_hash`.
@@ -43,6 +46,30 @@ struct ReconcilerOptions {
   // After a restart, wait this long for node heartbeats so running replicas are adopted, not
   // started again.
   double adoption_grace_s = 0;
+  // After the controller's own bus connection comes back, judge nothing from missing
+  // heartbeats for at least this long (and at least two periods of every node and proxy), so
+  // every member has had time to be heard again.
+  double min_reconnect_grace_s = 2;
+  // Start orders a node may have unfinished (accepted, not yet serving) before it gets more:
+  // starting many workers at once on a small node only makes each of them late.
+  int max_starting_per_node = 16;
+  // A start order that is not answered (not delivered, or timed out) is sent again this many
+  // times before it counts as a failed start.
+  int max_start_attempts = 3;
+  // A node lost for this long is dropped from status.
+  double forget_lost_nodes_after_s = 600;
+  // A stop for a worker the controller does not want is sent again only after this long.
+  double orphan_stop_resend_s = 30;
+};
+
+// How a start order ended, as the node agent answered it.
+struct StartOutcome {
+  Status status;
+  // False when the order got no answer (not delivered, timed out, or the connection dropped):
+  // the node may or may not have it, so it is neither a success nor a failure of the code.
+  bool delivered = true;
+  uint64_t incarnation = 0;    // the agent run that accepted it
+  uint64_t heartbeat_seq = 0;  // its first heartbeat that lists the replica
 };
 
 // The controller's state and decisions, with no I/O: desired deployments, the nodes, proxies
@@ -71,7 +98,14 @@ class Reconciler {
   void OnReplicaHeartbeat(const wire::ReplicaHeartbeatT& heartbeat);
   void OnProxyHeartbeat(const wire::ProxyHeartbeatT& heartbeat);
   void OnReplicaExited(const wire::ReplicaExitedT& exited);
-  void OnStartResult(const std::string& replica_id, const Status& result);
+  void OnStartResult(const std::string& replica_id, const StartOutcome& outcome);
+  // The controller's own bus connection. While it is down, and for a grace after it returns,
+  // no member is judged from silence: only what nodes and replicas say counts.
+  void SetBusConnected(bool connected);
+  // The controller could not listen for a while although connected (its loop was held up, so
+  // heartbeats waited unread): silence before now counts no more than during a bus outage.
+  void ResumeListening();
+  bool HoldingVerdicts() const;
   void OnReconfigureResult(const std::string& replica_id, const std::string& config_hash,
                            const Status& result);
 
@@ -81,8 +115,12 @@ class Reconciler {
   wire::StatusReplyT Report(const std::vector<std::string>& names) const;
   // Routes to RUNNING replicas; generation and controller id are the caller's.
   wire::RouteTableT Routes() const;
+  // Grows whenever Routes() may have changed, so the controller rebuilds the table only then.
+  uint64_t routes_version() const { return routes_version_; }
   // The desired state to checkpoint, in deployment-name order.
   std::vector<wire::DeploymentSpecT> Desired() const;
+  // Grows whenever Desired() may have changed.
+  uint64_t desired_version() const { return desired_version_; }
 
   // Fills in defaults and checks one spec (the same rules as config files), then checks it
   // against the other deployments (routes, versions).
@@ -102,10 +140,23 @@ class Reconciler {
     double state_since = 0;
     double last_heartbeat = 0;
     bool ever_running = false;
+    // The node accepted the start order (or listed the replica): from then on its heartbeats
+    // are evidence. `incarnation` and `listed_from_seq` say which heartbeats must list it.
+    bool acked = false;
+    uint64_t incarnation = 0;
+    uint64_t listed_from_seq = 0;
+    int start_attempts = 0;  // start orders sent without an answer
     int failed_checks = 0;  // consecutive heartbeats whose health check failed
     uint64_t completed = 0;    // requests completed, as last reported
     double last_progress = 0;  // when it last completed one, or had none in flight
     wire::ResourcesT resources;
+  };
+  // What the replicas placed on a node take of it.
+  struct Usage {
+    double cpus = 0;
+    double gpus = 0;
+    std::map<std::string, double> custom;
+    void Add(const wire::ResourcesT& resources, double sign);
   };
   struct Node {
     std::string id;
@@ -114,6 +165,11 @@ class Reconciler {
     double period_s = 1;
     double last_seen = 0;
     bool healthy = true;
+    uint64_t incarnation = 0;
+    uint64_t seq = 0;
+    int reported_starting = 0;
+    std::set<std::string> replicas;  // ids of the replicas placed here
+    Usage used;
   };
   struct Proxy {
     std::string id;
@@ -138,21 +194,35 @@ class Reconciler {
     bool restored = false;  // from a checkpoint, and not yet HEALTHY since
   };
 
+  // Every change of a replica's node or existence goes through these, so the indexes (by
+  // deployment, by node, and each node's usage) stay true.
+  Replica& AddReplica(const std::string& id, const std::string& deployment);
+  void AssignNode(Replica& replica, const std::string& node_id);
+  void ClearNode(Replica& replica);
+  void EraseReplica(const std::string& id);
+  void MarkDirty(const std::string& deployment) { dirty_.insert(deployment); }
+
   void SetReplicaState(Replica& replica, wire::ReplicaState state, const std::string& message);
+  void MarkRunning(Replica& replica, const std::string& message);
+  void Ack(Replica& replica, uint64_t incarnation, uint64_t seq);
+  void LoseReplica(Replica& replica, const std::string& why);
   void StopAndForget(Replica& replica, const std::string& why);
+  void StopOrphan(const std::string& node_id, const std::string& replica_id);
   void RecordStartFailure(const std::string& deployment, const std::string& why);
   void CheckLiveness();
   void ReconcileDeployment(Deployment& deployment);
   void PlacePending();
   void UpdateDeploymentState(Deployment& deployment);
-  void AdoptOrStop(const std::string& node_id, const wire::NodeReplicaT& reported);
+  void AdoptOrStop(const Node& node, const wire::NodeReplicaT& reported);
   std::string NewReplicaId(const std::string& deployment);
   std::string Shortfall(const wire::ResourcesT& need) const;
   bool FitsAnywhere(const wire::ResourcesT& need) const;
-  std::map<std::string, double> Used(const Node& node) const;
   bool Fits(const Node& node, const wire::ResourcesT& need) const;
-  double FreeCpus(const Node& node) const;
-  std::vector<Replica*> ReplicasOf(const std::string& deployment);
+  double ReconnectGrace() const;
+  // The earliest time silence may be counted from: a member unheard since before the
+  // controller's own connection came back gets a fresh start from then.
+  double Since(double time) const { return std::max(time, reconnected_at_); }
+  const std::set<std::string>& ReplicasOf(const std::string& deployment) const;
 
   const Clock& clock_;
   ReconcilerActions& actions_;
@@ -160,8 +230,21 @@ class Reconciler {
   double started_at_;
   std::map<std::string, Deployment> deployments_;  // by name
   std::map<std::string, Replica> replicas_;        // by id
+  std::map<std::string, std::set<std::string>> replicas_by_deployment_;
+  std::set<std::string> pending_;                  // ids of PENDING replicas
   std::map<std::string, Node> nodes_;              // by id
   std::map<std::string, Proxy> proxies_;           // by id
+  // Stops sent for workers nobody wants, by (node, replica): when, so they are not repeated.
+  std::map<std::pair<std::string, std::string>, double> orphan_stops_;
+  // Replicas this controller let go, by id: a node that still lists one is told to stop it
+  // rather than have it adopted.
+  std::map<std::string, double> retired_;
+  std::set<std::string> dirty_;  // deployments to reconcile at the next step
+  bool was_recovering_ = true;
+  bool bus_connected_ = true;
+  double reconnected_at_ = 0;
+  uint64_t routes_version_ = 1;
+  uint64_t desired_version_ = 1;
   std::string id_prefix_;
   std::string controller_id_;
   uint64_t replica_counter_ = 0;

@@ -52,15 +52,19 @@ class FakeCluster : public ReconcilerActions {
     std::string deployment;
     std::string version;
     double started_at = 0;
+    bool ready = true;  // its node reports it as serving; false until its first healthy report
   };
 
   explicit FakeCluster(const Clock& clock) : clock_(clock) {}
 
   void StartReplica(const std::string& node_id, const std::string& replica_id,
-                    const wire::DeploymentSpecT& spec) override {
+                    const wire::DeploymentSpecT& spec, const std::string& fingerprint,
+                    const std::string& config_hash) override {
+    (void)fingerprint;
+    (void)config_hash;
     starts.push_back({node_id, replica_id, spec});
     order.push_back("start " + replica_id);
-    workers[node_id][replica_id] = Worker{spec.name, spec.version, clock_.Now()};
+    workers[node_id][replica_id] = Worker{spec.name, spec.version, clock_.Now(), false};
   }
   void StopReplica(const std::string& node_id, const std::string& replica_id) override {
     stops.push_back({node_id, replica_id});
@@ -194,12 +198,15 @@ class ReconcilerTest : public ::testing::Test {
     hb.node_id = id;
     hb.host = "host-" + id;
     hb.period_s = 1;
+    hb.incarnation = incarnations_.try_emplace(id, 1).first->second;
+    hb.seq = ++heartbeat_seqs_[id];
     hb.resources = std::make_unique<wire::ResourcesT>(*capacities_.at(id));
     for (const auto& [rid, worker] : cluster_.workers[id]) {
       auto replica = std::make_unique<wire::NodeReplicaT>();
       replica->id = rid;
       replica->deployment = worker.deployment;
       replica->version = worker.version;
+      replica->ready = worker.ready;
       hb.replicas.push_back(std::move(replica));
     }
     r().OnNodeHeartbeat(hb);
@@ -208,6 +215,10 @@ class ReconcilerTest : public ::testing::Test {
     wire::ReplicaHeartbeatT hb;
     hb.replica_id = id;
     hb.healthy = healthy;
+    for (auto& [node, workers] : cluster_.workers) {
+      auto it = workers.find(id);
+      if (it != workers.end() && healthy) it->second.ready = true;
+    }
     r().OnReplicaHeartbeat(hb);
   }
   // Every live node heartbeats, then every worker on it that has been up `startup_s` and is not
@@ -299,6 +310,8 @@ class ReconcilerTest : public ::testing::Test {
   std::map<std::string, std::unique_ptr<wire::ResourcesT>> capacities_;
   std::set<std::string> dead_nodes_;  // stopped heartbeating
   std::set<std::string> silent_;      // workers that stopped heartbeating
+  std::map<std::string, uint64_t> incarnations_;    // each node agent's run
+  std::map<std::string, uint64_t> heartbeat_seqs_;  // and its heartbeat counter
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -786,7 +799,7 @@ TEST_F(ReconcilerTest, StartFailuresBackOffThenEndInDeployFailed) {
     ASSERT_EQ(cluster_.starts.size(), static_cast<size_t>(failure));
     const auto& start = cluster_.starts.back();
     cluster_.workers[start.node].erase(start.replica);
-    r().OnStartResult(start.replica, Status::Error("boom " + std::to_string(failure)));
+    r().OnStartResult(start.replica, {Status::Error("boom " + std::to_string(failure))});
     EXPECT_TRUE(cluster_.HasEvent("replica", start.replica, "UNHEALTHY"));
     r().Step();
     EXPECT_EQ(cluster_.starts.size(), static_cast<size_t>(failure)) << "no immediate restart";
@@ -823,7 +836,7 @@ TEST_F(ReconcilerTest, RedeployingTheSameSpecAfterDeployFailedRetries) {
   AddNode("n1", 4);
   DeployOk(Spec("hello"));
   ASSERT_EQ(cluster_.starts.size(), 1u);
-  r().OnStartResult(cluster_.starts[0].replica, Status::Error("artifact not found"));
+  r().OnStartResult(cluster_.starts[0].replica, {Status::Error("artifact not found")});
   cluster_.workers["n1"].clear();
   r().Step();
   ASSERT_EQ(StateOf("hello"), "DEPLOY_FAILED");
@@ -869,6 +882,7 @@ TEST_F(ReconcilerTest, StartThatNeverReportsHealthyTimesOut) {
   DeployOk(std::move(spec));
   ASSERT_EQ(cluster_.starts.size(), 1u);
   std::string id = cluster_.starts[0].replica;
+  r().OnStartResult(id, {Status::Ok(), true, 1, 1});  // the node took it at once
   RunNodesOnly(10);
   EXPECT_THAT(cluster_.stops, IsEmpty());
   RunNodesOnly(1);
@@ -918,16 +932,166 @@ TEST_F(ReconcilerTest, WorkerMissingFromNodeHeartbeatIsReplaced) {
   Run(1);
   EXPECT_EQ(StateOf("hello"), "HEALTHY");
 
-  // A replica that only just changed state gets 2 heartbeat periods + 1 s to show up.
+  // A fresh replica, listed once and then no more, is missed at once too: the node said so.
   std::string fresh = cluster_.starts[0].replica;
   cluster_.ClearCalls();
   cluster_.workers["n1"].erase(fresh);
-  Run(3);
-  EXPECT_THAT(cluster_.starts, IsEmpty());
-  EXPECT_EQ(ReplicaStates("hello")[fresh], "RUNNING");
   Run(1);
   EXPECT_EQ(cluster_.starts.size(), 1u);
   EXPECT_EQ(ReplicaStates("hello").count(fresh), 0u);
+}
+
+// A node with a queue of start orders does not list a replica it has not reached yet: that is
+// no evidence it is gone. Only heartbeats sent after the node accepted the order count.
+TEST_F(ReconcilerTest, StartOrderNotYetReachedByItsNodeIsNotMissing) {
+  AddNode("n1", 4);
+  DeployOk(Spec("hello"));
+  ASSERT_EQ(cluster_.starts.size(), 1u);
+  std::string id = cluster_.starts[0].replica;
+  auto queued = cluster_.workers["n1"][id];
+  cluster_.workers["n1"].erase(id);  // still in the agent's queue
+  RunNodesOnly(20);
+  EXPECT_EQ(cluster_.starts.size(), 1u) << "not started twice";
+  EXPECT_EQ(ReplicaStates("hello")[id], "STARTING");
+
+  // The node reaches it: its answer names the first heartbeat that lists it.
+  cluster_.workers["n1"][id] = queued;
+  r().OnStartResult(id, {Status::Ok(), true, 1, heartbeat_seqs_["n1"] + 1});
+  RunNodesOnly(1);
+  EXPECT_EQ(ReplicaStates("hello")[id], "STARTING");
+  // And once it has been listed, a heartbeat without it means it is gone.
+  cluster_.workers["n1"].erase(id);
+  RunNodesOnly(1);
+  EXPECT_EQ(ReplicaStates("hello").count(id), 0u);
+  RunNodesOnly(1);  // a start that failed backs off first
+  EXPECT_EQ(cluster_.starts.size(), 2u);
+}
+
+// While the controller's own bus connection is down, and for a grace after it returns, silence
+// convicts nobody: the same replicas stay routed and nothing is started.
+TEST_F(ReconcilerTest, NoVerdictsWhileCutOffOrBeforeEveryoneWasHeardAgain) {
+  AddNode("n1", 4);
+  auto ids = DeployHealthy(Spec("hello", 2));
+  wire::ProxyHeartbeatT proxy;
+  proxy.proxy_id = "p1";
+  proxy.period_s = 1;
+  r().OnProxyHeartbeat(proxy);
+  cluster_.ClearCalls();
+
+  r().SetBusConnected(false);
+  for (int i = 0; i < 60; ++i) {  // a minute without hearing anyone
+    clock_.Advance(1);
+    r().Step();
+  }
+  r().SetBusConnected(true);
+  clock_.Advance(1);
+  r().Step();
+  EXPECT_TRUE(r().HoldingVerdicts());
+  EXPECT_THAT(cluster_.starts, IsEmpty());
+  EXPECT_THAT(cluster_.stops, IsEmpty());
+  EXPECT_EQ(Routed("hello"), ids);
+  EXPECT_EQ(StateOf("hello"), "HEALTHY");
+  // Everyone speaks again within the grace: nothing happened.
+  r().OnProxyHeartbeat(proxy);
+  Run(3);
+  EXPECT_FALSE(r().HoldingVerdicts());
+  EXPECT_THAT(cluster_.starts, IsEmpty());
+  EXPECT_EQ(Routed("hello"), ids);
+  EXPECT_EQ(r().Report({}).nodes[0]->state, wire::MemberState::HEALTHY);
+
+  // A node that stays silent after the grace is lost, with its replicas: now it is evidence.
+  r().SetBusConnected(false);
+  r().SetBusConnected(true);
+  dead_nodes_.insert("n1");
+  AddNode("n2", 4);
+  for (int i = 0; i < 6; ++i) {
+    clock_.Advance(1);
+    NodeHeartbeat("n2");
+    r().Step();
+  }
+  EXPECT_EQ(cluster_.starts.size(), 2u);
+  for (const auto& start : cluster_.starts) EXPECT_EQ(start.node, "n2");
+}
+
+// A node agent that restarts comes back with a new incarnation: the workers of its earlier run
+// ended with it, so they are replaced at once, without waiting for heartbeat timeouts.
+TEST_F(ReconcilerTest, RestartedNodeAgentsWorkersAreReplacedAtOnce) {
+  AddNode("n1", 4);
+  auto ids = DeployHealthy(Spec("hello", 2));
+  cluster_.ClearCalls();
+  cluster_.workers["n1"].clear();
+  incarnations_["n1"] = 2;
+  NodeHeartbeat("n1");
+  EXPECT_THAT(Routed("hello"), IsEmpty());
+  EXPECT_TRUE(cluster_.HasEvent("node", "n1", "RESTARTED"));
+  r().Step();
+  EXPECT_EQ(cluster_.starts.size(), 2u);
+  // A late heartbeat of the earlier run changes nothing.
+  incarnations_["n1"] = 1;
+  NodeHeartbeat("n1");
+  incarnations_["n1"] = 2;
+  Run(1);
+  EXPECT_EQ(cluster_.starts.size(), 2u);
+  EXPECT_EQ(StateOf("hello"), "HEALTHY");
+}
+
+// A rolling update cut short by a controller restart goes on by the same rule: the restarted
+// controller adopts the old version's replicas as RUNNING and the new version's as STARTING
+// (as the node reports them), and stops the old ones only as new ones run.
+TEST_F(ReconcilerTest, RollingUpdateResumedAfterRestartKeepsOldReplicasUntilNewOnesRun) {
+  AddNode("n1", 8);
+  auto old_ids = DeployHealthy(WithVersion(Spec("hello", 2), "v1"));
+  DeployOk(WithVersion(Spec("hello", 2), "v2"));
+  ASSERT_EQ(cluster_.starts.size(), 4u);
+  std::vector<std::string> new_ids = {cluster_.starts[2].replica, cluster_.starts[3].replica};
+  auto desired = r().Desired();
+  ReconcilerOptions options;
+  options.adoption_grace_s = 2.5;
+  Recreate(options);  // the controller dies; its node still runs all four
+  r().Restore(desired);
+  cluster_.ClearCalls();
+  RunNodesOnly(5);  // the new replicas take long to start
+  EXPECT_THAT(cluster_.starts, IsEmpty()) << "the starting replicas were adopted";
+  EXPECT_THAT(cluster_.stops, IsEmpty()) << "old replicas serve until new ones run";
+  EXPECT_EQ(Routed("hello"), old_ids);
+  for (const auto& id : new_ids) EXPECT_EQ(ReplicaStates("hello")[id], "STARTING");
+  EXPECT_NE(StateOf("hello"), "HEALTHY");
+
+  ReplicaHeartbeat(new_ids[0]);
+  r().Step();
+  EXPECT_EQ(cluster_.stops.size(), 1u) << "one old replica goes as one new one runs";
+  EXPECT_NE(StateOf("hello"), "HEALTHY");
+  ReplicaHeartbeat(new_ids[1]);
+  r().Step();
+  EXPECT_EQ(cluster_.stops.size(), 2u);
+  std::vector<std::string> sorted_new = new_ids;
+  std::sort(sorted_new.begin(), sorted_new.end());
+  EXPECT_EQ(Routed("hello"), sorted_new);
+  EXPECT_EQ(StateOf("hello"), "HEALTHY");
+}
+
+// Many deployments at once on a node that starts a few replicas at a time: the controller paces
+// its start orders and sends none twice.
+TEST_F(ReconcilerTest, StartsArePacedPerNodeAndNeverRepeated) {
+  ReconcilerOptions options;
+  options.max_starting_per_node = 4;
+  Recreate(options);
+  AddNode("n1", 64);
+  std::vector<wire::DeploymentSpecT> specs;
+  for (int i = 0; i < 40; ++i) {
+    wire::DeploymentSpecT spec = Spec("d" + std::to_string(i));
+    spec.resources->num_cpus = 0.1;
+    specs.push_back(std::move(spec));
+  }
+  ASSERT_TRUE(r().Deploy(std::move(specs)).ok());
+  EXPECT_EQ(cluster_.starts.size(), 4u);
+  Run(20);
+  std::vector<std::string> ids = cluster_.StartedIds();
+  std::set<std::string> started(ids.begin(), ids.end());
+  EXPECT_EQ(cluster_.starts.size(), 40u);
+  EXPECT_EQ(started.size(), 40u);
+  EXPECT_THAT(cluster_.stops, IsEmpty());
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(StateOf("d" + std::to_string(i)), "HEALTHY");
 }
 
 TEST_F(ReconcilerTest, LostNodeIsUnhealthyAndItsReplicasMoveElsewhere) {
@@ -1095,8 +1259,11 @@ TEST_F(ReconcilerTest, UnknownReplicasBeyondWhatIsNeededAreStopped) {
   cluster_.workers["n1"]["hello-old"] = {"hello", "v0", clock_.Now()};  // another version
   cluster_.workers["n1"]["ghost-1"] = {"ghost", "v1", clock_.Now()};    // deleted meanwhile
   AddNode("n1", 8);
-  EXPECT_THAT(ReplicaStates("hello"),
-              ElementsAre(std::pair<const std::string, std::string>("hello-a", "RUNNING")));
+  // Another version's replica is adopted too: it would serve if the new one did not run.
+  EXPECT_EQ(ReplicaStates("hello"), (std::map<std::string, std::string>{
+                                        {"hello-a", "RUNNING"}, {"hello-old", "RUNNING"}}));
+  EXPECT_THAT(cluster_.StoppedIds(), UnorderedElementsAre("hello-b", "ghost-1"));
+  RunNodesOnly(6);
   EXPECT_THAT(cluster_.StoppedIds(), UnorderedElementsAre("hello-b", "hello-old", "ghost-1"));
   for (const auto& stop : cluster_.stops) EXPECT_EQ(stop.node, "n1");
 }

@@ -1,6 +1,7 @@
 // serve-replica: the node agent, or (`serve-replica worker ...`, started by the agent) one
 // replica worker process.
 #include <sys/prctl.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -37,6 +38,7 @@ int RunWorker(int argc, char** argv) {
   service::CommonFlags flags;
   std::string replica_id, node_id, spec_path, error_file, cache_dir, scratch_dir;
   int agent_pid = 0;
+  int ready_fd = -1;
   service::AddCommonFlags(app, flags);
   app.add_option("--replica-id", replica_id)->required();
   app.add_option("--node-id", node_id)->required();
@@ -45,7 +47,11 @@ int RunWorker(int argc, char** argv) {
   app.add_option("--agent-pid", agent_pid);
   app.add_option("--cache-dir", cache_dir, "The node's artifact cache");
   app.add_option("--scratch-dir", scratch_dir, "A directory of this replica's own");
+  app.add_option("--ready-fd", ready_fd,
+                 "A descriptor from the agent: one byte is written to it once the replica serves");
   CLI11_PARSE(app, argc, argv);
+  // The readiness pipe must not reach user code (a command's child processes).
+  if (ready_fd > 2) fcntl(ready_fd, F_SETFD, FD_CLOEXEC);
 
   // A worker never outlives its node agent.
   prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -104,6 +110,12 @@ int RunWorker(int argc, char** argv) {
   if (!started.ok()) {
     worker.reset();
     return fail(2, started.message());
+  }
+  if (ready_fd > 2) {
+    // The agent reports the replica as ready from now on; a restarted controller adopts it as
+    // RUNNING rather than STARTING.
+    (void)!write(ready_fd, "R", 1);
+    close(ready_fd);
   }
   service::SignalWatcher signals(&loop, [&](int) {
     worker->Drain([&] {

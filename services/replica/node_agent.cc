@@ -43,7 +43,8 @@ NodeAgent::NodeAgent(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjec
       bus_(bus),
       subjects_(subjects),
       options_(std::move(options)),
-      host_(service::HostName()) {}
+      host_(service::HostName()),
+      incarnation_(static_cast<uint64_t>(service::UnixMillis())) {}
 
 NodeAgent::~NodeAgent() {
   // Workers die with their agent (PR_SET_PDEATHSIG); make it explicit for an orderly exit.
@@ -84,14 +85,17 @@ void NodeAgent::OnStart(bus::Message& message) {
     reply.error = "start order needs a replica_id of letters, digits, '-' and '_' and a spec";
   } else if (auto it = workers_.find(order->replica_id); it != workers_.end()) {
     reply.pid = it->second->pid;  // already running: starting is idempotent
+    reply.heartbeat_seq = heartbeat_seq_ + 1;
   } else {
     auto pid = Spawn(*order);
     if (pid.ok()) {
       reply.pid = *pid;
+      reply.heartbeat_seq = heartbeat_seq_ + 1;  // the next heartbeat lists it
     } else {
       reply.error = pid.error();
     }
   }
+  reply.incarnation = incarnation_;
   if (!reply.error.empty()) spdlog::warn("start refused: {}", reply.error);
   (void)bus_.Respond(message, wire::Pack(reply));
 }
@@ -116,6 +120,8 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   worker->replica_id = id;
   worker->deployment = order.spec->name;
   worker->version = order.spec->version;
+  worker->fingerprint = order.fingerprint;
+  worker->config_hash = order.config_hash;
   worker->error_file = base + ".error";
   worker->graceful_timeout_s = order.spec->graceful_shutdown_timeout_s;
   fs::remove(worker->error_file);
@@ -126,7 +132,8 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
                                    worker->error_file,  "--agent-pid", std::to_string(getpid()),
                                    "--cache-dir",
                                    (fs::path(options_.work_dir) / "artifacts").string(),
-                                   "--scratch-dir",     scratch_dir};
+                                   "--scratch-dir",     scratch_dir,
+                                   "--ready-fd",        "3"};
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -142,19 +149,23 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   for (auto& entry : env_strings) envp.push_back(entry.data());
   envp.push_back(nullptr);
 
-  uv_stdio_container_t stdio[3];
+  uv_pipe_init(loop_, &worker->ready_pipe, 0);
+  worker->ready_pipe.data = worker.get();
+  uv_stdio_container_t stdio[4];
   stdio[0].flags = UV_IGNORE;
   stdio[1].flags = UV_INHERIT_FD;
   stdio[1].data.fd = 1;
   stdio[2].flags = UV_INHERIT_FD;
   stdio[2].data.fd = 2;
+  stdio[3].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
+  stdio[3].data.stream = reinterpret_cast<uv_stream_t*>(&worker->ready_pipe);
 
   uv_process_options_t spawn{};
   spawn.file = options_.worker_exe.c_str();
   spawn.args = argv.data();
   spawn.env = envp.data();
   spawn.stdio = stdio;
-  spawn.stdio_count = 3;
+  spawn.stdio_count = 4;
   spawn.exit_cb = [](uv_process_t* process, int64_t exit_status, int term_signal) {
     auto* worker = static_cast<Worker*>(process->data);
     worker->agent->OnWorkerExit(worker, exit_status, term_signal);
@@ -162,18 +173,30 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   worker->process.data = worker.get();
   int rc = uv_spawn(loop_, &worker->process, &spawn);
   if (rc != 0) {
-    // A failed spawn still initialised the handle; it must be closed before it is freed.
-    Worker* raw = worker.release();
-    uv_close(reinterpret_cast<uv_handle_t*>(&raw->process),
-             [](uv_handle_t* h) { delete static_cast<Worker*>(h->data); });
+    // A failed spawn still initialised the handles; they must be closed before it is freed.
+    CloseWorker(worker.release());
     return Status::Error("cannot start a worker process (" + options_.worker_exe +
                          "): " + uv_strerror(rc));
   }
   worker->pid = worker->process.pid;
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&worker->ready_pipe),
+      [](uv_handle_t*, size_t, uv_buf_t* buf) {
+        static char byte[16];
+        *buf = uv_buf_init(byte, sizeof(byte));
+      },
+      [](uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+        auto* worker = static_cast<Worker*>(stream->data);
+        if (nread > 0 && !worker->ready) {
+          worker->ready = true;
+          worker->agent->SendHeartbeatSoon();
+        }
+        if (nread < 0) uv_read_stop(stream);
+      });
   int pid = worker->pid;
   spdlog::info("started replica {} of {} as pid {}", id, worker->deployment, pid);
   workers_[id] = std::move(worker);
-  SendHeartbeat();
+  SendHeartbeatSoon();
   return pid;
 }
 
@@ -235,10 +258,28 @@ void NodeAgent::OnWorkerExit(Worker* worker, int64_t exit_status, int term_signa
   auto it = workers_.find(worker->replica_id);
   Worker* raw = it->second.release();
   workers_.erase(it);
-  uv_close(reinterpret_cast<uv_handle_t*>(&raw->process),
-           [](uv_handle_t* h) { delete static_cast<Worker*>(h->data); });
-  SendHeartbeat();
+  CloseWorker(raw);
+  SendHeartbeatSoon();
   MaybeFinishShutdown();
+}
+
+void NodeAgent::CloseWorker(Worker* worker) {
+  worker->open_handles = 2;
+  auto closed = [](uv_handle_t* h) {
+    auto* w = static_cast<Worker*>(h->data);
+    if (--w->open_handles == 0) delete w;
+  };
+  uv_close(reinterpret_cast<uv_handle_t*>(&worker->process), closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&worker->ready_pipe), closed);
+}
+
+void NodeAgent::SendHeartbeatSoon() {
+  // Changes are told at once, but a burst of them (hundreds of starts) in one heartbeat: each
+  // lists every worker, so one per change would cost the node and the controller the square.
+  if (shutdown_done_) return;  // a node that shuts down says nothing more
+  if (heartbeat_soon_ == nullptr) heartbeat_soon_ = std::make_unique<service::OneShotTimer>(loop_);
+  if (heartbeat_soon_->active()) return;
+  heartbeat_soon_->Start(0.05, [this] { SendHeartbeat(); });
 }
 
 void NodeAgent::SendHeartbeat() {
@@ -247,6 +288,8 @@ void NodeAgent::SendHeartbeat() {
   heartbeat.host = host_;
   heartbeat.pid = getpid();
   heartbeat.period_s = options_.heartbeat_period_s;
+  heartbeat.incarnation = incarnation_;
+  heartbeat.seq = ++heartbeat_seq_;
   heartbeat.resources = std::make_unique<wire::ResourcesT>();
   heartbeat.resources->num_cpus = options_.num_cpus;
   heartbeat.resources->num_gpus = options_.num_gpus;
@@ -262,6 +305,10 @@ void NodeAgent::SendHeartbeat() {
     replica->deployment = worker->deployment;
     replica->version = worker->version;
     replica->pid = worker->pid;
+    replica->ready = worker->ready;
+    replica->fingerprint = worker->fingerprint;
+    replica->config_hash = worker->config_hash;
+    if (!worker->ready) ++heartbeat.starting;
     heartbeat.replicas.push_back(std::move(replica));
   }
   (void)bus_.Publish(subjects_.hb_node, wire::Pack(heartbeat));
@@ -271,6 +318,7 @@ void NodeAgent::Shutdown(std::function<void()> done) {
   if (shutdown_done_) return;
   shutdown_done_ = std::move(done);
   heartbeat_.reset();
+  heartbeat_soon_.reset();
   double longest_grace = 0;
   for (auto& [id, worker] : workers_) {
     longest_grace = std::max(longest_grace, worker->graceful_timeout_s);

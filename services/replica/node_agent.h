@@ -48,11 +48,17 @@ class NodeAgent {
     std::string replica_id;
     std::string deployment;
     std::string version;
+    std::string fingerprint;
+    std::string config_hash;
     std::string error_file;
     std::string scratch_dir;  // removed when the worker exits
     double graceful_timeout_s = 20;
     uv_process_t process{};
+    // The worker writes one byte here once it serves (its --ready-fd); its heartbeat says so.
+    uv_pipe_t ready_pipe{};
+    int open_handles = 0;  // process and ready_pipe; the Worker is freed when both closed
     int pid = 0;
+    bool ready = false;
     bool stopping = false;
     std::unique_ptr<service::OneShotTimer> kill_timer;
   };
@@ -63,15 +69,22 @@ class NodeAgent {
   void StopWorker(Worker& worker);
   void OnWorkerExit(Worker* worker, int64_t exit_status, int term_signal);
   void SendHeartbeat();
+  // A heartbeat within 50 ms, one for however many changes happen meanwhile.
+  void SendHeartbeatSoon();
   void MaybeFinishShutdown();
+  static void CloseWorker(Worker* worker);
 
   uv_loop_t* loop_;
   bus::Bus& bus_;
   const bus::Subjects& subjects_;
   NodeAgentOptions options_;
   std::string host_;
+  // This run of the agent and its heartbeat counter (see NodeHeartbeat in schemas/serve.fbs).
+  uint64_t incarnation_;
+  uint64_t heartbeat_seq_ = 0;
   std::map<std::string, std::unique_ptr<Worker>> workers_;  // by replica id
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
+  std::unique_ptr<service::OneShotTimer> heartbeat_soon_;
   std::function<void()> shutdown_done_;
   std::unique_ptr<service::OneShotTimer> shutdown_deadline_;
 };

@@ -11,7 +11,8 @@
 //                  many calls there were (this one included)
 //   anything else  JSON: replica_id, deployment, path, method, query, body and header x-test
 // reconfigure accepts any user_config except one containing "reject", which it refuses with
-// "user_config rejected on purpose".
+// "user_config rejected on purpose". A user_config with "start_delay_ms": N makes the
+// constructor take N milliseconds, like a model that loads slowly.
 //
 // Built twice: test_handlers (serialized) and test_concurrent (SERVE_TEST_CONCURRENT defined,
 // which declares kConcurrent).
@@ -93,7 +94,19 @@ class TestHandlers {
   explicit TestHandlers(const serve::Config& config)
       : replica_id_(config.replica_id()),
         deployment_(config.deployment_name()),
-        user_config_(config.user_config()) {}
+        user_config_(config.user_config()) {
+    const std::string key = "\"start_delay_ms\":";
+    const size_t at = user_config_.find(key);
+    if (at != std::string::npos) {
+      size_t digits = user_config_.find_first_of("0123456789", at + key.size());
+      long ms = 0;
+      if (digits != std::string::npos) {
+        std::from_chars(user_config_.data() + digits,
+                        user_config_.data() + user_config_.size(), ms);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    }
+  }
 
   serve::Response operator()(const serve::Request& request) {
     InFlight in_flight(*this);

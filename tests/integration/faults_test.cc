@@ -1,0 +1,325 @@
+// Faults the control loop must survive on its own, each under load: a controller killed early in
+// a rolling update of slow-starting replicas, the bus going away and coming back, and a thousand
+// deployments at once. Verdicts need evidence: none of these may fail traffic that a correct
+// controller would have kept, or report HEALTHY before the target version serves.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <unistd.h>
+
+#include "integration/bus_client.h"
+#include "integration/cluster.h"
+#include "integration/logged_process.h"
+#include "support/load.h"
+#include "wire/codec.h"
+
+namespace serve::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string TestLibrary(const std::string& name) {
+  return fs::path(BinDir()).parent_path().string() + "/tests/deployments/lib" + name + ".so";
+}
+
+std::set<std::string> RunningIds(Cluster& cluster, const std::string& name) {
+  std::set<std::string> ids;
+  nlohmann::json deployment = cluster.Deployment(name);
+  if (!deployment.is_object()) return ids;
+  for (const auto& r : deployment["replicas"]) {
+    if (r["state"] == "RUNNING") ids.insert(r["id"].get<std::string>());
+  }
+  return ids;
+}
+
+size_t CountOccurrences(const std::string& text, const std::string& what) {
+  size_t count = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) {
+    ++count;
+  }
+  return count;
+}
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  return path;
+}
+
+// kill -9 of the controller right after it accepted a rolling update whose replicas take 4 s to
+// start. The restarted controller adopts the old replicas as RUNNING and the new ones as
+// STARTING (as their node reports them), keeps routing to the old ones until the new ones run,
+// and `serve deploy` returns only once the new version serves.
+TEST(FaultTest, ControllerKilledEarlyInASlowRollingUpdateFailsNoRequest) {
+  Cluster cluster;
+  auto config = [&](const std::string& version) {
+    return "deployments:\n"
+           "  - name: slow\n"
+           "    runtime: native\n"
+           "    artifact: " +
+           TestLibrary("test_handlers") +
+           "\n"
+           "    version: " +
+           version +
+           "\n"
+           "    num_replicas: 2\n"
+           "    user_config: {start_delay_ms: 4000}\n"
+           "    resources: {num_cpus: 0.5}\n";
+  };
+  cluster.Deploy(config("v1"));
+  std::set<std::string> v1 = RunningIds(cluster, "slow");
+  ASSERT_EQ(v1.size(), 2u);
+
+  LoadGenerator::Options options;
+  options.port = cluster.http_port();
+  options.clients = 8;
+  options.target = "/slow";
+  options.duration = std::chrono::seconds(120);
+  LoadGenerator load(options);
+  ASSERT_TRUE(load.WaitForRequests(300)) << load.Snapshot().Summary();
+
+  std::string v2_file = WriteFile(cluster.dir() + "/v2.yaml", config("v2"));
+  LoggedProcess deploy(cluster.ServeCommand({"deploy", v2_file}), cluster.dir() + "/deploy.log");
+  ASSERT_TRUE(deploy.WaitForOutput("updating from version v1 to v2")) << deploy.Output();
+  // The new replicas are starting now (for 4 s): the controller dies in the middle of it.
+  ASSERT_TRUE(WaitUntil([&] {
+    return CountOccurrences(cluster.Log("controller"), "starting replica slow-") >= 4;
+  })) << cluster.Log("controller");
+  cluster.controller().Kill();
+  auto killed_at = Clock::now();
+  cluster.StartController();
+
+  ASSERT_TRUE(WaitUntil([&] { return !deploy.Running(); }, std::chrono::seconds(120)))
+      << deploy.Output();
+  auto deployed_at = Clock::now();
+  EXPECT_EQ(deploy.Terminate(), 0) << deploy.Output();
+  // When `serve deploy` says HEALTHY, the new version is what runs and what answers.
+  nlohmann::json status = cluster.Deployment("slow");
+  EXPECT_EQ(status["status"], "HEALTHY") << status.dump(2);
+  std::set<std::string> v2 = RunningIds(cluster, "slow");
+  EXPECT_EQ(v2.size(), 2u) << status.dump(2);
+  for (const auto& r : status["replicas"]) {
+    EXPECT_EQ(r["version"], "v2") << status.dump(2);
+  }
+  for (int i = 0; i < 10; ++i) {
+    HttpResult answer = cluster.Get("/slow");
+    ASSERT_EQ(answer.status, 200) << answer.body;
+    auto body = nlohmann::json::parse(answer.body, nullptr, false);
+    ASSERT_TRUE(body.is_object()) << answer.body;
+    EXPECT_EQ(v2.count(body["replica_id"].get<std::string>()), 1u)
+        << "answered by " << body["replica_id"] << " after serve deploy returned";
+  }
+  std::cout << "controller killed -> serve deploy returned HEALTHY: "
+            << Seconds(deployed_at - killed_at) << " s\n";
+  ASSERT_TRUE(load.WaitForMoreRequests(300));
+  auto report = load.Stop();
+  std::cout << report.Summary() << std::flush;
+  EXPECT_EQ(report.failed, 0u) << report.Summary() << cluster.Log("controller");
+}
+
+// nats-server goes away under load and comes back on the same port. Nothing is judged from the
+// silence: the same replicas serve afterwards, no deployment leaves HEALTHY, no replacement
+// starts, and the only failed requests are those sent while the bus was down.
+class BusOutageTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(BusOutageTest, ChangesNothingAndFailsOnlyWhatWasSentMeanwhile) {
+  const auto outage = std::chrono::seconds(GetParam());
+  Cluster cluster;
+  cluster.Deploy("deployments:\n"
+                 "  - name: echo\n"
+                 "    runtime: builtin:echo\n"
+                 "    num_replicas: 2\n"
+                 "    health_check_period_s: 0.5\n"
+                 "    health_check_timeout_s: 3\n");
+  std::set<std::string> ids = RunningIds(cluster, "echo");
+  ASSERT_EQ(ids.size(), 2u);
+  std::string before = cluster.Log("controller");
+
+  LoadGenerator::Options options;
+  options.port = cluster.http_port();
+  options.clients = 8;
+  options.target = "/echo";
+  options.duration = std::chrono::seconds(120);
+  options.request_timeout = std::chrono::seconds(30);
+  LoadGenerator load(options);
+  ASSERT_TRUE(load.WaitForRequests(300)) << load.Snapshot().Summary();
+
+  auto started = load.Snapshot().started;
+  auto down_at = Clock::now();
+  cluster.nats().Stop();
+  std::this_thread::sleep_for(outage);  // the fault itself, not a wait for a result
+  cluster.nats().Start();
+  auto up_at = Clock::now();
+  ASSERT_TRUE(load.WaitForMoreRequests(300, std::chrono::seconds(30)))
+      << load.Snapshot().Summary();
+
+  // Once the controller judges again (every node heard from since the bus returned), nothing
+  // it judges may differ from before the outage.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        nlohmann::json s = cluster.Status();
+        if (!s.is_object() || s["nodes"].empty()) return false;
+        for (const auto& node : s["nodes"]) {
+          if (node.value("message", "").find("waiting to hear") != std::string::npos) return false;
+        }
+        return true;
+      },
+      std::chrono::seconds(30)))
+      << cluster.Status().dump(2);
+  ASSERT_TRUE(load.WaitForMoreRequests(500, std::chrono::seconds(30)));
+  nlohmann::json status = cluster.Deployment("echo");
+  EXPECT_EQ(status["status"], "HEALTHY") << status.dump(2);
+  EXPECT_EQ(RunningIds(cluster, "echo"), ids) << status.dump(2);
+  std::string after = cluster.Log("controller").substr(before.size());
+  EXPECT_EQ(CountOccurrences(after, "starting replica"), 0u) << after;
+  EXPECT_EQ(CountOccurrences(after, "UNHEALTHY"), 0u) << after;
+
+  auto report = load.Stop();
+  std::cout << report.Summary() << std::flush;
+  double down_s = Seconds(down_at - started);
+  double up_s = Seconds(up_at - started);
+  size_t late = 0, slow = 0;
+  for (const auto& failure : report.failures) {
+    double sent = failure.sent_at.count() / 1000.0;
+    // A request sent while the bus was down fails, and fails fast; one sent after it returned
+    // (allowing for reconnecting) must not.
+    if (sent > up_s + 1.5) ++late;
+    if (sent > down_s && failure.took > std::chrono::milliseconds(2500)) ++slow;
+    if (sent < down_s - 0.5) ++late;
+  }
+  std::cout << "bus down for " << GetParam() << " s: " << report.failed << " failed requests, "
+            << late << " outside the outage, " << slow << " slower than 2.5 s\n";
+  EXPECT_EQ(late, 0u) << report.Summary();
+  EXPECT_EQ(slow, 0u) << report.Summary();
+}
+
+INSTANTIATE_TEST_SUITE_P(Outages, BusOutageTest, ::testing::Values(2, 10),
+                         [](const auto& info) { return std::to_string(info.param) + "s"; });
+
+// A thousand deployments from one file on one large node: all HEALTHY, no replica started twice,
+// none DEPLOY_FAILED, status answering quickly throughout, then all deleted. Too heavy for the
+// sanitizer build (a thousand instrumented worker processes), so it runs in the Release suite.
+TEST(ScaleTest, AThousandDeploymentsSettleAnswerAndGo) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "runs in the Release build only";
+#endif
+  constexpr int kDeployments = 1000;
+  Cluster::Options cluster_options;
+  cluster_options.node_cpus = 64;
+  Cluster cluster(cluster_options);
+  cluster.Deploy("deployments:\n"
+                 "  - name: probe\n"
+                 "    runtime: builtin:hello\n");
+  LoadGenerator::Options options;
+  options.port = cluster.http_port();
+  options.clients = 2;
+  options.target = "/probe";
+  options.duration = std::chrono::seconds(240);
+  LoadGenerator load(options);
+  ASSERT_TRUE(load.WaitForRequests(100)) << load.Snapshot().Summary();
+
+  std::string yaml = "deployments:\n";
+  for (int i = 0; i < kDeployments; ++i) {
+    char name[16];
+    snprintf(name, sizeof(name), "d%04d", i);
+    yaml += std::string("  - name: ") + name +
+            "\n    runtime: builtin:hello\n    resources: {num_cpus: 0.05}\n";
+  }
+  std::string file = WriteFile(cluster.dir() + "/many.yaml", yaml);
+
+  // Status over the bus, as any client asks it, timed all along.
+  std::atomic<bool> watching{true};
+  std::atomic<double> slowest_status{0};
+  std::atomic<int> status_failures{0};
+  std::string first_status_error;  // written by the watcher, read after it joined
+  std::thread watcher([&] {
+    RawClient client(cluster.nats_url());
+    while (watching) {
+      auto asked = Clock::now();
+      auto reply = client.Request("itest.ctl.status", wire::Pack(wire::StatusRequestT{}));
+      double took = Seconds(Clock::now() - asked);
+      if (!reply.ok() && status_failures++ == 0) first_status_error = reply.error();
+      if (took > slowest_status) slowest_status = took;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // pacing, not a wait
+    }
+  });
+
+  auto deploy_started = Clock::now();
+  CommandResult deployed = cluster.Serve({"deploy", file}, std::chrono::seconds(300));
+  double deploy_s = Seconds(Clock::now() - deploy_started);
+  EXPECT_EQ(deployed.exit_code, 0) << deployed.output.substr(0, 4000);
+
+  nlohmann::json status = cluster.Status();
+  int healthy = 0, failed = 0;
+  for (const auto& d : status["deployments"]) {
+    if (d["status"] == "HEALTHY") ++healthy;
+    if (d["status"] == "DEPLOY_FAILED") ++failed;
+  }
+  EXPECT_EQ(healthy, kDeployments + 1);
+  EXPECT_EQ(failed, 0);
+  std::string node_log = cluster.Log("node-1");
+  size_t started = CountOccurrences(node_log, "started replica d");
+  EXPECT_EQ(started, static_cast<size_t>(kDeployments)) << "no replica started twice";
+
+  // Idle: what the controller costs with a thousand replicas and nothing changing.
+  auto cpu_seconds = [&] {
+    std::ifstream stat("/proc/" + std::to_string(cluster.controller().pid()) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    std::istringstream fields(text.substr(text.rfind(')') + 2));
+    std::string field;
+    double ticks = 0;
+    for (int i = 3; i <= 15 && fields >> field; ++i) {
+      if (i == 14 || i == 15) ticks += std::stod(field);
+    }
+    return ticks / sysconf(_SC_CLK_TCK);
+  };
+  double cpu_before = cpu_seconds();
+  auto idle_from = Clock::now();
+  ASSERT_TRUE(load.WaitForMoreRequests(2000, std::chrono::seconds(60)));
+  double idle_cpu = (cpu_seconds() - cpu_before) / Seconds(Clock::now() - idle_from);
+
+  std::vector<std::string> remove = {"delete"};
+  for (int i = 0; i < kDeployments; ++i) {
+    char name[16];
+    snprintf(name, sizeof(name), "d%04d", i);
+    remove.push_back(name);
+  }
+  auto delete_started = Clock::now();
+  CommandResult deleted = cluster.Serve(remove, std::chrono::seconds(120));
+  double delete_s = Seconds(Clock::now() - delete_started);
+  EXPECT_EQ(deleted.exit_code, 0) << deleted.output.substr(0, 4000);
+  ASSERT_TRUE(WaitUntil([&] { return cluster.Status()["deployments"].size() == 1; },
+                        std::chrono::seconds(60)));
+  watching = false;
+  watcher.join();
+
+  auto report = load.Stop();
+  std::cout << kDeployments << " deployments: all HEALTHY after " << deploy_s
+            << " s; deleted in " << delete_s << " s; slowest status " << slowest_status
+            << " s; controller idle CPU " << idle_cpu * 100 << "% of a core\n"
+            << report.Summary() << std::flush;
+  EXPECT_EQ(status_failures, 0) << first_status_error;
+  EXPECT_LT(slowest_status, 5.0) << "status must keep answering";
+  EXPECT_LT(deploy_s, 180.0);
+  EXPECT_LT(delete_s, 60.0);
+  if (report.failed > 0) {
+    std::istringstream lines(cluster.Log("controller"));
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find("probe") != std::string::npos) std::cout << line << "\n";
+    }
+  }
+  EXPECT_EQ(report.failed, 0u) << report.Summary();
+}
+
+}  // namespace
+}  // namespace serve::testing
