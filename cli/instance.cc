@@ -17,6 +17,8 @@
 #include <fstream>
 #include <thread>
 
+#include "service/descriptors.h"
+
 namespace serve::cli {
 namespace {
 
@@ -129,13 +131,16 @@ Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, const std::str
   if (pid == 0) {
     close(report[0]);
     setsid();
-    int null_fd = open("/dev/null", O_RDONLY);
+    int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null_fd >= 0) dup2(null_fd, 0);
-    int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log_fd >= 0) {
       dup2(log_fd, 1);
       dup2(log_fd, 2);
     }
+    // A service outlives this command: descriptors of the CLI, or of the shell that ran it (a
+    // pipe someone waits on to end, say), must not stay open in it. dup2 cleared the flag on 0-2.
+    service::MarkDescriptorsCloseOnExec();
     for (const auto& [key, value] : env) setenv(key.c_str(), value.c_str(), 1);
     std::vector<std::string> copy = argv;
     std::vector<char*> args;

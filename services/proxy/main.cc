@@ -27,6 +27,22 @@ int main(int argc, char** argv) {
   app.add_option("--max-queued-requests", options.max_queued_per_deployment,
                  "Requests per deployment that wait for a replica with room before 503")
       ->capture_default_str();
+  app.add_option("--bus-wait-s", options.bus_wait_s,
+                 "While NATS is unreachable, how long a request waits for it before 503 with "
+                 "Retry-After (0: answer at once)")
+      ->envname("SERVE_PROXY_BUS_WAIT_S")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            double seconds = -1;
+            if (!CLI::detail::lexical_cast(value, seconds) || seconds < 0 || seconds > 60) {
+              return "must be a number of seconds from 0 to 60 (got '" + value +
+                     "'); requests hold a connection that long while NATS is away, so keep it "
+                     "short";
+            }
+            return "";
+          },
+          "SECONDS in [0, 60]"));
   app.add_option("--max-body-bytes", options.http.max_body_bytes, "Largest request body (413)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -8,6 +8,11 @@
 namespace serve::proxy {
 namespace {
 
+// After the bus comes back, replicas reconnect on their own schedule (each client retries
+// every 0.25 s plus jitter), so for a moment a replica in the table may not be subscribed yet.
+// A request that finds nobody listening then is asked again instead of failing.
+constexpr uint64_t kReconnectGraceMs = 2000;
+
 http::Response TextResponse(int status, std::string body) {
   http::Response response;
   response.status = status;
@@ -50,12 +55,14 @@ struct Proxy::Call {
   std::string request_id;
   std::string deployment;
   std::string route_prefix;
+  std::string path;
   std::string encoded;  // the HttpRequest FlatBuffer, built once, sent to each replica tried
   std::set<std::string> tried;
   int attempts = 0;
   bool head = false;
-  uint64_t queued_at_ms = 0;  // when it started waiting for a free replica
-  bool finished = false;      // answered; later replies for it are ignored
+  uint64_t queued_at_ms = 0;   // when it started waiting for a free replica
+  uint64_t held_since_ms = 0;  // when it started waiting for the bus
+  bool finished = false;       // answered; later replies for it are ignored
 };
 
 Proxy::Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, ProxyOptions options)
@@ -87,9 +94,14 @@ Status Proxy::Start() {
     OnReplicaExited(m.data);
   });
   if (!subscribed.ok()) return subscribed;
-  // After a reconnect the controller may have published while this proxy was away.
   bus_.SetConnectionListener([this](bool connected) {
-    if (connected) RequestRoutes();
+    if (!connected) return;
+    uv_update_time(loop_);
+    connected_at_ms_ = uv_now(loop_);
+    // The controller may have published while this proxy was away; until its answer comes,
+    // the table held serves.
+    RequestRoutes();
+    ReleaseHeld();
   });
   routes_retry_ = std::make_unique<service::OneShotTimer>(loop_);
   RequestRoutes();
@@ -99,6 +111,7 @@ Status Proxy::Start() {
   queue_sweeper_ = std::make_unique<service::RepeatingTimer>(loop_, 0.1, [this] {
     ExpireWaiting();
     FailCallsOfExitedReplicas();
+    ReleaseHeld();
   });
   spdlog::info("proxy {} listening on http://{}:{}", options_.proxy_id, options_.http.host,
                server_->port());
@@ -113,6 +126,8 @@ void Proxy::Stop(std::function<void()> on_closed) {
     for (auto& call : queue) Finish(call, TextResponse(503, "the proxy is shutting down"));
   }
   waiting_.clear();
+  for (auto& call : held_) Finish(call, TextResponse(503, "the proxy is shutting down"));
+  held_.clear();
   if (server_ != nullptr) {
     server_->Close(std::move(on_closed));
   } else if (on_closed) {
@@ -149,6 +164,7 @@ void Proxy::OnRouteTable(const std::string& bytes) {
     std::vector<std::string> deployments;
     for (const auto& [deployment, queue] : waiting_) deployments.push_back(deployment);
     for (const auto& deployment : deployments) DispatchWaiting(deployment);
+    ReleaseHeld();
   }
 }
 
@@ -165,7 +181,7 @@ void Proxy::SendHeartbeat() {
 
 void Proxy::OnHttp(http::Request&& request, http::Responder responder) {
   if (request.path == "/-/healthz") {
-    responder.Send(TextResponse(200, "success"));
+    responder.Send(Health());
     return;
   }
   if (request.path == "/-/routes") {
@@ -183,16 +199,25 @@ void Proxy::OnHttp(http::Request&& request, http::Responder responder) {
     call->request_id = request_id_prefix_ + "-" + std::to_string(++request_counter_);
   }
   call->responder = std::move(responder);
-  const Route* route = router_.Lookup(request.path);
+  call->path = request.path;
+  call->head = request.method == "HEAD";
+  call->encoded = EncodeRequest(request, call->request_id);
+  Dispatch(call);
+}
+
+void Proxy::Dispatch(const std::shared_ptr<Call>& call) {
+  const Route* route = router_.Lookup(call->path);
   if (route == nullptr) {
-    Finish(call, TextResponse(404, "no route for " + request.path +
+    if (!have_routes_ && !bus_.connected()) {
+      HoldForBus(call);  // the route table comes with the bus
+      return;
+    }
+    Finish(call, TextResponse(404, "no route for " + call->path +
                                        "; GET /-/routes lists the routes this proxy serves"));
     return;
   }
   call->deployment = route->deployment;
   call->route_prefix = route->prefix;
-  call->head = request.method == "HEAD";
-  call->encoded = EncodeRequest(request, call->request_id);
   Attempt(call);
 }
 
@@ -206,6 +231,10 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
     Finish(call, TextResponse(503, "deployment " + call->deployment +
                                        " has no running replica right now (starting, updating "
                                        "or scaled to zero); `serve status` tells which"));
+    return;
+  }
+  if (!bus_.connected()) {
+    HoldForBus(call);
     return;
   }
   bool all_full = false;
@@ -256,6 +285,16 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
         if (call->finished) return;  // answered when its replica exited
         if (!reply.ok()) {
           bool gone = reply.error().rfind("nothing listens", 0) == 0;
+          if (gone && InReconnectGrace()) {
+            spdlog::debug("[{}] replica {} has no subscriber yet after a reconnect; asking again",
+                          call->request_id, replica_id);
+            call->tried.erase(replica_id);
+            --call->attempts;
+            uv_update_time(loop_);
+            call->held_since_ms = uv_now(loop_);
+            held_.push_back(call);  // sent again by the next sweep
+            return;
+          }
           if (gone && call->attempts < options_.max_attempts) {
             spdlog::debug("[{}] replica {} is gone; trying another", call->request_id,
                           replica_id);
@@ -362,6 +401,78 @@ void Proxy::ExpireWaiting() {
     }
     it = queue.empty() ? waiting_.erase(it) : std::next(it);
   }
+}
+
+void Proxy::HoldForBus(const std::shared_ptr<Call>& call) {
+  if (options_.bus_wait_s <= 0) {
+    Finish(call, BusUnavailable());
+    return;
+  }
+  // A call held again (the bus dropped right after it came back) keeps its first time, so no
+  // call waits longer than bus_wait_s in all.
+  if (call->held_since_ms == 0) {
+    uv_update_time(loop_);
+    call->held_since_ms = uv_now(loop_);
+  }
+  held_.push_back(call);
+}
+
+void Proxy::ReleaseHeld() {
+  if (held_.empty()) return;
+  uv_update_time(loop_);
+  uint64_t now = uv_now(loop_);
+  auto wait_ms = static_cast<uint64_t>(options_.bus_wait_s * 1000);
+  std::deque<std::shared_ptr<Call>> calls;
+  calls.swap(held_);
+  bool connected = bus_.connected();
+  for (auto& call : calls) {
+    if (!call->responder.client_connected()) continue;
+    bool expired = now - call->held_since_ms >= wait_ms;
+    if (!connected) {
+      if (expired) {
+        Finish(call, BusUnavailable());
+      } else {
+        held_.push_back(call);
+      }
+    } else if (call->deployment.empty()) {
+      // Held before this proxy ever had a route table: the table follows the connection.
+      if (!have_routes_ && !expired) {
+        held_.push_back(call);
+      } else {
+        Dispatch(call);
+      }
+    } else {
+      Attempt(call);  // sends it, or answers why it cannot be sent
+    }
+  }
+}
+
+bool Proxy::InReconnectGrace() {
+  if (connected_at_ms_ == 0) return false;
+  uv_update_time(loop_);
+  return uv_now(loop_) - connected_at_ms_ < kReconnectGraceMs;
+}
+
+http::Response Proxy::BusUnavailable() const {
+  http::Response response =
+      TextResponse(503, fmt::format("the bus is unavailable: serve-proxy has no connection to "
+                                    "NATS at {} (waited {:g} s for it); it keeps reconnecting, "
+                                    "retry shortly",
+                                    bus::RedactUrl(bus_.url()), options_.bus_wait_s));
+  // Any client or load balancer that honours it comes back when the bus likely has.
+  response.headers.push_back({"Retry-After", "1"});
+  return response;
+}
+
+// Liveness: 200 whether or not the bus is connected. The process is fine and restarting it
+// would not bring NATS back; the body says what the proxy can do right now.
+http::Response Proxy::Health() {
+  std::string url = bus::RedactUrl(bus_.url());
+  if (bus_.connected()) return TextResponse(200, "success\nbus: connected to NATS at " + url);
+  return TextResponse(200, fmt::format("success\nbus: no connection to NATS at {}, reconnecting; "
+                                       "requests wait up to {:g} s for it, then get 503 ({} "
+                                       "waiting now)",
+                                       url, options_.bus_wait_s, held_.size()));
 }
 
 void Proxy::OnReplicaExited(const std::string& bytes) {

@@ -26,11 +26,18 @@ struct ProxyOptions {
   // Requests that wait, per deployment, while every replica is at max_concurrent_queries;
   // beyond this they get 503 at once. They wait at most request_timeout_s.
   size_t max_queued_per_deployment = 1000;
+  // How long a request waits for a lost NATS connection to come back before it gets 503 with
+  // Retry-After. Short: a client that retries elsewhere does better than one left hanging.
+  double bus_wait_s = 0.5;
   double heartbeat_period_s = 1;
 };
 
 // HTTP ingress: routes each request by longest prefix to a replica of the matched deployment,
 // over the bus, and writes the replica's answer back.
+//
+// Without a NATS connection a request waits up to bus_wait_s for it to come back, then gets 503
+// with Retry-After; the route table held is kept meanwhile, so requests go out as soon as the
+// connection returns.
 class Proxy {
  public:
   Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, ProxyOptions options);
@@ -47,11 +54,21 @@ class Proxy {
   struct Call;
 
   void OnHttp(http::Request&& request, http::Responder responder);
+  // Finds the call's route and sends it.
+  void Dispatch(const std::shared_ptr<Call>& call);
   void Attempt(const std::shared_ptr<Call>& call);
   void Finish(const std::shared_ptr<Call>& call, http::Response response);
   // Sends waiting requests of `deployment` to replicas that have room.
   void DispatchWaiting(const std::string& deployment);
   void ExpireWaiting();
+  // Keeps `call` until the bus is connected again, for at most bus_wait_s.
+  void HoldForBus(const std::shared_ptr<Call>& call);
+  // Sends the held calls once the bus is back; answers 503 to those held too long.
+  void ReleaseHeld();
+  // True shortly after the bus (re)connected, while replicas may still be reconnecting.
+  bool InReconnectGrace();
+  http::Response BusUnavailable() const;
+  http::Response Health();
   void OnRouteTable(const std::string& bytes);
   // A worker process ended: what it was running will never be answered.
   void OnReplicaExited(const std::string& bytes);
@@ -78,6 +95,9 @@ class Proxy {
     std::string why;
   };
   std::unordered_map<std::string, ExitedReplica> exited_;
+  // Calls that wait for the bus, oldest first.
+  std::deque<std::shared_ptr<Call>> held_;
+  uint64_t connected_at_ms_ = 0;  // loop time of the last (re)connection
   bool have_routes_ = false;
   uint64_t request_counter_ = 0;
   std::string request_id_prefix_;

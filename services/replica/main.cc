@@ -14,6 +14,7 @@
 #include "replica/artifact_cache.h"
 #include "replica/node_agent.h"
 #include "replica/worker.h"
+#include "service/descriptors.h"
 #include "service/service.h"
 #include "wire/codec.h"
 
@@ -33,7 +34,7 @@ void WriteError(const std::string& path, const std::string& error) {
   out << error << "\n";
 }
 
-int RunWorker(int argc, char** argv) {
+int RunWorker(int argc, char** argv, int inherited_descriptors) {
   CLI::App app{"serve-replica worker: one replica (started by the node agent)"};
   service::CommonFlags flags;
   std::string replica_id, node_id, spec_path, error_file, cache_dir, scratch_dir;
@@ -61,6 +62,10 @@ int RunWorker(int argc, char** argv) {
   if (!init.ok()) {
     WriteError(error_file, init.message());
     return 2;
+  }
+  if (inherited_descriptors > 0) {
+    // Rare (see main()); frequent lines mean a spawn site that does not mark its descriptors.
+    spdlog::info("closed {} descriptors inherited from the node agent", inherited_descriptors);
   }
   std::ifstream in(spec_path, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -226,6 +231,19 @@ int RunAgent(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "worker") return RunWorker(argc - 1, argv + 1);
+  if (argc > 1 && std::string(argv[1]) == "worker") {
+    // The agent marks its descriptors close-on-exec before it spawns a worker, but nats.c
+    // opens sockets without O_CLOEXEC on its own threads (a reconnect, say), so one can appear
+    // between the marking and the fork. Nothing of the worker's own is open yet here: whatever
+    // is above stderr was inherited, and is closed before it can leak further (to a command's
+    // process) or keep the agent's connections open.
+    // The one descriptor handed over on purpose is the readiness pipe (--ready-fd).
+    int ready_fd = -1;
+    for (int i = 2; i + 1 < argc; ++i) {
+      if (std::string(argv[i]) == "--ready-fd") ready_fd = std::atoi(argv[i + 1]);
+    }
+    int inherited = service::CloseInheritedDescriptors(ready_fd);
+    return RunWorker(argc - 1, argv + 1, inherited);
+  }
   return RunAgent(argc, argv);
 }

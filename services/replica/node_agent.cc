@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "service/descriptors.h"
 #include "wire/codec.h"
 
 extern char** environ;
@@ -171,6 +172,7 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
     worker->agent->OnWorkerExit(worker, exit_status, term_signal);
   };
   worker->process.data = worker.get();
+  service::MarkDescriptorsCloseOnExec();  // a worker inherits stdio only; see descriptors.h
   int rc = uv_spawn(loop_, &worker->process, &spawn);
   if (rc != 0) {
     // A failed spawn still initialised the handles; they must be closed before it is freed.

@@ -3,10 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "integration/logged_process.h"
 #include "support/process.h"
@@ -16,6 +18,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 using ::testing::Not;
 namespace fs = std::filesystem;
 
@@ -127,6 +130,31 @@ TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
   EXPECT_FALSE(PortOpen(http_port));
   // The replica workers are gone too.
   EXPECT_EQ(RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output, "");
+}
+
+// A shell that runs `x=$(serve start)`, or a CI step, waits until every holder of its pipe
+// closes it: a service that inherited the pipe would hold that wait for as long as it runs.
+TEST_F(CliTest, ServicesAndWorkersInheritNothingFromTheShellThatStartedThem) {
+  InheritablePipe pipe;  // `serve start` inherits both ends
+  int http_port = FreePort();
+  auto started = Serve({"start", "--http-port", std::to_string(http_port)});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  auto deployed = Serve({"deploy", "examples/hello/serve.yaml"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
+
+  std::vector<pid_t> pids = RecordedPids();
+  EXPECT_EQ(pids.size(), 5u);  // nats-server and the four services
+  std::string workers = RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output;
+  std::istringstream worker_pids(workers);
+  for (pid_t pid; worker_pids >> pid;) pids.push_back(pid);
+  EXPECT_EQ(pids.size(), 6u) << "no worker found";
+  for (pid_t pid : pids) {
+    EXPECT_THAT(SharedDescriptors(pid, getpid()), IsEmpty())
+        << ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+  }
+  // The shell's wait ends as soon as it closes its own write end.
+  pipe.CloseWriteEnd();
+  EXPECT_TRUE(pipe.Ended()) << "a process still holds the pipe's write end";
 }
 
 TEST_F(CliTest, DeployWithoutAnInstanceSaysHowToStartOne) {

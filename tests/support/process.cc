@@ -2,11 +2,13 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -275,6 +277,63 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
   waitpid(pid, &status, 0);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return result;
+}
+
+InheritablePipe::InheritablePipe() {
+  if (pipe(fds_) != 0) throw std::runtime_error("pipe failed");
+}
+
+InheritablePipe::~InheritablePipe() {
+  for (int fd : fds_) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+void InheritablePipe::CloseWriteEnd() {
+  if (fds_[1] >= 0) close(fds_[1]);
+  fds_[1] = -1;
+}
+
+bool InheritablePipe::Ended() {
+  pollfd poll_fd{fds_[0], POLLIN, 0};
+  if (poll(&poll_fd, 1, 0) != 1) return false;  // nothing to read, and some writer remains
+  char byte;
+  return read(fds_[0], &byte, 1) == 0;
+}
+
+std::map<int, std::string> OpenDescriptors(pid_t pid) {
+  std::map<int, std::string> out;
+  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    int fd = std::atoi(entry.path().filename().c_str());
+    if (fd <= 2) continue;
+    fs::path target = fs::read_symlink(entry.path(), ec);
+    if (!ec) out[fd] = target.string();  // else closed meanwhile
+  }
+  return out;
+}
+
+std::vector<std::string> SharedDescriptors(pid_t child, pid_t other) {
+  std::map<int, std::string> theirs = OpenDescriptors(other);
+  for (int fd = 0; fd <= 2; ++fd) {
+    std::error_code ec;
+    fs::path target =
+        fs::read_symlink("/proc/" + std::to_string(other) + "/fd/" + std::to_string(fd), ec);
+    if (!ec) theirs[fd] = target.string();
+  }
+  std::vector<std::string> shared;
+  for (const auto& [fd, target] : OpenDescriptors(child)) {
+    for (const auto& [other_fd, other_target] : theirs) {
+      long same = syscall(SYS_kcmp, child, other, KCMP_FILE, fd, other_fd);
+      bool unique_inode = target.rfind("socket:", 0) == 0 || target.rfind("pipe:", 0) == 0;
+      if (same == 0 || (same < 0 && unique_inode && target == other_target)) {
+        shared.push_back("fd " + std::to_string(fd) + " (" + target + ")");
+        break;
+      }
+    }
+  }
+  return shared;
 }
 
 std::string ReadFile(const std::string& path) {

@@ -101,6 +101,34 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::map<std::string, std::string>& env = {},
                          std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+// A pipe opened without O_CLOEXEC, as a careless library or a shell leaves one: every process
+// started after it inherits both ends unless the spawn site keeps them out. Closed when it goes.
+class InheritablePipe {
+ public:
+  InheritablePipe();
+  ~InheritablePipe();
+  InheritablePipe(const InheritablePipe&) = delete;
+  InheritablePipe& operator=(const InheritablePipe&) = delete;
+  // Closes this process's write end; reading then sees the end of the pipe at once unless some
+  // other process still holds a write end.
+  void CloseWriteEnd();
+  // True when the read end reports the end of the pipe (without blocking).
+  bool Ended();
+
+ private:
+  int fds_[2] = {-1, -1};
+};
+
+// Descriptors above stderr that process `pid` has open, with what each points at
+// ("socket:[1234]", "pipe:[99]", a path), from /proc/<pid>/fd.
+std::map<int, std::string> OpenDescriptors(pid_t pid);
+
+// The descriptors above stderr of `child` that are the same open file as one of `other`'s: what
+// `child` inherited from it (nothing else shares an open file between processes here). Compared
+// with kcmp(2), which sees every kind of descriptor; where the kernel refuses kcmp, sockets and
+// pipes are compared by inode, which is unique to each. Each entry reads "fd 5 (socket:[1234])".
+std::vector<std::string> SharedDescriptors(pid_t child, pid_t other);
+
 std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& content);
 

@@ -1,0 +1,205 @@
+// The proxy against a real nats-server, with a fake replica and a route table published by the
+// test (no controller): what clients see when the bus goes away and comes back.
+#include "proxy/proxy.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "support/loop.h"
+#include "support/process.h"
+#include "wire/codec.h"
+#include "wire/serve_generated.h"
+
+namespace serve::proxy {
+namespace {
+
+using serve::testing::HttpResult;
+using serve::testing::NatsServer;
+using serve::testing::RunUntil;
+using ::testing::HasSubstr;
+
+class ProxyBusTest : public ::testing::Test {
+ protected:
+  void SetUp() override { uv_loop_init(&loop_); }
+
+  void TearDown() override {
+    if (proxy_ != nullptr) {
+      bool closed = false;
+      proxy_->Stop([&] { closed = true; });
+      RunUntil(&loop_, [&] { return closed; });
+      proxy_.reset();
+    }
+    if (proxy_bus_ != nullptr) proxy_bus_->Close(0);
+    if (replica_bus_ != nullptr) replica_bus_->Close(0);
+    proxy_bus_.reset();
+    replica_bus_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    ASSERT_EQ(uv_loop_close(&loop_), 0);
+  }
+
+  std::unique_ptr<bus::Bus> Connect() {
+    bus::Options options;
+    options.url = nats_.url();
+    auto bus = bus::Bus::Connect(&loop_, options);
+    EXPECT_TRUE(bus.ok()) << bus.error();
+    return bus.ok() ? std::move(*bus) : nullptr;
+  }
+
+  // A replica r1 that answers "from r1", unless `silent` (it then never answers), and the route
+  // table /a -> deployment a -> r1, published once, as a controller would. After StartProxy.
+  void StartReplicaAndRoutes(bool silent = false) {
+    replica_bus_ = Connect();
+    ASSERT_NE(replica_bus_, nullptr);
+    ASSERT_TRUE(replica_bus_
+                    ->Subscribe(subjects_.Replica("r1"),
+                                [this, silent](bus::Message& m) {
+                                  ++received_;
+                                  if (silent) return;
+                                  wire::HttpResponseT answer;
+                                  std::string body = "from r1";
+                                  answer.body.assign(body.begin(), body.end());
+                                  (void)replica_bus_->Respond(m, wire::Pack(answer));
+                                })
+                    .ok());
+    ASSERT_TRUE(replica_bus_->Flush().ok());
+    wire::RouteTableT table;
+    table.generation = 7;
+    table.controller_id = "c1";
+    auto route = std::make_unique<wire::RouteT>();
+    route->route_prefix = "/a";
+    route->deployment = "a";
+    auto replica = std::make_unique<wire::RouteReplicaT>();
+    replica->id = "r1";
+    replica->max_concurrent_queries = 10;
+    route->replicas.push_back(std::move(replica));
+    table.routes.push_back(std::move(route));
+    // The proxy's subscription must have reached the server before the table is published.
+    ASSERT_TRUE(RunUntil(&loop_, [&] { return proxy_bus_->connected(); }));
+    ASSERT_TRUE(proxy_bus_->Flush().ok());
+    ASSERT_TRUE(replica_bus_->Publish(subjects_.routes, wire::Pack(table)).ok());
+    ASSERT_TRUE(RunUntil(&loop_, [&] { return proxy_->router().route_count() == 1; }));
+  }
+
+  void StartProxy(double bus_wait_s) {
+    proxy_bus_ = Connect();
+    ASSERT_NE(proxy_bus_, nullptr);
+    ProxyOptions options;
+    options.proxy_id = "p1";
+    options.http.port = 0;
+    options.request_timeout_s = 30;
+    options.bus_wait_s = bus_wait_s;
+    proxy_ = std::make_unique<Proxy>(&loop_, *proxy_bus_, subjects_, options);
+    Status started = proxy_->Start();
+    ASSERT_TRUE(started.ok()) << started.message();
+  }
+
+  // Sends a request from another thread and runs the loop until it is answered.
+  HttpResult Get(const std::string& target) {
+    auto answer = Send(target);
+    auto ready = [&] { return Ready(answer); };
+    bool answered = RunUntil(&loop_, ready, /*timeout_s=*/30);
+    EXPECT_TRUE(answered) << "no answer to " << target;
+    return answered ? answer.get() : HttpResult{};
+  }
+  std::future<HttpResult> Send(const std::string& target) {
+    int port = proxy_->port();
+    return std::async(std::launch::async, [port, target] {
+      return testing::HttpRequest(port, "GET", target, "", std::chrono::seconds(30));
+    });
+  }
+  static bool Ready(std::future<HttpResult>& answer) {
+    return answer.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  }
+
+  NatsServer nats_;
+  uv_loop_t loop_;
+  bus::Subjects subjects_{"t"};
+  std::unique_ptr<bus::Bus> proxy_bus_;
+  std::unique_ptr<bus::Bus> replica_bus_;
+  std::unique_ptr<Proxy> proxy_;
+  int received_ = 0;
+};
+
+TEST_F(ProxyBusTest, WithoutTheBusRequestsGet503WithRetryAfterAndTheHeldTableServesWhenItReturns) {
+  StartProxy(0.3);
+  StartReplicaAndRoutes();
+  ASSERT_EQ(Get("/a").body, "from r1");
+
+  nats_.Stop();
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return !proxy_bus_->connected(); }));
+  for (int i = 0; i < 3; ++i) {
+    HttpResult answer = Get("/a");
+    EXPECT_EQ(answer.status, 503) << answer.body << answer.error;
+    EXPECT_EQ(answer.headers["retry-after"], "1");
+    EXPECT_THAT(answer.body, HasSubstr("no connection to NATS at " + nats_.url()));
+  }
+  // Liveness holds, and says what is wrong.
+  HttpResult health = Get("/-/healthz");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_THAT(health.body, HasSubstr("success"));
+  EXPECT_THAT(health.body, HasSubstr("no connection to NATS"));
+  // The table held still answers for paths it does not route.
+  EXPECT_EQ(Get("/elsewhere").status, 404);
+
+  nats_.Start();
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return proxy_bus_->connected(); }));
+  // No controller answers the proxy's route request: the table it held is what serves, even if
+  // the replica has not reconnected yet.
+  HttpResult answer = Get("/a");
+  EXPECT_EQ(answer.status, 200) << answer.body << answer.error;
+  EXPECT_EQ(answer.body, "from r1");
+  EXPECT_EQ(proxy_->router().generation(), 7u);
+  EXPECT_THAT(Get("/-/healthz").body, HasSubstr("bus: connected to NATS"));
+}
+
+TEST_F(ProxyBusTest, RequestHeldWhileTheBusIsDownGoesOutWhenItReturns) {
+  StartProxy(30);
+  StartReplicaAndRoutes();
+  nats_.Stop();
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return !proxy_bus_->connected(); }));
+  auto held = Send("/a");
+  // Observed through the health body, so the bus returns only once the request waits.
+  ASSERT_TRUE(RunUntil(&loop_, [&] {
+    auto health = Send("/-/healthz");
+    RunUntil(&loop_, [&] { return Ready(health); });
+    return Ready(health) && health.get().body.find("(1 waiting now)") != std::string::npos;
+  }));
+  nats_.Start();
+  auto ready = [&] { return Ready(held); };
+  bool answered = RunUntil(&loop_, ready, /*timeout_s=*/30);
+  ASSERT_TRUE(answered);
+  HttpResult answer = held.get();
+  EXPECT_EQ(answer.status, 200) << answer.body << answer.error;
+  EXPECT_EQ(answer.body, "from r1");
+}
+
+TEST_F(ProxyBusTest, RequestInFlightWhenTheBusDropsFailsAtOnceWith502) {
+  StartProxy(30);
+  StartReplicaAndRoutes(/*silent=*/true);
+  auto in_flight = Send("/a");
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return received_ == 1; }));
+  nats_.Stop();
+  // Well before the 30 s request timeout (RunUntil's deadline is 20 s).
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return Ready(in_flight); }));
+  HttpResult answer = in_flight.get();
+  EXPECT_EQ(answer.status, 502) << answer.body;
+  EXPECT_THAT(answer.body, HasSubstr("connection to NATS was lost"));
+}
+
+TEST_F(ProxyBusTest, ProxyThatNeverReachedTheBusAnswers503NotNoRoute) {
+  nats_.Stop();
+  StartProxy(0);
+  HttpResult answer = Get("/a");
+  EXPECT_EQ(answer.status, 503) << answer.body;
+  EXPECT_EQ(answer.headers["retry-after"], "1");
+  EXPECT_THAT(answer.body, HasSubstr("the bus is unavailable"));
+
+  nats_.Start();
+  StartReplicaAndRoutes();
+  EXPECT_EQ(Get("/a").body, "from r1");
+}
+
+}  // namespace
+}  // namespace serve::proxy
