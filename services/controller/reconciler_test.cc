@@ -1013,6 +1013,29 @@ TEST_F(ReconcilerTest, NoVerdictsWhileCutOffOrBeforeEveryoneWasHeardAgain) {
   for (const auto& start : cluster_.starts) EXPECT_EQ(start.node, "n2");
 }
 
+// A lost node stays in status, UNHEALTHY, for forget_lost_nodes_after_s; then it is dropped.
+TEST_F(ReconcilerTest, LostNodeIsDroppedFromStatusAfterAWhile) {
+  ReconcilerOptions options;
+  options.forget_lost_nodes_after_s = 600;
+  Recreate(options);
+  AddNode("n1", 4);
+  AddNode("n2", 4);
+  dead_nodes_.insert("n2");
+  RunNodesOnly(10);
+  auto nodes = r().Report({}).nodes;
+  ASSERT_EQ(nodes.size(), 2u);
+  EXPECT_EQ(nodes[1]->state, wire::MemberState::UNHEALTHY);
+  EXPECT_THAT(nodes[1]->message, HasSubstr("dropped from status after 600 s"));
+  RunNodesOnly(600);
+  nodes = r().Report({}).nodes;
+  ASSERT_EQ(nodes.size(), 1u);
+  EXPECT_EQ(nodes[0]->id, "n1");
+  // Should it come back, it registers again.
+  dead_nodes_.erase("n2");
+  RunNodesOnly(1);
+  EXPECT_EQ(r().Report({}).nodes.size(), 2u);
+}
+
 // A node agent that restarts comes back with a new incarnation: the workers of its earlier run
 // ended with it, so they are replaced at once, without waiting for heartbeat timeouts.
 TEST_F(ReconcilerTest, RestartedNodeAgentsWorkersAreReplacedAtOnce) {
