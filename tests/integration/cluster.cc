@@ -160,4 +160,19 @@ bool Cluster::WaitForStatus(const std::string& target, int status) {
   return WaitUntil([&] { return Get(target).status == status; });
 }
 
+std::set<std::string> Cluster::RunningIds(const std::string& name) {
+  std::set<std::string> ids;
+  nlohmann::json deployment = Deployment(name);
+  if (!deployment.is_object()) return ids;
+  for (const auto& r : deployment["replicas"]) {
+    if (r["state"] == "RUNNING") ids.insert(r["id"].get<std::string>());
+  }
+  return ids;
+}
+
+std::string TestLibrary(const std::string& name) {
+  return std::filesystem::path(BinDir()).parent_path().string() + "/tests/deployments/lib" +
+         name + ".so";
+}
+
 }  // namespace serve::testing

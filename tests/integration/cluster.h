@@ -1,6 +1,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -43,6 +44,8 @@ class Cluster {
   nlohmann::json Status();
   // One deployment's entry of Status(); null when absent.
   nlohmann::json Deployment(const std::string& name);
+  // The ids of `name`'s replicas in RUNNING state.
+  std::set<std::string> RunningIds(const std::string& name);
   // Writes `yaml` to a file and deploys it, expecting success.
   void Deploy(const std::string& yaml);
   HttpResult Get(const std::string& target) { return HttpGet(http_port_, target); }
@@ -81,5 +84,8 @@ class Cluster {
   std::vector<std::string> log_names_;
   int deploy_files_ = 0;
 };
+
+// The path of a deployment library built for tests (tests/deployments), e.g. "test_handlers".
+std::string TestLibrary(const std::string& name);
 
 }  // namespace serve::testing

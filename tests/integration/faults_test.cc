@@ -26,28 +26,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-std::string TestLibrary(const std::string& name) {
-  return fs::path(BinDir()).parent_path().string() + "/tests/deployments/lib" + name + ".so";
-}
-
-std::set<std::string> RunningIds(Cluster& cluster, const std::string& name) {
-  std::set<std::string> ids;
-  nlohmann::json deployment = cluster.Deployment(name);
-  if (!deployment.is_object()) return ids;
-  for (const auto& r : deployment["replicas"]) {
-    if (r["state"] == "RUNNING") ids.insert(r["id"].get<std::string>());
-  }
-  return ids;
-}
-
-size_t CountOccurrences(const std::string& text, const std::string& what) {
-  size_t count = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) {
-    ++count;
-  }
-  return count;
-}
-
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // kill -9 of the controller right after it accepted a rolling update whose replicas take 4 s to
@@ -71,7 +49,7 @@ TEST(FaultTest, ControllerKilledEarlyInASlowRollingUpdateFailsNoRequest) {
            "    resources: {num_cpus: 0.5}\n";
   };
   cluster.Deploy(config("v1"));
-  std::set<std::string> v1 = RunningIds(cluster, "slow");
+  std::set<std::string> v1 = cluster.RunningIds("slow");
   ASSERT_EQ(v1.size(), 2u);
 
   LoadGenerator::Options options;
@@ -101,7 +79,7 @@ TEST(FaultTest, ControllerKilledEarlyInASlowRollingUpdateFailsNoRequest) {
   // When `serve deploy` says HEALTHY, the new version is what runs and what answers.
   nlohmann::json status = cluster.Deployment("slow");
   EXPECT_EQ(status["status"], "HEALTHY") << status.dump(2);
-  std::set<std::string> v2 = RunningIds(cluster, "slow");
+  std::set<std::string> v2 = cluster.RunningIds("slow");
   EXPECT_EQ(v2.size(), 2u) << status.dump(2);
   for (const auto& r : status["replicas"]) {
     EXPECT_EQ(r["version"], "v2") << status.dump(2);
@@ -136,7 +114,7 @@ TEST_P(BusOutageTest, ChangesNothingAndFailsOnlyWhatWasSentMeanwhile) {
                  "    num_replicas: 2\n"
                  "    health_check_period_s: 0.5\n"
                  "    health_check_timeout_s: 3\n");
-  std::set<std::string> ids = RunningIds(cluster, "echo");
+  std::set<std::string> ids = cluster.RunningIds("echo");
   ASSERT_EQ(ids.size(), 2u);
   std::string before = cluster.Log("controller");
 
@@ -174,7 +152,7 @@ TEST_P(BusOutageTest, ChangesNothingAndFailsOnlyWhatWasSentMeanwhile) {
   ASSERT_TRUE(load.WaitForMoreRequests(500, std::chrono::seconds(30)));
   nlohmann::json status = cluster.Deployment("echo");
   EXPECT_EQ(status["status"], "HEALTHY") << status.dump(2);
-  EXPECT_EQ(RunningIds(cluster, "echo"), ids) << status.dump(2);
+  EXPECT_EQ(cluster.RunningIds("echo"), ids) << status.dump(2);
   std::string after = cluster.Log("controller").substr(before.size());
   EXPECT_EQ(CountOccurrences(after, "starting replica"), 0u) << after;
   EXPECT_EQ(CountOccurrences(after, "UNHEALTHY"), 0u) << after;

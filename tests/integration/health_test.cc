@@ -20,10 +20,6 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 
-std::string TestLibrary(const std::string& name) {
-  return fs::path(BinDir()).parent_path().string() + "/tests/deployments/lib" + name + ".so";
-}
-
 // A deployment of the test handlers with health options short enough for a test.
 std::string Handlers(int replicas, int max_concurrent_queries = 4) {
   return "deployments:\n"

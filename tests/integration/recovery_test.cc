@@ -28,15 +28,6 @@ bool HaveSklearn() {
   return std::system("/usr/bin/python3 -c 'import sklearn' 2>/dev/null") == 0;
 }
 
-std::set<std::string> RunningIds(Cluster& cluster, const std::string& name) {
-  std::set<std::string> ids;
-  nlohmann::json deployment = cluster.Deployment(name);
-  for (const auto& r : deployment["replicas"]) {
-    if (r["state"] == "RUNNING") ids.insert(r["id"].get<std::string>());
-  }
-  return ids;
-}
-
 // The store a test runs against, with whatever server it needs.
 class Store {
  public:
@@ -106,7 +97,7 @@ TEST_P(RecoveryTest, ControllerRestartUnderLoadFailsNoRequest) {
                  "  - name: echo\n"
                  "    runtime: builtin:echo\n"
                  "    num_replicas: 2\n");
-  auto ids = RunningIds(cluster, "echo");
+  auto ids = cluster.RunningIds("echo");
   ASSERT_EQ(ids.size(), 2u);
 
   LoadGenerator::Options options;
@@ -131,7 +122,7 @@ TEST_P(RecoveryTest, ControllerRestartUnderLoadFailsNoRequest) {
       std::chrono::seconds(30), std::chrono::milliseconds(20));
   ASSERT_TRUE(recovered) << cluster.Status().dump(2) << cluster.Log("controller");
   EXPECT_TRUE(saw_recovering);
-  EXPECT_EQ(RunningIds(cluster, "echo"), ids) << "adopted, not restarted";
+  EXPECT_EQ(cluster.RunningIds("echo"), ids) << "adopted, not restarted";
   ASSERT_TRUE(load.WaitForMoreRequests(300));
   auto report = load.Stop();
   std::cout << report.Summary() << std::flush;

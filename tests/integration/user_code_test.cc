@@ -22,20 +22,7 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 std::string BuildDir() { return fs::path(BinDir()).parent_path().string(); }
-std::string TestLibrary(const std::string& name) {
-  return BuildDir() + "/tests/deployments/lib" + name + ".so";
-}
 std::string SourceDir() { return fs::current_path().string(); }  // ctest runs tests there
-
-// The replica ids of `name` in RUNNING state.
-std::set<std::string> RunningIds(Cluster& cluster, const std::string& name) {
-  std::set<std::string> ids;
-  nlohmann::json deployment = cluster.Deployment(name);  // kept: the loop reads into it
-  for (const auto& r : deployment["replicas"]) {
-    if (r["state"] == "RUNNING") ids.insert(r["id"].get<std::string>());
-  }
-  return ids;
-}
 
 std::string Field(const std::string& json_text, const std::string& key) {
   auto json = nlohmann::json::parse(json_text, nullptr, false);
@@ -60,7 +47,7 @@ TEST(UserCodeTest, CounterExampleCountsReconfiguresAndUploadsOnce) {
   auto first = deploy(1);
   ASSERT_EQ(first.exit_code, 0) << first.output << cluster.Log("node-1");
   EXPECT_THAT(first.output, HasSubstr("uploaded libcounter.so"));
-  auto ids = RunningIds(cluster, "counter");
+  auto ids = cluster.RunningIds("counter");
   ASSERT_EQ(ids.size(), 1u) << cluster.Status().dump(2);
 
   auto a = cluster.Get("/counter");
@@ -74,7 +61,7 @@ TEST(UserCodeTest, CounterExampleCountsReconfiguresAndUploadsOnce) {
   ASSERT_EQ(second.exit_code, 0) << second.output;
   EXPECT_THAT(second.output, AllOf(HasSubstr("already stored"), Not(HasSubstr("uploaded"))));
   EXPECT_THAT(second.output, HasSubstr("reconfigured in place"));
-  EXPECT_EQ(RunningIds(cluster, "counter"), ids);
+  EXPECT_EQ(cluster.RunningIds("counter"), ids);
   auto before = cluster.Get("/counter");
   auto after = cluster.Get("/counter");
   ASSERT_EQ(after.status, 200);
@@ -91,14 +78,14 @@ TEST(UserCodeTest, ThrowingHandlerAnswers500AndCrashingHandlerTakesOnlyItsWorker
                  "    runtime: native\n"
                  "    artifact: " + TestLibrary("test_handlers") + "\n"
                  "    num_replicas: 2\n");
-  auto ids = RunningIds(cluster, "handlers");
+  auto ids = cluster.RunningIds("handlers");
   ASSERT_EQ(ids.size(), 2u);
 
   auto thrown = cluster.Get("/handlers/throw");
   EXPECT_EQ(thrown.status, 500);
   EXPECT_THAT(thrown.body, HasSubstr("handler failed on purpose"));
   for (int i = 0; i < 4; ++i) EXPECT_EQ(cluster.Get("/handlers/ok").status, 200);
-  EXPECT_EQ(RunningIds(cluster, "handlers"), ids) << "a throwing handler restarts nothing";
+  EXPECT_EQ(cluster.RunningIds("handlers"), ids) << "a throwing handler restarts nothing";
 
   // A crash ends its own worker: that request fails, the other replica keeps serving, and the
   // crashed one is replaced.
@@ -111,10 +98,10 @@ TEST(UserCodeTest, ThrowingHandlerAnswers500AndCrashingHandlerTakesOnlyItsWorker
     answered_by.insert(Field(answer.body, "replica_id"));
   }
   ASSERT_TRUE(WaitUntil([&] {
-    auto now = RunningIds(cluster, "handlers");
+    auto now = cluster.RunningIds("handlers");
     return now.size() == 2 && now != ids;
   })) << cluster.Status().dump(2);
-  auto now = RunningIds(cluster, "handlers");
+  auto now = cluster.RunningIds("handlers");
   std::vector<std::string> kept;
   std::set_intersection(ids.begin(), ids.end(), now.begin(), now.end(), std::back_inserter(kept));
   EXPECT_EQ(kept.size(), 1u) << "only the crashed replica is replaced";
@@ -252,7 +239,7 @@ TEST(UserCodeTest, MaxConcurrentQueriesQueuesAtTheProxyAndHoldsPerReplica) {
 
   // A higher limit applies in place: the same replica now runs 5 calls side by side (each
   // /wait call returns only once 5 are in flight at once).
-  auto ids = RunningIds(cluster, "wide");
+  auto ids = cluster.RunningIds("wide");
   std::string path = cluster.dir() + "/wider.yaml";
   WriteFile(path, "deployments:\n"
                   "  - name: wide\n"
@@ -263,7 +250,7 @@ TEST(UserCodeTest, MaxConcurrentQueriesQueuesAtTheProxyAndHoldsPerReplica) {
   ASSERT_EQ(wider.exit_code, 0) << wider.output;
   EXPECT_THAT(wider.output, HasSubstr("reconfigured in place"));
   EXPECT_EQ(burst("/wide/wait?n=5", 5), 5);
-  EXPECT_EQ(RunningIds(cluster, "wide"), ids);
+  EXPECT_EQ(cluster.RunningIds("wide"), ids);
 }
 
 // Two proxies can each keep within max_concurrent_queries and still, together, exceed it: the
@@ -276,7 +263,7 @@ TEST(UserCodeTest, ReplicaRefusesRequestsOverItsLimitAndGarbage) {
                  "    runtime: native\n"
                  "    artifact: " + TestLibrary("test_handlers") + "\n"
                  "    max_concurrent_queries: 1\n");
-  auto ids = RunningIds(cluster, "serial");
+  auto ids = cluster.RunningIds("serial");
   ASSERT_EQ(ids.size(), 1u);
   const std::string subject = "itest.replica." + *ids.begin();
 
@@ -320,7 +307,7 @@ TEST(UserCodeTest, ReplicaRefusesRequestsOverItsLimitAndGarbage) {
   ASSERT_TRUE(refusal.ok()) << refusal.error();
   EXPECT_FALSE(refusal->error.empty());
   EXPECT_EQ(cluster.Get("/serial/ok").status, 200);
-  EXPECT_EQ(RunningIds(cluster, "serial"), ids);
+  EXPECT_EQ(cluster.RunningIds("serial"), ids);
 }
 
 }  // namespace

@@ -348,4 +348,12 @@ void WriteFile(const std::string& path, const std::string& content) {
   out << content;
 }
 
+size_t CountOccurrences(const std::string& text, const std::string& what) {
+  size_t count = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) {
+    ++count;
+  }
+  return count;
+}
+
 }  // namespace serve::testing
