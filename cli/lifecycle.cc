@@ -297,7 +297,10 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
   const StartOptions& instance = options.instance;
   auto socket = http::OpenListeningSocket(instance.http_host, instance.http_port);
   if (!socket.ok()) return Status::Error(socket.error() + "; serve start takes --http-port");
+  // Ids that outlive restarts: a restarted proxy or node agent is the same member to the
+  // controller, not a new one beside a lost one.
   std::string node_id = "node-" + service::RandomHex(6);
+  std::string proxy_id = "proxy-" + service::RandomHex(6);
   std::vector<std::string> replica = {ServiceExecutable("serve-replica"), "--node-id", node_id,
                                       "--work-dir", run.path() + "/node"};
   if (instance.num_cpus > 0) {
@@ -314,8 +317,8 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
   out.processes.push_back(
       {"proxy",
        "serve-proxy",
-       {ServiceExecutable("serve-proxy"), "--http-host", instance.http_host, "--http-port",
-        std::to_string(instance.http_port), "--http-listen-fd", "3"},
+       {ServiceExecutable("serve-proxy"), "--proxy-id", proxy_id, "--http-host", instance.http_host,
+        "--http-port", std::to_string(instance.http_port), "--http-listen-fd", "3"},
        *socket});
   out.processes.push_back({"replica", "serve-replica", replica});
   return out;

@@ -40,9 +40,9 @@ Result<LocalInstance> StartOrFindInstance(const GlobalOptions& global, const Sta
                                           StopSignals* stop = nullptr);
 
 // What `serve supervise` runs: nats-server (when options.nats_port is set), then the four
-// services, bus credentials in their environment, the node agent with a node id that stays
-// the same across its restarts, and the proxy on a listening socket opened here, which the
-// supervisor keeps open while the proxy restarts. An error when the HTTP port cannot be had.
+// services, bus credentials in their environment, the node agent and the proxy with ids that
+// stay the same across their restarts, and the proxy on a listening socket opened here, which
+// the supervisor keeps open while the proxy restarts. An error when the HTTP port cannot be had.
 Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
                                                  const SuperviseOptions& options);
 

@@ -183,6 +183,10 @@ TEST_F(SupervisedInstanceTest, KilledProxyServesAgainAtOnceAndOnlyItsRequestsFai
   EXPECT_LT(took, 10);
 
   ExpectOneRestartShown("serve-proxy");
+  // The restarted proxy is the same member to the controller, not a new one beside a lost one.
+  nlohmann::json proxies = Status()["proxies"];
+  ASSERT_EQ(proxies.size(), 1u) << proxies.dump(2);
+  EXPECT_EQ(proxies[0]["state"], "HEALTHY");
   auto table = Serve({"status"});
   EXPECT_THAT(table.output, HasSubstr("RESTARTS"));
   EXPECT_THAT(table.output, HasSubstr("killed by signal 9 (Killed)"));
