@@ -129,9 +129,12 @@ Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, const std::str
   if (pid == 0) {
     close(report[0]);
     setsid();
-    int null_fd = open("/dev/null", O_RDONLY);
+    // Nothing but stdin, stdout and stderr reaches the program: not this command's bus
+    // connection, which would outlive the command in a process that lives on.
+    close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+    int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null_fd >= 0) dup2(null_fd, 0);
-    int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log_fd >= 0) {
       dup2(log_fd, 1);
       dup2(log_fd, 2);

@@ -190,6 +190,9 @@ Status Supervisor::Spawn(Child& child) {
     auto* child = static_cast<Child*>(process->data);
     if (child != nullptr) child->owner->OnExit(*child, exit_status, term_signal);
   };
+  // uv_spawn passes on every descriptor not marked close-on-exec, and nats.c does not mark its
+  // sockets: without this a service would hold the supervisor's bus connection open.
+  close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
   auto* process = new uv_process_t;
   process->data = &child;
   int rc = uv_spawn(loop_, process, &options);
