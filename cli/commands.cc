@@ -1,5 +1,9 @@
 #include "cli/commands.h"
 
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -10,7 +14,10 @@
 #include "cli/events.h"
 #include "cli/lifecycle.h"
 #include "cli/stop_signals.h"
+#include "cli/supervisor.h"
 #include "config/deployment_config.h"
+#include "log/log.h"
+#include "service/service.h"
 
 namespace serve::cli {
 namespace {
@@ -61,7 +68,44 @@ nlohmann::json StatusJson(const wire::StatusReplyT& status) {
                               {"address", p->address},
                               {"last_seen_s", p->last_seen_s}});
   }
+  out["supervisors"] = nlohmann::json::array();
+  for (const auto& supervisor : status.supervisors) {
+    if (supervisor == nullptr || supervisor->heartbeat == nullptr) continue;
+    const wire::SupervisorHeartbeatT& hb = *supervisor->heartbeat;
+    nlohmann::json services = nlohmann::json::array();
+    for (const auto& service : hb.services) {
+      if (service == nullptr) continue;
+      services.push_back({{"name", service->name},
+                          {"state", wire::EnumNameSupervisedState(service->state)},
+                          {"pid", service->pid},
+                          {"restarts", service->restarts},
+                          {"last_exit", service->last_exit},
+                          {"since_ms", service->since_ms}});
+    }
+    out["supervisors"].push_back({{"id", hb.supervisor_id},
+                                  {"state", wire::EnumNameMemberState(supervisor->state)},
+                                  {"host", hb.host},
+                                  {"pid", hb.pid},
+                                  {"run_dir", hb.run_dir},
+                                  {"last_seen_s", supervisor->last_seen_s},
+                                  {"services", services}});
+  }
   return out;
+}
+
+// "12.5s", "3m 20s", "2h 5m", for how long a service has been in its state.
+std::string Duration(double seconds) {
+  char text[32];
+  if (seconds < 60) {
+    snprintf(text, sizeof(text), "%.1fs", std::max(0.0, seconds));
+  } else if (seconds < 3600) {
+    snprintf(text, sizeof(text), "%dm %02ds", static_cast<int>(seconds) / 60,
+             static_cast<int>(seconds) % 60);
+  } else {
+    snprintf(text, sizeof(text), "%dh %02dm", static_cast<int>(seconds) / 3600,
+             static_cast<int>(seconds) % 3600 / 60);
+  }
+  return text;
 }
 
 void PrintTable(const std::vector<std::vector<std::string>>& rows) {
@@ -142,6 +186,25 @@ void PrintStatus(const wire::StatusReplyT& status, bool json, bool one_line) {
     rows.push_back({p->id, wire::EnumNameMemberState(p->state), p->address, Age(p->last_seen_s)});
   }
   PrintTable(rows);
+  // The processes of local instances, as their supervisors last reported them.
+  int64_t now_ms = service::UnixMillis();
+  for (const auto& supervisor : status.supervisors) {
+    if (supervisor == nullptr || supervisor->heartbeat == nullptr) continue;
+    const wire::SupervisorHeartbeatT& hb = *supervisor->heartbeat;
+    std::cout << "\nServices of " << hb.supervisor_id << " (pid " << hb.pid << " on " << hb.host
+              << ", " << wire::EnumNameMemberState(supervisor->state) << ", last seen "
+              << Age(supervisor->last_seen_s) << ")\n";
+    rows = {{"SERVICE", "STATE", "PID", "RESTARTS", "FOR", "LAST EXIT"}};
+    for (const auto& service : hb.services) {
+      if (service == nullptr) continue;
+      rows.push_back({service->name, wire::EnumNameSupervisedState(service->state),
+                      service->pid > 0 ? std::to_string(service->pid) : "-",
+                      std::to_string(service->restarts),
+                      Duration(static_cast<double>(now_ms - service->since_ms) / 1000),
+                      service->last_exit.empty() ? "-" : service->last_exit});
+    }
+    PrintTable(rows);
+  }
   std::cout.flush();
 }
 
@@ -167,8 +230,7 @@ int StartInstance(const GlobalOptions& global, const StartOptions& options) {
   if (!instance.ok()) return Fail(instance.error());
   if (!instance->started()) {
     std::cout << "Serve is already running in namespace '" << global.ns << "' ("
-              << DescribeController(*instance->already_running) << ") on "
-              << bus::RedactUrl(global.bus.url)
+              << *instance->already_running << ") on " << bus::RedactUrl(global.bus.url)
               << ".\nNothing was started. Stop it with `serve shutdown`.\n";
     return 0;
   }
@@ -231,6 +293,48 @@ int ShutdownInstance(const GlobalOptions& global) {
   return 0;
 }
 
+int Supervise(const GlobalOptions& global, const SuperviseOptions& options) {
+  // Its stderr is logs/supervisor.log: log what it does, not only warnings.
+  (void)log::Init(log::Options{"supervisor", log::Format::kText, "info"});
+  auto supervised = LocalInstanceProcesses(global, options);
+  if (!supervised.ok()) {
+    spdlog::error("{}", supervised.error());
+    return 1;
+  }
+  std::string run_dir = supervised->run_dir;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bus::Options bus_options = global.bus;
+  bus_options.name = "serve-supervisor";
+  // The nats-server it starts itself is not up yet: connect whenever it is.
+  bus_options.retry_initial_connect = true;
+  auto bus = bus::Bus::Connect(&loop, bus_options);
+  if (!bus.ok()) {
+    spdlog::error("{}", bus.error());
+    return 1;
+  }
+  bus::Subjects subjects(global.ns);
+  auto supervisor = std::make_unique<Supervisor>(&loop, **bus, subjects, std::move(*supervised));
+  service::SignalWatcher signals(
+      &loop, [&](int signal) { supervisor->Stop(signal == SIGINT ? "SIGINT" : "SIGTERM"); });
+  supervisor->SetStoppedHandler([&] {
+    signals.Close();
+    (*bus)->Close();
+  });
+  Status started = supervisor->Start();
+  if (!started.ok()) spdlog::error("{}", started.message());
+  uv_run(&loop, UV_RUN_DEFAULT);
+  // The supervisor's timers close with it; the loop runs their close callbacks.
+  supervisor.reset();
+  bus->reset();
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  RunDir run(run_dir);
+  if (run.LivePid("supervisor") == getpid()) run.RemovePid("supervisor");
+  spdlog::info("supervisor exits");
+  return started.ok() ? 0 : 1;
+}
+
 int RunForeground(const GlobalOptions& global, const RunOptions& options) {
   // The file first: a broken one starts nothing.
   auto config = config::LoadConfigFile(options.deploy.file);
@@ -252,8 +356,8 @@ int RunForeground(const GlobalOptions& global, const RunOptions& options) {
     PrintStartedInstance(global, options.instance, *instance);
   } else {
     std::cout << "Using the Serve instance already running in namespace '" << global.ns << "' ("
-              << DescribeController(*instance->already_running)
-              << "); it keeps running after this command." << std::endl;
+              << *instance->already_running << "); it keeps running after this command."
+              << std::endl;
   }
 
   Client& client = *instance->client;

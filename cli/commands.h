@@ -34,6 +34,14 @@ struct StatusOptions {
   bool watch = false;  // then follow <ns>.events until SIGINT or SIGTERM
 };
 
+// `serve supervise`, which `serve start` runs in the background: the instance's processes.
+struct SuperviseOptions {
+  StartOptions instance;  // checkpoint_path is set
+  // Where to run nats-server; empty: NATS runs elsewhere.
+  std::string nats_host;
+  int nats_port = 0;
+};
+
 // `serve run`: the instance options apply only when it has to start one.
 struct RunOptions {
   StartOptions instance;
@@ -47,6 +55,9 @@ int DeployFile(const GlobalOptions& global, const DeployOptions& options);
 int DeleteDeployments(const GlobalOptions& global, const std::vector<std::string>& names);
 int ShowStatus(const GlobalOptions& global, const StatusOptions& options);
 int ShutdownInstance(const GlobalOptions& global);
+// Runs the processes of a local instance under a Supervisor until a shutdown (on the bus, or
+// SIGTERM); its log is the run directory's logs/supervisor.log.
+int Supervise(const GlobalOptions& global, const SuperviseOptions& options);
 // In the foreground until SIGINT or SIGTERM: starts an instance if none runs, deploys the file,
 // follows its events, and on the way out deletes what it deployed and stops what it started.
 int RunForeground(const GlobalOptions& global, const RunOptions& options);

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -10,6 +12,8 @@
 #include <vector>
 
 #include "cli/instance.h"
+#include "http/server.h"
+#include "service/service.h"
 
 namespace serve::cli {
 namespace {
@@ -19,100 +23,138 @@ using bus::RedactUrl;
 
 const char* kServices[] = {"checkpointer", "controller", "proxy", "replica"};
 
-// The bus: the one that answers, or a nats-server started here when the address is local.
-Result<std::unique_ptr<Client>> ConnectOrStartNats(const GlobalOptions& global, const RunDir& run,
-                                                   bool* started_nats) {
-  auto client = Client::Connect(global, 1.0);
-  if (client.ok()) return client;
-  auto hp = ParseNatsUrl(global.bus.url);
-  if (!hp.has_value() || !IsLocalHost(hp->host)) {
-    return Status::Error("cannot reach NATS at " + RedactUrl(global.bus.url) + ": " +
-                         client.error() +
-                         "\nserve start only launches a NATS server for a local "
-                         "nats://host:port address; start NATS there or fix --address.");
+// A pid file's process, if it still runs the command named `expected` (a pid of a process
+// that ended long ago may belong to another program by now).
+std::optional<pid_t> LiveProcessRunning(const RunDir& run, const std::string& process,
+                                        const std::string& expected) {
+  auto pid = run.LivePid(process);
+  if (!pid.has_value()) return std::nullopt;
+  std::ifstream in("/proc/" + std::to_string(*pid) + "/cmdline", std::ios::binary);
+  std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+  if (cmdline.find(expected) == std::string::npos) return std::nullopt;
+  return pid;
+}
+
+std::optional<pid_t> LiveSupervisor(const RunDir& run) {
+  return LiveProcessRunning(run, "supervisor", " supervise");
+}
+
+// Waits up to `wait_s` for the processes with pid files (but nats-server) to end by
+// themselves, ends those that did not, then nats-server. True if any was running.
+bool EndRecordedProcesses(const RunDir& run, double wait_s) {
+  bool any = false;
+  auto deadline = Clock::now() + std::chrono::duration<double>(wait_s);
+  for (const auto& name : run.RecordedProcesses()) {
+    if (name == "nats" || name == "supervisor") continue;
+    if (auto pid = run.LivePid(name); pid.has_value()) {
+      any = true;
+      while (ProcessAlive(*pid) && Clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      if (ProcessAlive(*pid) && !TerminateProcess(*pid, 5)) {
+        std::cerr << "warning: serve-" << name << " (pid " << *pid << ") had to be killed\n";
+      }
+    }
+    run.RemovePid(name);
   }
-  // Requests and answers travel as single NATS messages: allow 8 MiB instead of NATS's 1 MiB
-  // default (the proxy answers 413 above the limit the server announces).
-  std::string config = run.path() + "/nats.conf";
-  {
-    std::ofstream out(config, std::ios::trunc);
-    out << "# Written by serve start.\nmax_payload: 8388608\n";
+  if (auto nats = run.LivePid("nats"); nats.has_value()) {
+    any = true;
+    TerminateProcess(*nats, 5);
   }
-  std::vector<std::string> argv = {"nats-server", "-c", config, "-a", hp->host,
-                                   "-p", std::to_string(hp->port), "--pid", run.PidPath("nats")};
-  if (!global.bus.user.empty()) {
-    argv.insert(argv.end(), {"--user", global.bus.user, "--pass", global.bus.password});
-  } else if (!global.bus.token.empty()) {
-    argv.insert(argv.end(), {"--auth", global.bus.token});
+  run.RemovePid("nats");
+  return any;
+}
+
+// SIGTERM makes the supervisor restart nothing more, end the services (nats-server last) and
+// exit; it gives each process 30 s before SIGKILL, so it gets a little longer itself. Whatever
+// a killed supervisor leaves behind is ended here.
+void StopSupervisor(const RunDir& run, pid_t supervisor) {
+  if (!TerminateProcess(supervisor, 45)) {
+    std::cerr << "warning: serve supervise (pid " << supervisor << ") had to be killed\n";
   }
-  auto pid = SpawnDetached(argv, run.LogPath("nats"));
-  if (!pid.ok()) {
-    return Status::Error(pid.error() +
-                         "\nInstall NATS (`apt-get install nats-server`) or point --address at "
-                         "a running NATS server.");
+  run.RemovePid("supervisor");
+  EndRecordedProcesses(run, 0);
+}
+
+std::string Trimmed(std::string text) {
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  return text;
+}
+
+// Starts `serve supervise` in the background: it runs nats-server (when `nats` is set) and the
+// four services, and restarts whichever exits. Bus credentials travel in its environment.
+Result<pid_t> SpawnSupervisor(const GlobalOptions& global, const StartOptions& options,
+                              const RunDir& run, const std::string& checkpoint,
+                              const std::optional<HostPort>& nats) {
+  std::vector<std::string> argv = {ServiceExecutable("serve"),
+                                   "--namespace",
+                                   global.ns,
+                                   "--run-dir",
+                                   run.path(),
+                                   "supervise",
+                                   "--checkpoint-path",
+                                   checkpoint,
+                                   "--http-host",
+                                   options.http_host,
+                                   "--http-port",
+                                   std::to_string(options.http_port)};
+  if (options.num_cpus > 0) {
+    argv.insert(argv.end(), {"--num-cpus", std::to_string(options.num_cpus)});
   }
-  run.WritePid("nats", *pid);
-  *started_nats = true;
+  if (nats.has_value()) {
+    argv.insert(argv.end(), {"--nats-host", nats->host, "--nats-port", std::to_string(nats->port)});
+  }
+  auto pid = SpawnDetached(argv, run.LogPath("supervisor"), bus::EnvironmentFor(global.bus));
+  if (!pid.ok()) return pid.status();
+  run.WritePid("supervisor", *pid);
+  return pid;
+}
+
+// The error for a supervisor that ended before the instance was ready.
+Status SupervisorExited(const RunDir& run) {
+  return Status::Error("serve supervise exited during start. Its log (" +
+                       run.LogPath("supervisor") + ") ends with:\n" +
+                       Trimmed(run.LogTail("supervisor")));
+}
+
+// Connects to the nats-server the supervisor starts.
+Result<std::unique_ptr<Client>> WaitForNats(const GlobalOptions& global, const RunDir& run,
+                                            pid_t supervisor, const HostPort& nats) {
   auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (!(client = Client::Connect(global, 1.0)).ok()) {
-    if (!ProcessAlive(*pid) || Clock::now() > deadline) {
-      std::string log = run.LogTail("nats");
-      TerminateProcess(*pid, 2);
-      run.RemovePid("nats");
-      return Status::Error("nats-server did not come up on " + hp->host + ":" +
-                           std::to_string(hp->port) + ":\n" + log);
+  while (true) {
+    auto client = Client::Connect(global, 1.0);
+    if (client.ok()) return client;
+    if (!ProcessAlive(supervisor)) return SupervisorExited(run);
+    if (Clock::now() > deadline) {
+      return Status::Error("nats-server did not come up on " + nats.host + ":" +
+                           std::to_string(nats.port) + ". Its log (" + run.LogPath("nats") +
+                           ") ends with:\n" + Trimmed(run.LogTail("nats")) +
+                           "\nInstall NATS (`apt-get install nats-server`) or point --address "
+                           "at a running NATS server.");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return client;
 }
 
-// The four services, each in the background with its own log. On failure none is left.
-Result<std::map<std::string, pid_t>> SpawnServices(const GlobalOptions& global,
-                                                   const StartOptions& options, const RunDir& run,
-                                                   const std::string& checkpoint) {
-  std::map<std::string, std::string> env = bus::EnvironmentFor(global.bus);
-  env["SERVE_NAMESPACE"] = global.ns;
-  std::map<std::string, std::vector<std::string>> commands = {
-      {"checkpointer", {ServiceExecutable("serve-checkpointer"), "--checkpoint-path", checkpoint}},
-      {"controller", {ServiceExecutable("serve-controller"), "--checkpoint-path", checkpoint}},
-      {"proxy",
-       {ServiceExecutable("serve-proxy"), "--http-host", options.http_host, "--http-port",
-        std::to_string(options.http_port)}},
-      {"replica", {ServiceExecutable("serve-replica"), "--work-dir", run.path() + "/node"}},
-  };
-  if (options.num_cpus > 0) {
-    commands["replica"].insert(commands["replica"].end(),
-                               {"--num-cpus", std::to_string(options.num_cpus)});
-  }
-  std::map<std::string, pid_t> pids;
-  for (const char* name : kServices) {
-    auto pid = SpawnDetached(commands[name], run.LogPath(name), env);
-    if (!pid.ok()) {
-      for (auto& [started, p] : pids) {
-        TerminateProcess(p, 2);
-        run.RemovePid(started);
-      }
-      return Status::Error(pid.error() + "\nBuild the services (./dev build) or put them on PATH.");
-    }
-    run.WritePid(name, *pid);
-    pids[name] = *pid;
-  }
-  return pids;
-}
-
-// Ready when the controller answers, a node registered and the proxy serves HTTP.
+// Ready when the controller answers, a node registered and the proxy serves HTTP. A service
+// that exits meanwhile fails the start, although its supervisor would restart it: what fails
+// at once usually fails again (a port in use, a bad store path), and the log says why.
 Status WaitUntilReady(Client& client, const StartOptions& options, const RunDir& run,
-                      const std::map<std::string, pid_t>& pids, StopSignals* stop) {
+                      pid_t supervisor, StopSignals* stop) {
   auto deadline = Clock::now() + std::chrono::duration<double>(options.timeout_s);
   bool controller_up = false, node_up = false, proxy_up = false;
+  std::map<std::string, pid_t> first_pids;  // the pid each service was first seen with
   while (!(controller_up && node_up && proxy_up)) {
-    for (const auto& [name, pid] : pids) {
-      if (!ProcessAlive(pid)) {
-        std::string log = run.LogTail(name);
-        if (!log.empty() && log.back() == '\n') log.pop_back();
-        return Status::Error("serve-" + name + " exited during start. Its log (" +
-                             run.LogPath(name) + ") ends with:\n" + log);
+    if (!ProcessAlive(supervisor)) return SupervisorExited(run);
+    for (const char* name : kServices) {
+      auto pid = run.LivePid(name);
+      auto first = first_pids.find(name);
+      if (first == first_pids.end()) {
+        if (pid.has_value()) first_pids[name] = *pid;
+      } else if (pid != first->second) {
+        return Status::Error(std::string("serve-") + name + " exited during start. Its log (" +
+                             run.LogPath(name) + ") ends with:\n" + Trimmed(run.LogTail(name)));
       }
     }
     if (stop != nullptr && stop->requested()) {
@@ -145,7 +187,11 @@ Status WaitUntilReady(Client& client, const StartOptions& options, const RunDir&
 }  // namespace
 
 std::string RunDirPath(const GlobalOptions& global) {
-  return global.run_dir.empty() ? RunDir::DefaultPath(global.ns) : global.run_dir;
+  // Absolute, because the supervisor and the services do not share the caller's directory.
+  std::string path = global.run_dir.empty() ? RunDir::DefaultPath(global.ns) : global.run_dir;
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  return ec ? path : absolute.lexically_normal().string();
 }
 
 Result<LocalInstance> StartOrFindInstance(const GlobalOptions& global, const StartOptions& options,
@@ -155,39 +201,127 @@ Result<LocalInstance> StartOrFindInstance(const GlobalOptions& global, const Sta
   if (!created.ok()) return created;
 
   LocalInstance instance;
-  auto client = ConnectOrStartNats(global, run, &instance.started_nats);
-  if (!client.ok()) return client.status();
-  instance.client = std::move(*client);
+  // A supervisor of this run directory means an instance runs, even while its controller or
+  // nats-server is being restarted: never a second one.
+  if (auto supervisor = LiveSupervisor(run)) {
+    std::string described = "supervisor pid " + std::to_string(*supervisor);
+    auto client = Client::Connect(global, 2.0);
+    if (!client.ok()) {
+      return Status::Error("Serve runs in " + run.path() + " (" + described + "), but NATS at " +
+                           RedactUrl(global.bus.url) + " does not answer: " + client.error() +
+                           "\nSee " + run.path() + "/logs, or stop it with `serve shutdown`.");
+    }
+    instance.client = std::move(*client);
+    auto ping = PingController(*instance.client);
+    instance.already_running = ping.has_value()
+                                   ? DescribeController(*ping) + ", " + described
+                                   : described + "; its controller does not answer yet";
+    return instance;
+  }
 
-  // Never a second controller.
-  instance.already_running = PingController(*instance.client);
-  if (instance.already_running.has_value()) return instance;
+  std::optional<HostPort> nats;  // where to launch nats-server, when none answers
+  auto client = Client::Connect(global, 1.0);
+  if (client.ok()) {
+    instance.client = std::move(*client);
+    // Never a second controller.
+    if (auto ping = PingController(*instance.client)) {
+      instance.already_running = DescribeController(*ping);
+      if (run.LivePid("replica").has_value() || run.LivePid("proxy").has_value()) {
+        *instance.already_running +=
+            "; its supervisor is not running, so services that exit stay down until "
+            "`serve shutdown` and `serve start`";
+      }
+      return instance;
+    }
+  } else {
+    nats = ParseNatsUrl(global.bus.url);
+    if (!nats.has_value() || !IsLocalHost(nats->host)) {
+      return Status::Error("cannot reach NATS at " + RedactUrl(global.bus.url) + ": " +
+                           client.error() +
+                           "\nserve start only launches a NATS server for a local "
+                           "nats://host:port address; start NATS there or fix --address.");
+    }
+  }
 
   instance.checkpoint = options.checkpoint_path.empty() ? "file://" + run.path() + "/checkpoint"
                                                         : options.checkpoint_path;
-  auto pids = SpawnServices(global, options, run, instance.checkpoint);
-  Status ready = pids.status();
-  if (pids.ok()) {
-    std::cout << "Starting Serve in namespace '" << global.ns << "' (logs in " << run.path()
-              << "/logs)..." << std::endl;
-    ready = WaitUntilReady(*instance.client, options, run, *pids, stop);
+  auto supervisor = SpawnSupervisor(global, options, run, instance.checkpoint, nats);
+  if (!supervisor.ok()) return supervisor.status();
+  std::cout << "Starting Serve in namespace '" << global.ns << "' (logs in " << run.path()
+            << "/logs)..." << std::endl;
+  Status ready = Status::Ok();
+  if (nats.has_value()) {
+    auto connected = WaitForNats(global, run, *supervisor, *nats);
+    if (connected.ok()) {
+      instance.client = std::move(*connected);
+      instance.started_nats = true;
+    } else {
+      ready = connected.status();
+    }
   }
+  if (ready.ok()) ready = WaitUntilReady(*instance.client, options, run, *supervisor, stop);
   if (!ready.ok()) {
-    // Leave nothing half-started behind: what this command launched goes again.
+    // Leave nothing half-started behind: the supervisor ends what it started, and goes.
     instance.client.reset();
-    if (pids.ok()) {
-      for (const auto& [name, pid] : *pids) {
-        TerminateProcess(pid, 5);
-        run.RemovePid(name);
-      }
-    }
-    if (instance.started_nats) {
-      if (auto nats = run.LivePid("nats")) TerminateProcess(*nats, 5);
-      run.RemovePid("nats");
-    }
+    StopSupervisor(run, *supervisor);
     return Status::Error(ready.message() + "\nStopped what this command had started.");
   }
   return instance;
+}
+
+Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
+                                                 const SuperviseOptions& options) {
+  RunDir run(RunDirPath(global));
+  SupervisorOptions out;
+  out.supervisor_id = "supervisor-" + service::RandomHex(6);
+  out.run_dir = run.path();
+  out.env = bus::EnvironmentFor(global.bus);
+  out.env["SERVE_NAMESPACE"] = global.ns;
+  if (options.nats_port > 0) {
+    // Requests and answers travel as single NATS messages: allow 8 MiB instead of NATS's 1 MiB
+    // default (the proxy answers 413 above the limit the server announces).
+    std::string config = run.path() + "/nats.conf";
+    {
+      std::ofstream out_config(config, std::ios::trunc);
+      out_config << "# Written by serve start.\nmax_payload: 8388608\n";
+    }
+    std::vector<std::string> argv = {"nats-server", "-c", config, "-a", options.nats_host};
+    argv.insert(argv.end(), {"-p", std::to_string(options.nats_port)});
+    if (!global.bus.user.empty()) {
+      argv.insert(argv.end(), {"--user", global.bus.user, "--pass", global.bus.password});
+    } else if (!global.bus.token.empty()) {
+      argv.insert(argv.end(), {"--auth", global.bus.token});
+    }
+    out.processes.push_back({"nats", "nats-server", argv, -1, /*infrastructure=*/true});
+  }
+  const StartOptions& instance = options.instance;
+  auto socket = http::OpenListeningSocket(instance.http_host, instance.http_port);
+  if (!socket.ok()) return Status::Error(socket.error() + "; serve start takes --http-port");
+  // Ids that outlive restarts: a restarted proxy or node agent is the same member to the
+  // controller, not a new one beside a lost one.
+  std::string node_id = "node-" + service::RandomHex(6);
+  std::string proxy_id = "proxy-" + service::RandomHex(6);
+  std::vector<std::string> replica = {ServiceExecutable("serve-replica"), "--node-id", node_id,
+                                      "--work-dir", run.path() + "/node"};
+  if (instance.num_cpus > 0) {
+    replica.insert(replica.end(), {"--num-cpus", std::to_string(instance.num_cpus)});
+  }
+  out.processes.push_back(
+      {"checkpointer",
+       "serve-checkpointer",
+       {ServiceExecutable("serve-checkpointer"), "--checkpoint-path", instance.checkpoint_path}});
+  out.processes.push_back(
+      {"controller",
+       "serve-controller",
+       {ServiceExecutable("serve-controller"), "--checkpoint-path", instance.checkpoint_path}});
+  out.processes.push_back(
+      {"proxy",
+       "serve-proxy",
+       {ServiceExecutable("serve-proxy"), "--proxy-id", proxy_id, "--http-host", instance.http_host,
+        "--http-port", std::to_string(instance.http_port), "--http-listen-fd", "3"},
+       *socket});
+  out.processes.push_back({"replica", "serve-replica", replica});
+  return out;
 }
 
 void PrintStartedInstance(const GlobalOptions& global, const StartOptions& options,
@@ -205,34 +339,29 @@ void PrintStartedInstance(const GlobalOptions& global, const StartOptions& optio
 bool StopInstance(const GlobalOptions& global) {
   RunDir run(RunDirPath(global));
   bool told = false;
+  // The controller first: it tells every service of the namespace, on any machine. Signalled
+  // first, the supervisor would end the controller before it could.
   if (auto client = Client::Connect(global, 1.0); client.ok()) {
     auto reply = (*client)->CallFor<wire::ShutdownReply>((*client)->subjects().ctl_shutdown,
                                                          wire::Pack(wire::ShutdownRequestT{}), 3);
     told = reply.ok() && reply->error.empty();
     if (!told && reply.ok()) std::cerr << "warning: " << reply->error << "\n";
   }
-  // Wait for the processes this machine started (when the controller told them to go), then
-  // end what did not listen.
   bool any = false;
-  auto deadline = Clock::now() + std::chrono::seconds(told ? 25 : 0);
-  for (const auto& name : run.RecordedProcesses()) {
-    if (name == "nats") continue;
-    if (auto pid = run.LivePid(name); pid.has_value()) {
-      any = true;
-      while (ProcessAlive(*pid) && Clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-      if (ProcessAlive(*pid) && !TerminateProcess(*pid, 5)) {
-        std::cerr << "warning: serve-" << name << " (pid " << *pid << ") had to be killed\n";
-      }
-    }
-    run.RemovePid(name);
-  }
-  if (auto nats = run.LivePid("nats"); nats.has_value()) {
+  if (auto supervisor = LiveSupervisor(run)) {
     any = true;
-    TerminateProcess(*nats, 5);
+    // The supervisor heard the notice too: it restarts nothing, waits for the services to end
+    // (up to 25 s, then signals them), stops nats-server and exits. Without the bus it is told
+    // with a signal.
+    auto deadline = Clock::now() + std::chrono::seconds(told ? 30 : 0);
+    while (ProcessAlive(*supervisor) && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    StopSupervisor(run, *supervisor);
   }
-  run.RemovePid("nats");
+  // What is left: processes of an instance whose supervisor died, or of one started before
+  // there was a supervisor.
+  any = EndRecordedProcesses(run, told ? 25 : 0) || any;
   return told || any;
 }
 

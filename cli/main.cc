@@ -62,6 +62,18 @@ int main(int argc, char** argv) {
 
   auto* shutdown_cmd = app.add_subcommand("shutdown", "Stop every service of the namespace");
 
+  // Started by `serve start` in the background; not for people, so not in --help.
+  cli::SuperviseOptions supervise;
+  auto* supervise_cmd =
+      app.add_subcommand("supervise", "Run and restart the processes of a local instance");
+  supervise_cmd->group("");
+  AddInstanceOptions(supervise_cmd, supervise.instance);
+  supervise_cmd->add_option("--num-cpus", supervise.instance.num_cpus)
+      ->check(CLI::NonNegativeNumber);
+  supervise_cmd->add_option("--nats-host", supervise.nats_host, "Run nats-server on this host");
+  supervise_cmd->add_option("--nats-port", supervise.nats_port, "... and port")
+      ->check(CLI::Range(1, 65535));
+
   CLI11_PARSE(app, argc, argv);
   if (Status ns = bus::ValidateNamespace(global.ns); !ns.ok()) {
     fprintf(stderr, "error: %s\n", ns.message().c_str());
@@ -76,5 +88,12 @@ int main(int argc, char** argv) {
   if (*status_cmd) return cli::ShowStatus(global, status);
   if (*shutdown_cmd) return cli::ShutdownInstance(global);
   if (*run_cmd) return cli::RunForeground(global, run);
+  if (*supervise_cmd) {
+    if (supervise.instance.checkpoint_path.empty()) {
+      fprintf(stderr, "error: serve supervise needs --checkpoint-path\n");
+      return 2;
+    }
+    return cli::Supervise(global, supervise);
+  }
   return 2;
 }

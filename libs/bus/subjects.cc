@@ -29,6 +29,7 @@ Subjects::Subjects(const std::string& n)
       hb_replica(n + ".hb.replica"),
       hb_node(n + ".hb.node"),
       hb_proxy(n + ".hb.proxy"),
+      hb_supervisor(n + ".hb.supervisor"),
       routes(n + ".routes"),
       events(n + ".events"),
       shutdown(n + ".shutdown"),

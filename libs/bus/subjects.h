@@ -17,8 +17,9 @@ struct Subjects {
   std::string ns;
   // Control plane: request/reply, answered by the controller.
   std::string ctl_deploy, ctl_delete, ctl_status, ctl_ping, ctl_shutdown, ctl_routes;
-  // Heartbeats: published by every service, read by the controller.
-  std::string hb_replica, hb_node, hb_proxy;
+  // Heartbeats: published by every service (and the supervisor of a local instance), read by
+  // the controller.
+  std::string hb_replica, hb_node, hb_proxy, hb_supervisor;
   // Published by the controller.
   std::string routes, events, shutdown;
   // Published by node agents when a worker process ends.

@@ -154,6 +154,71 @@ void Server::Close(std::function<void()> on_closed) { core_->Close(std::move(on_
 
 size_t Server::connection_count() const { return core_->connection_count(); }
 
+Result<int> OpenListeningSocket(const std::string& host, int port, int backlog) {
+  const std::string where = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
+                                                                : fmt::format("{}:{}", host, port);
+  auto fail = [&](const std::string& why) {
+    return Status::Error(fmt::format("cannot listen on {}: {}", where, why));
+  };
+  if (port < 0 || port > 65535) {
+    return fail("the port must be between 0 and 65535 (0 picks a free one)");
+  }
+
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* addresses = nullptr;
+  const std::string port_text = std::to_string(port);
+  int gai =
+      getaddrinfo(host.empty() ? nullptr : host.c_str(), port_text.c_str(), &hints, &addresses);
+  if (gai != 0 || addresses == nullptr) {
+    return fail(
+        fmt::format("cannot resolve the host: {} (use an address such as 127.0.0.1 or "
+                    "0.0.0.0)",
+                    gai_strerror(gai)));
+  }
+  const addrinfo& address = *addresses;
+
+  int fd = socket(address.ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int error = 0;
+  if (fd < 0) {
+    error = errno;
+  } else {
+    int on = 1;
+    // A restarted server must not wait for the previous one's connections in TIME_WAIT.
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (bind(fd, address.ai_addr, address.ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+      error = errno;
+      close(fd);
+    }
+  }
+  freeaddrinfo(addresses);
+  if (error != 0) {
+    int uv_error = uv_translate_sys_error(error);
+    std::string why = uv_strerror(uv_error);
+    switch (uv_error) {
+      case UV_EADDRINUSE:
+        why += " (is another server already running on this port? choose another port)";
+        break;
+      case UV_EACCES:
+        if (port > 0 && port < 1024) {
+          why +=
+              " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port above "
+              "1023)";
+        }
+        break;
+      case UV_EADDRNOTAVAIL:
+        why += " (is this an address of this machine? use 127.0.0.1 or 0.0.0.0)";
+        break;
+      default:
+        break;
+    }
+    return fail(why);
+  }
+  return fd;
+}
+
 // ---------------------------------------------------------------------------------------------
 // ServerCore
 
@@ -179,74 +244,6 @@ ServerCore::ServerCore(uv_loop_t* loop, ServerOptions options, Handler handler)
 
 ServerCore::~ServerCore() = default;
 
-Status ServerCore::Bind(int* fd_out) {
-  const std::string& host = options_.host;
-  const std::string where = host.find(':') != std::string::npos
-                                ? fmt::format("[{}]:{}", host, options_.port)
-                                : fmt::format("{}:{}", host, options_.port);
-  auto fail = [&](const std::string& why) {
-    return Status::Error(fmt::format("cannot listen on {}: {}", where, why));
-  };
-  if (options_.port < 0 || options_.port > 65535) {
-    return fail("the port must be between 0 and 65535 (0 picks a free one)");
-  }
-
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* addresses = nullptr;
-  const std::string port_text = std::to_string(options_.port);
-  int gai =
-      getaddrinfo(host.empty() ? nullptr : host.c_str(), port_text.c_str(), &hints, &addresses);
-  if (gai != 0 || addresses == nullptr) {
-    return fail(
-        fmt::format("cannot resolve the host: {} (use an address such as 127.0.0.1 or "
-                    "0.0.0.0)",
-                    gai_strerror(gai)));
-  }
-  const addrinfo& address = *addresses;
-
-  int fd = socket(address.ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  int error = 0;
-  if (fd < 0) {
-    error = errno;
-  } else {
-    int on = 1;
-    // A restarted server must not wait for the previous one's connections in TIME_WAIT.
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-    if (bind(fd, address.ai_addr, address.ai_addrlen) != 0 || listen(fd, options_.backlog) != 0) {
-      error = errno;
-      close(fd);
-    }
-  }
-  freeaddrinfo(addresses);
-  if (error != 0) {
-    int uv_error = uv_translate_sys_error(error);
-    std::string why = uv_strerror(uv_error);
-    switch (uv_error) {
-      case UV_EADDRINUSE:
-        why += " (is another server already running on this port? choose another port)";
-        break;
-      case UV_EACCES:
-        if (options_.port > 0 && options_.port < 1024) {
-          why +=
-              " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port above "
-              "1023)";
-        }
-        break;
-      case UV_EADDRNOTAVAIL:
-        why += " (is this an address of this machine? use 127.0.0.1 or 0.0.0.0)";
-        break;
-      default:
-        break;
-    }
-    return fail(why);
-  }
-  *fd_out = fd;
-  return Status::Ok();
-}
-
 Status ServerCore::Listen() {
   if (closing_) {
     return Status::Error("cannot listen: the server is closed");
@@ -257,10 +254,13 @@ Status ServerCore::Listen() {
   if (listener_used_) {
     return Status::Error("cannot listen: an earlier Listen() failed; create a new Server");
   }
-  int fd = -1;
-  Status bound = Bind(&fd);
-  if (!bound.ok()) {
-    return bound;
+  int fd = options_.listen_fd;
+  if (fd < 0) {
+    auto bound = OpenListeningSocket(options_.host, options_.port, options_.backlog);
+    if (!bound.ok()) {
+      return bound.status();
+    }
+    fd = *bound;
   }
   uv_tcp_init(loop_, &listener_);  // cannot fail: creates no socket
   listener_.data = this;

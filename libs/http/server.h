@@ -95,7 +95,16 @@ struct ServerOptions {
   double request_timeout_s = 30;  // a started request not fully received in time -> 408; <= 0: none
   double idle_timeout_s = 75;     // an idle keep-alive connection is closed quietly; <= 0: never
   int backlog = 1024;
+  // A socket already bound and listening, to accept on instead of binding host:port. A
+  // supervisor keeps it open across restarts of the server's process, so connections made
+  // while the process is down wait in its backlog instead of being refused. -1: bind.
+  int listen_fd = -1;
 };
+
+// Binds host:port and listens as Server::Listen does, and returns the socket (non-blocking,
+// close-on-exec), for a process that hands it to servers it starts (ServerOptions::listen_fd).
+// An error names host:port and the cause, with a hint.
+Result<int> OpenListeningSocket(const std::string& host, int port, int backlog = 1024);
 
 // An HTTP/1.1 server on a libuv loop: keep-alive, pipelining, chunked request bodies,
 // `Expect: 100-continue`, and the limits and timeouts of ServerOptions.

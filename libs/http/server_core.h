@@ -61,7 +61,6 @@ class ServerCore {
 
   ~ServerCore();  // via Release() or the last close callback
 
-  Status Bind(int* fd);
   static void OnNewConnection(uv_stream_t* listener, int status);
   static void OnFlushPhase(uv_idle_t* handle);
   static void OnFlushPhase(uv_check_t* handle);

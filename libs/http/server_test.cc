@@ -848,6 +848,49 @@ TEST_F(HttpServerTest, ListenOnAPortInUseFails) {
   EXPECT_NE(message.find("127.0.0.1:" + std::to_string(port_)), std::string::npos) << message;
 }
 
+// A supervisor opens the socket once and hands a copy to each server process it starts: a client
+// that connects while no server accepts waits in the backlog, and the socket outlives a server
+// that closed its copy.
+TEST_F(HttpServerTest, AHandedOverSocketServesWhatWaitedInItsBacklog) {
+  auto socket = OpenListeningSocket("127.0.0.1", 0);
+  ASSERT_TRUE(socket.ok()) << socket.error();
+  sockaddr_in address{};
+  socklen_t length = sizeof(address);
+  ASSERT_EQ(getsockname(*socket, reinterpret_cast<sockaddr*>(&address), &length), 0);
+  int port = ntohs(address.sin_port);
+  Client early(port);
+  ASSERT_TRUE(early.connected());
+  early.Send("GET /early HTTP/1.1\r\nHost: x\r\n\r\n");
+
+  ServerOptions options;
+  options.listen_fd = dup(*socket);
+  StartEchoServer(options);
+  EXPECT_EQ(port_, port);
+  std::optional<ClientResponse> response = early.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->body, "/early");
+
+  std::atomic<bool> closed{false};
+  loop_.Call([&] { server_->Close([&] { closed = true; }); });
+  ASSERT_TRUE(WaitUntil([&] { return closed.load(); }));
+  Client waiting(port);
+  ASSERT_TRUE(waiting.connected());
+  waiting.Send("GET /waiting HTTP/1.1\r\nHost: x\r\n\r\n");
+  Status listening = loop_.Call([&] {
+    options.listen_fd = dup(*socket);
+    server_ =
+        std::make_unique<Server>(loop_.loop(), options, [](Request&& request, Responder responder) {
+          responder.Send(TextResponse(200, request.target));
+        });
+    return server_->Listen();
+  });
+  ASSERT_TRUE(listening.ok()) << listening.message();
+  response = waiting.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->body, "/waiting");
+  close(*socket);
+}
+
 TEST_F(HttpServerTest, CloseClosesConnectionsAndReportsWhenDone) {
   StartServer({},
               [this](Request&&, Responder responder) { held_.push_back(std::move(responder)); });

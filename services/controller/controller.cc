@@ -85,6 +85,7 @@ Status Controller::Start() {
   Subscribe(subjects_.hb_replica, &Controller::OnReplicaHeartbeat);
   Subscribe(subjects_.hb_proxy, &Controller::OnProxyHeartbeat);
   Subscribe(subjects_.node_exited, &Controller::OnReplicaExited);
+  Subscribe(subjects_.hb_supervisor, &Controller::OnSupervisorHeartbeat);
   // Cut off from the bus, the controller hears nobody: that silence is no evidence against
   // anyone (see Reconciler::SetBusConnected).
   reconciler_.SetBusConnected(bus_.connected());
@@ -252,6 +253,7 @@ void Controller::OnStatus(bus::Message& message) {
   } else {
     reply = reconciler_.Report(request->value.names);
     reply.checkpoint_warning = CheckpointWarning();
+    reply.supervisors = SupervisorReport();
   }
   reply.namespace_ = subjects_.ns;
   reply.route_generation = route_generation_;
@@ -312,6 +314,36 @@ void Controller::OnProxyHeartbeat(bus::Message& message) {
 void Controller::OnReplicaExited(bus::Message& message) {
   auto exited = DecodeEvent<wire::ReplicaExited>(message, "exit report");
   if (exited.has_value() && loaded_) reconciler_.OnReplicaExited(*exited);
+}
+
+void Controller::OnSupervisorHeartbeat(bus::Message& message) {
+  auto heartbeat = DecodeEvent<wire::SupervisorHeartbeat>(message, "supervisor heartbeat");
+  if (!heartbeat.has_value() || heartbeat->supervisor_id.empty()) return;
+  // A supervisor started for the same run directory (after the previous one died) takes the
+  // place of the previous one.
+  std::erase_if(supervisors_, [&](const auto& entry) {
+    const wire::SupervisorHeartbeatT& seen = entry.second.heartbeat;
+    return entry.first != heartbeat->supervisor_id && seen.host == heartbeat->host &&
+           seen.run_dir == heartbeat->run_dir;
+  });
+  SeenSupervisor& seen = supervisors_[heartbeat->supervisor_id];
+  seen.heartbeat = std::move(*heartbeat);
+  seen.last_seen = clock_.Now();
+}
+
+std::vector<std::unique_ptr<wire::SupervisorStatusT>> Controller::SupervisorReport() const {
+  std::vector<std::unique_ptr<wire::SupervisorStatusT>> report;
+  for (const auto& [id, seen] : supervisors_) {
+    auto status = std::make_unique<wire::SupervisorStatusT>();
+    status->heartbeat = std::make_unique<wire::SupervisorHeartbeatT>(seen.heartbeat);
+    status->last_seen_s = clock_.Now() - seen.last_seen;
+    double period = seen.heartbeat.period_s > 0 ? seen.heartbeat.period_s : 1;
+    // As for nodes and proxies: three missed heartbeats and it is presumed gone.
+    status->state = status->last_seen_s > 3 * period ? wire::MemberState::UNHEALTHY
+                                                     : wire::MemberState::HEALTHY;
+    report.push_back(std::move(status));
+  }
+  return report;
 }
 
 void Controller::StartReplica(const std::string& node_id, const std::string& replica_id,

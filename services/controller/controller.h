@@ -3,6 +3,7 @@
 #include <uv.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -68,6 +69,9 @@ class Controller : public ReconcilerActions {
   void OnReplicaHeartbeat(bus::Message& message);
   void OnProxyHeartbeat(bus::Message& message);
   void OnReplicaExited(bus::Message& message);
+  void OnSupervisorHeartbeat(bus::Message& message);
+  // The supervisors for `serve status`, each with the age of its last heartbeat.
+  std::vector<std::unique_ptr<wire::SupervisorStatusT>> SupervisorReport() const;
 
   void LoadCheckpoint();
   void Tick();
@@ -119,6 +123,14 @@ class Controller : public ReconcilerActions {
   int checkpoint_failures_ = 0;         // failed writes in a row
   std::string last_checkpoint_error_;
   double unsaved_since_ = 0;            // when desired state first differed from the stored one
+
+  // The last heartbeat of each supervisor of a local instance, and when it came. Only shown in
+  // `serve status`: the controller decides nothing from them.
+  struct SeenSupervisor {
+    wire::SupervisorHeartbeatT heartbeat;
+    double last_seen = 0;
+  };
+  std::map<std::string, SeenSupervisor> supervisors_;  // by supervisor id
 };
 
 }  // namespace serve::controller

@@ -1100,9 +1100,10 @@ TEST_F(ReconcilerTest, StartsArePacedPerNodeAndNeverRepeated) {
   options.max_starting_per_node = 4;
   Recreate(options);
   AddNode("n1", 64);
+  auto name = [](int i) { return std::string("d").append(std::to_string(i)); };
   std::vector<wire::DeploymentSpecT> specs;
   for (int i = 0; i < 40; ++i) {
-    wire::DeploymentSpecT spec = Spec("d" + std::to_string(i));
+    wire::DeploymentSpecT spec = Spec(name(i));
     spec.resources->num_cpus = 0.1;
     specs.push_back(std::move(spec));
   }
@@ -1114,7 +1115,7 @@ TEST_F(ReconcilerTest, StartsArePacedPerNodeAndNeverRepeated) {
   EXPECT_EQ(cluster_.starts.size(), 40u);
   EXPECT_EQ(started.size(), 40u);
   EXPECT_THAT(cluster_.stops, IsEmpty());
-  for (int i = 0; i < 40; ++i) EXPECT_EQ(StateOf("d" + std::to_string(i)), "HEALTHY");
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(StateOf(name(i)), "HEALTHY");
 }
 
 TEST_F(ReconcilerTest, LostNodeIsUnhealthyAndItsReplicasMoveElsewhere) {

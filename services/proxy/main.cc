@@ -20,6 +20,10 @@ int main(int argc, char** argv) {
       ->envname("SERVE_HTTP_PORT")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
+  app.add_option("--http-listen-fd", options.http.listen_fd,
+                 "Accept on this inherited listening socket instead of binding (for a "
+                 "supervisor that keeps the socket open while the proxy restarts)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--request-timeout-s", options.request_timeout_s,
                  "How long a replica may take before the client gets 504")
       ->capture_default_str()

@@ -1,6 +1,8 @@
 #include "proxy/proxy.h"
 
+#include <arpa/inet.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "wire/codec.h"
@@ -81,10 +83,36 @@ Status Proxy::Start() {
       [this](http::Request&& request, http::Responder responder) {
         OnHttp(std::move(request), std::move(responder));
       });
-  Status listening = server_->Listen();
-  if (!listening.ok()) {
-    return Status::Error(listening.message() + "; the proxy's address is set with --http-host "
-                         "and --http-port");
+  if (options_.http.listen_fd >= 0) {
+    int listening = 0;
+    socklen_t length = sizeof(listening);
+    sockaddr_storage address{};
+    socklen_t address_length = sizeof(address);
+    if (getsockopt(options_.http.listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0 ||
+        listening == 0 ||
+        getsockname(options_.http.listen_fd, reinterpret_cast<sockaddr*>(&address),
+                    &address_length) != 0) {
+      return Status::Error("--http-listen-fd " + std::to_string(options_.http.listen_fd) +
+                           " is not a listening socket; omit it to bind --http-host and "
+                           "--http-port");
+    }
+    inherited_port_ =
+        ntohs(address.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
+                                            : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+    accept_deadline_ = std::make_unique<service::OneShotTimer>(loop_);
+    accept_deadline_->Start(options_.first_routes_wait_s, [this] {
+      spdlog::warn("no route table after {} s; accepting connections anyway",
+                   options_.first_routes_wait_s);
+      StartAccepting();
+    });
+  } else {
+    Status listening = server_->Listen();
+    if (!listening.ok()) {
+      return Status::Error(listening.message() +
+                           "; the proxy's address is set with --http-host "
+                           "and --http-port");
+    }
+    accepting_ = true;
   }
   Status subscribed = bus_.Subscribe(subjects_.routes, [this](bus::Message& m) {
     OnRouteTable(m.data);
@@ -113,12 +141,28 @@ Status Proxy::Start() {
     FailCallsOfExitedReplicas();
     ReleaseHeld();
   });
-  spdlog::info("proxy {} listening on http://{}:{}", options_.proxy_id, options_.http.host,
-               server_->port());
+  spdlog::info("proxy {} {} http://{}:{}", options_.proxy_id,
+               accepting_ ? "listening on" : "took over the socket of", options_.http.host, port());
   return Status::Ok();
 }
 
+void Proxy::StartAccepting() {
+  if (accepting_ || server_ == nullptr) return;
+  accepting_ = true;
+  accept_deadline_.reset();
+  Status listening = server_->Listen();
+  if (!listening.ok()) {
+    // The socket was checked in Start(). A proxy that cannot accept is of no use, and only
+    // its end tells the supervisor so.
+    spdlog::critical("cannot accept on the handed-over socket: {}", listening.message());
+    spdlog::shutdown();
+    _exit(2);
+  }
+}
+
 void Proxy::Stop(std::function<void()> on_closed) {
+  accept_deadline_.reset();
+  accepting_ = true;  // a route table that still arrives must not open the closed server
   heartbeat_.reset();
   routes_retry_.reset();
   queue_sweeper_.reset();
@@ -159,6 +203,7 @@ void Proxy::OnRouteTable(const std::string& bytes) {
   }
   if (router_.Update(**table)) {
     have_routes_ = true;
+    StartAccepting();
     spdlog::info("routes (generation {}): {}", router_.generation(), router_.RoutesJson());
     SendHeartbeat();  // tells the controller, and so `serve deploy`, that traffic switched
     std::vector<std::string> deployments;

@@ -30,6 +30,11 @@ struct ProxyOptions {
   // Retry-After. Short: a client that retries elsewhere does better than one left hanging.
   double bus_wait_s = 0.5;
   double heartbeat_period_s = 1;
+  // With a listening socket handed over by a supervisor (http.listen_fd), connections are
+  // accepted only once the first route table arrived, or after this long without one: until
+  // then they wait in the socket's backlog rather than get 404 from a proxy that knows no
+  // routes yet.
+  double first_routes_wait_s = 5;
 };
 
 // HTTP ingress: routes each request by longest prefix to a replica of the matched deployment,
@@ -47,7 +52,9 @@ class Proxy {
   Status Start();
   void Stop(std::function<void()> on_closed);
 
-  int port() const { return server_ != nullptr ? server_->port() : 0; }
+  int port() const {
+    return server_ != nullptr && server_->port() != 0 ? server_->port() : inherited_port_;
+  }
   const Router& router() const { return router_; }
 
  private:
@@ -76,6 +83,8 @@ class Proxy {
   void FailCallsOfExitedReplicas();
   void RequestRoutes();
   void SendHeartbeat();
+  // Starts accepting on the handed-over socket (see ProxyOptions::first_routes_wait_s).
+  void StartAccepting();
 
   uv_loop_t* loop_;
   bus::Bus& bus_;
@@ -99,6 +108,9 @@ class Proxy {
   std::deque<std::shared_ptr<Call>> held_;
   uint64_t connected_at_ms_ = 0;  // loop time of the last (re)connection
   bool have_routes_ = false;
+  bool accepting_ = false;
+  int inherited_port_ = 0;  // the port of a handed-over socket
+  std::unique_ptr<service::OneShotTimer> accept_deadline_;
   uint64_t request_counter_ = 0;
   std::string request_id_prefix_;
 };

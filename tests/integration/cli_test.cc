@@ -119,7 +119,7 @@ TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
   EXPECT_THAT(table.output, HasSubstr("hello"));
 
   std::vector<pid_t> pids = RecordedPids();
-  ASSERT_EQ(pids.size(), 5u);  // nats-server and the four services
+  ASSERT_EQ(pids.size(), 6u);  // nats-server, the four services and their supervisor
   auto stopped = Serve({"shutdown"});
   ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
   EXPECT_THAT(stopped.output, HasSubstr("Serve stopped"));
@@ -180,7 +180,7 @@ TEST_F(CliTest, RunStartsServesAndOnSigtermUndoesEverythingItDid) {
   EXPECT_EQ(response.status, 200);
   EXPECT_EQ(response.body, "hello world");
   std::vector<pid_t> pids = RecordedPids();
-  ASSERT_EQ(pids.size(), 5u);  // nats-server and the four services
+  ASSERT_EQ(pids.size(), 6u);  // nats-server, the four services and their supervisor
 
   EXPECT_EQ(run.Terminate(), 0) << run.Output();
   EXPECT_THAT(run.Output(), HasSubstr("deleted hello"));

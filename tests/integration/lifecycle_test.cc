@@ -167,7 +167,10 @@ TEST(Lifecycle, RollingUpdateUnderLoadSwitchesVersionWithoutAFailedRequest) {
 
 // The measurement the issue asks for: 4 replicas, spread over two nodes.
 TEST(Lifecycle, RollingUpdateOfFourReplicasOnTwoNodesUnderLoad) {
-  Cluster cluster(Cluster::Options{.nodes = 2, .node_cpus = 4});
+  Cluster::Options options;
+  options.nodes = 2;
+  options.node_cpus = 4;
+  Cluster cluster(options);
   RollingUpdateUnderLoad(cluster, 4);
 }
 
