@@ -6,6 +6,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 
 #include "support/loop.h"
 #include "support/process.h"
@@ -186,11 +188,13 @@ TEST_F(SupervisorTest, AMissingExecutableFailsTheStartAndStopsTheRest) {
 }
 
 TEST_F(SupervisorTest, TheHeartbeatCarriesEveryProcess) {
-  std::optional<wire::SupervisorHeartbeatT> heartbeat;
+  // Shared with the handler, which the fixture's teardown may still call after this body ends.
+  auto received = std::make_shared<std::optional<wire::SupervisorHeartbeatT>>();
+  auto& heartbeat = *received;
   ASSERT_TRUE(bus_->Subscribe(subjects_.hb_supervisor,
-                              [&](bus::Message& m) {
+                              [received](bus::Message& m) {
                                 auto decoded = wire::Unpack<wire::SupervisorHeartbeat>(m.data);
-                                if (decoded.ok()) heartbeat = std::move(*decoded);
+                                if (decoded.ok()) *received = std::move(*decoded);
                               })
                   .ok());
   ASSERT_TRUE(bus_->Flush().ok());

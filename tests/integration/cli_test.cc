@@ -143,11 +143,11 @@ TEST_F(CliTest, ServicesAndWorkersInheritNothingFromTheShellThatStartedThem) {
   ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
 
   std::vector<pid_t> pids = RecordedPids();
-  EXPECT_EQ(pids.size(), 5u);  // nats-server and the four services
+  EXPECT_EQ(pids.size(), 6u);  // the supervisor, nats-server and the four services
   std::string workers = RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output;
   std::istringstream worker_pids(workers);
   for (pid_t pid; worker_pids >> pid;) pids.push_back(pid);
-  EXPECT_EQ(pids.size(), 6u) << "no worker found";
+  EXPECT_EQ(pids.size(), 7u) << "no worker found";
   for (pid_t pid : pids) {
     EXPECT_THAT(SharedDescriptors(pid, getpid()), IsEmpty())
         << ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
