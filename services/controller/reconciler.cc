@@ -409,7 +409,8 @@ void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
         LoseReplica(replica, "no longer running on node " + node.id);
       }
     } else if (heartbeat.incarnation != replica.incarnation) {
-      LoseReplica(replica, "its node agent on " + node.id + " restarted (its workers end with it)");
+      LoseReplica(replica, "its node agent on " + node.id + " restarted (its workers end with it)",
+                  /*failed_start=*/false);
     } else if (heartbeat.seq >= replica.listed_from_seq) {
       LoseReplica(replica, "no longer running on node " + node.id);
     }
@@ -498,9 +499,9 @@ void Reconciler::MarkRunning(Replica& replica, const std::string& message) {
   }
 }
 
-void Reconciler::LoseReplica(Replica& replica, const std::string& why) {
+void Reconciler::LoseReplica(Replica& replica, const std::string& why, bool failed_start) {
   std::string deployment = replica.deployment;
-  bool failed_start = !replica.ever_running;
+  failed_start = failed_start && !replica.ever_running;
   SetReplicaState(replica, ReplicaState::UNHEALTHY, why);
   std::string id = replica.id;
   EraseReplica(id);
@@ -737,7 +738,7 @@ void Reconciler::CheckLiveness() {
         if (replica.state == ReplicaState::STOPPING) {
           EraseReplica(rid);
         } else {
-          LoseReplica(replica, "its node " + id + " was lost");
+          LoseReplica(replica, "its node " + id + " was lost", /*failed_start=*/false);
         }
       }
       for (auto& [name, d] : deployments_) MarkDirty(name);

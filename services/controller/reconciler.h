@@ -205,7 +205,9 @@ class Reconciler {
   void SetReplicaState(Replica& replica, wire::ReplicaState state, const std::string& message);
   void MarkRunning(Replica& replica, const std::string& message);
   void Ack(Replica& replica, uint64_t incarnation, uint64_t seq);
-  void LoseReplica(Replica& replica, const std::string& why);
+  // `failed_start`: a replica that never ran counts against its deployment's code (toward
+  // DEPLOY_FAILED); false when the cause is plainly elsewhere (its node was lost).
+  void LoseReplica(Replica& replica, const std::string& why, bool failed_start = true);
   void StopAndForget(Replica& replica, const std::string& why);
   void StopOrphan(const std::string& node_id, const std::string& replica_id);
   void RecordStartFailure(const std::string& deployment, const std::string& why);

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -279,12 +280,20 @@ void NodeAgent::SendHeartbeatSoon() {
   // Changes are told at once, but a burst of them (hundreds of starts) in one heartbeat: each
   // lists every worker, so one per change would cost the node and the controller the square.
   if (shutdown_done_) return;  // a node that shuts down says nothing more
+  // A burst handled in one turn of the loop (each spawn a fork and an exec) can take longer than
+  // the timers may wait: the node must not fall silent while it is busiest.
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_heartbeat_at_ >= std::chrono::duration<double>(options_.heartbeat_period_s / 2)) {
+    SendHeartbeat();
+    return;
+  }
   if (heartbeat_soon_ == nullptr) heartbeat_soon_ = std::make_unique<service::OneShotTimer>(loop_);
   if (heartbeat_soon_->active()) return;
   heartbeat_soon_->Start(0.05, [this] { SendHeartbeat(); });
 }
 
 void NodeAgent::SendHeartbeat() {
+  last_heartbeat_at_ = std::chrono::steady_clock::now();
   wire::NodeHeartbeatT heartbeat;
   heartbeat.node_id = options_.node_id;
   heartbeat.host = host_;

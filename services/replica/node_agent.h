@@ -2,6 +2,7 @@
 
 #include <uv.h>
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -85,6 +86,7 @@ class NodeAgent {
   std::map<std::string, std::unique_ptr<Worker>> workers_;  // by replica id
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
   std::unique_ptr<service::OneShotTimer> heartbeat_soon_;
+  std::chrono::steady_clock::time_point last_heartbeat_at_;
   std::function<void()> shutdown_done_;
   std::unique_ptr<service::OneShotTimer> shutdown_deadline_;
 };
