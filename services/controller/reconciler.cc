@@ -387,6 +387,7 @@ void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
       StopOrphan(node.id, r->id);  // placed elsewhere since: this copy is stale
       continue;
     }
+    replica.missing_since = 0;  // listed again: whatever was missing was a stale view
     if ((!replica.acked || replica.incarnation == 0) && replica.state != ReplicaState::STOPPING) {
       Ack(replica, heartbeat.incarnation, heartbeat.seq);
     }
@@ -406,13 +407,13 @@ void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
       // No sequence to go by (an agent that sends none, or a replica known only from its own
       // heartbeat): it is missing once the node had time to list it.
       if (now - replica.state_since > 2 * node.period_s + 1) {
-        LoseReplica(replica, "no longer running on node " + node.id);
+        MarkMissing(replica, "no longer running on node " + node.id);
       }
     } else if (heartbeat.incarnation != replica.incarnation) {
       LoseReplica(replica, "its node agent on " + node.id + " restarted (its workers end with it)",
                   /*failed_start=*/false);
     } else if (heartbeat.seq >= replica.listed_from_seq) {
-      LoseReplica(replica, "no longer running on node " + node.id);
+      MarkMissing(replica, "no longer running on node " + node.id);
     }
   }
   for (auto stop = orphan_stops_.lower_bound({node.id, ""});
@@ -499,7 +500,13 @@ void Reconciler::MarkRunning(Replica& replica, const std::string& message) {
   }
 }
 
-void Reconciler::LoseReplica(Replica& replica, const std::string& why, bool failed_start) {
+void Reconciler::MarkMissing(Replica& replica, const std::string& why) {
+  if (replica.missing_since > 0) return;
+  replica.missing_since = clock_.Now();
+  replica.missing_why = why;
+}
+
+void Reconciler::LoseReplica(Replica& replica, std::string why, bool failed_start) {
   std::string deployment = replica.deployment;
   failed_start = failed_start && !replica.ever_running;
   SetReplicaState(replica, ReplicaState::UNHEALTHY, why);
@@ -723,6 +730,18 @@ void Reconciler::CheckLiveness() {
   std::erase_if(retired_, [&](const auto& entry) {
     return now - entry.second > options_.forget_lost_nodes_after_s;
   });
+  // What a node said is gone is gone, cut off or not; the short wait lets the node's exit
+  // report, delivered on another subscription, arrive first and name the cause.
+  std::vector<std::string> missing;
+  for (const auto& [id, replica] : replicas_) {
+    if (replica.missing_since > 0 && now - replica.missing_since >= kMissingGrace_s) {
+      missing.push_back(id);
+    }
+  }
+  for (const auto& id : missing) {
+    Replica& replica = replicas_.at(id);
+    LoseReplica(replica, replica.missing_why);
+  }
   // Silence is evidence only while this controller could have heard: not while its own
   // connection is down, nor until every member had time to speak again after it returned.
   if (HoldingVerdicts()) return;

@@ -79,6 +79,9 @@ class Reconciler {
  public:
   // A RUNNING replica whose health check fails this many heartbeats in a row is replaced.
   static constexpr int kFailedChecksBeforeUnhealthy = 3;
+  // A replica its node no longer lists is lost this long after: the node's exit report, which
+  // names the cause, travels on another subscription and may be handed over second.
+  static constexpr double kMissingGrace_s = 0.2;
 
   Reconciler(const Clock& clock, ReconcilerActions& actions, ReconcilerOptions options = {});
 
@@ -146,6 +149,10 @@ class Reconciler {
     uint64_t incarnation = 0;
     uint64_t listed_from_seq = 0;
     int start_attempts = 0;  // start orders sent without an answer
+    // When its node first stopped listing it, and why; it is lost a moment later, unless the
+    // node's exit report (which may be delivered after the heartbeat) says more first.
+    double missing_since = 0;
+    std::string missing_why;
     int failed_checks = 0;  // consecutive heartbeats whose health check failed
     uint64_t completed = 0;    // requests completed, as last reported
     double last_progress = 0;  // when it last completed one, or had none in flight
@@ -207,7 +214,8 @@ class Reconciler {
   void Ack(Replica& replica, uint64_t incarnation, uint64_t seq);
   // `failed_start`: a replica that never ran counts against its deployment's code (toward
   // DEPLOY_FAILED); false when the cause is plainly elsewhere (its node was lost).
-  void LoseReplica(Replica& replica, const std::string& why, bool failed_start = true);
+  void LoseReplica(Replica& replica, std::string why, bool failed_start = true);
+  void MarkMissing(Replica& replica, const std::string& why);
   void StopAndForget(Replica& replica, const std::string& why);
   void StopOrphan(const std::string& node_id, const std::string& replica_id);
   void RecordStartFailure(const std::string& deployment, const std::string& why);

@@ -243,6 +243,11 @@ class ReconcilerTest : public ::testing::Test {
       r().Step();
     }
   }
+  // The moment a node's word that a replica is gone waits for its exit report to say more.
+  void Settle() {
+    clock_.Advance(Reconciler::kMissingGrace_s);
+    r().Step();
+  }
   // Time passes with only node heartbeats (no worker reports healthy).
   void RunNodesOnly(double seconds) {
     for (double t = 0; t < seconds - 1e-9; t += 1) {
@@ -927,6 +932,7 @@ TEST_F(ReconcilerTest, WorkerMissingFromNodeHeartbeatIsReplaced) {
   cluster_.ClearCalls();
   cluster_.workers["n1"].erase(ids[0]);  // died, and its exit report was lost
   Run(1);
+  Settle();
   ASSERT_EQ(cluster_.starts.size(), 1u) << "a long-running worker is missed at once";
   EXPECT_EQ(ReplicaStates("hello").count(ids[0]), 0u);
   Run(1);
@@ -937,6 +943,7 @@ TEST_F(ReconcilerTest, WorkerMissingFromNodeHeartbeatIsReplaced) {
   cluster_.ClearCalls();
   cluster_.workers["n1"].erase(fresh);
   Run(1);
+  Settle();
   EXPECT_EQ(cluster_.starts.size(), 1u);
   EXPECT_EQ(ReplicaStates("hello").count(fresh), 0u);
 }
@@ -962,6 +969,7 @@ TEST_F(ReconcilerTest, StartOrderNotYetReachedByItsNodeIsNotMissing) {
   // And once it has been listed, a heartbeat without it means it is gone.
   cluster_.workers["n1"].erase(id);
   RunNodesOnly(1);
+  Settle();
   EXPECT_EQ(ReplicaStates("hello").count(id), 0u);
   RunNodesOnly(1);  // a start that failed backs off first
   EXPECT_EQ(cluster_.starts.size(), 2u);

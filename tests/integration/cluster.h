@@ -85,6 +85,16 @@ class Cluster {
   int deploy_files_ = 0;
 };
 
+// One replica of builtin:hello at /hello, answering "hello world".
+inline constexpr char kHelloConfig[] = R"(
+deployments:
+  - name: hello
+    route_prefix: /hello
+    runtime: builtin:hello
+    num_replicas: 1
+    user_config: {message: "hello world"}
+)";
+
 // The path of a deployment library built for tests (tests/deployments), e.g. "test_handlers".
 std::string TestLibrary(const std::string& name);
 

@@ -13,18 +13,10 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-constexpr char kHello[] = R"(
-deployments:
-  - name: hello
-    route_prefix: /hello
-    runtime: builtin:hello
-    num_replicas: 1
-)";
-
 TEST(Descriptors, WorkerInheritsNothingFromItsAgent) {
   InheritablePipe pipe;  // the node agent inherits it; it must stop there
   Cluster cluster;
-  cluster.Deploy(kHello);
+  cluster.Deploy(kHelloConfig);
   ASSERT_EQ(cluster.Get("/hello").status, 200);
   auto hello = cluster.Deployment("hello");
   ASSERT_TRUE(hello.is_object());

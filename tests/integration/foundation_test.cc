@@ -16,15 +16,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr char kHello[] = R"(
-deployments:
-  - name: hello
-    route_prefix: /hello
-    runtime: builtin:hello
-    num_replicas: 1
-    user_config: {message: "hello world"}
-)";
-
 constexpr char kEcho[] = R"(
 deployments:
   - name: echo
@@ -35,7 +26,7 @@ deployments:
 
 TEST(Foundation, HelloAnswersHelloWorldAndStatusIsHealthy) {
   Cluster cluster;
-  cluster.Deploy(kHello);
+  cluster.Deploy(kHelloConfig);
   auto response = cluster.Get("/hello");
   EXPECT_EQ(response.status, 200);
   EXPECT_EQ(response.body, "hello world");
@@ -70,7 +61,7 @@ TEST(Foundation, EchoWithTwoReplicasAnswersFromBoth) {
 
 TEST(Foundation, DeleteMakesTheRouteAnswer404) {
   Cluster cluster;
-  cluster.Deploy(kHello);
+  cluster.Deploy(kHelloConfig);
   ASSERT_EQ(cluster.Get("/hello").status, 200);
   auto deleted = cluster.Serve({"delete", "hello"});
   ASSERT_EQ(deleted.exit_code, 0) << deleted.output;
@@ -83,7 +74,7 @@ TEST(Foundation, DeleteMakesTheRouteAnswer404) {
 
 TEST(Foundation, ProxyServesHealthAndRoutes) {
   Cluster cluster;
-  cluster.Deploy(kHello);
+  cluster.Deploy(kHelloConfig);
   auto health = cluster.Get("/-/healthz");
   EXPECT_EQ(health.status, 200);
   EXPECT_THAT(health.body, HasSubstr("success"));
@@ -111,7 +102,7 @@ TEST(Foundation, AnyNatsClientCanDeployWithJson) {
 
 TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsServing) {
   Cluster cluster;
-  cluster.Deploy(kHello);
+  cluster.Deploy(kHelloConfig);
   RawClient client(cluster.nats_url());
   std::string truncated = wire::Pack(wire::DeployRequestT{}).substr(0, 10);
   const std::vector<std::string> inputs = {
@@ -169,7 +160,7 @@ TEST(Foundation, RequestLargerThanTheBusCarriesIs413) {
 
 TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
   Cluster cluster;
-  cluster.Deploy(kHello);
+  cluster.Deploy(kHelloConfig);
   ASSERT_EQ(cluster.Get("/hello").status, 200);
   cluster.nats().Stop();
   cluster.nats().Start();

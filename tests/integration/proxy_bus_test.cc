@@ -10,15 +10,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr char kHello[] = R"(
-deployments:
-  - name: hello
-    route_prefix: /hello
-    runtime: builtin:hello
-    num_replicas: 1
-    user_config: {message: "hello world"}
-)";
-
 std::string OnlyReplica(Cluster& cluster) {
   auto hello = cluster.Deployment("hello");
   if (!hello.is_object() || hello["replicas"].size() != 1) return "<not one replica>";
@@ -28,7 +19,7 @@ std::string OnlyReplica(Cluster& cluster) {
 
 TEST(ProxyBus, WithoutNatsRequestsGet503WithRetryAfterAndTheSameReplicaServesWhenItReturns) {
   Cluster cluster;
-  cluster.Deploy(kHello);
+  cluster.Deploy(kHelloConfig);
   ASSERT_EQ(cluster.Get("/hello").body, "hello world");
   std::string replica = OnlyReplica(cluster);
 
