@@ -75,15 +75,6 @@ class CliTest : public ::testing::Test {
   int files_ = 0;
 };
 
-static bool Alive(pid_t pid) {
-  if (kill(pid, 0) != 0) return false;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string content;
-  std::getline(stat, content);
-  size_t paren = content.rfind(')');
-  return !(paren != std::string::npos && paren + 2 < content.size() && content[paren + 2] == 'Z');
-}
-
 TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
   int http_port = FreePort();
   auto started = Serve({"start", "--http-port", std::to_string(http_port)});
@@ -124,7 +115,7 @@ TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
   ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
   EXPECT_THAT(stopped.output, HasSubstr("Serve stopped"));
   for (pid_t pid : pids) {
-    EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); })) << "pid " << pid << " still runs";
+    EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); })) << "pid " << pid << " still runs";
   }
   EXPECT_FALSE(PortOpen(nats_port_));
   EXPECT_FALSE(PortOpen(http_port));
@@ -185,7 +176,7 @@ TEST_F(CliTest, RunStartsServesAndOnSigtermUndoesEverythingItDid) {
   EXPECT_EQ(run.Terminate(), 0) << run.Output();
   EXPECT_THAT(run.Output(), HasSubstr("deleted hello"));
   EXPECT_THAT(run.Output(), HasSubstr("Stopped the Serve instance this command started"));
-  for (pid_t pid : pids) EXPECT_FALSE(Alive(pid)) << "pid " << pid << " still runs";
+  for (pid_t pid : pids) EXPECT_FALSE(ProcessAlive(pid)) << "pid " << pid << " still runs";
   EXPECT_TRUE(RecordedPids().empty());
   EXPECT_FALSE(PortOpen(nats_port_));
   EXPECT_FALSE(PortOpen(http_port));
@@ -214,7 +205,7 @@ TEST_F(CliTest, RunAgainstARunningInstanceDeletesOnlyItsOwnDeployment) {
   // The controller no longer routes there; the proxy hears of it a moment later.
   EXPECT_TRUE(WaitUntil([&] { return HttpGet(http_port, "/mine").status == 404; }));
   EXPECT_EQ(HttpGet(http_port, "/hello").body, "hello world");
-  for (pid_t pid : pids) EXPECT_TRUE(Alive(pid)) << "pid " << pid << " was stopped";
+  for (pid_t pid : pids) EXPECT_TRUE(ProcessAlive(pid)) << "pid " << pid << " was stopped";
   EXPECT_THAT(DeployedNames(), ElementsAre("hello"));
 }
 

@@ -37,15 +37,6 @@ double SecondsSince(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-bool Alive(pid_t pid) {
-  if (kill(pid, 0) != 0) return false;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string content;
-  std::getline(stat, content);
-  size_t paren = content.rfind(')');
-  return !(paren != std::string::npos && paren + 2 < content.size() && content[paren + 2] == 'Z');
-}
-
 // Pid file name -> pid, for every pid file of a run directory.
 std::map<std::string, pid_t> RecordedPids(const std::string& run_dir) {
   std::map<std::string, pid_t> pids;
@@ -133,7 +124,7 @@ class SupervisedInstanceTest : public ::testing::Test {
     EXPECT_EQ(kill(old, SIGKILL), 0);
     return WaitUntil([&] {
       pid_t now = Pid(process);
-      return now > 0 && now != old && Alive(now);
+      return now > 0 && now != old && ProcessAlive(now);
     });
   }
 
@@ -292,10 +283,10 @@ TEST_F(SupervisedInstanceTest, KilledSupervisorLeavesTheServicesRunning) {
   auto before = RecordedPids(run_dir_);
   ASSERT_EQ(before.size(), 6u);  // nats-server, the four services and the supervisor
   ASSERT_EQ(kill(before["supervisor"], SIGKILL), 0);
-  ASSERT_TRUE(WaitUntil([&] { return !Alive(before["supervisor"]); }));
+  ASSERT_TRUE(WaitUntil([&] { return !ProcessAlive(before["supervisor"]); }));
   for (const auto& [name, pid] : before) {
     if (name != "supervisor") {
-      EXPECT_TRUE(Alive(pid)) << name;
+      EXPECT_TRUE(ProcessAlive(pid)) << name;
     }
   }
   EXPECT_EQ(HttpGet(http_port_, "/echo").status, 200);
@@ -309,7 +300,7 @@ TEST_F(SupervisedInstanceTest, KilledSupervisorLeavesTheServicesRunning) {
   auto stopped = Serve({"shutdown"});
   EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
   for (const auto& [name, pid] : before) {
-    EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); })) << name << " still runs";
+    EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); })) << name << " still runs";
   }
 }
 
@@ -324,7 +315,7 @@ TEST_F(SupervisedInstanceTest, ShutdownWithoutTheBusStopsEverything) {
   EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
   EXPECT_THAT(stopped.output, HasSubstr("Serve stopped"));
   for (const auto& [name, pid] : pids) {
-    EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); })) << name << " still runs";
+    EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); })) << name << " still runs";
   }
   EXPECT_FALSE(PortOpen(nats_port_));
   EXPECT_FALSE(PortOpen(http_port_));
@@ -345,7 +336,7 @@ TEST_F(SupervisedInstanceTest, StartOnAPortInUseSaysSoAndLeavesNothingRunning) {
   EXPECT_THAT(started.output, HasSubstr("address already in use"));
   EXPECT_THAT(started.output, HasSubstr("--http-port"));
   for (const auto& [name, pid] : RecordedPids(run_dir_)) {
-    EXPECT_FALSE(Alive(pid)) << name << " still runs";
+    EXPECT_FALSE(ProcessAlive(pid)) << name << " still runs";
   }
   EXPECT_FALSE(PortOpen(nats_port_));
 }
@@ -387,7 +378,7 @@ TEST(SupervisedInstance, ShutdownFromAnotherDirectoryLeavesNoProcess) {
   EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
   EXPECT_THAT(stopped.output, HasSubstr("Serve stopped"));
   for (const auto& [name, pid] : pids) {
-    EXPECT_TRUE(WaitUntil([&] { return !Alive(pid); })) << name << " still runs";
+    EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); })) << name << " still runs";
   }
   EXPECT_FALSE(PortOpen(nats_port));
   EXPECT_FALSE(PortOpen(http_port));

@@ -356,4 +356,13 @@ size_t CountOccurrences(const std::string& text, const std::string& what) {
   return count;
 }
 
+bool ProcessAlive(pid_t pid) {
+  if (kill(pid, 0) != 0) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string content;
+  std::getline(stat, content);
+  size_t paren = content.rfind(')');
+  return !(paren != std::string::npos && paren + 2 < content.size() && content[paren + 2] == 'Z');
+}
+
 }  // namespace serve::testing

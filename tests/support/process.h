@@ -131,6 +131,8 @@ std::vector<std::string> SharedDescriptors(pid_t child, pid_t other);
 
 std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& content);
+// True while process `pid` exists and is not a zombie.
+bool ProcessAlive(pid_t pid);
 // How often `what` occurs in `text` (in logs, say).
 size_t CountOccurrences(const std::string& text, const std::string& what);
 
