@@ -12,6 +12,8 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DSERVE_BUILD_TESTS=
     && cmake --build build
 
 FROM debian:12-slim
+# libcurl4 and libarchive13 are opened at first use (command runtimes, packaged working
+# directories), so `ldd serve-replica` does not list them; they are needed all the same.
 RUN apt-get update && apt-get install -y --no-install-recommends \
       libnats3.4 libuv1 libflatbuffers2 libhiredis0.14 libspdlog1.10 libfmt9 libcurl4 \
       libyaml-cpp0.7 libarchive13 libssl3 ca-certificates python3 python3-sklearn \

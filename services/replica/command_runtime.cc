@@ -23,6 +23,7 @@
 #include <optional>
 #include <thread>
 
+#include "base/shared_library.h"
 #include "http/ascii.h"
 
 extern char** environ;
@@ -45,6 +46,38 @@ constexpr double kMaxGracefulStopS = 5;
 constexpr milliseconds kOutputSettle(1000);
 
 using http::internal::EqualsIgnoreCase;
+
+// libcurl is opened when a command runtime is made, not linked (see base/shared_library.h):
+// most workers run native code, and libcurl with what it pulls in would be the largest share
+// of every worker's start.
+#define SERVE_LIBCURL_FUNCTIONS(X) \
+  X(curl_easy_cleanup) \
+  X(curl_easy_getinfo) \
+  X(curl_easy_init) \
+  X(curl_easy_perform) \
+  X(curl_easy_reset) \
+  X(curl_easy_setopt) \
+  X(curl_easy_strerror) \
+  X(curl_global_init) \
+  X(curl_slist_append) \
+  X(curl_slist_free_all)
+
+struct LibCurl {
+  SERVE_LIBCURL_FUNCTIONS(SERVE_LIBRARY_FUNCTION)
+};
+
+Result<LibCurl> LoadLibCurl() {
+  SERVE_LOAD_LIBRARY(LibCurl, "libcurl.so.4", "libcurl4", SERVE_LIBCURL_FUNCTIONS);
+}
+
+const Result<LibCurl>& LoadedLibCurl() {
+  static const Result<LibCurl> library = LoadLibCurl();
+  return library;
+}
+
+// Only after LoadedLibCurl() succeeded (MakeCommandRuntime checks).
+const LibCurl& Curl() { return *LoadedLibCurl(); }
+
 
 std::string ErrnoText(int error) { return std::strerror(error); }
 
@@ -283,23 +316,23 @@ size_t CollectHeader(char* data, size_t size, size_t count, void* user) {
 // Sets the options every exchange with the command's server shares. The handle keeps its
 // connection to the server across calls (curl_easy_reset does not close it).
 void PrepareHandle(CURL* curl, const std::string& url, Exchange* exchange, long timeout_ms) {
-  curl_easy_reset(curl);
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_PROXY, "");  // http_proxy in the environment is not for us
-  curl_easy_setopt(curl, CURLOPT_PATH_AS_IS, 1L);
-  curl_easy_setopt(curl, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-  if (timeout_ms > 0) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
-  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, exchange->error);
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, CollectBody);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, exchange);
-  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, CollectHeader);
-  curl_easy_setopt(curl, CURLOPT_HEADERDATA, exchange);
+  Curl().curl_easy_reset(curl);
+  Curl().curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  Curl().curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  Curl().curl_easy_setopt(curl, CURLOPT_PROXY, "");  // http_proxy in the environment is not for us
+  Curl().curl_easy_setopt(curl, CURLOPT_PATH_AS_IS, 1L);
+  Curl().curl_easy_setopt(curl, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+  Curl().curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+  if (timeout_ms > 0) Curl().curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+  Curl().curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, exchange->error);
+  Curl().curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, CollectBody);
+  Curl().curl_easy_setopt(curl, CURLOPT_WRITEDATA, exchange);
+  Curl().curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, CollectHeader);
+  Curl().curl_easy_setopt(curl, CURLOPT_HEADERDATA, exchange);
 }
 
 std::string CurlErrorText(CURLcode code, const Exchange& exchange) {
-  return exchange.error[0] != '\0' ? std::string(exchange.error) : curl_easy_strerror(code);
+  return exchange.error[0] != '\0' ? std::string(exchange.error) : Curl().curl_easy_strerror(code);
 }
 
 struct ChildProcess {
@@ -435,8 +468,8 @@ class CommandRuntime : public Runtime {
       stopping_ = true;
     }
     KillAndReap();
-    for (CURL* curl : idle_handles_) curl_easy_cleanup(curl);
-    if (probe_handle_ != nullptr) curl_easy_cleanup(probe_handle_);
+    for (CURL* curl : idle_handles_) Curl().curl_easy_cleanup(curl);
+    if (probe_handle_ != nullptr) Curl().curl_easy_cleanup(probe_handle_);
   }
 
   CommandRuntime(const CommandRuntime&) = delete;
@@ -512,29 +545,29 @@ class CommandRuntime : public Runtime {
         line += ": ";
         line.append(value);
       }
-      headers = curl_slist_append(headers, line.c_str());
+      headers = Curl().curl_slist_append(headers, line.c_str());
     }
-    if (!has_accept) headers = curl_slist_append(headers, "Accept:");
-    if (!has_content_type) headers = curl_slist_append(headers, "Content-Type:");
-    headers = curl_slist_append(headers, "Expect:");
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    if (!has_accept) headers = Curl().curl_slist_append(headers, "Accept:");
+    if (!has_content_type) headers = Curl().curl_slist_append(headers, "Content-Type:");
+    headers = Curl().curl_slist_append(headers, "Expect:");
+    Curl().curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
 
     std::string method(request.method);
     if (method == "HEAD") {
-      curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
+      Curl().curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
     } else if (method == "GET" && request.body.empty()) {
-      curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+      Curl().curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
     } else {
-      curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
+      Curl().curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
                        static_cast<curl_off_t>(request.body.size()));
-      curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request.body.empty() ? "" : request.body.data());
-      if (method != "POST") curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+      Curl().curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request.body.empty() ? "" : request.body.data());
+      if (method != "POST") Curl().curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
     }
 
-    CURLcode code = curl_easy_perform(curl);
+    CURLcode code = Curl().curl_easy_perform(curl);
     long status = 0;
-    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(headers);
+    Curl().curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    Curl().curl_slist_free_all(headers);
     ReleaseHandle(curl);
     if (code != CURLE_OK || status == 0) return Failed(request, CurlErrorText(code, exchange));
     return HandlerResponse{static_cast<int>(status), std::move(exchange.headers),
@@ -656,16 +689,16 @@ class CommandRuntime : public Runtime {
 
   Status Probe(long timeout_ms) {
     std::lock_guard<std::mutex> lock(probe_mutex_);
-    if (probe_handle_ == nullptr) probe_handle_ = curl_easy_init();
+    if (probe_handle_ == nullptr) probe_handle_ = Curl().curl_easy_init();
     if (probe_handle_ == nullptr) return Status::Error("cannot create a curl handle");
     Exchange exchange;
     PrepareHandle(probe_handle_, base_url_ + spec_.health_path, &exchange, timeout_ms);
-    curl_slist* headers = curl_slist_append(nullptr, "Accept:");
-    curl_easy_setopt(probe_handle_, CURLOPT_HTTPHEADER, headers);
-    CURLcode code = curl_easy_perform(probe_handle_);
+    curl_slist* headers = Curl().curl_slist_append(nullptr, "Accept:");
+    Curl().curl_easy_setopt(probe_handle_, CURLOPT_HTTPHEADER, headers);
+    CURLcode code = Curl().curl_easy_perform(probe_handle_);
     long status = 0;
-    curl_easy_getinfo(probe_handle_, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(headers);
+    Curl().curl_easy_getinfo(probe_handle_, CURLINFO_RESPONSE_CODE, &status);
+    Curl().curl_slist_free_all(headers);
     if (code != CURLE_OK) {
       return Status::Error("GET " + spec_.health_path + " on port " + std::to_string(port_) +
                            " failed: " + CurlErrorText(code, exchange));
@@ -684,7 +717,7 @@ class CommandRuntime : public Runtime {
         return curl;
       }
     }
-    return curl_easy_init();
+    return Curl().curl_easy_init();
   }
 
   void ReleaseHandle(CURL* curl) {
@@ -733,8 +766,11 @@ Result<std::unique_ptr<Runtime>> StartCommandRuntime(const RuntimeContext& conte
     return Status::Error("deployment '" + spec.name +
                          "' has runtime: command but no `command` to run");
   }
+  if (!LoadedLibCurl().ok()) {
+    return LoadedLibCurl().status().WithContext("runtime: command talks HTTP to its server");
+  }
   static std::once_flag curl_initialized;
-  std::call_once(curl_initialized, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  std::call_once(curl_initialized, [] { Curl().curl_global_init(CURL_GLOBAL_DEFAULT); });
 
   std::string dir = !context.artifact_path.empty() ? context.artifact_path
                     : !context.scratch_dir.empty() ? context.scratch_dir
