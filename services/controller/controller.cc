@@ -180,6 +180,7 @@ void Controller::Tick() {
     reconciler_.ResumeListening();
   }
   last_tick_at_ = now;
+  ForgetSilentSupervisors();
   if (!loaded_) return;
   reconciler_.Step();
   Sync();
@@ -318,7 +319,35 @@ void Controller::OnReplicaExited(bus::Message& message) {
 
 void Controller::OnSupervisorHeartbeat(bus::Message& message) {
   auto heartbeat = DecodeEvent<wire::SupervisorHeartbeat>(message, "supervisor heartbeat");
-  if (!heartbeat.has_value() || heartbeat->supervisor_id.empty()) return;
+  if (!heartbeat.has_value()) return;
+  // Shown in every status reply: what any bus client publishes here is kept within bounds.
+  std::string problem;
+  if (message.data.size() > kMaxSupervisorHeartbeatBytes) {
+    problem = "it is " + std::to_string(message.data.size()) + " bytes (at most " +
+              std::to_string(kMaxSupervisorHeartbeatBytes) + ")";
+  } else if (heartbeat->supervisor_id.empty()) {
+    problem = "it has no supervisor_id";
+  } else if (heartbeat->supervisor_id.size() > kMaxMemberIdBytes) {
+    problem = "its supervisor_id is longer than " + std::to_string(kMaxMemberIdBytes) + " bytes";
+  } else if (heartbeat->services.size() > kMaxSupervisedServices) {
+    problem = "it lists " + std::to_string(heartbeat->services.size()) + " services (at most " +
+              std::to_string(kMaxSupervisedServices) + ")";
+  }
+  bool known = supervisors_.count(heartbeat->supervisor_id) > 0;
+  if (problem.empty() && !known && supervisors_.size() >= kMaxSupervisors) {
+    problem = "the controller already shows " + std::to_string(kMaxSupervisors) +
+              " supervisors; a silent one is dropped after --forget-lost-nodes-after-s";
+  }
+  if (!problem.empty()) {
+    static log::RateLimit limit;
+    uint64_t suppressed = 0;
+    if (limit.Allow(&suppressed)) {
+      spdlog::warn("ignored a supervisor heartbeat on {}: {}{}", message.subject, problem,
+                   suppressed > 0 ? " (and " + std::to_string(suppressed) + " more since)" : "");
+    }
+    return;
+  }
+  heartbeat->period_s = Reconciler::SanePeriod(heartbeat->period_s);
   // A supervisor started for the same run directory (after the previous one died) takes the
   // place of the previous one.
   std::erase_if(supervisors_, [&](const auto& entry) {
@@ -331,13 +360,20 @@ void Controller::OnSupervisorHeartbeat(bus::Message& message) {
   seen.last_seen = clock_.Now();
 }
 
+void Controller::ForgetSilentSupervisors() {
+  double now = clock_.Now();
+  std::erase_if(supervisors_, [&](const auto& entry) {
+    return now - entry.second.last_seen > options_.reconciler.forget_lost_nodes_after_s;
+  });
+}
+
 std::vector<std::unique_ptr<wire::SupervisorStatusT>> Controller::SupervisorReport() const {
   std::vector<std::unique_ptr<wire::SupervisorStatusT>> report;
   for (const auto& [id, seen] : supervisors_) {
     auto status = std::make_unique<wire::SupervisorStatusT>();
     status->heartbeat = std::make_unique<wire::SupervisorHeartbeatT>(seen.heartbeat);
     status->last_seen_s = clock_.Now() - seen.last_seen;
-    double period = seen.heartbeat.period_s > 0 ? seen.heartbeat.period_s : 1;
+    double period = seen.heartbeat.period_s;
     // As for nodes and proxies: three missed heartbeats and it is presumed gone.
     status->state = status->last_seen_s > 3 * period ? wire::MemberState::UNHEALTHY
                                                      : wire::MemberState::HEALTHY;

@@ -70,6 +70,7 @@ class Controller : public ReconcilerActions {
   void OnProxyHeartbeat(bus::Message& message);
   void OnReplicaExited(bus::Message& message);
   void OnSupervisorHeartbeat(bus::Message& message);
+  void ForgetSilentSupervisors();
   // The supervisors for `serve status`, each with the age of its last heartbeat.
   std::vector<std::unique_ptr<wire::SupervisorStatusT>> SupervisorReport() const;
 
@@ -131,6 +132,10 @@ class Controller : public ReconcilerActions {
     double last_seen = 0;
   };
   std::map<std::string, SeenSupervisor> supervisors_;  // by supervisor id
+  static constexpr size_t kMaxSupervisors = 256;
+  static constexpr size_t kMaxSupervisedServices = 32;
+  static constexpr size_t kMaxMemberIdBytes = 256;
+  static constexpr size_t kMaxSupervisorHeartbeatBytes = 64 * 1024;
 };
 
 }  // namespace serve::controller

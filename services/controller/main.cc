@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
   app.add_option("--forget-lost-nodes-after-s", options.reconciler.forget_lost_nodes_after_s,
-                 "Drop a lost node from status after this long")
+                 "Drop a lost node, proxy or supervisor from status after this long")
       ->capture_default_str()
       ->check(CLI::Range(1.0, 1e7));
   CLI11_PARSE(app, argc, argv);

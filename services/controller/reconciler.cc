@@ -259,6 +259,11 @@ void Reconciler::SetBusConnected(bool connected) {
   }
 }
 
+double Reconciler::SanePeriod(double reported_s) {
+  if (!std::isfinite(reported_s) || reported_s <= 0) return 1;
+  return std::clamp(reported_s, kMinReportedPeriod_s, kMaxReportedPeriod_s);
+}
+
 void Reconciler::ResumeListening() {
   if (bus_connected_) reconnected_at_ = clock_.Now();
 }
@@ -361,7 +366,7 @@ void Reconciler::OnNodeHeartbeat(const wire::NodeHeartbeatT& heartbeat) {
   node.id = heartbeat.node_id;
   node.host = heartbeat.host;
   node.capacity = heartbeat.resources != nullptr ? *heartbeat.resources : wire::ResourcesT{};
-  node.period_s = heartbeat.period_s > 0 ? heartbeat.period_s : 1;
+  node.period_s = SanePeriod(heartbeat.period_s);
   node.last_seen = now;
   node.healthy = true;
   node.incarnation = heartbeat.incarnation;
@@ -568,7 +573,7 @@ void Reconciler::OnProxyHeartbeat(const wire::ProxyHeartbeatT& heartbeat) {
   proxy.address = heartbeat.address;
   proxy.route_generation = heartbeat.route_generation;
   proxy.route_controller_id = heartbeat.route_controller_id;
-  proxy.period_s = heartbeat.period_s > 0 ? heartbeat.period_s : 1;
+  proxy.period_s = SanePeriod(heartbeat.period_s);
   proxy.last_seen = clock_.Now();
   proxy.healthy = true;
 }
@@ -721,11 +726,15 @@ void Reconciler::Step() {
 
 void Reconciler::CheckLiveness() {
   double now = clock_.Now();
-  // Forgetting long-lost nodes is bookkeeping, not a verdict: it goes on while cut off.
+  // Forgetting long-lost nodes and proxies is bookkeeping, not a verdict: it goes on while cut off.
   std::erase_if(nodes_, [&](const auto& entry) {
     const Node& node = entry.second;
     return !node.healthy && node.replicas.empty() &&
            now - node.last_seen > options_.forget_lost_nodes_after_s;
+  });
+  std::erase_if(proxies_, [&](const auto& entry) {
+    const Proxy& proxy = entry.second;
+    return !proxy.healthy && now - proxy.last_seen > options_.forget_lost_nodes_after_s;
   });
   std::erase_if(retired_, [&](const auto& entry) {
     return now - entry.second > options_.forget_lost_nodes_after_s;

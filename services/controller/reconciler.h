@@ -56,7 +56,8 @@ struct ReconcilerOptions {
   // A start order that is not answered (not delivered, or timed out) is sent again this many
   // times before it counts as a failed start.
   int max_start_attempts = 3;
-  // A node lost for this long is dropped from status.
+  // A node or proxy lost for this long is dropped from status (the controller drops a silent
+  // supervisor of a local instance after as long).
   double forget_lost_nodes_after_s = 600;
   // A stop for a worker the controller does not want is sent again only after this long.
   double orphan_stop_resend_s = 30;
@@ -82,6 +83,13 @@ class Reconciler {
   // A replica its node no longer lists is lost this long after: the node's exit report, which
   // names the cause, travels on another subscription and may be handed over second.
   static constexpr double kMissingGrace_s = 0.2;
+  // The range of heartbeat periods taken from what members report. A period is the measure of
+  // every silence (and of the grace after a reconnect), so a missing, non-finite or absurd one
+  // (any bus client may publish a heartbeat) must neither stall verdicts for good nor make
+  // them instant.
+  static constexpr double kMinReportedPeriod_s = 0.05;
+  static constexpr double kMaxReportedPeriod_s = 60;
+  static double SanePeriod(double reported_s);
 
   Reconciler(const Clock& clock, ReconcilerActions& actions, ReconcilerOptions options = {});
 

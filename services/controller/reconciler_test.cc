@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -1042,6 +1044,48 @@ TEST_F(ReconcilerTest, LostNodeIsDroppedFromStatusAfterAWhile) {
   dead_nodes_.erase("n2");
   RunNodesOnly(1);
   EXPECT_EQ(r().Report({}).nodes.size(), 2u);
+}
+
+// A proxy that stopped (a restarted proxy comes back under a new id) goes the same way.
+TEST_F(ReconcilerTest, LostProxyIsDroppedFromStatusAfterAWhile) {
+  ReconcilerOptions options;
+  options.forget_lost_nodes_after_s = 600;
+  Recreate(options);
+  AddNode("n1", 4);
+  wire::ProxyHeartbeatT proxy;
+  proxy.proxy_id = "p1";
+  proxy.period_s = 1;
+  r().OnProxyHeartbeat(proxy);
+  RunNodesOnly(10);
+  auto proxies = r().Report({}).proxies;
+  ASSERT_EQ(proxies.size(), 1u);
+  EXPECT_EQ(proxies[0]->state, wire::MemberState::UNHEALTHY);
+  RunNodesOnly(600);
+  EXPECT_THAT(r().Report({}).proxies, IsEmpty());
+}
+
+// Any bus client may publish a heartbeat. The period it claims measures silences and the grace
+// after a reconnect, so a garbage period neither holds verdicts for good nor convicts at once.
+TEST_F(ReconcilerTest, AbsurdHeartbeatPeriodsAreKeptWithinBounds) {
+  EXPECT_EQ(Reconciler::SanePeriod(1e300), Reconciler::kMaxReportedPeriod_s);
+  EXPECT_EQ(Reconciler::SanePeriod(std::numeric_limits<double>::infinity()), 1);
+  EXPECT_EQ(Reconciler::SanePeriod(std::nan("")), 1);
+  EXPECT_EQ(Reconciler::SanePeriod(-5), 1);
+  EXPECT_EQ(Reconciler::SanePeriod(1e-9), Reconciler::kMinReportedPeriod_s);
+  EXPECT_EQ(Reconciler::SanePeriod(2.5), 2.5);
+
+  AddNode("n1", 4);
+  auto ids = DeployHealthy(Spec("hello", 2));
+  wire::ProxyHeartbeatT hostile;
+  hostile.proxy_id = "p-hostile";
+  hostile.period_s = 1e300;
+  r().OnProxyHeartbeat(hostile);
+  r().SetBusConnected(false);
+  r().SetBusConnected(true);
+  EXPECT_TRUE(r().HoldingVerdicts());
+  Run(2 * Reconciler::kMaxReportedPeriod_s + 1);
+  EXPECT_FALSE(r().HoldingVerdicts()) << "a claimed period must not hold verdicts for good";
+  EXPECT_EQ(Routed("hello"), ids);
 }
 
 // A node agent that restarts comes back with a new incarnation: the workers of its earlier run

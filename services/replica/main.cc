@@ -159,7 +159,7 @@ int RunAgent(int argc, char** argv) {
       ->envname("SERVE_NODE_WORK_DIR");
   app.add_option("--heartbeat-period-s", options.heartbeat_period_s)
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(0.05, 60.0));  // the range the controller accepts from a heartbeat
   CLI11_PARSE(app, argc, argv);
 
   Status init = service::Init(flags, "node");

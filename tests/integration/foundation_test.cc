@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
 
 #include "bus/bus.h"
@@ -137,6 +138,7 @@ TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsSer
   }
   // Data-plane and heartbeat subjects take garbage silently.
   for (const char* subject : {"itest.hb.node", "itest.hb.replica", "itest.hb.proxy",
+                              "itest.hb.supervisor",
                               "itest.node.exited", "itest.routes", "itest.node.node-1.start",
                               "itest.node.node-1.stop"}) {
     for (const auto& input : inputs) client.Publish(subject, input);
@@ -144,6 +146,48 @@ TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsSer
   auto status = cluster.Deployment("hello");
   ASSERT_TRUE(status.is_object());
   EXPECT_EQ(status["status"], "HEALTHY");
+  EXPECT_EQ(cluster.Get("/hello").body, "hello world");
+}
+
+// Heartbeats that decode but claim too much: every supervisor heartbeat is shown in status, so
+// the controller keeps what it holds of them within bounds and says what it ignored.
+TEST(Foundation, SupervisorHeartbeatsBeyondBoundsAreIgnoredAndStatusStillAnswers) {
+  Cluster cluster;
+  cluster.Deploy(kHelloConfig);
+  RawClient client(cluster.nats_url());
+  auto heartbeat = [](const std::string& id, int services, double period_s) {
+    wire::SupervisorHeartbeatT hb;
+    hb.supervisor_id = id;
+    hb.host = "elsewhere";
+    hb.run_dir = "/run/" + id;
+    hb.period_s = period_s;
+    for (int i = 0; i < services; ++i) {
+      auto service = std::make_unique<wire::SupervisedServiceT>();
+      service->name = std::string("service-").append(std::to_string(i));
+      hb.services.push_back(std::move(service));
+    }
+    return wire::Pack(hb);
+  };
+  for (int i = 0; i < 300; ++i) {
+    client.Publish("itest.hb.supervisor",
+                   heartbeat(std::string("flood-").append(std::to_string(i)), 1,
+                             i % 2 == 0 ? std::nan("") : 1e300));
+  }
+  client.Publish("itest.hb.supervisor", heartbeat("many-services", 1000, 1));
+  client.Publish("itest.hb.supervisor", heartbeat(std::string(5000, 'x'), 1, 1));
+  ASSERT_TRUE(WaitUntil([&] {
+    return cluster.Log("controller").find("already shows 256 supervisors") != std::string::npos;
+  }, std::chrono::seconds(30))) << cluster.Log("controller");
+  EXPECT_THAT(cluster.Log("controller"), HasSubstr("ignored a supervisor heartbeat"));
+
+  nlohmann::json status = cluster.Status();
+  ASSERT_TRUE(status["supervisors"].is_array()) << status.dump();
+  EXPECT_EQ(status["supervisors"].size(), 256u);
+  for (const auto& supervisor : status["supervisors"]) {
+    EXPECT_NE(supervisor["id"], "many-services");
+    EXPECT_LT(supervisor["id"].get<std::string>().size(), 300u);
+  }
+  EXPECT_EQ(cluster.Deployment("hello")["status"], "HEALTHY");
   EXPECT_EQ(cluster.Get("/hello").body, "hello world");
 }
 
