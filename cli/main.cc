@@ -5,6 +5,7 @@
 #include "bus/subjects.h"
 #include "cli/commands.h"
 #include "log/log.h"
+#include "service/service.h"
 
 using namespace serve;
 
@@ -32,9 +33,10 @@ int main(int argc, char** argv) {
       app.add_subcommand("start", "Start a local instance (or report the running one)");
   AddInstanceOptions(start_cmd, start);
   start_cmd->add_option("--num-cpus", start.num_cpus, "CPUs the local node offers (default: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(service::NumberIn(0, 1e6));
   start_cmd->add_option("--timeout-s", start.timeout_s, "How long to wait for readiness")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(service::NumberIn(0, 86400));
 
   cli::DeployOptions deploy;
   bool no_wait = false;
@@ -42,7 +44,8 @@ int main(int argc, char** argv) {
   deploy_cmd->add_option("file", deploy.file, "Config file (YAML)")->required();
   deploy_cmd->add_flag("--no-wait", no_wait, "Return once the controller accepted the change");
   deploy_cmd->add_option("--timeout-s", deploy.timeout_s, "How long to wait for HEALTHY")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(service::NumberIn(0, 86400));
 
   std::vector<std::string> delete_names;
   auto* delete_cmd = app.add_subcommand("delete", "Delete deployments by name");
@@ -69,7 +72,7 @@ int main(int argc, char** argv) {
   supervise_cmd->group("");
   AddInstanceOptions(supervise_cmd, supervise.instance);
   supervise_cmd->add_option("--num-cpus", supervise.instance.num_cpus)
-      ->check(CLI::NonNegativeNumber);
+      ->check(service::NumberIn(0, 1e6));
   supervise_cmd->add_option("--nats-host", supervise.nats_host, "Run nats-server on this host");
   supervise_cmd->add_option("--nats-port", supervise.nats_port, "... and port")
       ->check(CLI::Range(1, 65535));

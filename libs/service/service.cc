@@ -3,7 +3,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <random>
+
+#include <spdlog/fmt/fmt.h>
 
 #include "log/log.h"
 
@@ -21,6 +24,22 @@ void CloseAndDelete(uv_handle_t* handle) {
 }
 
 }  // namespace
+
+CLI::Validator NumberIn(double min, double max, std::string why) {
+  auto text = [](double number) { return fmt::format("{:g}", number); };
+  std::string range = "from " + text(min) + " to " + text(max);
+  return CLI::Validator(
+      [range, min, max, why](std::string& value) -> std::string {
+        double number = 0;
+        if (!CLI::detail::lexical_cast(value, number) || !std::isfinite(number) || number < min ||
+            number > max) {
+          return "must be a number " + range + " (got '" + value + "')" +
+                 (why.empty() ? "" : "; " + why);
+        }
+        return "";
+      },
+      "NUMBER " + range);
+}
 
 void AddCommonFlags(CLI::App& app, CommonFlags& flags) {
   bus::AddBusFlagsNoNamespace(app, flags.bus);

@@ -24,6 +24,11 @@ struct CommonFlags {
 
 void AddCommonFlags(CLI::App& app, CommonFlags& flags);
 
+// Checks a numeric flag: a finite number from `min` to `max`. Not CLI::Range, which lets NaN
+// through (every comparison with NaN is false): a NaN period or timeout would stall whatever it
+// measures. `why`, when given, ends the error: what the bound protects.
+CLI::Validator NumberIn(double min, double max, std::string why = "");
+
 // Validates the namespace and installs the logger for `component`.
 Status Init(const CommonFlags& flags, const std::string& component);
 

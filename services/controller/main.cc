@@ -20,20 +20,21 @@ int main(int argc, char** argv) {
   app.add_option("--adoption-grace-s", options.reconciler.adoption_grace_s,
                  "After a restart, wait this long for running replicas to be reported before "
                  "starting new ones")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(service::NumberIn(0, 3600));
   app.add_option("--reconnect-grace-s", options.reconciler.min_reconnect_grace_s,
                  "After the controller's bus connection returns, judge no node, proxy or replica "
                  "from missing heartbeats for this long (at least two of their periods)")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 3600.0));
+      ->check(service::NumberIn(0, 3600));
   app.add_option("--max-starting-per-node", options.reconciler.max_starting_per_node,
                  "Replica starts a node may have unfinished before it is sent more")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
+      ->check(service::NumberIn(1, 100000));
   app.add_option("--forget-lost-nodes-after-s", options.reconciler.forget_lost_nodes_after_s,
                  "Drop a lost node, proxy or supervisor from status after this long")
       ->capture_default_str()
-      ->check(CLI::Range(1.0, 1e7));
+      ->check(service::NumberIn(1, 1e7));
   CLI11_PARSE(app, argc, argv);
   Status init = service::Init(flags, "controller");
   if (!init.ok()) {

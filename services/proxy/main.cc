@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
   app.add_option("--request-timeout-s", options.request_timeout_s,
                  "How long a replica may take before the client gets 504")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(service::NumberIn(0.001, 86400));
   app.add_option("--max-queued-requests", options.max_queued_per_deployment,
                  "Requests per deployment that wait for a replica with room before 503")
       ->capture_default_str();
@@ -36,17 +36,8 @@ int main(int argc, char** argv) {
                  "Retry-After (0: answer at once)")
       ->envname("SERVE_PROXY_BUS_WAIT_S")
       ->capture_default_str()
-      ->check(CLI::Validator(
-          [](std::string& value) -> std::string {
-            double seconds = -1;
-            if (!CLI::detail::lexical_cast(value, seconds) || seconds < 0 || seconds > 60) {
-              return "must be a number of seconds from 0 to 60 (got '" + value +
-                     "'); requests hold a connection that long while NATS is away, so keep it "
-                     "short";
-            }
-            return "";
-          },
-          "SECONDS in [0, 60]"));
+      ->check(service::NumberIn(
+          0, 60, "requests hold a connection that long while NATS is away, so keep it short"));
   app.add_option("--max-body-bytes", options.http.max_body_bytes, "Largest request body (413)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

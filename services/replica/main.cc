@@ -149,17 +149,17 @@ int RunAgent(int argc, char** argv) {
       ->envname("SERVE_NODE_ID");
   app.add_option("--num-cpus", options.num_cpus, "CPUs this node offers to replicas")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(service::NumberIn(0, 1e6));
   app.add_option("--num-gpus", options.num_gpus, "GPUs this node offers to replicas")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(service::NumberIn(0, 1e6));
   app.add_option("--resources", resources_json, "Custom resources as JSON: '{\"name\": 2}'");
   app.add_option("--work-dir", options.work_dir,
                  "Where replica specs live (default: ~/.serve/<namespace>/nodes/<node-id>)")
       ->envname("SERVE_NODE_WORK_DIR");
   app.add_option("--heartbeat-period-s", options.heartbeat_period_s)
       ->capture_default_str()
-      ->check(CLI::Range(0.05, 60.0));  // the range the controller accepts from a heartbeat
+      ->check(service::NumberIn(0.05, 60));  // the range the controller accepts from a heartbeat
   CLI11_PARSE(app, argc, argv);
 
   Status init = service::Init(flags, "node");

@@ -191,6 +191,38 @@ TEST(Foundation, SupervisorHeartbeatsBeyondBoundsAreIgnoredAndStatusStillAnswers
   EXPECT_EQ(cluster.Get("/hello").body, "hello world");
 }
 
+// Every numeric flag refuses what it cannot use, NaN and infinities included (CLI11's own range
+// check lets NaN through), and says which range it takes; the service does not start.
+TEST(Foundation, NumericFlagsOutOfRangeOrNotANumberAreRefusedWithTheRange) {
+  struct Case {
+    std::string binary, flag, value, range;
+  };
+  const std::vector<Case> cases = {
+      {"serve-controller", "--reconnect-grace-s", "nan", "from 0 to 3600"},
+      {"serve-controller", "--reconnect-grace-s", "-1", "from 0 to 3600"},
+      {"serve-controller", "--max-starting-per-node", "0", "from 1 to 100000"},
+      {"serve-controller", "--max-starting-per-node", "1e9", "from 1 to 100000"},
+      {"serve-controller", "--forget-lost-nodes-after-s", "inf", "from 1 to 1e+07"},
+      {"serve-controller", "--forget-lost-nodes-after-s", "0", "from 1 to 1e+07"},
+      {"serve-controller", "--adoption-grace-s", "-4", "from 0 to 3600"},
+      {"serve-replica", "--heartbeat-period-s", "nan", "from 0.05 to 60"},
+      {"serve-replica", "--heartbeat-period-s", "3600", "from 0.05 to 60"},
+      {"serve-replica", "--num-cpus", "-inf", "from 0 to 1e+06"},
+      {"serve-proxy", "--bus-wait-s", "nan", "from 0 to 60"},
+      {"serve-proxy", "--request-timeout-s", "0", "from 0.001 to 86400"},
+      {"serve", "start", "--timeout-s=nan", "from 0 to 86400"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> argv = {BinDir() + "/" + c.binary, c.flag, c.value};
+    if (c.binary == "serve") argv = {BinDir() + "/serve", c.flag, c.value};
+    auto result = RunCommand(argv, {}, std::chrono::seconds(10));
+    EXPECT_EQ(result.exit_code, 105) << c.binary << " " << c.flag << " " << c.value << ": "
+                                     << result.output;
+    EXPECT_THAT(result.output, HasSubstr("must be a number " + c.range + " (got '"))
+        << c.binary << " " << c.flag << " " << c.value;
+  }
+}
+
 // A request larger than NATS carries gets 413 that says so (the test's nats-server keeps the
 // default 1 MiB max_payload), and the proxy goes on serving.
 TEST(Foundation, RequestLargerThanTheBusCarriesIs413) {
