@@ -453,15 +453,29 @@ std::string KnownRuntimesText() {
   return out;
 }
 
-// `value` must be a finite number and at least `minimum` (above it, when `strict`).
+// Upper bounds: beyond them a value is a typo or an attack, and honouring it would stall the
+// controller (two billion replicas to track) or a worker (a thread per concurrent query).
+constexpr int kMaxReplicas = 10000;
+constexpr int kMaxConcurrentQueries = 10000;
+constexpr double kMaxDurationS = 86400;  // a day
+constexpr double kMaxResourceAmount = 1e6;
+
+// `value` must be a finite number, at least `minimum` (above it, when `strict`) and at most
+// `maximum`.
 std::optional<Problem> CheckNumber(const std::string& option, double value, double minimum,
-                                   bool strict) {
+                                   bool strict, double maximum) {
   if (std::isnan(value) || std::isinf(value)) {
     return Problem{option, option + " must be a finite number, got " + FormatNumber(value)};
   }
-  if (strict ? value > minimum : value >= minimum) return std::nullopt;
-  return Problem{option, option + " must be " + (strict ? "> " : ">= ") + FormatNumber(minimum) +
-                             ", got " + FormatNumber(value)};
+  if (!(strict ? value > minimum : value >= minimum)) {
+    return Problem{option, option + " must be " + (strict ? "> " : ">= ") +
+                               FormatNumber(minimum) + ", got " + FormatNumber(value)};
+  }
+  if (value > maximum) {
+    return Problem{option, option + " must be at most " + FormatNumber(maximum) + ", got " +
+                               FormatNumber(value)};
+  }
+  return std::nullopt;
 }
 
 std::optional<Problem> FindProblem(const Deployment& d) {
@@ -561,19 +575,29 @@ std::optional<Problem> FindProblem(const Deployment& d) {
                      "'artifact'"};
     }
   }
-  if (!d.health_path.empty() &&
-      (d.health_path[0] != '/' || HasSpaceOrControl(d.health_path))) {
+  if (!d.health_path.empty() && (d.health_path[0] != '/' || HasSpaceOrControl(d.health_path))) {
     return Problem{"health_path",
                    "health_path must be a URL path starting with '/', got " + Quote(d.health_path)};
   }
-  if (auto p = CheckNumber("startup_timeout_s", d.startup_timeout_s, 0, true)) return p;
+  if (auto p = CheckNumber("startup_timeout_s", d.startup_timeout_s, 0, true, kMaxDurationS)) {
+    return p;
+  }
   // Counts.
   if (d.num_replicas < 0) {
     return Problem{"num_replicas",
                    "num_replicas must be >= 0, got " + std::to_string(d.num_replicas)};
   }
+  if (d.num_replicas > kMaxReplicas) {
+    return Problem{"num_replicas", "num_replicas must be at most " + std::to_string(kMaxReplicas) +
+                                       ", got " + std::to_string(d.num_replicas)};
+  }
   if (d.max_concurrent_queries < 1) {
     return Problem{"max_concurrent_queries", "max_concurrent_queries must be >= 1, got " +
+                                                 std::to_string(d.max_concurrent_queries)};
+  }
+  if (d.max_concurrent_queries > kMaxConcurrentQueries) {
+    return Problem{"max_concurrent_queries", "max_concurrent_queries must be at most " +
+                                                 std::to_string(kMaxConcurrentQueries) + ", got " +
                                                  std::to_string(d.max_concurrent_queries)};
   }
   // user_config: text from the bus must be JSON too, since replicas parse it.
@@ -582,19 +606,31 @@ std::optional<Problem> FindProblem(const Deployment& d) {
                    "user_config must be JSON text, got " + Quote(d.user_config_json)};
   }
   // Durations.
-  if (auto p = CheckNumber("health_check_period_s", d.health_check_period_s, 0, true)) return p;
-  if (auto p = CheckNumber("health_check_timeout_s", d.health_check_timeout_s, 0, true)) return p;
   if (auto p =
-          CheckNumber("graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s, 0, false)) {
+          CheckNumber("health_check_period_s", d.health_check_period_s, 0, true, kMaxDurationS)) {
     return p;
   }
   if (auto p =
-          CheckNumber("graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s, 0, false)) {
+          CheckNumber("health_check_timeout_s", d.health_check_timeout_s, 0, true, kMaxDurationS)) {
+    return p;
+  }
+  if (auto p = CheckNumber("graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s, 0,
+                           false, kMaxDurationS)) {
+    return p;
+  }
+  if (auto p = CheckNumber("graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s, 0, false,
+                           kMaxDurationS)) {
     return p;
   }
   // Resources.
-  if (auto p = CheckNumber("resources.num_cpus", d.resources.num_cpus, 0, false)) return p;
-  if (auto p = CheckNumber("resources.num_gpus", d.resources.num_gpus, 0, false)) return p;
+  if (auto p =
+          CheckNumber("resources.num_cpus", d.resources.num_cpus, 0, false, kMaxResourceAmount)) {
+    return p;
+  }
+  if (auto p =
+          CheckNumber("resources.num_gpus", d.resources.num_gpus, 0, false, kMaxResourceAmount)) {
+    return p;
+  }
   for (const auto& [name, amount] : d.resources.custom) {
     if (name.empty() || HasSpaceOrControl(name) || !IsValidUtf8(name)) {
       return Problem{"resources",
@@ -602,7 +638,7 @@ std::optional<Problem> FindProblem(const Deployment& d) {
                      "whitespace, got " +
                          Quote(name)};
     }
-    if (auto p = CheckNumber("resources." + name, amount, 0, false)) return p;
+    if (auto p = CheckNumber("resources." + name, amount, 0, false, kMaxResourceAmount)) return p;
   }
   return std::nullopt;
 }

@@ -2,10 +2,12 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -891,6 +893,46 @@ TEST(ValidateDeployment, BoundaryValuesAreOk) {
   d.resources.custom["tpu"] = 0;
   Status status = ValidateDeployment(d);
   EXPECT_TRUE(status.ok()) << status.message();
+}
+
+TEST(ValidateDeployment, UpperBoundsAreOkAndBeyondThemIsAnError) {
+  Deployment d = ValidDeployment("big");
+  d.num_replicas = 10000;
+  d.max_concurrent_queries = 10000;
+  d.startup_timeout_s = 86400;
+  d.health_check_period_s = 86400;
+  d.health_check_timeout_s = 86400;
+  d.graceful_shutdown_wait_loop_s = 86400;
+  d.graceful_shutdown_timeout_s = 86400;
+  d.resources.num_cpus = 1e6;
+  d.resources.num_gpus = 1e6;
+  d.resources.custom["tpu"] = 1e6;
+  Status status = ValidateDeployment(d);
+  EXPECT_TRUE(status.ok()) << status.message();
+
+  struct Case {
+    std::function<void(Deployment&)> change;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {[](Deployment& x) { x.num_replicas = 2000000000; },
+       "num_replicas must be at most 10000, got 2000000000"},
+      {[](Deployment& x) { x.max_concurrent_queries = 10001; },
+       "max_concurrent_queries must be at most 10000, got 10001"},
+      {[](Deployment& x) { x.startup_timeout_s = 1e300; }, "startup_timeout_s must be at most"},
+      {[](Deployment& x) { x.health_check_timeout_s = 86401; },
+       "health_check_timeout_s must be at most"},
+      {[](Deployment& x) { x.health_check_period_s = 1e9; }, "health_check_period_s must be at most"},
+      {[](Deployment& x) { x.graceful_shutdown_timeout_s = 1e9; },
+       "graceful_shutdown_timeout_s must be at most"},
+      {[](Deployment& x) { x.resources.num_cpus = 1e7; }, "resources.num_cpus must be at most"},
+      {[](Deployment& x) { x.resources.custom["tpu"] = 1e300; }, "resources.tpu must be at most"},
+  };
+  for (const auto& c : cases) {
+    Deployment changed = ValidDeployment("big");
+    c.change(changed);
+    EXPECT_THAT(ValidateDeployment(changed).message(), HasSubstr(c.error));
+  }
 }
 
 TEST(ValidateDeployments, EmptySetIsOk) { EXPECT_TRUE(ValidateDeployments({}).ok()); }

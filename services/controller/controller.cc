@@ -156,7 +156,11 @@ void Controller::LoadCheckpoint() {
                    for (auto& spec : state->deployments) {
                      if (spec != nullptr) specs.push_back(*spec);
                    }
-                   reconciler_.Restore(specs);
+                   for (const std::string& why : reconciler_.Restore(specs)) {
+                     spdlog::error("left a deployment of the checkpoint out: {}; deploy it again "
+                                   "within the limits",
+                                   why);
+                   }
                    checkpoint_generation_ = got->generation;
                    state->generation = 0;  // compared with desired state, which has none
                    checkpointed_bytes_ = wire::Pack(*state);

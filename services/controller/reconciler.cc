@@ -227,8 +227,16 @@ Result<std::vector<std::string>> Reconciler::Delete(const std::vector<std::strin
   return deleted;
 }
 
-void Reconciler::Restore(const std::vector<wire::DeploymentSpecT>& specs) {
+std::vector<std::string> Reconciler::Restore(const std::vector<wire::DeploymentSpecT>& specs) {
+  std::vector<std::string> skipped;
   for (const auto& spec : specs) {
+    // The store is not trusted more than the bus: a deployment that breaks today's rules
+    // (tampered with, or admitted under looser ones) is left out rather than acted on.
+    Status valid = config::ValidateDeployment(config::FromSpec(spec));
+    if (!valid.ok()) {
+      skipped.push_back(valid.message());
+      continue;
+    }
     Deployment& d = deployments_[spec.name];
     d.spec = spec;
     d.fingerprint = Fingerprint(spec);
@@ -242,6 +250,7 @@ void Reconciler::Restore(const std::vector<wire::DeploymentSpecT>& specs) {
   was_recovering_ = true;
   ++routes_version_;
   ++desired_version_;
+  return skipped;
 }
 
 bool Reconciler::Recovering() const {

@@ -98,8 +98,9 @@ class Reconciler {
   Result<std::vector<std::string>> Delete(const std::vector<std::string>& names);
   // Proxies report which controller's route table they hold; only this one's counts.
   void SetControllerId(std::string id) { controller_id_ = std::move(id); }
-  // Loads desired state from a checkpoint (at start).
-  void Restore(const std::vector<wire::DeploymentSpecT>& specs);
+  // Loads desired state from a checkpoint (at start). Returns why each deployment that fails
+  // validation was left out.
+  std::vector<std::string> Restore(const std::vector<wire::DeploymentSpecT>& specs);
   // True during the adoption grace after a start or a Restore: replicas that still run report
   // through their nodes' heartbeats, and nothing new is started yet. The route table is not
   // complete meanwhile, so the controller does not publish one.

@@ -1110,6 +1110,27 @@ TEST_F(ReconcilerTest, RestartedNodeAgentsWorkersAreReplacedAtOnce) {
   EXPECT_EQ(StateOf("hello"), "HEALTHY");
 }
 
+// A checkpoint is not trusted more than the bus: a deployment in it that breaks the rules
+// (two billion replicas would stall the controller) is left out, with the reason, and the rest
+// is restored.
+TEST_F(ReconcilerTest, RestoreLeavesOutDeploymentsThatBreakTheRules) {
+  AddNode("n1", 8);
+  DeployHealthy(Spec("good"));
+  auto desired = r().Desired();
+  ASSERT_EQ(desired.size(), 1u);
+  wire::DeploymentSpecT bad = desired[0];
+  bad.name = "bad";
+  bad.route_prefix = "/bad";
+  bad.num_replicas = 2000000000;
+  desired.push_back(std::move(bad));
+  Recreate(ReconcilerOptions{});
+  auto skipped = r().Restore(desired);
+  ASSERT_EQ(skipped.size(), 1u);
+  EXPECT_THAT(skipped[0], HasSubstr("deployment 'bad': num_replicas must be at most 10000"));
+  ASSERT_EQ(r().Desired().size(), 1u);
+  EXPECT_EQ(r().Desired()[0].name, "good");
+}
+
 // A rolling update cut short by a controller restart goes on by the same rule: the restarted
 // controller adopts the old version's replicas as RUNNING and the new version's as STARTING
 // (as the node reports them), and stops the old ones only as new ones run.
