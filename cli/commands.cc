@@ -16,8 +16,10 @@
 #include "cli/stop_signals.h"
 #include "cli/supervisor.h"
 #include "config/deployment_config.h"
+#include "config/spec.h"
 #include "log/log.h"
 #include "service/service.h"
+#include "wire/status_json.h"
 
 namespace serve::cli {
 namespace {
@@ -27,71 +29,6 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-nlohmann::json StatusJson(const wire::StatusReplyT& status) {
-  nlohmann::json out;
-  out["namespace"] = status.namespace_;
-  if (!status.checkpoint_warning.empty()) out["checkpoint_warning"] = status.checkpoint_warning;
-  out["deployments"] = nlohmann::json::array();
-  for (const auto& d : status.deployments) {
-    nlohmann::json replicas = nlohmann::json::array();
-    for (const auto& r : d->replicas) {
-      replicas.push_back({{"id", r->id},
-                          {"state", wire::EnumNameReplicaState(r->state)},
-                          {"node", r->node},
-                          {"version", r->version},
-                          {"message", r->message}});
-    }
-    out["deployments"].push_back({{"name", d->name},
-                                  {"status", wire::EnumNameDeploymentState(d->status)},
-                                  {"message", d->message},
-                                  {"version", d->version},
-                                  {"route_prefix", d->route_prefix},
-                                  {"runtime", d->runtime},
-                                  {"num_replicas", d->num_replicas},
-                                  {"replicas", replicas}});
-  }
-  out["nodes"] = nlohmann::json::array();
-  for (const auto& n : status.nodes) {
-    out["nodes"].push_back({{"id", n->id},
-                            {"state", wire::EnumNameMemberState(n->state)},
-                            {"message", n->message},
-                            {"host", n->host},
-                            {"last_seen_s", n->last_seen_s},
-                            {"num_cpus", n->num_cpus},
-                            {"num_gpus", n->num_gpus},
-                            {"replicas", n->replicas}});
-  }
-  out["proxies"] = nlohmann::json::array();
-  for (const auto& p : status.proxies) {
-    out["proxies"].push_back({{"id", p->id},
-                              {"state", wire::EnumNameMemberState(p->state)},
-                              {"address", p->address},
-                              {"last_seen_s", p->last_seen_s}});
-  }
-  out["supervisors"] = nlohmann::json::array();
-  for (const auto& supervisor : status.supervisors) {
-    if (supervisor == nullptr || supervisor->heartbeat == nullptr) continue;
-    const wire::SupervisorHeartbeatT& hb = *supervisor->heartbeat;
-    nlohmann::json services = nlohmann::json::array();
-    for (const auto& service : hb.services) {
-      if (service == nullptr) continue;
-      services.push_back({{"name", service->name},
-                          {"state", wire::EnumNameSupervisedState(service->state)},
-                          {"pid", service->pid},
-                          {"restarts", service->restarts},
-                          {"last_exit", service->last_exit},
-                          {"since_ms", service->since_ms}});
-    }
-    out["supervisors"].push_back({{"id", hb.supervisor_id},
-                                  {"state", wire::EnumNameMemberState(supervisor->state)},
-                                  {"host", hb.host},
-                                  {"pid", hb.pid},
-                                  {"run_dir", hb.run_dir},
-                                  {"last_seen_s", supervisor->last_seen_s},
-                                  {"services", services}});
-  }
-  return out;
-}
 
 // "12.5s", "3m 20s", "2h 5m", for how long a service has been in its state.
 std::string Duration(double seconds) {
@@ -135,7 +72,7 @@ std::string Age(double seconds) {
 // `serve status` as a table, or as JSON (on one line for a watch, whose events follow as lines).
 void PrintStatus(const wire::StatusReplyT& status, bool json, bool one_line) {
   if (json) {
-    std::cout << StatusJson(status).dump(one_line ? -1 : 2, ' ', false,
+    std::cout << wire::StatusJson(status).dump(one_line ? -1 : 2, ' ', false,
                                          nlohmann::json::error_handler_t::replace)
               << std::endl;
     return;
@@ -281,6 +218,21 @@ int ShowStatus(const GlobalOptions& global, const StatusOptions& options) {
   if (watch == nullptr) return 0;
   if (!options.json) std::cout << "\nFollowing events (Ctrl-C to stop)..." << std::endl;
   return watch->Run(*stop) == WatchEnd::kLost ? 1 : 0;
+}
+
+int ShowConfig(const GlobalOptions& global, bool json) {
+  auto client = ConnectOrExplain(global);
+  if (!client.ok()) return Fail(client.error());
+  auto reply = (*client)->CallFor<wire::ConfigReply>((*client)->subjects().ctl_config,
+                                                      wire::Pack(wire::ConfigRequestT{}));
+  if (!reply.ok()) return Fail(reply.error());
+  if (!reply->error.empty()) return Fail(reply->error);
+  config::ConfigFile file;
+  for (const auto& spec : reply->deployments) {
+    if (spec != nullptr) file.deployments.push_back(config::FromSpec(*spec));
+  }
+  std::cout << (json ? config::ConfigToJson(file, 2) + "\n" : config::ConfigToYaml(file));
+  return 0;
 }
 
 int ShutdownInstance(const GlobalOptions& global) {

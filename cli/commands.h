@@ -18,6 +18,9 @@ struct StartOptions {
   std::string checkpoint_path;  // empty: file://<run dir>/checkpoint
   std::string http_host = "127.0.0.1";
   int http_port = 8000;
+  // The controller's REST API and dashboard; port 0: none.
+  std::string dashboard_host = "127.0.0.1";
+  int dashboard_port = 8265;
   double num_cpus = 0;  // 0: all of this machine's
   double timeout_s = 30;
 };
@@ -54,6 +57,8 @@ int StartInstance(const GlobalOptions& global, const StartOptions& options);
 int DeployFile(const GlobalOptions& global, const DeployOptions& options);
 int DeleteDeployments(const GlobalOptions& global, const std::vector<std::string>& names);
 int ShowStatus(const GlobalOptions& global, const StatusOptions& options);
+// Prints the live desired deployments as a config file `serve deploy` takes back unchanged.
+int ShowConfig(const GlobalOptions& global, bool json);
 int ShutdownInstance(const GlobalOptions& global);
 // Runs the processes of a local instance under a Supervisor until a shutdown (on the bus, or
 // SIGTERM); its log is the run directory's logs/supervisor.log.

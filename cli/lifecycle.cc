@@ -98,7 +98,11 @@ Result<pid_t> SpawnSupervisor(const GlobalOptions& global, const StartOptions& o
                                    "--http-host",
                                    options.http_host,
                                    "--http-port",
-                                   std::to_string(options.http_port)};
+                                   std::to_string(options.http_port),
+                                   "--dashboard-host",
+                                   options.dashboard_host,
+                                   "--dashboard-port",
+                                   std::to_string(options.dashboard_port)};
   if (options.num_cpus > 0) {
     argv.insert(argv.end(), {"--num-cpus", std::to_string(options.num_cpus)});
   }
@@ -313,7 +317,9 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
   out.processes.push_back(
       {"controller",
        "serve-controller",
-       {ServiceExecutable("serve-controller"), "--checkpoint-path", instance.checkpoint_path}});
+       {ServiceExecutable("serve-controller"), "--checkpoint-path", instance.checkpoint_path,
+        "--dashboard-host", instance.dashboard_host, "--dashboard-port",
+        std::to_string(instance.dashboard_port)}});
   out.processes.push_back(
       {"proxy",
        "serve-proxy",
@@ -329,8 +335,13 @@ void PrintStartedInstance(const GlobalOptions& global, const StartOptions& optio
   RunDir run(RunDirPath(global));
   std::string host = options.http_host == "0.0.0.0" ? "127.0.0.1" : options.http_host;
   std::cout << "Serve is running in namespace '" << global.ns << "'.\n"
-            << "  HTTP:        http://" << host << ":" << options.http_port << "\n"
-            << "  bus:         " << RedactUrl(global.bus.url)
+            << "  HTTP:        http://" << host << ":" << options.http_port << "\n";
+  if (options.dashboard_port > 0) {
+    std::string dashboard =
+        options.dashboard_host == "0.0.0.0" ? "127.0.0.1" : options.dashboard_host;
+    std::cout << "  dashboard:   http://" << dashboard << ":" << options.dashboard_port << "\n";
+  }
+  std::cout << "  bus:         " << RedactUrl(global.bus.url)
             << (instance.started_nats ? " (nats-server started by serve)" : "") << "\n"
             << "  checkpoint:  " << instance.checkpoint << "\n"
             << "  logs:        " << run.path() << "/logs" << std::endl;

@@ -17,6 +17,12 @@ static void AddInstanceOptions(CLI::App* command, cli::StartOptions& options) {
   command->add_option("--http-port", options.http_port, "Proxy port")
       ->capture_default_str()
       ->check(CLI::Range(1, 65535));
+  command->add_option("--dashboard-host", options.dashboard_host, "REST API and dashboard address")
+      ->capture_default_str();
+  command->add_option("--dashboard-port", options.dashboard_port,
+                      "REST API and dashboard port (0: none)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
 }
 
 int main(int argc, char** argv) {
@@ -57,6 +63,11 @@ int main(int argc, char** argv) {
   status_cmd->add_flag("--json", status.json, "Print JSON (with --watch: one object per line)");
   status_cmd->add_flag("--watch", status.watch, "Then print events as they happen, until Ctrl-C");
 
+  bool config_json = false;
+  auto* config_cmd = app.add_subcommand(
+      "config", "Print the deployments as they are now: a config file `serve deploy` takes back");
+  config_cmd->add_flag("--json", config_json, "Print JSON (what GET /api/serve/deployments/ gives)");
+
   cli::RunOptions run;
   auto* run_cmd = app.add_subcommand(
       "run", "Deploy a file in the foreground (starting Serve if needed); Ctrl-C undoes it all");
@@ -89,6 +100,7 @@ int main(int argc, char** argv) {
   if (*deploy_cmd) return cli::DeployFile(global, deploy);
   if (*delete_cmd) return cli::DeleteDeployments(global, delete_names);
   if (*status_cmd) return cli::ShowStatus(global, status);
+  if (*config_cmd) return cli::ShowConfig(global, config_json);
   if (*shutdown_cmd) return cli::ShutdownInstance(global);
   if (*run_cmd) return cli::RunForeground(global, run);
   if (*supervise_cmd) {

@@ -23,6 +23,7 @@ Subjects::Subjects(const std::string& n)
       ctl_deploy(n + ".ctl.deploy"),
       ctl_delete(n + ".ctl.delete"),
       ctl_status(n + ".ctl.status"),
+      ctl_config(n + ".ctl.config"),
       ctl_ping(n + ".ctl.ping"),
       ctl_shutdown(n + ".ctl.shutdown"),
       ctl_routes(n + ".ctl.routes"),

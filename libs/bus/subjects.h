@@ -16,7 +16,7 @@ struct Subjects {
 
   std::string ns;
   // Control plane: request/reply, answered by the controller.
-  std::string ctl_deploy, ctl_delete, ctl_status, ctl_ping, ctl_shutdown, ctl_routes;
+  std::string ctl_deploy, ctl_delete, ctl_status, ctl_config, ctl_ping, ctl_shutdown, ctl_routes;
   // Heartbeats: published by every service (and the supervisor of a local instance), read by
   // the controller.
   std::string hb_replica, hb_node, hb_proxy, hb_supervisor;

@@ -666,10 +666,12 @@ Status CheckUnique(const std::vector<Deployment>& ds, const std::vector<Origin>*
     if (origins == nullptr) return "#" + std::to_string(i + 1);
     return "line " + std::to_string((*origins)[i].Line(option));
   };
-  auto fail = [&](size_t i, const std::string& option, const std::string& message) {
-    if (origins == nullptr) return Status::Error(message);
+  auto fail = [&](size_t i, const std::string& option, const std::string& message,
+                  ErrorKind kind = ErrorKind::kInvalid) {
+    if (origins == nullptr) return Status::Error(message, kind);
     return Status::Error(source + ":" + std::to_string((*origins)[i].Line(option)) + ": " +
-                         message);
+                             message,
+                         kind);
   };
   std::map<std::string, size_t> by_name;
   std::map<std::string, size_t> by_route;
@@ -693,7 +695,8 @@ Status CheckUnique(const std::vector<Deployment>& ds, const std::vector<Origin>*
       return fail(i, "route_prefix",
                   "route_prefix " + Quote(ds[i].route_prefix) + " is used by both " +
                       describe(routed->second) + " and " + describe(i) +
-                      "; give each deployment its own route_prefix");
+                      "; give each deployment its own route_prefix",
+                  ErrorKind::kConflict);
     }
   }
   return Status::Ok();
@@ -704,7 +707,7 @@ Status CheckUnique(const std::vector<Deployment>& ds, const std::vector<Origin>*
 
 class Parser {
  public:
-  explicit Parser(const std::string& source) : source_(source) {}
+  Parser(const std::string& source, ParseOptions options) : source_(source), options_(options) {}
 
   Result<ConfigFile> Parse(std::string_view text) {
     const std::string yaml(text);
@@ -848,6 +851,7 @@ class Parser {
                   "least one deployment");
     }
     if (deployments->IsNull() || (deployments->IsSequence() && deployments->size() == 0)) {
+      if (options_.allow_empty) return ConfigFile{};
       return Fail(deployments_line,
                   "no deployments listed under 'deployments'; add at least one, e.g. "
                   "'- {name: hello, runtime: builtin:hello}'");
@@ -1141,6 +1145,7 @@ class Parser {
   }
 
   const std::string& source_;
+  const ParseOptions options_;
 };
 
 }  // namespace
@@ -1175,8 +1180,9 @@ Status ValidateArtifactReference(const Deployment& d) {
   return Status::Ok();
 }
 
-Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& source_name) {
-  return Parser(source_name).Parse(yaml_text);
+Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& source_name,
+                               ParseOptions options) {
+  return Parser(source_name, options).Parse(yaml_text);
 }
 
 Result<ConfigFile> LoadConfigFile(const std::string& path) {
@@ -1214,6 +1220,94 @@ Status ValidateDeployments(const std::vector<Deployment>& ds) {
     if (Status s = ValidateDeployment(d); !s.ok()) return s;
   }
   return CheckUnique(ds, nullptr, "");
+}
+
+std::string ConfigToJson(const ConfigFile& config, int indent) {
+  using Json = nlohmann::ordered_json;
+  Json list = Json::array();
+  for (const Deployment& d : config.deployments) {
+    Json item = Json::object();
+    for (const OptionSpec& option : kOptions) {
+      std::string name(option.name);
+      switch (option.kind) {
+        case OptionKind::kText:
+          if (!(d.*option.text_field).empty()) item[name] = d.*option.text_field;
+          break;
+        case OptionKind::kWholeNumber:
+          item[name] = d.*option.whole_number_field;
+          break;
+        case OptionKind::kNumber:
+          item[name] = d.*option.number_field;
+          break;
+        case OptionKind::kUserConfig:
+          if (!d.user_config_json.empty()) {
+            Json value = Json::parse(d.user_config_json, nullptr, /*allow_exceptions=*/false);
+            if (!value.is_discarded()) item[name] = std::move(value);
+          }
+          break;
+        case OptionKind::kResources: {
+          Json resources = {{"num_cpus", d.resources.num_cpus},
+                            {"num_gpus", d.resources.num_gpus}};
+          for (const auto& [resource, amount] : d.resources.custom) resources[resource] = amount;
+          item[name] = std::move(resources);
+          break;
+        }
+        case OptionKind::kCommand:
+          if (!d.command.empty()) item[name] = d.command;
+          break;
+      }
+    }
+    list.push_back(std::move(item));
+  }
+  return Json{{std::string(kTopLevelKey), std::move(list)}}.dump(
+      indent, ' ', /*ensure_ascii=*/false, Json::error_handler_t::replace);
+}
+
+namespace {
+
+// Emits `value` as block YAML that ParseConfig reads back to the same value: text always double
+// quoted (so "12", "true" or "yes" stay text), numbers in their shortest exact form.
+void EmitYaml(YAML::Emitter& out, const nlohmann::ordered_json& value) {
+  if (value.is_object()) {
+    out << YAML::BeginMap;
+    for (const auto& [key, item] : value.items()) {
+      out << YAML::Key << YAML::DoubleQuoted << key << YAML::Value;
+      EmitYaml(out, item);
+    }
+    out << YAML::EndMap;
+  } else if (value.is_array()) {
+    out << YAML::BeginSeq;
+    for (const auto& item : value) EmitYaml(out, item);
+    out << YAML::EndSeq;
+  } else if (value.is_string()) {
+    out << YAML::DoubleQuoted << value.get<std::string>();
+  } else if (value.is_null()) {
+    out << YAML::Null;
+  } else if (value.is_boolean()) {
+    out << value.get<bool>();
+  } else {
+    out << value.dump();  // a number, as JSON writes it: the shortest exact form
+  }
+}
+
+}  // namespace
+
+std::string ConfigToYaml(const ConfigFile& config) {
+  auto json = nlohmann::ordered_json::parse(ConfigToJson(config));
+  YAML::Emitter out;
+  out.SetIndent(2);
+  // Option names need no quotes; only values and user_config keys get them.
+  out << YAML::BeginMap << YAML::Key << std::string(kTopLevelKey) << YAML::Value << YAML::BeginSeq;
+  for (const auto& deployment : json[std::string(kTopLevelKey)]) {
+    out << YAML::BeginMap;
+    for (const auto& [option, value] : deployment.items()) {
+      out << YAML::Key << option << YAML::Value;
+      EmitYaml(out, value);
+    }
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
 }
 
 }  // namespace serve::config

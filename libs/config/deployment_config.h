@@ -72,7 +72,21 @@ struct ConfigFile {
 // Scalars in `user_config` keep the type YAML gives them (YAML 1.2 core schema): unquoted
 // true/false are booleans, 12 an integer, 1.5 or 1e3 a number, null/~ null; quoted text, block
 // text and words like `yes` or `on` stay strings.
-Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& source_name);
+struct ParseOptions {
+  // An empty `deployments` list is a config of nothing (the REST API's "delete everything")
+  // rather than an error.
+  bool allow_empty = false;
+};
+Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& source_name,
+                               ParseOptions options = {});
+
+// The deployments in the config file's shape, as JSON text (`indent` < 0: one line), which
+// ParseConfig reads back to the same deployments (YAML is a superset of JSON): every option,
+// `user_config` as JSON, custom resources beside num_cpus and num_gpus; text options that are
+// empty are left out.
+std::string ConfigToJson(const ConfigFile& config, int indent = -1);
+// The same as a YAML config file, for `serve config`: block style, text always quoted.
+std::string ConfigToYaml(const ConfigFile& config);
 
 // Reads the file at `path` and parses it with ParseConfig. An unreadable file is an error that
 // names the path and the reason (e.g. "No such file or directory").

@@ -935,6 +935,36 @@ TEST(ValidateDeployment, UpperBoundsAreOkAndBeyondThemIsAnError) {
   }
 }
 
+// What ConfigToJson and ConfigToYaml write, ParseConfig reads back to the same deployments:
+// text that looks like a number, a boolean or null stays text.
+TEST(ConfigOutput, JsonAndYamlReadBackToTheSameDeployments) {
+  auto parsed = ParseConfig(R"yaml(
+deployments:
+  - name: tricky
+    runtime: command
+    command: ["python3", "-c", "print('a: b')", "yes", "12"]
+    health_path: /healthz
+    artifact: sha256:0000000000000000000000000000000000000000000000000000000000000000
+    user_config: {n: 12, s: "12", b: true, t: "yes", z: null, f: 0.1, list: [1, "two"], nested: {"key with: colon": "é"}}
+    resources: {num_cpus: 0.25, tpu: 2}
+    version: v1
+  - name: plain
+    runtime: builtin:hello
+)yaml",
+                            "in.yaml");
+  ASSERT_TRUE(parsed.ok()) << parsed.error();
+  std::string json = ConfigToJson(*parsed);
+  auto from_json = ParseConfig(json, "out.json");
+  ASSERT_TRUE(from_json.ok()) << from_json.error() << "\n" << json;
+  EXPECT_EQ(ConfigToJson(*from_json), json);
+  std::string yaml = ConfigToYaml(*parsed);
+  auto from_yaml = ParseConfig(yaml, "out.yaml");
+  ASSERT_TRUE(from_yaml.ok()) << from_yaml.error() << "\n" << yaml;
+  EXPECT_EQ(ConfigToJson(*from_yaml), json) << yaml;
+  EXPECT_EQ(from_yaml->deployments[0].user_config_json, parsed->deployments[0].user_config_json);
+  EXPECT_THAT(yaml, HasSubstr("- name: \"tricky\""));
+}
+
 TEST(ValidateDeployments, EmptySetIsOk) { EXPECT_TRUE(ValidateDeployments({}).ok()); }
 
 TEST(ValidateDeployments, ChecksEachDeployment) {

@@ -600,6 +600,48 @@ void Connection::Send(uint64_t sequence, Response&& response) {
   SetIdleIfQuiet();
 }
 
+void Connection::StartStream(uint64_t sequence, Response&& head) {
+  if (!Awaits(sequence)) return;
+  slots_[sequence - slots_base_].stream = true;
+  stream_sequence_ = sequence;
+  Send(sequence, std::move(head));
+}
+
+bool Connection::Streams(uint64_t sequence) const {
+  return (state_ == State::kOpen || state_ == State::kDraining) && sequence == stream_sequence_ &&
+         (streaming_ ||
+          (sequence >= slots_base_ + slots_head_ && sequence < slots_base_ + slots_.size() &&
+           slots_[sequence - slots_base_].stream));
+}
+
+bool Connection::StreamWrite(uint64_t sequence, std::string&& data) {
+  if (!Streams(sequence)) return false;
+  if (!streaming_) {
+    // The head waits behind earlier answers: the data joins its body.
+    slots_[sequence - slots_base_].response.body.append(data);
+    return true;
+  }
+  if (pending_.size() + in_flight_.size() + data.size() > kMaxBufferedOutputBytes) {
+    Close("the client reads a stream too slowly");
+    return false;
+  }
+  pending_.AppendBody(std::move(data));
+  StartWrite();
+  return state_ == State::kOpen || state_ == State::kDraining;
+}
+
+void Connection::EndStream(uint64_t sequence) {
+  if (!Streams(sequence)) return;
+  if (!streaming_) {
+    // Not written yet: it goes out as a whole answer, and the connection still closes after it.
+    slots_[sequence - slots_base_].stream = false;
+    slots_[sequence - slots_base_].keep_alive = false;
+    return;
+  }
+  streaming_ = false;
+  if (!write_in_flight_ && pending_.empty()) BeginShutdown();
+}
+
 void Connection::Flush() {
   flush_scheduled = false;
   if (state_ != State::kOpen && state_ != State::kDraining) {
@@ -641,8 +683,9 @@ void Connection::Encode(Slot& slot, bool* close) {
     spdlog::warn("http: handler answered with status {}; sending 500 instead", status);
     status = 500;
   }
-  bool close_requested = !slot.keep_alive;
+  bool close_requested = !slot.keep_alive || slot.stream;
   const bool no_body = slot.head || status == 204 || status == 304;
+  if (slot.stream && !no_body) streaming_ = true;
 
   std::string* out = pending_.bytes();
   const size_t old_size = out->size();
@@ -689,7 +732,9 @@ void Connection::Encode(Slot& slot, bool* close) {
     out->append(header.value);
     out->append("\r\n");
   }
-  if (status != 204) {
+  if (streaming_) {
+    // The body ends with the connection.
+  } else if (status != 204) {
     if (no_body && response.body.empty() && given_length != nullptr && IsDigits(*given_length)) {
       out->append("Content-Length: ");
       out->append(*given_length);
@@ -758,7 +803,7 @@ void Connection::OnWrite(uv_write_t* request, int status) {
 }
 
 void Connection::AfterWriteDone() {
-  if (close_after_write_) {
+  if (close_after_write_ && !streaming_) {
     BeginShutdown();
     return;
   }

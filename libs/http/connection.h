@@ -62,6 +62,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // Responder's side.
   void Send(uint64_t sequence, Response&& response);
+  // A streamed answer (Stream): the head now, the body as it comes, the connection closing after.
+  void StartStream(uint64_t sequence, Response&& head);
+  bool StreamWrite(uint64_t sequence, std::string&& data);
+  void EndStream(uint64_t sequence);
+  bool Streams(uint64_t sequence) const;
   // Whether the answer to `sequence` is still wanted: not sent, not dropped, the client there.
   bool Awaits(uint64_t sequence) const;
   bool client_connected() const { return state_ != State::kClosing; }
@@ -87,6 +92,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     bool head = false;        // a HEAD request: no body bytes
     bool keep_alive = false;  // the request allows keeping the connection
     bool http10 = false;      // an HTTP/1.0 client needs "Connection: keep-alive" to keep it
+    bool stream = false;      // a Stream's head: no length, the body follows, then close
   };
 
   static const llhttp_settings_t* ParserSettings();
@@ -176,6 +182,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::vector<uv_buf_t> iovecs_;
   bool write_in_flight_ = false;
   bool close_after_write_ = false;
+  // A Stream's head is written and its body goes on: the connection stays until it ends.
+  bool streaming_ = false;
+  uint64_t stream_sequence_ = 0;
   size_t last_write_queue_size_ = 0;
 
   // One timer serves every deadline. It is armed no further ahead than the shortest timeout, so

@@ -133,6 +133,46 @@ void Responder::Send(Response response) {
   }
 }
 
+Stream Responder::StartStream(Response head) {
+  std::shared_ptr<internal::Connection> connection = connection_.lock();
+  connection_.reset();
+  if (connection == nullptr || !connection->Awaits(sequence_)) return Stream();
+  connection->StartStream(sequence_, std::move(head));
+  return Stream(connection, sequence_);
+}
+
+Stream::~Stream() { Close(); }
+
+Stream& Stream::operator=(Stream&& other) noexcept {
+  if (this != &other) {
+    Close();
+    connection_ = std::move(other.connection_);
+    sequence_ = other.sequence_;
+  }
+  return *this;
+}
+
+bool Stream::Write(std::string data) {
+  std::shared_ptr<internal::Connection> connection = connection_.lock();
+  if (connection == nullptr) return false;
+  if (!connection->StreamWrite(sequence_, std::move(data))) {
+    connection_.reset();
+    return false;
+  }
+  return true;
+}
+
+void Stream::Close() {
+  std::shared_ptr<internal::Connection> connection = connection_.lock();
+  connection_.reset();
+  if (connection != nullptr) connection->EndStream(sequence_);
+}
+
+bool Stream::open() const {
+  std::shared_ptr<internal::Connection> connection = connection_.lock();
+  return connection != nullptr && connection->Streams(sequence_);
+}
+
 bool Responder::client_connected() const {
   std::shared_ptr<internal::Connection> connection = connection_.lock();
   return connection != nullptr && connection->client_connected();

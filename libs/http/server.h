@@ -52,6 +52,39 @@ struct Response {
 // The standard reason phrase for `status` ("OK", "Not Found"), or "Unknown".
 std::string_view ReasonPhrase(int status);
 
+class Responder;
+
+// A streamed answer, as Server-Sent Events need: the head (and any body) given to
+// Responder::StartStream go out first, then each Write() as it comes, until the Stream is closed
+// or destroyed. The body has no length: it ends when the connection closes, which it does after
+// the stream, so a stream is the last answer on its connection.
+//
+// Loop thread only. Movable, not copyable.
+class Stream {
+ public:
+  Stream() = default;  // streams nothing
+  ~Stream();           // closes the stream
+  Stream(Stream&& other) noexcept = default;
+  Stream& operator=(Stream&& other) noexcept;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  // Queues `data` for the client. False once the client is gone, or when it reads so slowly
+  // that the server's output limit is reached (the connection is then closed): stop writing.
+  bool Write(std::string data);
+  // Ends the stream: what was written is sent, then the connection closes.
+  void Close();
+  bool open() const;
+
+ private:
+  friend class Responder;
+  Stream(std::weak_ptr<internal::Connection> connection, uint64_t sequence)
+      : connection_(std::move(connection)), sequence_(sequence) {}
+
+  std::weak_ptr<internal::Connection> connection_;
+  uint64_t sequence_ = 0;
+};
+
 // A one-shot handle to answer one request. Movable, not copyable.
 //
 // Send() and the destructor must run on the server's loop thread. Sending after the client went
@@ -67,6 +100,9 @@ class Responder {
   Responder& operator=(const Responder&) = delete;
 
   void Send(Response response);
+  // Answers with `head` (its body, if any, first) and a body that follows through the Stream.
+  // The server frames it: no Content-Length, and "Connection: close".
+  Stream StartStream(Response head);
 
   // False once the client has disconnected or the server closed the connection (and after
   // Send): a handler doing long work may give up early. Stays true while the server cannot tell,

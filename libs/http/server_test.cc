@@ -225,6 +225,16 @@ class Client {
 
   const std::string& leftover() const { return buffer_; }
 
+  // Reads until `text` has arrived; false on EOF or timeout first.
+  bool ReadUntil(std::string_view text) {
+    while (buffer_.find(text) == std::string::npos) {
+      if (!Fill()) {
+        return false;
+      }
+    }
+    return true;
+  }
+
  private:
   bool Fill() {
     char chunk[64 * 1024];
@@ -291,6 +301,7 @@ class HttpServerTest : public ::testing::Test {
   // Touched on the loop thread only.
   std::vector<Request> requests_;
   std::vector<Responder> held_;
+  std::vector<Stream> streams_;
   uv_timer_t timer_;  // here, not in a test body: its close may finish after the body returned
 };
 
@@ -1004,6 +1015,59 @@ TEST(HttpServer, FailedListenNeedsNoLoopRun) {
         << status.message();
   }
   EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+// A stream's body goes out as it is written, unframed, and the connection closes after it; an
+// answer pipelined before it goes first, and what the stream writes before its turn waits.
+TEST_F(HttpServerTest, StreamSendsItsBodyAsWrittenThenCloses) {
+  StartServer({}, [this](Request&& request, Responder responder) {
+    if (request.path == "/slow") {
+      held_.push_back(std::move(responder));
+      return;
+    }
+    Response head = TextResponse(200, "first\n");
+    head.headers.push_back({"Content-Length", "999"});  // ignored: the server frames it
+    streams_.push_back(responder.StartStream(std::move(head)));
+    EXPECT_TRUE(streams_.back().open());
+    EXPECT_TRUE(streams_.back().Write("early\n"));
+  });
+  Client client(port_);
+  client.Send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(WaitUntil([&] { return loop_.Call([this] { return streams_.size(); }) == 1; }));
+  loop_.Call([this] {
+    held_.back().Send(TextResponse(200, "slow"));
+    held_.clear();
+  });
+  ASSERT_TRUE(client.ReadUntil("early\n")) << client.leftover();
+  EXPECT_TRUE(loop_.Call([this] { return streams_.back().Write("second\n"); }));
+  ASSERT_TRUE(client.ReadUntil("second\n")) << client.leftover();
+  loop_.Call([this] { streams_.clear(); });  // destroying the Stream ends it
+  ASSERT_TRUE(client.WaitClosed());
+  const std::string& all = client.leftover();
+  size_t slow = all.find("\r\n\r\nslow");
+  size_t stream_head = all.find("HTTP/1.1 200", slow);
+  ASSERT_NE(slow, std::string::npos) << all;
+  ASSERT_NE(stream_head, std::string::npos) << all;
+  std::string stream = all.substr(stream_head);
+  EXPECT_EQ(stream.find("Content-Length"), std::string::npos) << stream;
+  EXPECT_NE(stream.find("Connection: close\r\n"), std::string::npos) << stream;
+  EXPECT_TRUE(stream.ends_with("\r\n\r\nfirst\nearly\nsecond\n")) << stream;
+}
+
+TEST_F(HttpServerTest, StreamWritesFailOnceTheClientLeft) {
+  StartServer({}, [this](Request&&, Responder responder) {
+    streams_.push_back(responder.StartStream(TextResponse(200, "hello\n")));
+  });
+  {
+    Client client(port_);
+    client.Send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+    ASSERT_TRUE(client.ReadUntil("hello\n"));
+  }
+  EXPECT_TRUE(
+      WaitUntil([&] { return loop_.Call([this] { return !streams_.back().Write("more\n"); }); }));
+  EXPECT_FALSE(loop_.Call([this] { return streams_.back().open(); }));
+  EXPECT_TRUE(WaitUntil([&] { return ConnectionCount() == 0; }));
+  loop_.Call([this] { streams_.clear(); });
 }
 
 }  // namespace

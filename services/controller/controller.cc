@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "config/spec.h"
 #include "log/log.h"
 
 namespace serve::controller {
@@ -77,6 +78,7 @@ Status Controller::Start() {
   reconciler_.SetControllerId(options_.controller_id);
   Subscribe(subjects_.ctl_ping, &Controller::OnPing);
   Subscribe(subjects_.ctl_status, &Controller::OnStatus);
+  Subscribe(subjects_.ctl_config, &Controller::OnConfig);
   Subscribe(subjects_.ctl_deploy, &Controller::OnDeploy);
   Subscribe(subjects_.ctl_delete, &Controller::OnDelete);
   Subscribe(subjects_.ctl_shutdown, &Controller::OnShutdown);
@@ -203,28 +205,74 @@ void Controller::OnPing(bus::Message& message) {
   (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
 }
 
+Result<std::vector<std::string>> Controller::Deploy(std::vector<wire::DeploymentSpecT> specs) {
+  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  auto results = reconciler_.Deploy(std::move(specs));
+  if (!results.ok()) {
+    spdlog::warn("deploy refused: {}", results.error());
+    return results;
+  }
+  for (const auto& line : *results) spdlog::info("deploy: {}", line);
+  return results;
+}
+
+Status Controller::Available() const {
+  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  return Status::Ok();
+}
+
+Result<std::vector<std::string>> Controller::Apply(std::vector<wire::DeploymentSpecT> specs) {
+  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  auto results = reconciler_.Apply(std::move(specs));
+  if (!results.ok()) {
+    spdlog::warn("apply refused: {}", results.error());
+    return results;
+  }
+  for (const auto& line : *results) spdlog::info("apply: {}", line);
+  return results;
+}
+
+Result<std::vector<std::string>> Controller::Delete(const std::vector<std::string>& names) {
+  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  auto deleted = reconciler_.Delete(names);
+  if (!deleted.ok()) return deleted;
+  for (const auto& name : *deleted) spdlog::info("deleted deployment {}", name);
+  return deleted;
+}
+
+Result<wire::StatusReplyT> Controller::Report(const std::vector<std::string>& names) {
+  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  wire::StatusReplyT reply = reconciler_.Report(names);
+  reply.checkpoint_warning = CheckpointWarning();
+  reply.supervisors = SupervisorReport();
+  reply.namespace_ = subjects_.ns;
+  reply.route_generation = route_generation_;
+  return reply;
+}
+
+Result<std::vector<config::Deployment>> Controller::DesiredConfig() const {
+  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  return reconciler_.DesiredConfig();
+}
+
 void Controller::OnDeploy(bus::Message& message) {
   auto request = wire::DecodeRequest<wire::DeployRequest>(json_, message.data);
   wire::DeployReplyT reply;
   bool json = request.ok() && request->json;
   if (!request.ok()) {
     reply.error = request.error();
-  } else if (!loaded_) {
-    reply.error = NotLoadedYet();
   } else {
     std::vector<wire::DeploymentSpecT> specs;
     for (auto& spec : request->value.deployments) {
       if (spec != nullptr) specs.push_back(std::move(*spec));
     }
-    auto results = reconciler_.Deploy(std::move(specs));
+    auto results = Deploy(std::move(specs));
     if (results.ok()) {
-      reply.results = *results;
-      for (const auto& line : *results) spdlog::info("deploy: {}", line);
+      reply.results = std::move(*results);
     } else {
       reply.error = results.error();
     }
   }
-  if (!reply.error.empty()) spdlog::warn("deploy refused: {}", reply.error);
   (void)bus_.Respond(message, wire::EncodeReply(json_, reply, json));
 }
 
@@ -234,13 +282,10 @@ void Controller::OnDelete(bus::Message& message) {
   bool json = request.ok() && request->json;
   if (!request.ok()) {
     reply.error = request.error();
-  } else if (!loaded_) {
-    reply.error = NotLoadedYet();
   } else {
-    auto deleted = reconciler_.Delete(request->value.names);
+    auto deleted = Delete(request->value.names);
     if (deleted.ok()) {
-      reply.deleted = *deleted;
-      for (const auto& name : *deleted) spdlog::info("deleted deployment {}", name);
+      reply.deleted = std::move(*deleted);
     } else {
       reply.error = deleted.error();
     }
@@ -253,15 +298,35 @@ void Controller::OnStatus(bus::Message& message) {
   wire::StatusReplyT reply;
   if (!request.ok()) {
     reply.error = request.error();
-  } else if (!loaded_) {
-    reply.error = NotLoadedYet();
   } else {
-    reply = reconciler_.Report(request->value.names);
-    reply.checkpoint_warning = CheckpointWarning();
-    reply.supervisors = SupervisorReport();
+    auto status = Report(request->value.names);
+    if (status.ok()) {
+      reply = std::move(*status);
+    } else {
+      reply.error = status.error();
+    }
   }
   reply.namespace_ = subjects_.ns;
   reply.route_generation = route_generation_;
+  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
+}
+
+void Controller::OnConfig(bus::Message& message) {
+  auto request = wire::DecodeRequest<wire::ConfigRequest>(json_, message.data);
+  wire::ConfigReplyT reply;
+  if (!request.ok()) {
+    reply.error = request.error();
+  } else {
+    auto desired = DesiredConfig();
+    if (desired.ok()) {
+      for (const config::Deployment& deployment : *desired) {
+        reply.deployments.push_back(
+            std::make_unique<wire::DeploymentSpecT>(config::ToSpec(deployment)));
+      }
+    } else {
+      reply.error = desired.error();
+    }
+  }
   (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
 }
 
@@ -461,11 +526,25 @@ void Controller::Event(const std::string& kind, const std::string& name, const s
   spdlog::info("{} {}: {}{}{}", kind, name, state, message.empty() ? "" : " - ", message);
   wire::EventT event;
   event.time_ms = service::UnixMillis();
+  event.seq = ++last_event_seq_;
   event.kind = kind;
   event.name = name;
   event.state = state;
   event.message = message;
   (void)bus_.Publish(subjects_.events, wire::Pack(event));
+  if (event_listener_) event_listener_(event);
+  recent_events_.push_back(std::move(event));
+  if (recent_events_.size() > kRecentEvents) recent_events_.pop_front();
+}
+
+std::vector<wire::EventT> Controller::EventsSince(uint64_t since) const {
+  std::vector<wire::EventT> events;
+  // Sequence numbers are consecutive, so the first wanted one is found by arithmetic.
+  if (recent_events_.empty() || since >= recent_events_.back().seq) return events;
+  uint64_t first = recent_events_.front().seq;
+  size_t from = since < first ? 0 : static_cast<size_t>(since + 1 - first);
+  events.assign(recent_events_.begin() + static_cast<ptrdiff_t>(from), recent_events_.end());
+  return events;
 }
 
 std::string Controller::RouteTableBytes() {

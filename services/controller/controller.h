@@ -2,6 +2,7 @@
 
 #include <uv.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -9,6 +10,7 @@
 
 #include "bus/bus.h"
 #include "bus/subjects.h"
+#include "config/deployment_config.h"
 #include "controller/clock.h"
 #include "controller/reconciler.h"
 #include "service/service.h"
@@ -47,6 +49,26 @@ class Controller : public ReconcilerActions {
   }
   void Stop();
 
+  // What the REST API (api.h) asks; the bus handlers answer from the same methods. Each fails
+  // with ErrorKind::kUnavailable until the checkpoint is loaded.
+  Result<std::vector<std::string>> Deploy(std::vector<wire::DeploymentSpecT> specs);
+  // Ok once the checkpoint is loaded; before, an ErrorKind::kUnavailable error that says why.
+  Status Available() const;
+  // Declarative: `specs` become the whole desired state (Reconciler::Apply).
+  Result<std::vector<std::string>> Apply(std::vector<wire::DeploymentSpecT> specs);
+  Result<std::vector<std::string>> Delete(const std::vector<std::string>& names);
+  Result<wire::StatusReplyT> Report(const std::vector<std::string>& names);
+  Result<std::vector<config::Deployment>> DesiredConfig() const;
+  // The recent events (the last kRecentEvents) with a sequence number above `since`, oldest
+  // first. Those older were dropped: a caller seeing a gap after `since` missed some.
+  std::vector<wire::EventT> EventsSince(uint64_t since) const;
+  uint64_t last_event_seq() const { return last_event_seq_; }
+  // Called on the loop thread with every event as it happens (the API's event streams).
+  void SetEventListener(std::function<void(const wire::EventT&)> listener) {
+    event_listener_ = std::move(listener);
+  }
+  static constexpr size_t kRecentEvents = 1000;
+
   // ReconcilerActions
   void StartReplica(const std::string& node_id, const std::string& replica_id,
                     const wire::DeploymentSpecT& spec, const std::string& fingerprint,
@@ -62,6 +84,7 @@ class Controller : public ReconcilerActions {
   void OnDeploy(bus::Message& message);
   void OnDelete(bus::Message& message);
   void OnStatus(bus::Message& message);
+  void OnConfig(bus::Message& message);
   void OnPing(bus::Message& message);
   void OnShutdown(bus::Message& message);
   void OnRoutesRequest(bus::Message& message);
@@ -132,6 +155,9 @@ class Controller : public ReconcilerActions {
     double last_seen = 0;
   };
   std::map<std::string, SeenSupervisor> supervisors_;  // by supervisor id
+  uint64_t last_event_seq_ = 0;
+  std::deque<wire::EventT> recent_events_;
+  std::function<void(const wire::EventT&)> event_listener_;
   static constexpr size_t kMaxSupervisors = 256;
   static constexpr size_t kMaxSupervisedServices = 32;
   static constexpr size_t kMaxMemberIdBytes = 256;

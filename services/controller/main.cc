@@ -2,6 +2,7 @@
 // namespace. Exactly one runs per namespace.
 #include <spdlog/spdlog.h>
 
+#include "controller/api.h"
 #include "controller/controller.h"
 #include "service/service.h"
 
@@ -35,6 +36,15 @@ int main(int argc, char** argv) {
                  "Drop a lost node, proxy or supervisor from status after this long")
       ->capture_default_str()
       ->check(service::NumberIn(1, 1e7));
+  std::string dashboard_host = "127.0.0.1";
+  int dashboard_port = 8265;
+  app.add_option("--dashboard-host", dashboard_host, "Address of the REST API and dashboard")
+      ->capture_default_str()
+      ->envname("SERVE_DASHBOARD_HOST");
+  app.add_option("--dashboard-port", dashboard_port, "Port of the REST API and dashboard (0: none)")
+      ->capture_default_str()
+      ->envname("SERVE_DASHBOARD_PORT")
+      ->check(CLI::Range(0, 65535));
   CLI11_PARSE(app, argc, argv);
   Status init = service::Init(flags, "controller");
   if (!init.ok()) {
@@ -58,7 +68,8 @@ int main(int argc, char** argv) {
   {
     uv_timer_t wait;
     uv_timer_init(&loop, &wait);
-    uv_timer_start(&wait, [](uv_timer_t*) {}, 50, 50);
+    uv_timer_start(
+        &wait, [](uv_timer_t*) {}, 50, 50);
     while (!(*bus)->connected()) uv_run(&loop, UV_RUN_ONCE);
     uv_close(reinterpret_cast<uv_handle_t*>(&wait), nullptr);
     auto live = bus::RequestAndWait(&loop, **bus, subjects.ctl_ping, "{}", 1.0);
@@ -73,7 +84,9 @@ int main(int argc, char** argv) {
 
   controller::Controller controller(&loop, **bus, subjects, options);
   std::unique_ptr<service::SignalWatcher> signals;
+  std::unique_ptr<controller::Api> api;
   auto stop = [&] {
+    if (api) api->Close(nullptr);
     controller.Stop();
     signals->Close();
     (*bus)->Close();
@@ -86,6 +99,20 @@ int main(int argc, char** argv) {
     stop();
   });
   (void)controller.Start();
+  if (dashboard_port > 0) {
+    http::ServerOptions http_options;
+    http_options.host = dashboard_host;
+    http_options.port = dashboard_port;
+    api = std::make_unique<controller::Api>(&loop, controller, http_options);
+    Status listening = api->Listen();
+    if (listening.ok()) {
+      spdlog::info("REST API on http://{}:{}/api/serve/", dashboard_host, api->port());
+    } else {
+      // The control plane matters more than its web view: go on without it.
+      spdlog::error("no REST API: {}; pass --dashboard-port (0 for none)", listening.message());
+      api.reset();
+    }
+  }
   spdlog::info("controller {} ready for namespace {}", options.controller_id, flags.ns);
   int loop_exit = service::RunLoop(&loop);
   return exit_code != 0 ? exit_code : loop_exit;

@@ -102,7 +102,8 @@ Reconciler::Reconciler(const Clock& clock, ReconcilerActions& actions, Reconcile
       // Replica ids stay unique across controller restarts: a random part plus a counter.
       id_prefix_(ShortHash(std::to_string(std::random_device{}())).substr(0, 4)) {}
 
-Status Reconciler::Admit(wire::DeploymentSpecT& spec) const {
+Status Reconciler::Admit(wire::DeploymentSpecT& spec,
+                         const std::set<std::string>& leaving) const {
   if (spec.route_prefix.empty() && !spec.name.empty()) spec.route_prefix = "/" + spec.name;
   if (spec.resources == nullptr) spec.resources = std::make_unique<wire::ResourcesT>();
   config::Deployment deployment = config::FromSpec(spec);
@@ -110,10 +111,12 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec) const {
   if (valid.ok()) valid = config::ValidateArtifactReference(deployment);
   if (!valid.ok()) return valid;
   for (const auto& [name, other] : deployments_) {
-    if (name != spec.name && other.spec.route_prefix == spec.route_prefix) {
+    if (name != spec.name && other.spec.route_prefix == spec.route_prefix &&
+        leaving.count(name) == 0) {
       return Status::Error("deployment '" + spec.name + "': route_prefix " + spec.route_prefix +
-                           " is already used by deployment '" + name +
-                           "'; choose another route_prefix or delete '" + name + "' first");
+                               " is already used by deployment '" + name +
+                               "'; choose another route_prefix or delete '" + name + "' first",
+                           ErrorKind::kConflict);
     }
   }
   auto existing = deployments_.find(spec.name);
@@ -130,11 +133,37 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec) const {
 }
 
 Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::DeploymentSpecT> specs) {
+  return Deploy(std::move(specs), {});
+}
+
+Result<std::vector<std::string>> Reconciler::Apply(std::vector<wire::DeploymentSpecT> specs) {
+  std::set<std::string> listed;
+  for (const auto& spec : specs) listed.insert(spec.name);
+  std::set<std::string> leaving;
+  for (const auto& [name, d] : deployments_) {
+    if (listed.count(name) == 0) leaving.insert(name);
+  }
+  std::vector<std::string> results;
+  if (!specs.empty()) {
+    auto deployed = Deploy(std::move(specs), leaving);
+    if (!deployed.ok()) return deployed;
+    results = std::move(*deployed);
+  }
+  if (!leaving.empty()) {
+    auto deleted = Delete(std::vector<std::string>(leaving.begin(), leaving.end()));
+    if (!deleted.ok()) return deleted;  // cannot happen: every name exists
+    for (const auto& name : *deleted) results.push_back(name + ": deleted");
+  }
+  return results;
+}
+
+Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::DeploymentSpecT> specs,
+                                                    const std::set<std::string>& leaving) {
   if (specs.empty()) return Status::Error("deploy request lists no deployments");
   std::set<std::string> names;
   std::map<std::string, std::string> routes;
   for (auto& spec : specs) {
-    Status admitted = Admit(spec);
+    Status admitted = Admit(spec, leaving);
     if (!admitted.ok()) return admitted;
     if (!names.insert(spec.name).second) {
       return Status::Error("deployment '" + spec.name + "' is listed twice");
@@ -142,7 +171,8 @@ Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::Deployment
     auto [it, inserted] = routes.emplace(spec.route_prefix, spec.name);
     if (!inserted) {
       return Status::Error("deployments '" + it->second + "' and '" + spec.name +
-                           "' both use route_prefix " + spec.route_prefix);
+                               "' both use route_prefix " + spec.route_prefix,
+                           ErrorKind::kConflict);
     }
   }
   std::vector<std::string> results;
@@ -204,8 +234,10 @@ Result<std::vector<std::string>> Reconciler::Delete(const std::vector<std::strin
     if (deployments_.count(name) == 0) {
       std::string known;
       for (const auto& [n, d] : deployments_) known += (known.empty() ? "" : ", ") + n;
-      return Status::Error("no deployment named '" + name + "'" +
-                           (known.empty() ? " (nothing is deployed)" : "; deployed: " + known));
+      return Status::Error(
+          "no deployment named '" + name + "'" +
+              (known.empty() ? " (nothing is deployed)" : "; deployed: " + known),
+          ErrorKind::kNotFound);
     }
   }
   std::vector<std::string> deleted;
@@ -1157,6 +1189,16 @@ wire::RouteTableT Reconciler::Routes() const {
     table.routes.push_back(std::move(route));
   }
   return table;
+}
+
+std::vector<config::Deployment> Reconciler::DesiredConfig() const {
+  std::vector<config::Deployment> config;
+  for (const auto& [name, d] : deployments_) {
+    config::Deployment deployment = config::FromSpec(d.spec);
+    if (d.spec.version == DerivedVersion(d.spec)) deployment.version.clear();
+    config.push_back(std::move(deployment));
+  }
+  return config;
 }
 
 std::vector<wire::DeploymentSpecT> Reconciler::Desired() const {

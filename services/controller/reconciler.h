@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "config/deployment_config.h"
 #include "controller/clock.h"
 #include "wire/serve_generated.h"
 
@@ -96,6 +97,10 @@ class Reconciler {
   // Creates or updates deployments; each result line reads "<name>: created|updated|...".
   Result<std::vector<std::string>> Deploy(std::vector<wire::DeploymentSpecT> specs);
   Result<std::vector<std::string>> Delete(const std::vector<std::string>& names);
+  // Makes `specs` the whole desired state: creates and updates them as Deploy does, then deletes
+  // every deployment they do not list (a route may pass from a leaving deployment to a listed
+  // one). An empty list deletes everything. All or nothing: an error changes nothing.
+  Result<std::vector<std::string>> Apply(std::vector<wire::DeploymentSpecT> specs);
   // Proxies report which controller's route table they hold; only this one's counts.
   void SetControllerId(std::string id) { controller_id_ = std::move(id); }
   // Loads desired state from a checkpoint (at start). Returns why each deployment that fails
@@ -131,14 +136,20 @@ class Reconciler {
   uint64_t routes_version() const { return routes_version_; }
   // The desired state to checkpoint, in deployment-name order.
   std::vector<wire::DeploymentSpecT> Desired() const;
+  // The desired state as a config file states it, in deployment-name order. A version derived
+  // from the code is left out, so a config edited and put back derives a new one.
+  std::vector<config::Deployment> DesiredConfig() const;
   // Grows whenever Desired() may have changed.
   uint64_t desired_version() const { return desired_version_; }
 
   // Fills in defaults and checks one spec (the same rules as config files), then checks it
   // against the other deployments (routes, versions).
-  Status Admit(wire::DeploymentSpecT& spec) const;
+  // `leaving`: deployments about to be deleted, whose routes a spec may take.
+  Status Admit(wire::DeploymentSpecT& spec, const std::set<std::string>& leaving = {}) const;
 
  private:
+  Result<std::vector<std::string>> Deploy(std::vector<wire::DeploymentSpecT> specs,
+                                          const std::set<std::string>& leaving);
   struct Replica {
     std::string id;
     std::string deployment;

@@ -9,7 +9,8 @@ namespace serve::testing {
 
 Cluster::Cluster() : Cluster(Options{}) {}
 
-Cluster::Cluster(Options options) : options_(options), http_port_(FreePort()) {
+Cluster::Cluster(Options options)
+    : options_(options), http_port_(FreePort()), api_port_(FreePort()) {
   std::string bin = BinDir();
   auto flags = CommonFlags();
   auto with = [&](std::vector<std::string> argv) {
@@ -48,7 +49,8 @@ void Cluster::StartCheckpointer() {
 
 void Cluster::StartController() {
   std::vector<std::string> argv = {BinDir() + "/serve-controller", "--checkpoint-path",
-                                   options_.checkpoint_uri};
+                                   options_.checkpoint_uri, "--dashboard-port",
+                                   std::to_string(api_port_)};
   auto flags = CommonFlags();
   argv.insert(argv.end(), flags.begin(), flags.end());
   controller_ = Process(argv, dir() + "/controller.log", options_.env);

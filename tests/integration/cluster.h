@@ -32,6 +32,8 @@ class Cluster {
 
   const std::string& dir() const { return dir_.path(); }
   int http_port() const { return http_port_; }
+  // The controller's REST API and dashboard.
+  int api_port() const { return api_port_; }
   std::string nats_url() const { return nats_.url(); }
   NatsServer& nats() { return nats_; }
 
@@ -76,6 +78,7 @@ class Cluster {
   TempDir dir_;
   NatsServer nats_;
   int http_port_;
+  int api_port_;
   Process checkpointer_;
   Process controller_;
   Process proxy_;

@@ -1,0 +1,258 @@
+#include "controller/api.h"
+
+#include <charconv>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "config/deployment_config.h"
+#include "config/spec.h"
+#include "controller/controller.h"
+#include "wire/status_json.h"
+
+namespace serve::controller {
+namespace {
+
+constexpr char kDeploymentsPath[] = "/api/serve/deployments";
+constexpr char kStatusPath[] = "/api/serve/status";
+constexpr char kEventsPath[] = "/api/serve/events";
+// A config of many deployments is large, but not this large.
+constexpr size_t kMaxBodyBytes = 4 * 1024 * 1024;
+constexpr double kKeepaliveS = 15;
+// Each open dashboard holds one; more than this is a leak or an attack.
+constexpr size_t kMaxStreams = 256;
+
+http::Response Json(int status, std::string body) {
+  http::Response response;
+  response.status = status;
+  response.headers = {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}};
+  response.body = std::move(body);
+  response.body += '\n';
+  return response;
+}
+
+http::Response Error(int status, const std::string& message) {
+  http::Response response =
+      Json(status, nlohmann::json{{"error", message}}.dump(
+                       -1, ' ', false, nlohmann::json::error_handler_t::replace));
+  if (status == 503) response.headers.push_back({"Retry-After", "1"});
+  return response;
+}
+
+http::Response Error(const serve::Status& status) {
+  switch (status.kind()) {
+    case ErrorKind::kNotFound:
+      return Error(404, status.message());
+    case ErrorKind::kConflict:
+      return Error(409, status.message());
+    case ErrorKind::kUnavailable:
+      return Error(503, status.message());
+    case ErrorKind::kInvalid:
+      break;
+  }
+  return Error(400, status.message());
+}
+
+http::Response MethodNotAllowed(const std::string& method, const std::string& path,
+                                const std::string& allowed) {
+  http::Response response =
+      Error(405, path + " takes " + allowed + ", not " + method.substr(0, 16));
+  response.headers.push_back({"Allow", allowed});
+  return response;
+}
+
+// "/api/serve/deployments/" and "/api/serve/deployments" are the same place.
+std::string WithoutTrailingSlash(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  return path;
+}
+
+// The value of `name` in a query string ("since=5&x=1"); empty when absent.
+std::string QueryValue(const std::string& query, const std::string& name) {
+  size_t at = 0;
+  while (at <= query.size()) {
+    size_t end = query.find('&', at);
+    if (end == std::string::npos) end = query.size();
+    std::string_view pair(query.data() + at, end - at);
+    if (pair.size() > name.size() && pair.substr(0, name.size()) == name &&
+        pair[name.size()] == '=') {
+      return std::string(pair.substr(name.size() + 1));
+    }
+    at = end + 1;
+  }
+  return "";
+}
+
+nlohmann::json EventJson(const wire::EventT& event) {
+  return {{"seq", event.seq},   {"time_ms", event.time_ms}, {"kind", event.kind},
+          {"name", event.name}, {"state", event.state},     {"message", event.message}};
+}
+
+// One Server-Sent Event: its id is the sequence number, so a reconnecting EventSource resumes.
+std::string SseEvent(const wire::EventT& event) {
+  return "id: " + std::to_string(event.seq) + "\ndata: " +
+         EventJson(event).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
+}
+
+bool WantsEventStream(const http::Request& request) {
+  if (request.method != "GET" || WithoutTrailingSlash(request.path) != kEventsPath) return false;
+  const std::string* accept = request.FindHeader("Accept");
+  return accept != nullptr && accept->find("text/event-stream") != std::string::npos;
+}
+
+// `text` as an event sequence number; nullopt if it is not one.
+std::optional<uint64_t> ParseSeq(const std::string& text) {
+  uint64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+std::string Lines(const std::vector<std::string>& lines, const char* key) {
+  return nlohmann::json{{key, lines}}.dump(-1, ' ', false,
+                                           nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
+Api::Api(uv_loop_t* loop, Controller& controller, http::ServerOptions options)
+    : controller_(controller) {
+  options.max_body_bytes = std::min(options.max_body_bytes, kMaxBodyBytes);
+  server_ = std::make_unique<http::Server>(
+      loop, std::move(options), [this](http::Request&& request, http::Responder responder) {
+        if (WantsEventStream(request)) {
+          StreamEvents(request, std::move(responder));
+        } else {
+          responder.Send(Answer(request));
+        }
+      });
+  controller_.SetEventListener([this](const wire::EventT& event) { Publish(event); });
+  keepalive_ = std::make_unique<service::RepeatingTimer>(loop, kKeepaliveS, [this] {
+    std::erase_if(streams_, [](http::Stream& stream) { return !stream.Write(": keepalive\n\n"); });
+  });
+}
+
+Api::~Api() { controller_.SetEventListener(nullptr); }
+
+Status Api::Listen() { return server_->Listen(); }
+
+int Api::port() const { return server_->port(); }
+
+void Api::Close(std::function<void()> on_closed) {
+  keepalive_.reset();
+  streams_.clear();
+  server_->Close(std::move(on_closed));
+}
+
+http::Response Api::Answer(const http::Request& request) {
+  std::string path = WithoutTrailingSlash(request.path);
+  if (path == kDeploymentsPath) return Deployments(request);
+  std::string prefix = std::string(kDeploymentsPath) + "/";
+  if (path.rfind(prefix, 0) == 0) {
+    if (request.method != "DELETE") return MethodNotAllowed(request.method, path, "DELETE");
+    return DeleteDeployment(path.substr(prefix.size()));
+  }
+  if (path == kEventsPath) {
+    if (request.method != "GET" && request.method != "HEAD") {
+      return MethodNotAllowed(request.method, path, "GET");
+    }
+    return Events(request);
+  }
+  if (path == kStatusPath) {
+    if (request.method != "GET" && request.method != "HEAD") {
+      return MethodNotAllowed(request.method, path, "GET");
+    }
+    return StatusJson();
+  }
+  return Error(404, "no such API path: " + path.substr(0, 200) + "; the API is " +
+                        kDeploymentsPath + "/ (GET, PUT), " + kDeploymentsPath +
+                        "/NAME (DELETE), " + kStatusPath + " (GET) and " + kEventsPath +
+                        "?since=SEQ (GET)");
+}
+
+http::Response Api::Deployments(const http::Request& request) {
+  if (request.method == "GET" || request.method == "HEAD") {
+    auto desired = controller_.DesiredConfig();
+    if (!desired.ok()) return Error(desired.status());
+    config::ConfigFile file;
+    file.deployments = std::move(*desired);
+    return Json(200, config::ConfigToJson(file, 2));
+  }
+  if (request.method != "PUT") {
+    return MethodNotAllowed(request.method, kDeploymentsPath, "GET, PUT");
+  }
+  // Asked first, so a caller waiting for the controller is told to wait, not that its body is
+  // fine or not.
+  if (Status available = controller_.Available(); !available.ok()) return Error(available);
+  auto parsed = config::ParseConfig(request.body, "request body", {.allow_empty = true});
+  if (!parsed.ok()) return Error(parsed.status());
+  std::vector<wire::DeploymentSpecT> specs;
+  for (const config::Deployment& deployment : parsed->deployments) {
+    Status code = config::ValidateArtifactReference(deployment);
+    if (!code.ok()) {
+      return Error(400, code.message() +
+                            " (the API takes stored code only: `serve deploy FILE` uploads "
+                            "local files and fills their digests in)");
+    }
+    specs.push_back(config::ToSpec(deployment));
+  }
+  auto applied = controller_.Apply(std::move(specs));
+  if (!applied.ok()) return Error(applied.status());
+  return Json(200, Lines(*applied, "results"));
+}
+
+http::Response Api::DeleteDeployment(const std::string& name) {
+  auto deleted = controller_.Delete({name});
+  if (!deleted.ok()) return Error(deleted.status());
+  return Json(200, Lines(*deleted, "deleted"));
+}
+
+http::Response Api::Events(const http::Request& request) {
+  std::string since_text = QueryValue(request.query, "since");
+  std::optional<uint64_t> since = since_text.empty() ? 0 : ParseSeq(since_text);
+  if (!since.has_value()) {
+    return Error(400, "since must be an event sequence number (a whole number >= 0), got '" +
+                          since_text.substr(0, 40) + "'");
+  }
+  nlohmann::json events = nlohmann::json::array();
+  for (const wire::EventT& event : controller_.EventsSince(*since)) {
+    events.push_back(EventJson(event));
+  }
+  nlohmann::json body = {{"events", std::move(events)}, {"last_seq", controller_.last_event_seq()}};
+  return Json(200, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+void Api::StreamEvents(const http::Request& request, http::Responder responder) {
+  // EventSource sends the id of the last event it saw when it reconnects.
+  const std::string* last_id = request.FindHeader("Last-Event-ID");
+  std::string since_text = last_id != nullptr ? *last_id : QueryValue(request.query, "since");
+  std::optional<uint64_t> since = since_text.empty() ? 0 : ParseSeq(since_text);
+  if (!since.has_value() || *since > controller_.last_event_seq()) {
+    since = 0;  // another controller run's numbers: everything kept is new to this client
+  }
+  if (streams_.size() >= kMaxStreams) {
+    responder.Send(Error(503, "too many event streams are open (" + std::to_string(kMaxStreams) +
+                                  "); close some dashboards"));
+    return;
+  }
+  http::Response head;
+  head.headers = {{"Content-Type", "text/event-stream"}, {"Cache-Control", "no-store"}};
+  head.body = "retry: 1000\n\n";
+  for (const wire::EventT& event : controller_.EventsSince(*since)) head.body += SseEvent(event);
+  http::Stream stream = responder.StartStream(std::move(head));
+  if (stream.open()) streams_.push_back(std::move(stream));
+}
+
+void Api::Publish(const wire::EventT& event) {
+  if (streams_.empty()) return;
+  std::string text = SseEvent(event);
+  std::erase_if(streams_, [&](http::Stream& stream) { return !stream.Write(text); });
+}
+
+http::Response Api::StatusJson() {
+  auto status = controller_.Report({});
+  if (!status.ok()) return Error(status.status());
+  return Json(
+      200, wire::StatusJson(*status).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+}  // namespace serve::controller
