@@ -120,6 +120,12 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec,
     }
   }
   auto existing = deployments_.find(spec.name);
+  if (existing != deployments_.end() && spec.artifact_name.empty() &&
+      spec.artifact == existing->second.spec.artifact) {
+    // The same code by digest without the file name it came from (a config read back from the
+    // REST API or `serve config`): the same deployment, not a new one.
+    spec.artifact_name = existing->second.spec.artifact_name;
+  }
   if (!spec.version.empty() && existing != deployments_.end() &&
       existing->second.spec.version == spec.version &&
       CodeOf(existing->second.spec) != CodeOf(spec)) {

@@ -1110,6 +1110,20 @@ TEST_F(ReconcilerTest, RestartedNodeAgentsWorkersAreReplacedAtOnce) {
   EXPECT_EQ(StateOf("hello"), "HEALTHY");
 }
 
+// A config read back (REST API, `serve config`) names code by digest only, without the file
+// name it was uploaded from: the same digest is the same deployment, not a rolling restart.
+TEST_F(ReconcilerTest, TheSameCodeWithoutItsFileNameIsUnchanged) {
+  AddNode("n1", 4);
+  wire::DeploymentSpecT spec = Spec("native");
+  spec.runtime = "native";
+  spec.artifact = "sha256:" + std::string(64, 'a');
+  spec.artifact_name = "libnative.so";
+  DeployHealthy(spec);
+  spec.artifact_name.clear();
+  EXPECT_THAT(DeployOk(spec), ElementsAre("native: unchanged"));
+  EXPECT_EQ(r().Desired()[0].artifact_name, "libnative.so");
+}
+
 // A checkpoint is not trusted more than the bus: a deployment in it that breaks the rules
 // (two billion replicas would stall the controller) is left out, with the reason, and the rest
 // is restored.
