@@ -7,6 +7,10 @@
 #include "config/deployment_config.h"
 #include "config/spec.h"
 #include "controller/controller.h"
+#include "controller/kDashboardCss.h"
+#include "controller/kDashboardHtml.h"
+#include "controller/kDashboardIcon.h"
+#include "controller/kDashboardJs.h"
 #include "wire/status_json.h"
 
 namespace serve::controller {
@@ -107,6 +111,37 @@ std::optional<uint64_t> ParseSeq(const std::string& text) {
   return value;
 }
 
+// The dashboard's files. The page loads nothing from anywhere else, which the policy enforces.
+std::optional<http::Response> DashboardFile(const std::string& path) {
+  struct File {
+    const char* path;
+    const char* content_type;
+    const char* body;
+  };
+  static const File kFiles[] = {
+      {"/", "text/html; charset=utf-8", kDashboardHtml},
+      {"/index.html", "text/html; charset=utf-8", kDashboardHtml},
+      {"/dashboard.css", "text/css; charset=utf-8", kDashboardCss},
+      {"/dashboard.js", "text/javascript; charset=utf-8", kDashboardJs},
+      {"/favicon.svg", "image/svg+xml", kDashboardIcon},
+  };
+  for (const File& file : kFiles) {
+    if (path != file.path) continue;
+    http::Response response;
+    response.headers = {
+        {"Content-Type", file.content_type},
+        {"Cache-Control", "no-cache"},
+        {"Content-Security-Policy",
+         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+         "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"},
+        {"X-Content-Type-Options", "nosniff"},
+        {"Referrer-Policy", "no-referrer"}};
+    response.body = file.body;
+    return response;
+  }
+  return std::nullopt;
+}
+
 std::string Lines(const std::vector<std::string>& lines, const char* key) {
   return nlohmann::json{{key, lines}}.dump(-1, ' ', false,
                                            nlohmann::json::error_handler_t::replace);
@@ -144,6 +179,9 @@ void Api::Close(std::function<void()> on_closed) {
 }
 
 http::Response Api::Answer(const http::Request& request) {
+  if (request.method == "GET" || request.method == "HEAD") {
+    if (auto file = DashboardFile(request.path)) return std::move(*file);
+  }
   std::string path = WithoutTrailingSlash(request.path);
   if (path == kDeploymentsPath) return Deployments(request);
   std::string prefix = std::string(kDeploymentsPath) + "/";

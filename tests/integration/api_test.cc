@@ -287,6 +287,9 @@ deployments:
     runtime: builtin:echo
     route_prefix: /e
     version: v7
+  - name: native
+    runtime: native
+    artifact: )" + TestLibrary("test_handlers") + R"(
 )");
   CommandResult printed = cluster.Serve({"config"});
   ASSERT_EQ(printed.exit_code, 0) << printed.output;
@@ -298,6 +301,7 @@ deployments:
   ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
   EXPECT_THAT(deployed.output, HasSubstr("hello: unchanged"));
   EXPECT_THAT(deployed.output, HasSubstr("echo: unchanged"));
+  EXPECT_THAT(deployed.output, HasSubstr("native: unchanged"));
   CommandResult again = cluster.Serve({"config"});
   EXPECT_EQ(again.output, printed.output);
 

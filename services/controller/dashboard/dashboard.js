@@ -1,0 +1,174 @@
+// The dashboard: reads /api/serve/status and follows /api/serve/events (Server-Sent Events).
+// Everything shown comes from the bus, so it is written as text, never as HTML.
+"use strict";
+
+const kMaxEvents = 200;
+let refreshTimer = null;
+let lastStatusAt = 0;
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function pill(state) {
+  return el("span", state, "pill " + state);
+}
+
+function fillTable(id, rows, cells) {
+  const body = document.querySelector("#" + id + " tbody");
+  const fresh = document.createDocumentFragment();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.key = cells.key(row);
+    for (const cell of cells.columns) {
+      const td = document.createElement("td");
+      const value = cell.value(row);
+      if (value instanceof Node) td.appendChild(value);
+      else td.textContent = value === undefined || value === null ? "" : String(value);
+      if (cell.className) td.className = cell.className;
+      tr.appendChild(td);
+    }
+    fresh.appendChild(tr);
+  }
+  body.replaceChildren(fresh);
+}
+
+function ago(seconds) {
+  if (seconds === undefined || seconds === null) return "";
+  return seconds < 60 ? seconds.toFixed(1) + " s ago" : Math.round(seconds / 60) + " min ago";
+}
+
+function render(status) {
+  document.getElementById("namespace").textContent = "namespace " + status.namespace;
+  const warning = document.getElementById("warning");
+  warning.hidden = !status.checkpoint_warning;
+  warning.textContent = status.checkpoint_warning || "";
+
+  const deployments = status.deployments || [];
+  document.getElementById("deployment-count").textContent = "(" + deployments.length + ")";
+  document.getElementById("no-deployments").hidden = deployments.length > 0;
+  fillTable("deployments", deployments, {
+    key: (d) => d.name,
+    columns: [
+      { value: (d) => d.name, className: "id" },
+      { value: (d) => pill(d.status) },
+      { value: (d) => d.replicas.filter((r) => r.state === "RUNNING").length + "/" + d.num_replicas },
+      { value: (d) => d.version, className: "mono" },
+      { value: (d) => d.route_prefix, className: "mono" },
+      { value: (d) => d.runtime },
+      { value: (d) => d.message, className: "message" },
+    ],
+  });
+  const replicas = [];
+  for (const d of deployments) for (const r of d.replicas) replicas.push(Object.assign({ deployment: d.name }, r));
+  document.getElementById("replica-count").textContent = "(" + replicas.length + ")";
+  fillTable("replicas", replicas, {
+    key: (r) => r.id,
+    columns: [
+      { value: (r) => r.id, className: "id" },
+      { value: (r) => r.deployment },
+      { value: (r) => pill(r.state) },
+      { value: (r) => r.node, className: "mono" },
+      { value: (r) => r.version, className: "mono" },
+      { value: (r) => r.message, className: "message" },
+    ],
+  });
+  fillTable("nodes", status.nodes || [], {
+    key: (n) => n.id,
+    columns: [
+      { value: (n) => n.id, className: "id" },
+      { value: (n) => pill(n.state) },
+      { value: (n) => n.host },
+      { value: (n) => n.num_cpus },
+      { value: (n) => n.num_gpus },
+      { value: (n) => n.replicas },
+      { value: (n) => ago(n.last_seen_s) },
+    ],
+  });
+  fillTable("proxies", status.proxies || [], {
+    key: (p) => p.id,
+    columns: [
+      { value: (p) => p.id, className: "id" },
+      { value: (p) => pill(p.state) },
+      { value: (p) => p.address, className: "mono" },
+      { value: (p) => ago(p.last_seen_s) },
+    ],
+  });
+  const services = [];
+  for (const s of status.supervisors || []) for (const service of s.services) services.push(service);
+  document.getElementById("supervisors-section").hidden = services.length === 0;
+  fillTable("services", services, {
+    key: (s) => s.name,
+    columns: [
+      { value: (s) => s.name, className: "id" },
+      { value: (s) => pill(s.state) },
+      { value: (s) => s.pid },
+      { value: (s) => s.restarts },
+      { value: (s) => s.last_exit, className: "message" },
+    ],
+  });
+  document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+async function refresh() {
+  refreshTimer = null;
+  lastStatusAt = Date.now();
+  try {
+    const answer = await fetch("/api/serve/status", { cache: "no-store" });
+    const body = await answer.json();
+    if (!answer.ok) {
+      showConnection("waiting", body.error || answer.statusText);
+      return;
+    }
+    render(body);
+  } catch (error) {
+    showConnection("lost", "the controller does not answer");
+  }
+}
+
+// Changes come in bursts (a rolling update is dozens of events): one refresh per burst.
+function refreshSoon() {
+  if (refreshTimer === null) refreshTimer = setTimeout(refresh, 150);
+}
+
+function showConnection(state, title) {
+  const connection = document.getElementById("connection");
+  connection.textContent = state;
+  connection.className = "pill " + state;
+  connection.title = title || "";
+}
+
+function addEvent(event) {
+  const list = document.getElementById("events");
+  const item = el("li");
+  item.dataset.seq = event.seq;
+  item.appendChild(el("time", new Date(event.time_ms).toLocaleTimeString()));
+  const what = el("span", null, "what");
+  what.appendChild(el("span", event.kind + " " + event.name + " "));
+  what.appendChild(pill(event.state));
+  item.appendChild(what);
+  if (event.message) item.appendChild(el("span", event.message, "message"));
+  list.insertBefore(item, list.firstChild);
+  while (list.children.length > kMaxEvents) list.removeChild(list.lastChild);
+}
+
+function follow() {
+  const source = new EventSource("/api/serve/events");
+  source.onopen = () => showConnection("live", "following events");
+  source.onmessage = (message) => {
+    addEvent(JSON.parse(message.data));
+    refreshSoon();
+  };
+  // EventSource reconnects by itself (after `retry:`), resuming from the last id.
+  source.onerror = () => showConnection("reconnecting", "the event stream was interrupted");
+}
+
+refresh();
+follow();
+// Ages ("3.2 s ago") move without events; a missed event is caught up within this period too.
+setInterval(() => {
+  if (Date.now() - lastStatusAt >= 1000) refresh();
+}, 1000);
