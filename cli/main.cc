@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
   bool config_json = false;
   auto* config_cmd = app.add_subcommand(
       "config", "Print the deployments as they are now: a config file `serve deploy` takes back");
-  config_cmd->add_flag("--json", config_json, "Print JSON (what GET /api/serve/deployments/ gives)");
+  config_cmd->add_flag("--json", config_json,
+                       "Print JSON (what GET /api/serve/deployments/ gives)");
 
   cli::RunOptions run;
   auto* run_cmd = app.add_subcommand(

@@ -25,6 +25,11 @@ constexpr double kKeepaliveS = 15;
 // Each open dashboard holds one; more than this is a leak or an attack.
 constexpr size_t kMaxStreams = 256;
 
+// JSON text of what the bus carried: text that is not UTF-8 is replaced, never a throw.
+std::string Dump(const nlohmann::json& value, int indent = -1) {
+  return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 http::Response Json(int status, std::string body) {
   http::Response response;
   response.status = status;
@@ -35,9 +40,7 @@ http::Response Json(int status, std::string body) {
 }
 
 http::Response Error(int status, const std::string& message) {
-  http::Response response =
-      Json(status, nlohmann::json{{"error", message}}.dump(
-                       -1, ' ', false, nlohmann::json::error_handler_t::replace));
+  http::Response response = Json(status, Dump(nlohmann::json{{"error", message}}));
   if (status == 503) response.headers.push_back({"Retry-After", "1"});
   return response;
 }
@@ -93,8 +96,7 @@ nlohmann::json EventJson(const wire::EventT& event) {
 
 // One Server-Sent Event: its id is the sequence number, so a reconnecting EventSource resumes.
 std::string SseEvent(const wire::EventT& event) {
-  return "id: " + std::to_string(event.seq) + "\ndata: " +
-         EventJson(event).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
+  return "id: " + std::to_string(event.seq) + "\ndata: " + Dump(EventJson(event)) + "\n\n";
 }
 
 bool WantsEventStream(const http::Request& request) {
@@ -143,8 +145,7 @@ std::optional<http::Response> DashboardFile(const std::string& path) {
 }
 
 std::string Lines(const std::vector<std::string>& lines, const char* key) {
-  return nlohmann::json{{key, lines}}.dump(-1, ' ', false,
-                                           nlohmann::json::error_handler_t::replace);
+  return Dump(nlohmann::json{{key, lines}});
 }
 
 }  // namespace
@@ -256,7 +257,7 @@ http::Response Api::Events(const http::Request& request) {
     events.push_back(EventJson(event));
   }
   nlohmann::json body = {{"events", std::move(events)}, {"last_seq", controller_.last_event_seq()}};
-  return Json(200, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  return Json(200, Dump(body));
 }
 
 void Api::StreamEvents(const http::Request& request, http::Responder responder) {
@@ -289,8 +290,7 @@ void Api::Publish(const wire::EventT& event) {
 http::Response Api::StatusJson() {
   auto status = controller_.Report({});
   if (!status.ok()) return Error(status.status());
-  return Json(
-      200, wire::StatusJson(*status).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+  return Json(200, Dump(wire::StatusJson(*status), 2));
 }
 
 }  // namespace serve::controller

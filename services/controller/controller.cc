@@ -205,35 +205,38 @@ void Controller::OnPing(bus::Message& message) {
   (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
 }
 
-Result<std::vector<std::string>> Controller::Deploy(std::vector<wire::DeploymentSpecT> specs) {
-  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
-  auto results = reconciler_.Deploy(std::move(specs));
-  if (!results.ok()) {
-    spdlog::warn("deploy refused: {}", results.error());
-    return results;
-  }
-  for (const auto& line : *results) spdlog::info("deploy: {}", line);
-  return results;
-}
-
 Status Controller::Available() const {
   if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
   return Status::Ok();
 }
 
-Result<std::vector<std::string>> Controller::Apply(std::vector<wire::DeploymentSpecT> specs) {
-  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
-  auto results = reconciler_.Apply(std::move(specs));
-  if (!results.ok()) {
-    spdlog::warn("apply refused: {}", results.error());
-    return results;
+namespace {
+
+// Logs what a change to desired state did (a line per deployment), or why it was refused.
+Result<std::vector<std::string>> Logged(const char* what,
+                                        Result<std::vector<std::string>> lines) {
+  if (!lines.ok()) {
+    spdlog::warn("{} refused: {}", what, lines.error());
+  } else {
+    for (const auto& line : *lines) spdlog::info("{}: {}", what, line);
   }
-  for (const auto& line : *results) spdlog::info("apply: {}", line);
-  return results;
+  return lines;
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> Controller::Deploy(std::vector<wire::DeploymentSpecT> specs) {
+  if (Status available = Available(); !available.ok()) return available;
+  return Logged("deploy", reconciler_.Deploy(std::move(specs)));
+}
+
+Result<std::vector<std::string>> Controller::Apply(std::vector<wire::DeploymentSpecT> specs) {
+  if (Status available = Available(); !available.ok()) return available;
+  return Logged("apply", reconciler_.Apply(std::move(specs)));
 }
 
 Result<std::vector<std::string>> Controller::Delete(const std::vector<std::string>& names) {
-  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  if (Status available = Available(); !available.ok()) return available;
   auto deleted = reconciler_.Delete(names);
   if (!deleted.ok()) return deleted;
   for (const auto& name : *deleted) spdlog::info("deleted deployment {}", name);
@@ -241,7 +244,7 @@ Result<std::vector<std::string>> Controller::Delete(const std::vector<std::strin
 }
 
 Result<wire::StatusReplyT> Controller::Report(const std::vector<std::string>& names) {
-  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  if (Status available = Available(); !available.ok()) return available;
   wire::StatusReplyT reply = reconciler_.Report(names);
   reply.checkpoint_warning = CheckpointWarning();
   reply.supervisors = SupervisorReport();
@@ -251,7 +254,7 @@ Result<wire::StatusReplyT> Controller::Report(const std::vector<std::string>& na
 }
 
 Result<std::vector<config::Deployment>> Controller::DesiredConfig() const {
-  if (!loaded_) return Status::Error(NotLoadedYet(), ErrorKind::kUnavailable);
+  if (Status available = Available(); !available.ok()) return available;
   return reconciler_.DesiredConfig();
 }
 
