@@ -187,11 +187,18 @@ Status WaitUntilHealthy(Client& client, const std::vector<std::string>& names, d
       }
     }
     bool deployments_healthy = all_healthy;
-    if (lagging_proxies > 0) all_healthy = false;
+    // Nor is it while the table that goes with it has not even gone out.
+    if (lagging_proxies > 0 || status->routes_pending) all_healthy = false;
     if (all_healthy) {
       std::cout << "All " << status->deployments.size() << " deployment(s) are HEALTHY."
                 << std::endl;
       return Status::Ok();
+    }
+    if (Clock::now() > deadline && deployments_healthy && status->routes_pending) {
+      return Status::Error("the controller has not published the route table of this state "
+                           "within " +
+                           std::to_string(static_cast<int>(timeout_s)) +
+                           " s (it publishes none while it recovers); try `serve status` again");
     }
     if (Clock::now() > deadline && deployments_healthy) {
       return Status::Error(std::to_string(lagging_proxies) +

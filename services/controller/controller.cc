@@ -250,6 +250,7 @@ Result<wire::StatusReplyT> Controller::Report(const std::vector<std::string>& na
   reply.supervisors = SupervisorReport();
   reply.namespace_ = subjects_.ns;
   reply.route_generation = route_generation_;
+  reply.routes_pending = reconciler_.routes_version() != routes_version_;
   return reply;
 }
 
