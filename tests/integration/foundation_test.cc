@@ -124,6 +124,7 @@ TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsSer
       {"itest.ctl.deploy", error_of(static_cast<wire::DeployReply*>(nullptr))},
       {"itest.ctl.delete", error_of(static_cast<wire::DeleteReply*>(nullptr))},
       {"itest.ctl.status", error_of(static_cast<wire::StatusReply*>(nullptr))},
+      {"itest.ctl.config", error_of(static_cast<wire::ConfigReply*>(nullptr))},
       {"itest.ctl.ping", error_of(static_cast<wire::PingReply*>(nullptr))},
       {"itest.ctl.shutdown", error_of(static_cast<wire::ShutdownReply*>(nullptr))},
       {"itest.ctl.routes", error_of(static_cast<wire::RouteTable*>(nullptr))},
