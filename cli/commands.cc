@@ -182,9 +182,11 @@ int DeployFile(const GlobalOptions& global, const DeployOptions& options) {
   auto client = ConnectOrExplain(global);
   if (!client.ok()) return Fail(client.error());
   Status status = UploadCode(**client, *config, options.file);
-  if (status.ok()) status = SubmitDeployments(**client, *config);
-  if (status.ok() && options.wait) {
-    status = WaitUntilHealthy(**client, DeploymentNames(*config), options.timeout_s);
+  if (!status.ok()) return Fail(status.message());
+  auto submitted = SubmitDeployments(**client, *config);
+  if (!submitted.ok()) return Fail(submitted.error());
+  if (options.wait) {
+    status = WaitUntilHealthy(**client, *config, std::move(*submitted), options.timeout_s);
   }
   return status.ok() ? 0 : Fail(status.message());
 }
@@ -315,9 +317,16 @@ int RunForeground(const GlobalOptions& global, const RunOptions& options) {
   Client& client = *instance->client;
   Status outcome = stop.requested() ? Status::Error("interrupted before the deploy")
                                     : UploadCode(client, *config, options.deploy.file);
-  if (outcome.ok()) outcome = SubmitDeployments(client, *config);
-  bool submitted = outcome.ok();
-  if (submitted) outcome = WaitUntilHealthy(client, names, options.deploy.timeout_s, &stop);
+  bool submitted = false;
+  if (outcome.ok()) {
+    auto accepted = SubmitDeployments(client, *config);
+    outcome = accepted.status();
+    submitted = accepted.ok();
+    if (submitted) {
+      outcome = WaitUntilHealthy(client, *config, std::move(*accepted), options.deploy.timeout_s,
+                                 &stop);
+    }
+  }
   WatchEnd end = WatchEnd::kStopSignal;
   if (outcome.ok()) {
     auto watch = EventWatch::Start(client, WatchOptions{names, false});

@@ -106,7 +106,7 @@ Status UploadCode(Client& client, config::ConfigFile& config, const std::string&
   return Status::Ok();
 }
 
-Status SubmitDeployments(Client& client, const config::ConfigFile& config) {
+Result<Submitted> SubmitDeployments(Client& client, const config::ConfigFile& config) {
   wire::DeployRequestT request;
   for (const auto& deployment : config.deployments) {
     request.deployments.push_back(
@@ -114,16 +114,23 @@ Status SubmitDeployments(Client& client, const config::ConfigFile& config) {
   }
   auto reply = client.CallFor<wire::DeployReply>(client.subjects().ctl_deploy, wire::Pack(request));
   if (!reply.ok()) return reply.status();
-  if (!reply->error.empty()) return Status::Error("deploy refused: " + reply->error);
+  if (!reply->error.empty()) {
+    return Status::Error("deploy refused: " + reply->error);
+  }
   for (const auto& line : reply->results) std::cout << line << "\n";
   std::cout.flush();
-  return Status::Ok();
+  Submitted submitted;
+  submitted.controller_run = reply->controller_run;
+  for (size_t i = 0; i < reply->versions.size() && i < config.deployments.size(); ++i) {
+    submitted.versions[config.deployments[i].name] = reply->versions[i];
+  }
+  return submitted;
 }
 
-Status WaitUntilHealthy(Client& client, const std::vector<std::string>& names, double timeout_s,
-                        StopSignals* stop) {
+Status WaitUntilHealthy(Client& client, const config::ConfigFile& config, Submitted submitted,
+                        double timeout_s, StopSignals* stop) {
   wire::StatusRequestT status_request;
-  status_request.names = names;
+  status_request.names = DeploymentNames(config);
   std::string status_bytes = wire::Pack(status_request);
   std::map<std::string, Progress> shown;
   auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
@@ -158,8 +165,31 @@ Status WaitUntilHealthy(Client& client, const std::vector<std::string>& names, d
       std::cout << "  the controller answers again" << std::endl;
       unanswered_since.reset();
     }
+    if (!submitted.controller_run.empty() && !status->controller_run.empty() &&
+        status->controller_run != submitted.controller_run) {
+      // The controller that accepted the deploy is gone, and it may have gone before the deploy
+      // was stored; its successor then restored the state before it. Deploys are idempotent:
+      // send it again ("unchanged" if it was stored) instead of waiting for a state the
+      // successor does not know, or taking the old one for it.
+      std::cout << "  the controller restarted; sending the deploy again in case it was not "
+                   "stored"
+                << std::endl;
+      // (A run answers status only once its checkpoint is loaded, so this one takes deploys.)
+      auto again = SubmitDeployments(client, config);
+      if (!again.ok()) return again.status();
+      submitted = std::move(*again);
+      continue;
+    }
     bool all_healthy = !status->deployments.empty();
     for (const auto& d : status->deployments) {
+      auto target = submitted.versions.find(d->name);
+      if (target != submitted.versions.end() && !target->second.empty() &&
+          d->version != target->second) {
+        return Status::Error("deployment " + d->name + " is now headed for version " +
+                             d->version + ", not " + target->second +
+                             " as deployed: another deploy changed it meanwhile (`serve status` "
+                             "shows it; deploy again to go back)");
+      }
       Progress now;
       for (const auto& r : d->replicas) {
         if (r->state == wire::ReplicaState::RUNNING && r->version == d->version) ++now.running;

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,13 +19,23 @@ namespace serve::cli {
 // are taken relative to `config_path`'s directory.
 Status UploadCode(Client& client, config::ConfigFile& config, const std::string& config_path);
 
-// Sends the deployments of `config` to the controller and prints its answer per deployment.
-Status SubmitDeployments(Client& client, const config::ConfigFile& config);
+// What the controller accepted: the version each deployment is headed for, and which run of the
+// controller accepted it.
+struct Submitted {
+  std::map<std::string, std::string> versions;  // by deployment name
+  std::string controller_run;                   // empty from controllers that do not say
+};
 
-// Follows `names` until every one is HEALTHY, one line per change. Fails when one reaches
-// DEPLOY_FAILED, when `timeout_s` passes, or when `stop` (if given) is requested.
-Status WaitUntilHealthy(Client& client, const std::vector<std::string>& names, double timeout_s,
-                        StopSignals* stop = nullptr);
+// Sends the deployments of `config` to the controller and prints its answer per deployment.
+Result<Submitted> SubmitDeployments(Client& client, const config::ConfigFile& config);
+
+// Follows the deployments of `config` until every one is HEALTHY at the version it was
+// submitted for and every proxy routes to it, one line per change. Fails when one reaches
+// DEPLOY_FAILED, when another deploy moves one to another version, when `timeout_s` passes, or
+// when `stop` (if given) is requested. When a controller restarts meanwhile, its predecessor may
+// not have stored the deploy: the deploy is sent again (it is idempotent).
+Status WaitUntilHealthy(Client& client, const config::ConfigFile& config, Submitted submitted,
+                        double timeout_s, StopSignals* stop = nullptr);
 
 // Deletes `names` (all or none: an unknown name is an error) and prints "deleted NAME" each.
 Status RequestDelete(Client& client, const std::vector<std::string>& names);

@@ -5,6 +5,7 @@ namespace serve::wire {
 nlohmann::json StatusJson(const StatusReplyT& status) {
   nlohmann::json out;
   out["namespace"] = status.namespace_;
+  out["controller_run"] = status.controller_run;
   if (!status.checkpoint_warning.empty()) out["checkpoint_warning"] = status.checkpoint_warning;
   out["deployments"] = nlohmann::json::array();
   for (const auto& d : status.deployments) {

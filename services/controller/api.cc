@@ -225,7 +225,9 @@ http::Response Api::Deployments(const http::Request& request) {
   auto parsed = config::ParseConfig(request.body, "request body", {.allow_empty = true});
   if (!parsed.ok()) return Error(parsed.status());
   std::vector<wire::DeploymentSpecT> specs;
+  std::vector<std::string> names;
   for (const config::Deployment& deployment : parsed->deployments) {
+    names.push_back(deployment.name);
     Status code = config::ValidateArtifactReference(deployment);
     if (!code.ok()) {
       return Error(400, code.message() +
@@ -236,7 +238,12 @@ http::Response Api::Deployments(const http::Request& request) {
   }
   auto applied = controller_.Apply(std::move(specs));
   if (!applied.ok()) return Error(applied.status());
-  return Json(200, Lines(*applied, "results"));
+  // What a caller waits for: each deployment HEALTHY at its version, by this run of the
+  // controller (a restart before the state was stored may lose it: PUT it again).
+  nlohmann::json versions = nlohmann::json::object();
+  for (const auto& name : names) versions[name] = controller_.TargetVersion(name);
+  return Json(200, Dump(nlohmann::json{
+                       {"results", *applied}, {"versions", versions}, {"controller_run", controller_.run()}}));
 }
 
 http::Response Api::DeleteDeployment(const std::string& name) {

@@ -57,7 +57,8 @@ Controller::Controller(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subj
       options_(std::move(options)),
       reconciler_(clock_, *this, options_.reconciler),
       host_(service::HostName()),
-      started_ms_(service::UnixMillis()) {}
+      started_ms_(service::UnixMillis()),
+      run_(options_.controller_id + "-" + service::RandomHex(8)) {}
 
 Controller::~Controller() { Stop(); }
 
@@ -251,6 +252,7 @@ Result<wire::StatusReplyT> Controller::Report(const std::vector<std::string>& na
   reply.namespace_ = subjects_.ns;
   reply.route_generation = route_generation_;
   reply.routes_pending = reconciler_.routes_version() != routes_version_;
+  reply.controller_run = run_;
   return reply;
 }
 
@@ -267,12 +269,17 @@ void Controller::OnDeploy(bus::Message& message) {
     reply.error = request.error();
   } else {
     std::vector<wire::DeploymentSpecT> specs;
+    std::vector<std::string> names;
     for (auto& spec : request->value.deployments) {
-      if (spec != nullptr) specs.push_back(std::move(*spec));
+      if (spec == nullptr) continue;
+      names.push_back(spec->name);
+      specs.push_back(std::move(*spec));
     }
     auto results = Deploy(std::move(specs));
     if (results.ok()) {
       reply.results = std::move(*results);
+      for (const auto& name : names) reply.versions.push_back(TargetVersion(name));
+      reply.controller_run = run_;
     } else {
       reply.error = results.error();
     }

@@ -59,6 +59,12 @@ class Controller : public ReconcilerActions {
   Result<std::vector<std::string>> Delete(const std::vector<std::string>& names);
   Result<wire::StatusReplyT> Report(const std::vector<std::string>& names);
   Result<std::vector<config::Deployment>> DesiredConfig() const;
+  // The version deployment `name` is headed for; empty for an unknown name.
+  std::string TargetVersion(const std::string& name) const {
+    return reconciler_.TargetVersion(name);
+  }
+  // This run of the controller (StatusReply.controller_run).
+  const std::string& run() const { return run_; }
   // The recent events (the last kRecentEvents) with a sequence number above `since`, oldest
   // first. Those older were dropped: a caller seeing a gap after `since` missed some.
   std::vector<wire::EventT> EventsSince(uint64_t since) const;
@@ -119,6 +125,8 @@ class Controller : public ReconcilerActions {
   wire::JsonCodec json_;
   std::string host_;
   int64_t started_ms_;
+  // Changes with every start, also under a fixed --controller-id (see StatusReply).
+  std::string run_;
 
   bool loaded_ = false;  // the checkpoint was read (or found empty)
   std::unique_ptr<service::OneShotTimer> load_retry_;

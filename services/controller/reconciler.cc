@@ -138,6 +138,11 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec,
   return Status::Ok();
 }
 
+std::string Reconciler::TargetVersion(const std::string& name) const {
+  auto it = deployments_.find(name);
+  return it == deployments_.end() ? std::string() : it->second.spec.version;
+}
+
 Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::DeploymentSpecT> specs) {
   return Deploy(std::move(specs), {});
 }

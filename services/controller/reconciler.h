@@ -141,6 +141,8 @@ class Reconciler {
   std::vector<config::Deployment> DesiredConfig() const;
   // Grows whenever Desired() may have changed.
   uint64_t desired_version() const { return desired_version_; }
+  // The version deployment `name` is headed for; empty for an unknown name.
+  std::string TargetVersion(const std::string& name) const;
 
   // Fills in defaults and checks one spec (the same rules as config files), then checks it
   // against the other deployments (routes, versions).

@@ -1,5 +1,6 @@
 // Faults the control loop must survive on its own, each under load: a controller killed early in
-// a rolling update of slow-starting replicas, and the bus going away and coming back. Verdicts need evidence: none of these may fail traffic that a correct
+// a rolling update of slow-starting replicas (before and after the update was stored), and the
+// bus going away and coming back. Verdicts need evidence: none of these may fail traffic that a correct
 // controller would have kept, or report HEALTHY before the target version serves.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 
 #include <unistd.h>
 
+#include "artifact/artifact.h"
 #include "integration/bus_client.h"
 #include "integration/cluster.h"
 #include "integration/logged_process.h"
@@ -98,6 +100,97 @@ TEST(FaultTest, ControllerKilledEarlyInASlowRollingUpdateFailsNoRequest) {
   auto report = load.Stop();
   std::cout << report.Summary() << std::flush;
   EXPECT_EQ(report.failed, 0u) << report.Summary() << cluster.Log("controller");
+}
+
+// The same kill, but before the update was stored (the checkpointer is down, so the deploy is
+// accepted with a warning and lives only in the controller): the restarted controller restores
+// v1. `serve deploy` notices the new controller run, sends the deploy again and returns only once
+// v2 serves; it never takes v1 HEALTHY for the update it asked for.
+TEST(FaultTest, ControllerKilledBeforeStoringAnUpdateLosesNothing) {
+  Cluster cluster;
+  // By digest: the code is stored with v1, and `serve deploy` uploads nothing for v2 (with the
+  // checkpointer down, it could not).
+  auto digest = artifact::DigestFile(TestLibrary("test_handlers"));
+  ASSERT_TRUE(digest.ok()) << digest.error();
+  bool first = true;
+  auto config = [&](const std::string& version) {
+    std::string code = first ? TestLibrary("test_handlers") : *digest;
+    first = false;
+    return "deployments:\n"
+           "  - name: slow\n"
+           "    runtime: native\n"
+           "    artifact: " +
+           code +
+           "\n"
+           "    version: " +
+           version +
+           "\n"
+           "    num_replicas: 2\n"
+           "    user_config: {start_delay_ms: 2000}\n"
+           "    resources: {num_cpus: 0.5}\n";
+  };
+  cluster.Deploy(config("v1"));
+  ASSERT_EQ(cluster.RunningIds("slow").size(), 2u);
+
+  LoadGenerator::Options options;
+  options.port = cluster.http_port();
+  options.clients = 4;
+  options.target = "/slow";
+  options.duration = std::chrono::seconds(120);
+  LoadGenerator load(options);
+  ASSERT_TRUE(load.WaitForRequests(200)) << load.Snapshot().Summary();
+
+  cluster.checkpointer().Kill();
+  std::string v2_file = cluster.dir() + "/v2.yaml";
+  WriteFile(v2_file, config("v2"));
+  LoggedProcess deploy(cluster.ServeCommand({"deploy", v2_file}), cluster.dir() + "/deploy.log");
+  ASSERT_TRUE(deploy.WaitForOutput("updating from version v1 to v2")) << deploy.Output();
+  cluster.controller().Kill();
+  cluster.StartCheckpointer();
+  cluster.StartController();
+
+  ASSERT_TRUE(WaitUntil([&] { return !deploy.Running(); }, std::chrono::seconds(120)))
+      << deploy.Output();
+  EXPECT_EQ(deploy.Terminate(), 0) << deploy.Output();
+  EXPECT_THAT(deploy.Output(), ::testing::HasSubstr("sending the deploy again"));
+  nlohmann::json status = cluster.Deployment("slow");
+  EXPECT_EQ(status["status"], "HEALTHY") << status.dump(2);
+  EXPECT_EQ(status["version"], "v2") << status.dump(2);
+  EXPECT_EQ(cluster.RunningIds("slow").size(), 2u) << status.dump(2);
+  for (const auto& r : status["replicas"]) {
+    EXPECT_EQ(r["version"], "v2") << status.dump(2);
+  }
+  ASSERT_TRUE(load.WaitForMoreRequests(200));
+  auto report = load.Stop();
+  std::cout << report.Summary() << std::flush;
+  EXPECT_EQ(report.failed, 0u) << report.Summary() << cluster.Log("controller");
+}
+
+// A deploy that another deploy overtakes while `serve deploy` waits: it says so and fails,
+// rather than wait for a version that is no longer the target or report the other one.
+TEST(FaultTest, DeployOvertakenByAnotherReportsIt) {
+  Cluster cluster;
+  auto config = [&](const std::string& version, int delay_ms) {
+    return "deployments:\n"
+           "  - name: slow\n"
+           "    runtime: native\n"
+           "    artifact: " +
+           TestLibrary("test_handlers") +
+           "\n"
+           "    version: " +
+           version + "\n    user_config: {start_delay_ms: " + std::to_string(delay_ms) +
+           "}\n"
+           "    resources: {num_cpus: 0.5}\n";
+  };
+  cluster.Deploy(config("v1", 0));
+  std::string v2_file = cluster.dir() + "/v2.yaml";
+  WriteFile(v2_file, config("v2", 60000));
+  LoggedProcess deploy(cluster.ServeCommand({"deploy", v2_file}), cluster.dir() + "/deploy.log");
+  ASSERT_TRUE(deploy.WaitForOutput("updating from version v1 to v2")) << deploy.Output();
+  cluster.Deploy(config("v3", 0));
+  ASSERT_TRUE(WaitUntil([&] { return !deploy.Running(); })) << deploy.Output();
+  EXPECT_NE(deploy.Terminate(), 0) << deploy.Output();
+  EXPECT_THAT(deploy.Output(), ::testing::HasSubstr("now headed for version v3, not v2"));
 }
 
 // nats-server goes away under load and comes back on the same port. Nothing is judged from the
