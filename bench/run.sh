@@ -17,6 +17,7 @@ NATS_PORT=$(free_port)
 SERVE=("$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve" --address "nats://127.0.0.1:$NATS_PORT" --namespace bench --run-dir "$WORK/run")
 
 cleanup() {
+  [ -f "$WORK/proxy-off.pid" ] && kill "$(cat "$WORK/proxy-off.pid")" 2>/dev/null || true
   "${SERVE[@]}" shutdown >/dev/null 2>&1 || true
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   rm -rf "$WORK"
@@ -62,6 +63,24 @@ measure() {
 read -r nginx_rps nginx_p50 nginx_p99 nginx_bad < <(measure "http://127.0.0.1:$NGINX_PORT/hello")
 read -r serve_rps serve_p50 serve_p99 serve_bad < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
 read -r native_rps native_p50 native_p99 native_bad < <(measure "http://127.0.0.1:$HTTP_PORT/counter")
+
+# What counting costs: a second proxy of the same instance with --no-metrics, measured in turn
+# with the first (on, off, on, off), so drift in the machine's speed hits both alike.
+PROXY_OFF_PORT=$(free_port)
+"$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve-proxy" --address "nats://127.0.0.1:$NATS_PORT" \
+  --namespace bench --http-port "$PROXY_OFF_PORT" --no-metrics >"$WORK/proxy-off.log" 2>&1 &
+echo $! > "$WORK/proxy-off.pid"
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$PROXY_OFF_PORT/hello" >/dev/null && break
+  sleep 0.1
+done
+read -r on1 _ < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
+read -r off1 _ < <(measure "http://127.0.0.1:$PROXY_OFF_PORT/hello")
+read -r on2 _ < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
+read -r off2 _ < <(measure "http://127.0.0.1:$PROXY_OFF_PORT/hello")
+metrics_cost=$(awk -v a="$on1" -v b="$on2" -v c="$off1" -v d="$off2" \
+  'BEGIN {printf "%+.1f", ((a + b) / (c + d) - 1) * 100}')
+
 ratio=$(awk -v a="$serve_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
 native_ratio=$(awk -v a="$native_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
 
@@ -70,5 +89,7 @@ echo "|---|---|---|---|---|"
 echo "| nginx, fixed body (baseline) | $nginx_rps | $nginx_p50 | $nginx_p99 | $nginx_bad |"
 echo "| serve: proxy -> NATS -> builtin:hello replica | $serve_rps | $serve_p50 | $serve_p99 | $serve_bad |"
 echo "| serve: proxy -> NATS -> native C++ counter, 2 replicas | $native_rps | $native_p50 | $native_p99 | $native_bad |"
+echo
+echo "metrics on vs off (builtin:hello, requests/s): on $on1, $on2; off $off1, $off2; on - off: $metrics_cost%"
 echo
 echo "serve / nginx throughput ratio: builtin $ratio, native $native_ratio ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(date -u +%Y-%m-%d))"

@@ -21,6 +21,8 @@ struct StartOptions {
   // The controller's REST API and dashboard; port 0: none.
   std::string dashboard_host = "127.0.0.1";
   int dashboard_port = 8265;
+  // The node agent's Prometheus metrics (its replicas' figures); port 0: none.
+  int node_metrics_port = 8266;
   double num_cpus = 0;  // 0: all of this machine's
   double timeout_s = 30;
 };

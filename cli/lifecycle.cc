@@ -102,7 +102,9 @@ Result<pid_t> SpawnSupervisor(const GlobalOptions& global, const StartOptions& o
                                    "--dashboard-host",
                                    options.dashboard_host,
                                    "--dashboard-port",
-                                   std::to_string(options.dashboard_port)};
+                                   std::to_string(options.dashboard_port),
+                                   "--node-metrics-port",
+                                   std::to_string(options.node_metrics_port)};
   if (options.num_cpus > 0) {
     argv.insert(argv.end(), {"--num-cpus", std::to_string(options.num_cpus)});
   }
@@ -306,7 +308,9 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
   std::string node_id = "node-" + service::RandomHex(6);
   std::string proxy_id = "proxy-" + service::RandomHex(6);
   std::vector<std::string> replica = {ServiceExecutable("serve-replica"), "--node-id", node_id,
-                                      "--work-dir", run.path() + "/node"};
+                                      "--work-dir", run.path() + "/node", "--metrics-host",
+                                      instance.dashboard_host, "--metrics-port",
+                                      std::to_string(instance.node_metrics_port)};
   if (instance.num_cpus > 0) {
     replica.insert(replica.end(), {"--num-cpus", std::to_string(instance.num_cpus)});
   }
@@ -341,6 +345,14 @@ void PrintStartedInstance(const GlobalOptions& global, const StartOptions& optio
         options.dashboard_host == "0.0.0.0" ? "127.0.0.1" : options.dashboard_host;
     std::cout << "  dashboard:   http://" << dashboard << ":" << options.dashboard_port << "\n";
   }
+  std::cout << "  metrics:     http://" << host << ":" << options.http_port << "/-/metrics (proxy)";
+  if (options.dashboard_port > 0) {
+    std::cout << ", :" << options.dashboard_port << "/metrics (controller)";
+  }
+  if (options.node_metrics_port > 0) {
+    std::cout << ", :" << options.node_metrics_port << "/metrics (node)";
+  }
+  std::cout << "\n";
   std::cout << "  bus:         " << RedactUrl(global.bus.url)
             << (instance.started_nats ? " (nats-server started by serve)" : "") << "\n"
             << "  checkpoint:  " << instance.checkpoint << "\n"

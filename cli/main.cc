@@ -23,6 +23,12 @@ static void AddInstanceOptions(CLI::App* command, cli::StartOptions& options) {
                       "REST API and dashboard port (0: none)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
+  command->add_option("--node-metrics-port", options.node_metrics_port,
+                      "Port of the node agent's /metrics, with its replicas' figures (0: none; "
+                      "the proxy's are at /-/metrics, the controller's at /metrics on the "
+                      "dashboard port)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
 }
 
 int main(int argc, char** argv) {

@@ -47,6 +47,9 @@ std::string Subjects::NodeStart(const std::string& node_id) const {
 std::string Subjects::NodeStop(const std::string& node_id) const {
   return ns + ".node." + node_id + ".stop";
 }
+std::string Subjects::NodeMetrics(const std::string& node_id) const {
+  return ns + ".node." + node_id + ".metrics";
+}
 std::string Subjects::Replica(const std::string& replica_id) const {
   return ns + ".replica." + replica_id;
 }

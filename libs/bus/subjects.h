@@ -31,6 +31,8 @@ struct Subjects {
 
   std::string NodeStart(const std::string& node_id) const;
   std::string NodeStop(const std::string& node_id) const;
+  // Where a node's workers publish their request figures for the node agent's /metrics.
+  std::string NodeMetrics(const std::string& node_id) const;
   // The data-plane subject a replica worker answers on.
   std::string Replica(const std::string& replica_id) const;
   // A replica worker's control subject (reconfigure in place).

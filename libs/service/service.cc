@@ -9,6 +9,7 @@
 #include <spdlog/fmt/fmt.h>
 
 #include "log/log.h"
+#include "metrics/metrics.h"
 
 namespace serve::service {
 namespace {
@@ -52,11 +53,18 @@ void AddCommonFlags(CLI::App& app, CommonFlags& flags) {
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")
       ->envname("SERVE_LOG_LEVEL")
       ->capture_default_str();
+  app.add_option("--metrics-name-prefix", flags.metrics_name_prefix,
+                 "Starts every metric name instead of serve_ (ray_serve_ gives Ray Serve's "
+                 "names, for its Grafana boards)")
+      ->envname("SERVE_METRICS_NAME_PREFIX")
+      ->capture_default_str();
 }
 
 Status Init(const CommonFlags& flags, const std::string& component) {
   Status ns = bus::ValidateNamespace(flags.ns);
   if (!ns.ok()) return ns;
+  Status prefix = metrics::ValidatePrefix(flags.metrics_name_prefix);
+  if (!prefix.ok()) return prefix;
   auto format = log::ParseFormat(flags.log_format);
   if (!format.ok()) return format.status();
   return log::Init(log::Options{component, *format, flags.log_level});

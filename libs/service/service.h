@@ -20,6 +20,8 @@ struct CommonFlags {
   std::string ns = "serve";
   std::string log_format = "text";
   std::string log_level = "info";
+  // Replaces `serve_` at the start of every metric name (`ray_serve_` gives Ray Serve's).
+  std::string metrics_name_prefix = "serve_";
 };
 
 void AddCommonFlags(CLI::App& app, CommonFlags& flags);
@@ -29,7 +31,7 @@ void AddCommonFlags(CLI::App& app, CommonFlags& flags);
 // measures. `why`, when given, ends the error: what the bound protects.
 CLI::Validator NumberIn(double min, double max, std::string why = "");
 
-// Validates the namespace and installs the logger for `component`.
+// Validates the namespace and the metrics prefix, and installs the logger for `component`.
 Status Init(const CommonFlags& flags, const std::string& component);
 
 // Calls `on_signal` on the loop thread when SIGINT or SIGTERM arrives. Close() releases the

@@ -183,6 +183,9 @@ http::Response Api::Answer(const http::Request& request) {
   if (request.method == "GET" || request.method == "HEAD") {
     if (auto file = DashboardFile(request.path)) return std::move(*file);
   }
+  if (request.path == "/metrics" && (request.method == "GET" || request.method == "HEAD")) {
+    return controller_.Metrics();
+  }
   std::string path = WithoutTrailingSlash(request.path);
   if (path == kDeploymentsPath) return Deployments(request);
   std::string prefix = std::string(kDeploymentsPath) + "/";

@@ -58,7 +58,20 @@ Controller::Controller(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subj
       reconciler_(clock_, *this, options_.reconciler),
       host_(service::HostName()),
       started_ms_(service::UnixMillis()),
-      run_(options_.controller_id + "-" + service::RandomHex(8)) {}
+      run_(options_.controller_id + "-" + service::RandomHex(8)),
+      metrics_registry_(options_.metrics_name_prefix) {
+  control_loops_ = &prometheus::BuildCounter()
+                        .Name(metrics_registry_.Name("controller_num_control_loops_total"))
+                        .Help("The number of control loops the controller has run.")
+                        .Register(metrics_registry_.registry())
+                        .Add({});
+  control_loop_duration_ = &prometheus::BuildGauge()
+                                .Name(metrics_registry_.Name("controller_control_loop_duration_s"))
+                                .Help("The duration of the controller's last control loop, in s.")
+                                .Register(metrics_registry_.registry())
+                                .Add({});
+  metrics_registry_.AddCollector([this] { return CollectMetrics(); });
+}
 
 Controller::~Controller() { Stop(); }
 
@@ -191,6 +204,71 @@ void Controller::Tick() {
   if (!loaded_) return;
   reconciler_.Step();
   Sync();
+  control_loops_->Increment();
+  control_loop_duration_->Set(clock_.Now() - now);
+}
+
+std::vector<prometheus::MetricFamily> Controller::CollectMetrics() const {
+  using prometheus::MetricType;
+  auto family = [&](const char* suffix, const char* help, MetricType type) {
+    return metrics::Family(metrics_registry_.Name(suffix), help, type);
+  };
+  auto status = family("deployment_status",
+                       "1 for the state each deployment is in (the status label), else absent.",
+                       MetricType::Gauge);
+  auto target = family("deployment_target_replicas",
+                       "The number of replicas each deployment asks for.", MetricType::Gauge);
+  auto running = family("deployment_running_replicas",
+                        "The number of RUNNING replicas of each deployment at its target version.",
+                        MetricType::Gauge);
+  auto nodes = family("controller_nodes", "The nodes the controller knows, by state.",
+                      MetricType::Gauge);
+  auto proxies = family("controller_proxies", "The proxies the controller knows, by state.",
+                        MetricType::Gauge);
+  auto unsaved = family("controller_checkpoint_unsaved",
+                        "1 while the desired state is not safely stored, else 0.",
+                        MetricType::Gauge);
+  auto events = family("controller_events_total",
+                       "The number of events the controller has published.", MetricType::Counter);
+  auto loaded = family("controller_checkpoint_loaded",
+                       "1 once the controller has read its checkpoint and serves, else 0.",
+                       MetricType::Gauge);
+  loaded.metric.push_back(metrics::Sample({}, loaded_ ? 1 : 0, MetricType::Gauge));
+  events.metric.push_back(
+      metrics::Sample({}, static_cast<double>(last_event_seq_), MetricType::Counter));
+  if (loaded_) {
+    wire::StatusReplyT report = reconciler_.Report({});
+    unsaved.metric.push_back(
+        metrics::Sample({}, CheckpointWarning().empty() ? 0 : 1, MetricType::Gauge));
+    for (const auto& d : report.deployments) {
+      std::vector<prometheus::ClientMetric::Label> labels = {{"application", d->name},
+                                                             {"deployment", d->name}};
+      auto with_status = labels;
+      with_status.push_back({"status", wire::EnumNameDeploymentState(d->status)});
+      status.metric.push_back(metrics::Sample(with_status, 1, MetricType::Gauge));
+      target.metric.push_back(metrics::Sample(labels, d->num_replicas, MetricType::Gauge));
+      int up = 0;
+      for (const auto& r : d->replicas) {
+        if (r->state == wire::ReplicaState::RUNNING && r->version == d->version) ++up;
+      }
+      running.metric.push_back(metrics::Sample(labels, up, MetricType::Gauge));
+    }
+    std::map<std::string, int> node_states;
+    for (const auto& n : report.nodes) ++node_states[wire::EnumNameMemberState(n->state)];
+    for (const auto& [state, count] : node_states) {
+      nodes.metric.push_back(metrics::Sample({{"state", state}}, count, MetricType::Gauge));
+    }
+    std::map<std::string, int> proxy_states;
+    for (const auto& p : report.proxies) ++proxy_states[wire::EnumNameMemberState(p->state)];
+    for (const auto& [state, count] : proxy_states) {
+      proxies.metric.push_back(metrics::Sample({{"state", state}}, count, MetricType::Gauge));
+    }
+  }
+  std::vector<prometheus::MetricFamily> families;
+  for (auto* f : {&status, &target, &running, &nodes, &proxies, &unsaved, &events, &loaded}) {
+    families.push_back(std::move(*f));
+  }
+  return families;
 }
 
 void Controller::OnPing(bus::Message& message) {

@@ -13,6 +13,8 @@
 #include "config/deployment_config.h"
 #include "controller/clock.h"
 #include "controller/reconciler.h"
+#include "http/server.h"
+#include "metrics/metrics.h"
 #include "service/service.h"
 #include "wire/codec.h"
 
@@ -27,6 +29,7 @@ struct ControllerOptions {
   // serving another store is refused rather than recovered from. Empty: whichever answers.
   std::string checkpoint_path;
   ReconcilerOptions reconciler;
+  std::string metrics_name_prefix = "serve_";
 };
 
 // The controller: answers the control plane, keeps the Reconciler fed with heartbeats and exit
@@ -65,6 +68,9 @@ class Controller : public ReconcilerActions {
   }
   // This run of the controller (StatusReply.controller_run).
   const std::string& run() const { return run_; }
+  // GET /metrics on the dashboard port: the control loop, the deployments, nodes and proxies as
+  // the controller sees them, and the process.
+  http::Response Metrics() const { return metrics_registry_.Response(); }
   // The recent events (the last kRecentEvents) with a sequence number above `since`, oldest
   // first. Those older were dropped: a caller seeing a gap after `since` missed some.
   std::vector<wire::EventT> EventsSince(uint64_t since) const;
@@ -127,6 +133,10 @@ class Controller : public ReconcilerActions {
   int64_t started_ms_;
   // Changes with every start, also under a fixed --controller-id (see StatusReply).
   std::string run_;
+  metrics::Registry metrics_registry_;
+  prometheus::Counter* control_loops_ = nullptr;
+  prometheus::Gauge* control_loop_duration_ = nullptr;
+  std::vector<prometheus::MetricFamily> CollectMetrics() const;
 
   bool loaded_ = false;  // the checkpoint was read (or found empty)
   std::unique_ptr<service::OneShotTimer> load_retry_;

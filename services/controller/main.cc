@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (options.controller_id.empty()) options.controller_id = "controller-" + service::RandomHex(6);
+  options.metrics_name_prefix = flags.metrics_name_prefix;
   if (options.reconciler.adoption_grace_s == 0) options.reconciler.adoption_grace_s = 2.5;
 
   uv_loop_t loop;

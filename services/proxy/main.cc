@@ -40,6 +40,9 @@ int main(int argc, char** argv) {
           0, 60, "requests hold a connection that long while NATS is away, so keep it short"));
   app.add_option("--max-body-bytes", options.http.max_body_bytes, "Largest request body (413)")
       ->capture_default_str();
+  app.add_flag("--metrics,!--no-metrics", options.metrics,
+               "Count requests and serve them in Prometheus' format at GET /-/metrics")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   Status init = service::Init(flags, "proxy");
   if (!init.ok()) {
@@ -47,6 +50,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (options.proxy_id.empty()) options.proxy_id = "proxy-" + service::RandomHex(6);
+  options.metrics_name_prefix = flags.metrics_name_prefix;
 
   uv_loop_t loop;
   uv_loop_init(&loop);

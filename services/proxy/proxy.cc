@@ -58,6 +58,8 @@ struct Proxy::Call {
   std::string deployment;
   std::string route_prefix;
   std::string path;
+  std::string method;
+  uint64_t started_ns = 0;  // uv_hrtime() on arrival, for the latency histogram
   std::string encoded;  // the HttpRequest FlatBuffer, built once, sent to each replica tried
   std::set<std::string> tried;
   int attempts = 0;
@@ -73,7 +75,13 @@ Proxy::Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, Prox
       subjects_(subjects),
       options_(std::move(options)),
       router_(subjects.ns),
-      request_id_prefix_(service::RandomHex(8)) {}
+      request_id_prefix_(service::RandomHex(8)),
+      metrics_registry_(options_.metrics_name_prefix) {
+  if (options_.metrics) {
+    metrics_ = std::make_unique<ProxyMetrics>(metrics_registry_);
+    metrics_registry_.AddCollector([this] { return CollectQueues(); });
+  }
+}
 
 Proxy::~Proxy() = default;
 
@@ -229,6 +237,10 @@ void Proxy::OnHttp(http::Request&& request, http::Responder responder) {
     responder.Send(Health());
     return;
   }
+  if (request.path == "/-/metrics" && metrics_ != nullptr) {
+    responder.Send(metrics_registry_.Response());
+    return;
+  }
   if (request.path == "/-/routes") {
     http::Response response;
     response.headers.push_back({"Content-Type", "application/json"});
@@ -245,6 +257,11 @@ void Proxy::OnHttp(http::Request&& request, http::Responder responder) {
   }
   call->responder = std::move(responder);
   call->path = request.path;
+  if (metrics_ != nullptr) {
+    metrics_->Started();
+    call->method = request.method;
+    call->started_ns = uv_hrtime();
+  }
   call->head = request.method == "HEAD";
   call->encoded = EncodeRequest(request, call->request_id);
   Dispatch(call);
@@ -520,6 +537,21 @@ http::Response Proxy::Health() {
                                        url, options_.bus_wait_s, held_.size()));
 }
 
+std::vector<prometheus::MetricFamily> Proxy::CollectQueues() const {
+  auto family = metrics::Family(metrics_registry_.Name("deployment_queued_queries"),
+                                "The number of requests for this deployment waiting to be "
+                                "assigned to a replica.",
+                                prometheus::MetricType::Gauge);
+  for (const auto& [deployment, queue] : waiting_) {
+    family.metric.push_back(metrics::Sample({{"application", deployment}, {"deployment", deployment}},
+                                            static_cast<double>(queue.size()),
+                                            prometheus::MetricType::Gauge));
+  }
+  std::vector<prometheus::MetricFamily> families;
+  families.push_back(std::move(family));
+  return families;
+}
+
 void Proxy::OnReplicaExited(const std::string& bytes) {
   auto exited = wire::Unpack<wire::ReplicaExited>(bytes);
   if (!exited.ok()) {
@@ -563,6 +595,10 @@ void Proxy::Finish(const std::shared_ptr<Call>& call, http::Response response) {
   if (call->finished) return;
   call->finished = true;
   response.headers.push_back({"X-Request-ID", call->request_id});
+  if (metrics_ != nullptr) {
+    metrics_->Finished(call->route_prefix, call->deployment, call->method, response.status,
+                       static_cast<double>(uv_hrtime() - call->started_ns) / 1e6);
+  }
   if (response.status >= 500) {
     spdlog::warn("[{}] {} {}: {}", call->request_id, call->deployment, response.status,
                  response.body.substr(0, response.body.find('\n')));

@@ -11,6 +11,8 @@
 #include "bus/bus.h"
 #include "bus/subjects.h"
 #include "http/server.h"
+#include "metrics/metrics.h"
+#include "proxy/proxy_metrics.h"
 #include "proxy/router.h"
 #include "service/service.h"
 
@@ -35,6 +37,10 @@ struct ProxyOptions {
   // then they wait in the socket's backlog rather than get 404 from a proxy that knows no
   // routes yet.
   double first_routes_wait_s = 5;
+  // Counts requests for GET /-/metrics (proxy_metrics.h). Off: /-/metrics answers 404 and the
+  // request path counts nothing (for measuring what counting costs).
+  bool metrics = true;
+  std::string metrics_name_prefix = "serve_";
 };
 
 // HTTP ingress: routes each request by longest prefix to a replica of the matched deployment,
@@ -76,6 +82,8 @@ class Proxy {
   bool InReconnectGrace();
   http::Response BusUnavailable() const;
   http::Response Health();
+  // What /-/metrics adds to the request figures: the requests waiting for a replica.
+  std::vector<prometheus::MetricFamily> CollectQueues() const;
   void OnRouteTable(const std::string& bytes);
   // A worker process ended: what it was running will never be answered.
   void OnReplicaExited(const std::string& bytes);
@@ -113,6 +121,8 @@ class Proxy {
   std::unique_ptr<service::OneShotTimer> accept_deadline_;
   uint64_t request_counter_ = 0;
   std::string request_id_prefix_;
+  metrics::Registry metrics_registry_;
+  std::unique_ptr<ProxyMetrics> metrics_;  // null with ProxyOptions::metrics off
 };
 
 }  // namespace serve::proxy

@@ -160,6 +160,15 @@ int RunAgent(int argc, char** argv) {
   app.add_option("--heartbeat-period-s", options.heartbeat_period_s)
       ->capture_default_str()
       ->check(service::NumberIn(0.05, 60));  // the range the controller accepts from a heartbeat
+  app.add_option("--metrics-host", options.metrics_host, "Address of the /metrics server")
+      ->envname("SERVE_NODE_METRICS_HOST")
+      ->capture_default_str();
+  app.add_option("--metrics-port", options.metrics_port,
+                 "Serve the node's and its replicas' Prometheus metrics at /metrics on this port "
+                 "(0: none)")
+      ->envname("SERVE_NODE_METRICS_PORT")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
   CLI11_PARSE(app, argc, argv);
 
   Status init = service::Init(flags, "node");
@@ -189,6 +198,7 @@ int RunAgent(int argc, char** argv) {
                        options.node_id;
   }
   options.worker_exe = SelfExe();
+  options.metrics_name_prefix = flags.metrics_name_prefix;
   // Workers reach the same bus as their agent, however the agent was told about it.
   options.worker_env = bus::EnvironmentFor(flags.bus);
   options.worker_env["SERVE_NAMESPACE"] = flags.ns;

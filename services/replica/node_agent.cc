@@ -46,7 +46,11 @@ NodeAgent::NodeAgent(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjec
       subjects_(subjects),
       options_(std::move(options)),
       host_(service::HostName()),
-      incarnation_(static_cast<uint64_t>(service::UnixMillis())) {}
+      incarnation_(static_cast<uint64_t>(service::UnixMillis())),
+      metrics_registry_(options_.metrics_name_prefix),
+      metrics_(metrics_registry_) {
+  metrics_registry_.AddCollector([this] { return CollectMetrics(); });
+}
 
 NodeAgent::~NodeAgent() {
   // Workers die with their agent (PR_SET_PDEATHSIG); make it explicit for an orderly exit.
@@ -68,6 +72,36 @@ Status NodeAgent::Start() {
   status = bus_.Subscribe(subjects_.NodeStop(options_.node_id),
                           [this](bus::Message& m) { OnStop(m); });
   if (!status.ok()) return status;
+  status = bus_.Subscribe(subjects_.NodeMetrics(options_.node_id),
+                          [this](bus::Message& m) { OnWorkerMetrics(m); });
+  if (!status.ok()) return status;
+  if (options_.metrics_port != 0) {
+    http::ServerOptions server_options;
+    server_options.host = options_.metrics_host;
+    server_options.port = options_.metrics_port;
+    metrics_server_ = std::make_unique<http::Server>(
+        loop_, server_options, [this](http::Request&& request, http::Responder responder) {
+          if (request.path == "/metrics" && (request.method == "GET" || request.method == "HEAD")) {
+            responder.Send(metrics_registry_.Response());
+            return;
+          }
+          http::Response response;
+          response.status = 404;
+          response.body = "the node agent serves GET /metrics only\n";
+          responder.Send(std::move(response));
+        });
+    // Without its metrics a node still runs its replicas: a taken port is a warning, not an
+    // outage (and not a crash loop under a supervisor).
+    Status listening = metrics_server_->Listen();
+    if (!listening.ok()) {
+      spdlog::warn("no /metrics on this node: {}; choose another --metrics-port (0: none)",
+                   listening.message());
+      metrics_server_.reset();
+    } else {
+      spdlog::info("metrics at http://{}:{}/metrics", options_.metrics_host,
+                   metrics_server_->port());
+    }
+  }
   SendHeartbeat();
   heartbeat_ = std::make_unique<service::RepeatingTimer>(loop_, options_.heartbeat_period_s,
                                                          [this] { SendHeartbeat(); });
@@ -198,9 +232,33 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
       });
   int pid = worker->pid;
   spdlog::info("started replica {} of {} as pid {}", id, worker->deployment, pid);
+  metrics_.OnStarted(worker->deployment);
   workers_[id] = std::move(worker);
   SendHeartbeatSoon();
   return pid;
+}
+
+void NodeAgent::OnWorkerMetrics(bus::Message& message) {
+  auto report = wire::Unpack<wire::ReplicaMetrics>(message.data);
+  if (!report.ok()) {
+    spdlog::debug("ignored a malformed figures report: {}", report.error());
+    return;
+  }
+  auto it = workers_.find(report->replica_id);
+  if (it == workers_.end()) return;  // a worker that just exited, or not one of ours
+  const Worker& worker = *it->second;
+  Status taken = metrics_.OnReport({worker.replica_id, worker.deployment, worker.pid, worker.ready},
+                                   *report);
+  if (!taken.ok()) spdlog::debug("ignored a figures report: {}", taken.message());
+}
+
+std::vector<prometheus::MetricFamily> NodeAgent::CollectMetrics() const {
+  std::vector<NodeMetrics::Worker> workers;
+  workers.reserve(workers_.size());
+  for (const auto& [id, worker] : workers_) {
+    if (worker->pid > 0) workers.push_back({id, worker->deployment, worker->pid, worker->ready});
+  }
+  return metrics_.Collect(workers);
 }
 
 void NodeAgent::OnStop(bus::Message& message) {
@@ -258,6 +316,7 @@ void NodeAgent::OnWorkerExit(Worker* worker, int64_t exit_status, int term_signa
   std::error_code ec;
   fs::remove_all(worker->scratch_dir, ec);
   fs::remove(fs::path(worker->error_file).replace_extension(".spec"), ec);
+  metrics_.OnExited(worker->replica_id);
   auto it = workers_.find(worker->replica_id);
   Worker* raw = it->second.release();
   workers_.erase(it);
@@ -327,6 +386,7 @@ void NodeAgent::SendHeartbeat() {
 
 void NodeAgent::Shutdown(std::function<void()> done) {
   if (shutdown_done_) return;
+  if (metrics_server_ != nullptr) metrics_server_->Close(nullptr);
   shutdown_done_ = std::move(done);
   heartbeat_.reset();
   heartbeat_soon_.reset();

@@ -10,6 +10,9 @@
 
 #include "bus/bus.h"
 #include "bus/subjects.h"
+#include "http/server.h"
+#include "metrics/metrics.h"
+#include "replica/node_metrics.h"
 #include "service/service.h"
 #include "wire/serve_generated.h"
 
@@ -25,6 +28,11 @@ struct NodeAgentOptions {
   double heartbeat_period_s = 1;
   // Extra environment for workers (bus address, namespace, credentials).
   std::map<std::string, std::string> worker_env;
+  // Prometheus metrics of the node and its workers at GET /metrics (node_metrics.h); port 0:
+  // none served.
+  std::string metrics_host = "127.0.0.1";
+  int metrics_port = 0;
+  std::string metrics_name_prefix = "serve_";
 };
 
 // The node agent: registers the node (its heartbeat carries its resources), starts one worker
@@ -42,6 +50,8 @@ class NodeAgent {
   void Shutdown(std::function<void()> done);
 
   size_t worker_count() const { return workers_.size(); }
+  // The port /metrics is served on (0: none).
+  int metrics_port() const { return metrics_server_ != nullptr ? metrics_server_->port() : 0; }
 
  private:
   struct Worker {
@@ -66,6 +76,8 @@ class NodeAgent {
 
   void OnStart(bus::Message& message);
   void OnStop(bus::Message& message);
+  void OnWorkerMetrics(bus::Message& message);
+  std::vector<prometheus::MetricFamily> CollectMetrics() const;
   Result<int> Spawn(const wire::StartReplicaT& order);
   void StopWorker(Worker& worker);
   void OnWorkerExit(Worker* worker, int64_t exit_status, int term_signal);
@@ -89,6 +101,9 @@ class NodeAgent {
   std::chrono::steady_clock::time_point last_heartbeat_at_;
   std::function<void()> shutdown_done_;
   std::unique_ptr<service::OneShotTimer> shutdown_deadline_;
+  metrics::Registry metrics_registry_;
+  NodeMetrics metrics_;
+  std::unique_ptr<http::Server> metrics_server_;
 };
 
 }  // namespace serve::replica

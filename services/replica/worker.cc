@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
+#include "metrics/metrics.h"
 #include "wire/codec.h"
 
 namespace serve::replica {
@@ -73,7 +76,9 @@ ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
       runtime_(std::move(runtime)),
       subject_(subjects.Replica(options_.replica_id)),
       control_subject_(subjects.ReplicaControl(options_.replica_id)),
-      inbox_(loop) {
+      metrics_subject_(subjects.NodeMetrics(options_.node_id)),
+      inbox_(loop),
+      latency_counts_(metrics::LatencyBucketsMs().size() + 1, 0) {
   if (runtime_->Concurrency() > 0) {
     handlers_ = std::make_unique<service::ThreadPool>(runtime_->Concurrency());
   }
@@ -118,6 +123,10 @@ Status ReplicaWorker::Start() {
   if (!status.ok()) return status;
   SendHeartbeat();
   StartHeartbeats();
+  // Figures between heartbeats (which can be minutes apart), only while requests come.
+  metrics_timer_ = std::make_unique<service::RepeatingTimer>(loop_, kMetricsPeriodS, [this] {
+    if (completed_ != reported_completed_ || in_flight_ > 0) SendMetrics();
+  });
   spdlog::info("replica {} of {} (version {}) ready on {}", options_.replica_id,
                options_.spec.name, options_.version, subject_);
   return Status::Ok();
@@ -163,25 +172,55 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
     return;
   }
   ++in_flight_;
+  uint64_t started_ns = uv_hrtime();
   if (handlers_ == nullptr) {
     HandlerResponse answer = runtime_->Handle(ViewOf(**request));
     --in_flight_;
-    ++completed_;
+    Count(started_ns, answer.status);
     Answer(message, EncodeResponse(answer));
     return;
   }
   auto owned = std::make_shared<bus::Message>(std::move(message));
-  handlers_->Post([this, owned] {
+  handlers_->Post([this, owned, started_ns] {
     // Verified above; the bytes have not changed since.
     const auto* request = flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data());
-    std::string bytes = EncodeResponse(runtime_->Handle(ViewOf(*request)));
-    inbox_.Post([this, owned, bytes = std::move(bytes)] {
+    HandlerResponse answer = runtime_->Handle(ViewOf(*request));
+    int status = answer.status;
+    std::string bytes = EncodeResponse(answer);
+    inbox_.Post([this, owned, bytes = std::move(bytes), started_ns, status] {
       --in_flight_;
-      ++completed_;
+      Count(started_ns, status);
       Answer(*owned, bytes);
       MaybeFinishDrain();
     });
   });
+}
+
+void ReplicaWorker::Count(uint64_t started_ns, int status) {
+  ++completed_;
+  if (status >= 500) ++errors_;
+  double latency_ms = static_cast<double>(uv_hrtime() - started_ns) / 1e6;
+  const auto& bounds = metrics::LatencyBucketsMs();
+  size_t bucket = std::lower_bound(bounds.begin(), bounds.end(), latency_ms) - bounds.begin();
+  ++latency_counts_[bucket];
+  latency_sum_ms_ += latency_ms;
+}
+
+void ReplicaWorker::SendMetrics() {
+  reported_completed_ = completed_;
+  wire::ReplicaMetricsT report;
+  report.replica_id = options_.replica_id;
+  report.deployment = options_.spec.name;
+  report.requests = completed_;
+  report.errors = errors_;
+  report.latency_counts = latency_counts_;
+  report.latency_sum_ms = latency_sum_ms_;
+  report.in_flight = in_flight_;
+  int running = handlers_ != nullptr ? static_cast<int>(handlers_->busy()) : 0;
+  report.queued = handlers_ != nullptr ? std::max(0, in_flight_ - running) : 0;
+  report.healthy = !draining_ && healthy_;
+  report.health_check_failures = health_check_failures_;
+  (void)bus_.Publish(metrics_subject_, wire::Pack(report));
 }
 
 void ReplicaWorker::StartHeartbeats() {
@@ -207,6 +246,7 @@ void ReplicaWorker::OnHeartbeatTick() {
       inbox_.Post([this, health] {
         check_started_ms_ = 0;
         healthy_ = health.ok();
+        if (!health.ok()) ++health_check_failures_;
         health_message_ = health.ok() ? "" : "check_health failed: " + health.message();
       });
     });
@@ -273,6 +313,7 @@ void ReplicaWorker::SendHeartbeat() {
   heartbeat.queued = handlers_ != nullptr ? std::max(0, in_flight_ - running) : 0;
   heartbeat.completed = completed_;
   (void)bus_.Publish(subjects_.hb_replica, wire::Pack(heartbeat));
+  SendMetrics();
 }
 
 void ReplicaWorker::Drain(std::function<void()> done) {
@@ -280,6 +321,7 @@ void ReplicaWorker::Drain(std::function<void()> done) {
   draining_ = true;
   drain_done_ = std::move(done);
   heartbeat_.reset();
+  metrics_timer_.reset();
   SendHeartbeat();
   bus_.Unsubscribe(control_subject_);
   double grace = options_.spec.graceful_shutdown_timeout_s;

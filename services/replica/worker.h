@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "bus/bus.h"
 #include "bus/subjects.h"
@@ -23,8 +24,9 @@ struct WorkerOptions {
 };
 
 // One replica of one deployment, in a process of its own: answers data-plane requests on
-// <ns>.replica.<id>, takes reconfigure orders on <ns>.replica.<id>.ctl and heartbeats on
-// <ns>.hb.replica.
+// <ns>.replica.<id>, takes reconfigure orders on <ns>.replica.<id>.ctl, heartbeats on
+// <ns>.hb.replica and reports its request figures to its node agent on
+// <ns>.node.<node-id>.metrics.
 //
 // Threads: the loop thread owns the bus and every counter. Requests run on the loop thread for
 // runtimes that never block (Concurrency() == 0), otherwise on a handler pool of
@@ -55,6 +57,9 @@ class ReplicaWorker {
   void StartHeartbeats();
   void OnHeartbeatTick();
   void SendHeartbeat();
+  // Counts an answered request (worker's figures, see ReplicaMetrics in schemas/serve.fbs).
+  void Count(uint64_t started_ns, int status);
+  void SendMetrics();
   void MaybeFinishDrain();
   // Runs `fn` where the runtime wants its checks and reconfigures: on the loop thread for a
   // runtime that answers there (its state is the loop's), else on the control thread.
@@ -68,12 +73,20 @@ class ReplicaWorker {
   std::unique_ptr<Runtime> runtime_;
   std::string subject_;
   std::string control_subject_;
+  std::string metrics_subject_;
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
+  std::unique_ptr<service::RepeatingTimer> metrics_timer_;
+  static constexpr double kMetricsPeriodS = 1;
   service::LoopInbox inbox_;
   std::unique_ptr<service::ThreadPool> handlers_;  // null when requests run on the loop
   service::ThreadPool control_{1};
   int in_flight_ = 0;
   uint64_t completed_ = 0;
+  uint64_t errors_ = 0;
+  std::vector<uint64_t> latency_counts_;
+  double latency_sum_ms_ = 0;
+  uint64_t health_check_failures_ = 0;
+  uint64_t reported_completed_ = 0;
   // The latest health check's outcome, and when the running one started (0: none runs).
   bool healthy_ = true;
   std::string health_message_;

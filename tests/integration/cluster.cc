@@ -67,9 +67,12 @@ void Cluster::KillAll() {
 
 void Cluster::StartNode(const std::string& node_id, double cpus) {
   auto flags = CommonFlags();
+  int metrics_port = FreePort();
+  node_metrics_ports_.push_back(metrics_port);
   std::vector<std::string> argv = {BinDir() + "/serve-replica", "--node-id", node_id,
                                    "--num-cpus", std::to_string(cpus), "--work-dir",
-                                   dir() + "/" + node_id};
+                                   dir() + "/" + node_id, "--metrics-port",
+                                   std::to_string(metrics_port)};
   argv.insert(argv.end(), flags.begin(), flags.end());
   nodes_.emplace_back(argv, dir() + "/" + node_id + ".log", options_.env);
   log_names_.push_back(node_id);

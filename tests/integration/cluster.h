@@ -55,6 +55,8 @@ class Cluster {
   bool WaitForStatus(const std::string& target, int status);
 
   Process& node(size_t i) { return nodes_[i]; }
+  // The port node i serves its /metrics on.
+  int node_metrics_port(size_t i) const { return node_metrics_ports_[i]; }
   void StartNode(const std::string& node_id, double cpus);
   Process& proxy() { return proxy_; }
   Process& controller() { return controller_; }
@@ -72,6 +74,7 @@ class Cluster {
 
  private:
   std::vector<std::string> CommonFlags() const;
+  std::vector<int> node_metrics_ports_;
   void CheckLogsForSanitizerReports();
 
   Options options_;

@@ -141,7 +141,7 @@ TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsSer
   for (const char* subject : {"itest.hb.node", "itest.hb.replica", "itest.hb.proxy",
                               "itest.hb.supervisor",
                               "itest.node.exited", "itest.routes", "itest.node.node-1.start",
-                              "itest.node.node-1.stop"}) {
+                              "itest.node.node-1.stop", "itest.node.node-1.metrics"}) {
     for (const auto& input : inputs) client.Publish(subject, input);
   }
   auto status = cluster.Deployment("hello");

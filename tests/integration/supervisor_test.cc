@@ -102,6 +102,21 @@ class SupervisedInstanceTest : public ::testing::Test {
     return nlohmann::json::parse(status.output, nullptr, false);
   }
 
+  // The first replica of the first deployment, once status answers with one.
+  std::string FirstReplicaId() {
+    std::string id;
+    EXPECT_TRUE(WaitUntil([&] {
+      nlohmann::json status = Status();
+      if (!status.is_object() || status["deployments"].empty() ||
+          status["deployments"][0]["replicas"].empty()) {
+        return false;
+      }
+      id = status["deployments"][0]["replicas"][0]["id"];
+      return true;
+    }));
+    return id;
+  }
+
   // The service as the supervisor last reported it in `serve status --json`; null if absent.
   nlohmann::json Service(const std::string& name) {
     nlohmann::json status = Status();
@@ -187,7 +202,7 @@ TEST_F(SupervisedInstanceTest, KilledControllerIsBackWithoutAFailedRequest) {
   StartServing();
   LoadGenerator load(Load());
   ASSERT_TRUE(load.WaitForRequests(300)) << load.Snapshot().Summary();
-  std::string replica = Status()["deployments"][0]["replicas"][0]["id"];
+  std::string replica = FirstReplicaId();
 
   Clock::time_point killed_at;
   pid_t supervisor = Pid("supervisor");
@@ -206,7 +221,7 @@ TEST_F(SupervisedInstanceTest, KilledControllerIsBackWithoutAFailedRequest) {
   double took = SecondsSince(killed_at);
   Report("kill -9 controller -> answering with its deployment HEALTHY again", took);
   // The restarted controller adopted the running replica instead of replacing it.
-  EXPECT_EQ(Status()["deployments"][0]["replicas"][0]["id"], replica);
+  EXPECT_EQ(FirstReplicaId(), replica);
 
   ASSERT_TRUE(load.WaitForMoreRequests(300)) << load.Snapshot().Summary();
   auto report = load.Stop();

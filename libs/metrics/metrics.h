@@ -1,0 +1,82 @@
+#pragma once
+
+// Prometheus metrics for every Serve service, in the text exposition format, built on
+// prometheus-cpp's core (its registry, metric types and text serializer). Each service serves
+// the text over its own HTTP server (libs/http): prometheus-cpp's pull library would bring a
+// second HTTP server into every process.
+//
+// Names follow Ray Serve's, without Ray's `ray_` prefix: `serve_num_http_requests_total`. A
+// prefix given with --metrics-name-prefix replaces `serve_`, so `ray_serve_` gives Ray's exact
+// names and Grafana boards made for Ray work unchanged.
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/registry.h>
+
+#include "base/status.h"
+#include "http/server.h"
+
+namespace serve::metrics {
+
+inline constexpr std::string_view kDefaultPrefix = "serve_";
+
+// Checks a --metrics-name-prefix: empty, or a Prometheus metric name start ([a-zA-Z_:]
+// then [a-zA-Z0-9_:]), at most 64 characters.
+Status ValidatePrefix(std::string_view prefix);
+
+// Upper bounds, in milliseconds, of the latency histograms: Ray Serve's buckets
+// (1 ms to 5 s) with finer ones below 1 ms, where most of Serve's requests fall, and longer ones
+// up to a minute for model inference.
+const std::vector<double>& LatencyBucketsMs();
+
+// The figures of one process, read from /proc.
+struct ProcessFigures {
+  double cpu_seconds = 0;
+  double resident_bytes = 0;
+  double virtual_bytes = 0;
+  double open_fds = 0;
+  double max_fds = 0;
+  double start_time_seconds = 0;  // Unix time
+};
+ProcessFigures ReadProcessFigures(int pid = 0);  // 0: this process
+
+// A metric family to fill by hand, for figures a service holds itself and reports at scrape
+// time (the node agent's workers, the controller's deployments).
+prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type);
+prometheus::ClientMetric Sample(std::vector<prometheus::ClientMetric::Label> labels, double value,
+                                prometheus::MetricType type);
+
+// One service's metrics: a prometheus-cpp registry for the figures counted as they happen,
+// collectors called at scrape time, and the standard process_* figures of this process.
+class Registry {
+ public:
+  explicit Registry(std::string prefix = std::string(kDefaultPrefix));
+
+  // `suffix` with the prefix in front: Name("num_http_requests_total").
+  std::string Name(std::string_view suffix) const { return prefix_ + std::string(suffix); }
+  prometheus::Registry& registry() { return *registry_; }
+
+  // Called at every scrape, on the thread that renders.
+  void AddCollector(std::function<std::vector<prometheus::MetricFamily>()> collect);
+
+  // The text exposition of everything.
+  std::string Render() const;
+  // An HTTP answer carrying Render(), with the exposition format's content type.
+  http::Response Response() const;
+
+ private:
+  std::string prefix_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::vector<std::function<std::vector<prometheus::MetricFamily>()>> collectors_;
+};
+
+}  // namespace serve::metrics
