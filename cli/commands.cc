@@ -63,6 +63,14 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows) {
   }
 }
 
+// A traffic figure: three significant digits at most, so columns stay narrow.
+std::string Figure(double value, const char* unit) {
+  char text[32];
+  snprintf(text, sizeof(text), value >= 100 ? "%.0f%s" : value >= 10 ? "%.1f%s" : "%.2f%s",
+           value, unit);
+  return text;
+}
+
 std::string Age(double seconds) {
   char text[32];
   snprintf(text, sizeof(text), "%.1fs ago", seconds);
@@ -84,14 +92,16 @@ void PrintStatus(const wire::StatusReplyT& status, bool json, bool one_line) {
   if (status.deployments.empty()) {
     std::cout << "No deployments. Deploy with `serve deploy FILE.yaml`.\n";
   } else {
-    std::vector<std::vector<std::string>> rows = {
-        {"DEPLOYMENT", "STATUS", "REPLICAS", "VERSION", "ROUTE", "MESSAGE"}};
+    std::vector<std::vector<std::string>> rows = {{"DEPLOYMENT", "STATUS", "REPLICAS", "VERSION",
+                                                   "ROUTE", "REQ/S", "ERRORS", "P99", "MESSAGE"}};
     for (const auto& d : status.deployments) {
       int running = 0;
       for (const auto& r : d->replicas) running += r->state == wire::ReplicaState::RUNNING;
       rows.push_back({d->name, wire::EnumNameDeploymentState(d->status),
                       std::to_string(running) + "/" + std::to_string(d->num_replicas), d->version,
-                      d->route_prefix, d->message});
+                      d->route_prefix, Figure(d->requests_per_s, ""),
+                      d->requests_per_s > 0 ? Figure(d->error_rate * 100, "%") : "-",
+                      d->requests_per_s > 0 ? Figure(d->p99_ms, " ms") : "-", d->message});
     }
     PrintTable(rows);
     std::cout << "\n";

@@ -15,7 +15,11 @@ nlohmann::json StatusJson(const StatusReplyT& status) {
                           {"state", EnumNameReplicaState(r->state)},
                           {"node", r->node},
                           {"version", r->version},
-                          {"message", r->message}});
+                          {"message", r->message},
+                          {"pid", r->pid},
+                          {"in_flight", r->in_flight},
+                          {"queued", r->queued},
+                          {"heard_s", r->heard_s}});
     }
     out["deployments"].push_back({{"name", d->name},
                                   {"status", EnumNameDeploymentState(d->status)},
@@ -24,6 +28,10 @@ nlohmann::json StatusJson(const StatusReplyT& status) {
                                   {"route_prefix", d->route_prefix},
                                   {"runtime", d->runtime},
                                   {"num_replicas", d->num_replicas},
+                                  {"requests_per_s", d->requests_per_s},
+                                  {"error_rate", d->error_rate},
+                                  {"p50_ms", d->p50_ms},
+                                  {"p99_ms", d->p99_ms},
                                   {"replicas", replicas}});
   }
   out["nodes"] = nlohmann::json::array();

@@ -202,6 +202,7 @@ void Controller::Tick() {
   last_tick_at_ = now;
   ForgetSilentSupervisors();
   if (!loaded_) return;
+  traffic_.Forget(now);
   reconciler_.Step();
   Sync();
   control_loops_->Increment();
@@ -325,6 +326,7 @@ Result<std::vector<std::string>> Controller::Delete(const std::vector<std::strin
 Result<wire::StatusReplyT> Controller::Report(const std::vector<std::string>& names) {
   if (Status available = Available(); !available.ok()) return available;
   wire::StatusReplyT reply = reconciler_.Report(names);
+  traffic_.Fill(clock_.Now(), reply);
   reply.checkpoint_warning = CheckpointWarning();
   reply.supervisors = SupervisorReport();
   reply.namespace_ = subjects_.ns;
@@ -457,7 +459,11 @@ void Controller::OnRoutesRequest(bus::Message& message) {
 
 void Controller::OnNodeHeartbeat(bus::Message& message) {
   auto heartbeat = DecodeEvent<wire::NodeHeartbeat>(message, "node heartbeat");
-  if (heartbeat.has_value() && loaded_) reconciler_.OnNodeHeartbeat(*heartbeat);
+  if (!heartbeat.has_value() || !loaded_) return;
+  reconciler_.OnNodeHeartbeat(*heartbeat);
+  traffic_.OnNodeHeartbeat(clock_.Now(), *heartbeat, [&](const std::string& id) {
+    return reconciler_.HasReplicaOn(id, heartbeat->node_id);
+  });
 }
 
 void Controller::OnReplicaHeartbeat(bus::Message& message) {

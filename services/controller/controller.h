@@ -13,6 +13,7 @@
 #include "config/deployment_config.h"
 #include "controller/clock.h"
 #include "controller/reconciler.h"
+#include "controller/traffic.h"
 #include "http/server.h"
 #include "metrics/metrics.h"
 #include "service/service.h"
@@ -128,6 +129,7 @@ class Controller : public ReconcilerActions {
   ControllerOptions options_;
   SteadyClock clock_;
   Reconciler reconciler_;
+  TrafficStats traffic_;
   wire::JsonCodec json_;
   std::string host_;
   int64_t started_ms_;

@@ -143,6 +143,11 @@ std::string Reconciler::TargetVersion(const std::string& name) const {
   return it == deployments_.end() ? std::string() : it->second.spec.version;
 }
 
+bool Reconciler::HasReplicaOn(const std::string& id, const std::string& node) const {
+  auto it = replicas_.find(id);
+  return it != replicas_.end() && it->second.node == node;
+}
+
 Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::DeploymentSpecT> specs) {
   return Deploy(std::move(specs), {});
 }

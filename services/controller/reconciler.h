@@ -143,6 +143,8 @@ class Reconciler {
   uint64_t desired_version() const { return desired_version_; }
   // The version deployment `name` is headed for; empty for an unknown name.
   std::string TargetVersion(const std::string& name) const;
+  // True when the controller knows replica `id` and places it on node `node`.
+  bool HasReplicaOn(const std::string& id, const std::string& node) const;
 
   // Fills in defaults and checks one spec (the same rules as config files), then checks it
   // against the other deployments (routes, versions).

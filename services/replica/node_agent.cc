@@ -378,6 +378,13 @@ void NodeAgent::SendHeartbeat() {
     replica->ready = worker->ready;
     replica->fingerprint = worker->fingerprint;
     replica->config_hash = worker->config_hash;
+    if (const wire::ReplicaMetricsT* figures = metrics_.Find(id)) {
+      replica->requests = figures->requests;
+      replica->errors = figures->errors;
+      if (figures->requests > 0) replica->latency_counts = figures->latency_counts;
+      replica->in_flight = figures->in_flight;
+      replica->queued = figures->queued;
+    }
     if (!worker->ready) ++heartbeat.starting;
     heartbeat.replicas.push_back(std::move(replica));
   }

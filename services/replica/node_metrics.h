@@ -36,6 +36,11 @@ class NodeMetrics {
   Status OnReport(const Worker& worker, const wire::ReplicaMetricsT& report);
   void OnStarted(const std::string& deployment) { ++starts_[deployment]; }
   void OnExited(const std::string& replica_id) { reports_.erase(replica_id); }
+  // The last report of `replica_id`, or null.
+  const wire::ReplicaMetricsT* Find(const std::string& replica_id) const {
+    auto it = reports_.find(replica_id);
+    return it == reports_.end() ? nullptr : &it->second;
+  }
 
   // The families for the workers running now.
   std::vector<prometheus::MetricFamily> Collect(const std::vector<Worker>& workers) const;

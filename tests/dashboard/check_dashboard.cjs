@@ -58,6 +58,16 @@ async function main() {
     console.log("a replica going UNHEALTHY was shown " + (Date.now() - toldAt) +
                 " ms after its checks began to fail");
     await page.waitForSelector('#deployments tr[data-key="added"] .pill.HEALTHY', { timeout: 30000 });
+
+    // Traffic shows in the deployment's charts (figures travel worker -> node agent heartbeat
+    // -> controller, each about once a second).
+    for (const until = Date.now() + 4000; Date.now() < until;) await fetch(proxyUrl + "/added");
+    await page.waitForFunction(() => {
+      const figure = document.querySelector('#deployments tr[data-key="added"] td.rps .figure');
+      return figure !== null && figure.textContent !== "0/s";
+    }, null, { timeout: 15000 });
+    console.log("traffic shown: " +
+                (await page.textContent('#deployments tr[data-key="added"] td.rps .figure')));
     await page.screenshot({ path: screenshot, fullPage: true });
     console.log("screenshot: " + screenshot);
   } finally {

@@ -3,6 +3,11 @@
 "use strict";
 
 const kMaxEvents = 200;
+// Traffic history per deployment, one sample a second from the status the page reads: the last
+// five minutes, kept in the page only.
+const kHistory = 300;
+const history = new Map();
+const kSvg = "http://www.w3.org/2000/svg";
 let refreshTimer = null;
 let lastStatusAt = 0;
 
@@ -36,6 +41,51 @@ function fillTable(id, rows, cells) {
   body.replaceChildren(fresh);
 }
 
+function record(deployments) {
+  const now = Date.now();
+  for (const d of deployments) {
+    let samples = history.get(d.name);
+    if (!samples) history.set(d.name, (samples = []));
+    if (samples.length > 0 && now - samples[samples.length - 1].t < 900) continue;
+    samples.push({ t: now, rps: d.requests_per_s || 0, err: d.error_rate || 0,
+                   p50: d.p50_ms || 0, p99: d.p99_ms || 0 });
+    if (samples.length > kHistory) samples.shift();
+  }
+  for (const name of [...history.keys()]) {
+    if (!deployments.some((d) => d.name === name)) history.delete(name);
+  }
+}
+
+// A small chart of `keys` of the samples (newest at the right, five minutes across), scaled to
+// the largest value shown, with the latest figure beside it.
+function chart(samples, keys, label) {
+  const box = el("span", null, "chart");
+  const svg = document.createElementNS(kSvg, "svg");
+  svg.setAttribute("viewBox", "0 0 120 30");
+  svg.setAttribute("preserveAspectRatio", "none");
+  let max = 0;
+  for (const s of samples) for (const key of keys) max = Math.max(max, s[key]);
+  const step = 120 / (kHistory - 1);
+  keys.forEach((key, index) => {
+    const line = document.createElementNS(kSvg, "polyline");
+    const n = samples.length;
+    line.setAttribute("points", samples.map((s, i) =>
+      (120 - (n - 1 - i) * step).toFixed(1) + "," +
+      (28 - (max > 0 ? (s[key] / max) * 26 : 0)).toFixed(1)).join(" "));
+    line.setAttribute("class", "line" + index);
+    svg.appendChild(line);
+  });
+  box.appendChild(svg);
+  box.appendChild(el("span", label, "figure"));
+  box.title = "the last " + Math.round(samples.length / 60) + " min; top: " + max.toPrecision(3);
+  return box;
+}
+
+function number(value, unit) {
+  if (!value) return "0" + unit;
+  return (value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(1) : value.toFixed(2)) + unit;
+}
+
 function ago(seconds) {
   if (seconds === undefined || seconds === null) return "";
   return seconds < 60 ? seconds.toFixed(1) + " s ago" : Math.round(seconds / 60) + " min ago";
@@ -48,6 +98,7 @@ function render(status) {
   warning.textContent = status.checkpoint_warning || "";
 
   const deployments = status.deployments || [];
+  record(deployments);
   document.getElementById("deployment-count").textContent = "(" + deployments.length + ")";
   document.getElementById("no-deployments").hidden = deployments.length > 0;
   fillTable("deployments", deployments, {
@@ -59,6 +110,13 @@ function render(status) {
       { value: (d) => d.version, className: "mono" },
       { value: (d) => d.route_prefix, className: "mono" },
       { value: (d) => d.runtime },
+      { value: (d) => chart(history.get(d.name) || [], ["rps"], number(d.requests_per_s, "/s")),
+        className: "rps" },
+      { value: (d) => chart(history.get(d.name) || [], ["err"], number(d.error_rate * 100, "%")),
+        className: "errors" },
+      { value: (d) => chart(history.get(d.name) || [], ["p99", "p50"],
+                            number(d.p50_ms, "") + " / " + number(d.p99_ms, " ms")),
+        className: "latency" },
       { value: (d) => d.message, className: "message" },
     ],
   });
@@ -73,6 +131,10 @@ function render(status) {
       { value: (r) => pill(r.state) },
       { value: (r) => r.node, className: "mono" },
       { value: (r) => r.version, className: "mono" },
+      { value: (r) => r.pid || "" },
+      { value: (r) => r.in_flight },
+      { value: (r) => r.queued },
+      { value: (r) => (r.heard_s >= 0 ? ago(r.heard_s) : "") },
       { value: (r) => r.message, className: "message" },
     ],
   });
