@@ -109,6 +109,10 @@ prometheus::MetricFamily Family(std::string name, std::string help, prometheus::
   return family;
 }
 
+std::vector<prometheus::ClientMetric::Label> DeploymentLabels(const std::string& deployment) {
+  return {{"application", deployment}, {"deployment", deployment}};
+}
+
 prometheus::ClientMetric Sample(std::vector<prometheus::ClientMetric::Label> labels, double value,
                                 prometheus::MetricType type) {
   prometheus::ClientMetric sample;

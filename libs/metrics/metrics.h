@@ -52,6 +52,9 @@ ProcessFigures ReadProcessFigures(int pid = 0);  // 0: this process
 // A metric family to fill by hand, for figures a service holds itself and reports at scrape
 // time (the node agent's workers, the controller's deployments).
 prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type);
+// The labels Ray Serve puts on a deployment's figures: `application` and `deployment`, both the
+// deployment's name (a Serve application is one deployment).
+std::vector<prometheus::ClientMetric::Label> DeploymentLabels(const std::string& deployment);
 prometheus::ClientMetric Sample(std::vector<prometheus::ClientMetric::Label> labels, double value,
                                 prometheus::MetricType type);
 

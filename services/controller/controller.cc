@@ -242,8 +242,7 @@ std::vector<prometheus::MetricFamily> Controller::CollectMetrics() const {
     unsaved.metric.push_back(
         metrics::Sample({}, CheckpointWarning().empty() ? 0 : 1, MetricType::Gauge));
     for (const auto& d : report.deployments) {
-      std::vector<prometheus::ClientMetric::Label> labels = {{"application", d->name},
-                                                             {"deployment", d->name}};
+      auto labels = metrics::DeploymentLabels(d->name);
       auto with_status = labels;
       with_status.push_back({"status", wire::EnumNameDeploymentState(d->status)});
       status.metric.push_back(metrics::Sample(with_status, 1, MetricType::Gauge));

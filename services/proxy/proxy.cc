@@ -543,7 +543,7 @@ std::vector<prometheus::MetricFamily> Proxy::CollectQueues() const {
                                 "assigned to a replica.",
                                 prometheus::MetricType::Gauge);
   for (const auto& [deployment, queue] : waiting_) {
-    family.metric.push_back(metrics::Sample({{"application", deployment}, {"deployment", deployment}},
+    family.metric.push_back(metrics::Sample(metrics::DeploymentLabels(deployment),
                                             static_cast<double>(queue.size()),
                                             prometheus::MetricType::Gauge));
   }

@@ -63,10 +63,8 @@ std::vector<prometheus::MetricFamily> NodeMetrics::Collect(
                        MetricType::Counter);
 
   for (const Worker& worker : workers) {
-    std::vector<prometheus::ClientMetric::Label> labels = {
-        {"application", worker.deployment},
-        {"deployment", worker.deployment},
-        {"replica", worker.replica_id}};
+    auto labels = metrics::DeploymentLabels(worker.deployment);
+    labels.push_back({"replica", worker.replica_id});
     auto found = reports_.find(worker.replica_id);
     const wire::ReplicaMetricsT* report = found == reports_.end() ? nullptr : &found->second;
     healthy.metric.push_back(metrics::Sample(
@@ -102,7 +100,7 @@ std::vector<prometheus::MetricFamily> NodeMetrics::Collect(
     latency.metric.push_back(std::move(histogram));
   }
   for (const auto& [deployment, count] : starts_) {
-    starts.metric.push_back(metrics::Sample({{"application", deployment}, {"deployment", deployment}},
+    starts.metric.push_back(metrics::Sample(metrics::DeploymentLabels(deployment),
                                             static_cast<double>(count), MetricType::Counter));
   }
   std::vector<prometheus::MetricFamily> families;

@@ -206,6 +206,12 @@ void ReplicaWorker::Count(uint64_t started_ns, int status) {
   latency_sum_ms_ += latency_ms;
 }
 
+int ReplicaWorker::Queued() const {
+  // Admitted requests that wait for a handler thread (a serialized runtime runs one at a time).
+  if (handlers_ == nullptr) return 0;
+  return std::max(0, in_flight_ - static_cast<int>(handlers_->busy()));
+}
+
 void ReplicaWorker::SendMetrics() {
   reported_completed_ = completed_;
   wire::ReplicaMetricsT report;
@@ -216,8 +222,7 @@ void ReplicaWorker::SendMetrics() {
   report.latency_counts = latency_counts_;
   report.latency_sum_ms = latency_sum_ms_;
   report.in_flight = in_flight_;
-  int running = handlers_ != nullptr ? static_cast<int>(handlers_->busy()) : 0;
-  report.queued = handlers_ != nullptr ? std::max(0, in_flight_ - running) : 0;
+  report.queued = Queued();
   report.healthy = !draining_ && healthy_;
   report.health_check_failures = health_check_failures_;
   (void)bus_.Publish(metrics_subject_, wire::Pack(report));
@@ -308,9 +313,7 @@ void ReplicaWorker::SendHeartbeat() {
   heartbeat.healthy = !draining_ && healthy_;
   heartbeat.health_message = draining_ ? "draining" : health_message_;
   heartbeat.in_flight = in_flight_;
-  // Admitted requests that wait for a handler thread (a serialized runtime runs one at a time).
-  int running = handlers_ != nullptr ? static_cast<int>(handlers_->busy()) : 0;
-  heartbeat.queued = handlers_ != nullptr ? std::max(0, in_flight_ - running) : 0;
+  heartbeat.queued = Queued();
   heartbeat.completed = completed_;
   (void)bus_.Publish(subjects_.hb_replica, wire::Pack(heartbeat));
   SendMetrics();

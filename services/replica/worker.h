@@ -60,6 +60,8 @@ class ReplicaWorker {
   // Counts an answered request (worker's figures, see ReplicaMetrics in schemas/serve.fbs).
   void Count(uint64_t started_ns, int status);
   void SendMetrics();
+  // Requests admitted that wait for a handler thread.
+  int Queued() const;
   void MaybeFinishDrain();
   // Runs `fn` where the runtime wants its checks and reconfigures: on the loop thread for a
   // runtime that answers there (its state is the loop's), else on the control thread.

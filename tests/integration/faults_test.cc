@@ -30,6 +30,20 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// A config of one deployment "slow" of the test handlers (`code`: a path or a stored digest)
+// whose replicas take `start_delay_ms` to start.
+std::string SlowConfig(const std::string& code, const std::string& version, int replicas,
+                       int start_delay_ms) {
+  return "deployments:\n"
+         "  - name: slow\n"
+         "    runtime: native\n"
+         "    artifact: " + code + "\n"
+         "    version: " + version + "\n"
+         "    num_replicas: " + std::to_string(replicas) + "\n"
+         "    user_config: {start_delay_ms: " + std::to_string(start_delay_ms) + "}\n"
+         "    resources: {num_cpus: 0.5}\n";
+}
+
 // kill -9 of the controller right after it accepted a rolling update whose replicas take 4 s to
 // start. The restarted controller adopts the old replicas as RUNNING and the new ones as
 // STARTING (as their node reports them), keeps routing to the old ones until the new ones run,
@@ -37,18 +51,7 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 TEST(FaultTest, ControllerKilledEarlyInASlowRollingUpdateFailsNoRequest) {
   Cluster cluster;
   auto config = [&](const std::string& version) {
-    return "deployments:\n"
-           "  - name: slow\n"
-           "    runtime: native\n"
-           "    artifact: " +
-           TestLibrary("test_handlers") +
-           "\n"
-           "    version: " +
-           version +
-           "\n"
-           "    num_replicas: 2\n"
-           "    user_config: {start_delay_ms: 4000}\n"
-           "    resources: {num_cpus: 0.5}\n";
+    return SlowConfig(TestLibrary("test_handlers"), version, 2, 4000);
   };
   cluster.Deploy(config("v1"));
   std::set<std::string> v1 = cluster.RunningIds("slow");
@@ -116,18 +119,7 @@ TEST(FaultTest, ControllerKilledBeforeStoringAnUpdateLosesNothing) {
   auto config = [&](const std::string& version) {
     std::string code = first ? TestLibrary("test_handlers") : *digest;
     first = false;
-    return "deployments:\n"
-           "  - name: slow\n"
-           "    runtime: native\n"
-           "    artifact: " +
-           code +
-           "\n"
-           "    version: " +
-           version +
-           "\n"
-           "    num_replicas: 2\n"
-           "    user_config: {start_delay_ms: 2000}\n"
-           "    resources: {num_cpus: 0.5}\n";
+    return SlowConfig(code, version, 2, 2000);
   };
   cluster.Deploy(config("v1"));
   ASSERT_EQ(cluster.RunningIds("slow").size(), 2u);
@@ -171,16 +163,7 @@ TEST(FaultTest, ControllerKilledBeforeStoringAnUpdateLosesNothing) {
 TEST(FaultTest, DeployOvertakenByAnotherReportsIt) {
   Cluster cluster;
   auto config = [&](const std::string& version, int delay_ms) {
-    return "deployments:\n"
-           "  - name: slow\n"
-           "    runtime: native\n"
-           "    artifact: " +
-           TestLibrary("test_handlers") +
-           "\n"
-           "    version: " +
-           version + "\n    user_config: {start_delay_ms: " + std::to_string(delay_ms) +
-           "}\n"
-           "    resources: {num_cpus: 0.5}\n";
+    return SlowConfig(TestLibrary("test_handlers"), version, 1, delay_ms);
   };
   cluster.Deploy(config("v1", 0));
   std::string v2_file = cluster.dir() + "/v2.yaml";
