@@ -144,6 +144,9 @@ void Controller::LoadCheckpoint() {
   get.store = options_.checkpoint_path;
   bus_.Request(subjects_.ckpt_get, wire::Pack(get), options_.request_timeout_s,
                [this](Result<bus::Message> reply) {
+                 // Stopped meanwhile (the request then fails as the bus closes): the answer,
+                 // whatever it is, has nobody to serve, and the retry timer is gone.
+                 if (stopped_) return;
                  auto retry = [this](const std::string& why) {
                    spdlog::warn("cannot load the checkpoint yet ({}); retrying", why);
                    load_retry_->Start(1.0, [this] { LoadCheckpoint(); });

@@ -35,6 +35,11 @@ class RawClient {
   Result<bus::Message> Request(const std::string& subject, const std::string& data) {
     return bus::RequestAndWait(&loop_, *bus_, subject, data, 10);
   }
+  // Takes what `subject` carries and never answers (a service that hangs).
+  void SubscribeSilently(const std::string& subject) {
+    (void)bus_->Subscribe(subject, [](bus::Message&) {});
+    (void)bus_->Flush();
+  }
   // Published and flushed: the server has it when this returns.
   void Publish(const std::string& subject, const std::string& data) {
     (void)bus_->Publish(subject, data);

@@ -264,5 +264,22 @@ TEST(Foundation, ASecondControllerForTheNamespaceRefusesToStart) {
   EXPECT_EQ(other.Stop(), 0);
 }
 
+// SIGTERM while the controller waits for its checkpoint (a checkpointer that takes the request
+// and does not answer): the request fails as the bus closes, and the controller still exits
+// cleanly instead of retrying with what it already released.
+TEST(Foundation, AControllerStoppedWhileLoadingItsCheckpointExitsCleanly) {
+  Cluster cluster;
+  RawClient checkpointer(cluster.nats_url());
+  checkpointer.SubscribeSilently("hung.ckpt.get");
+  Process controller({BinDir() + "/serve-controller", "--address", cluster.nats_url(),
+                      "--namespace", "hung", "--dashboard-port", "0"},
+                     cluster.dir() + "/hung-controller.log");
+  ASSERT_TRUE(WaitUntil([&] {
+    return ReadFile(cluster.dir() + "/hung-controller.log").find("ready for namespace hung") !=
+           std::string::npos;
+  })) << ReadFile(cluster.dir() + "/hung-controller.log");
+  EXPECT_EQ(controller.Stop(), 0) << ReadFile(cluster.dir() + "/hung-controller.log");
+}
+
 }  // namespace
 }  // namespace serve::testing
