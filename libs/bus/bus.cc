@@ -390,13 +390,7 @@ void Bus::OnReply(Message& message) {
   if (it == pending_.end()) return;  // already timed out
   PendingRequest request = std::move(it->second);
   pending_.erase(it);
-  for (auto d = deadlines_.lower_bound(request.deadline_ms);
-       d != deadlines_.end() && d->first == request.deadline_ms; ++d) {
-    if (d->second == id) {
-      deadlines_.erase(d);
-      break;
-    }
-  }
+  deadlines_.erase({request.deadline_ms, id});
   if (message.no_responders) {
     request.callback(Status::Error("nothing listens on " + request.subject));
     return;

@@ -7,9 +7,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
@@ -142,7 +144,9 @@ class Bus {
   std::string reply_prefix_;  // "_INBOX.<nuid>."
   uint64_t next_request_id_ = 1;
   std::unordered_map<uint64_t, PendingRequest> pending_;
-  std::multimap<uint64_t, uint64_t> deadlines_;  // deadline ms -> request id
+  // (deadline ms, request id): requests sent in one turn of the loop share a deadline, and a
+  // reply must find its own entry without walking the others.
+  std::set<std::pair<uint64_t, uint64_t>> deadlines_;
   bool closed_ = false;
 };
 
