@@ -259,7 +259,9 @@ int ShutdownInstance(const GlobalOptions& global) {
 
 int Supervise(const GlobalOptions& global, const SuperviseOptions& options) {
   // Its stderr is logs/supervisor.log: log what it does, not only warnings.
-  (void)log::Init(log::Options{"supervisor", log::Format::kText, "info"});
+  log::Options log_options;
+  log_options.component = "supervisor";
+  (void)log::Init(log_options, log::Context{service::HostName(), "", ""});
   auto supervised = LocalInstanceProcesses(global, options);
   if (!supervised.ok()) {
     spdlog::error("{}", supervised.error());

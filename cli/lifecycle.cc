@@ -331,6 +331,13 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
         "--http-port", std::to_string(instance.http_port), "--http-listen-fd", "3"},
        *socket});
   out.processes.push_back({"replica", "serve-replica", replica});
+  for (auto& process : out.processes) {
+    if (process.infrastructure) continue;
+    // The service writes its log itself, rotated by size (--log-max-size-mb); its stderr goes
+    // to the same file (opened to append, so neither overwrites the other) for what only
+    // stderr can carry, such as a crash report.
+    process.argv.insert(process.argv.end(), {"--log-file", run.LogPath(process.name)});
+  }
   return out;
 }
 

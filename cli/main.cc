@@ -4,6 +4,7 @@
 #include "bus/flags.h"
 #include "bus/subjects.h"
 #include "cli/commands.h"
+#include "cli/logs.h"
 #include "log/log.h"
 #include "service/service.h"
 
@@ -81,6 +82,16 @@ int main(int argc, char** argv) {
   run_cmd->add_option("file", run.deploy.file, "Config file (YAML)")->required();
   AddInstanceOptions(run_cmd, run.instance);
 
+  cli::LogsOptions logs;
+  auto* logs_cmd = app.add_subcommand(
+      "logs", "Print a replica's log, or those of a deployment's replicas, from their nodes");
+  logs_cmd->add_option("target", logs.target, "A deployment's name or a replica's id")
+      ->required();
+  logs_cmd->add_flag("-f,--follow", logs.follow, "Then print new lines as they come, until Ctrl-C");
+  logs_cmd->add_option("--tail", logs.tail, "Start with this many of the last lines of each")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
+
   auto* shutdown_cmd = app.add_subcommand("shutdown", "Stop every service of the namespace");
 
   // Started by `serve start` in the background; not for people, so not in --help.
@@ -102,11 +113,15 @@ int main(int argc, char** argv) {
   }
   deploy.wait = !no_wait;
   // Library log lines (the bus's) go to stderr, so that stdout stays what the command prints.
-  (void)log::Init(log::Options{"serve", log::Format::kText, "warn"});
+  log::Options log_options;
+  log_options.component = "serve";
+  log_options.level = "warn";
+  (void)log::Init(log_options);
   if (*start_cmd) return cli::StartInstance(global, start);
   if (*deploy_cmd) return cli::DeployFile(global, deploy);
   if (*delete_cmd) return cli::DeleteDeployments(global, delete_names);
   if (*status_cmd) return cli::ShowStatus(global, status);
+  if (*logs_cmd) return cli::ShowLogs(global, logs);
   if (*config_cmd) return cli::ShowConfig(global, config_json);
   if (*shutdown_cmd) return cli::ShutdownInstance(global);
   if (*run_cmd) return cli::RunForeground(global, run);

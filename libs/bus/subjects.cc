@@ -35,6 +35,7 @@ Subjects::Subjects(const std::string& n)
       events(n + ".events"),
       shutdown(n + ".shutdown"),
       node_exited(n + ".node.exited"),
+      logs(n + ".logs"),
       ckpt_put(n + ".ckpt.put"),
       ckpt_get(n + ".ckpt.get"),
       ckpt_blob_stat(n + ".ckpt.blob.stat"),

@@ -24,6 +24,8 @@ struct Subjects {
   std::string routes, events, shutdown;
   // Published by node agents when a worker process ends.
   std::string node_exited;
+  // A replica's log, asked of every node agent; the node that holds it answers.
+  std::string logs;
   // Checkpoints: request/reply, answered by the checkpointer.
   std::string ckpt_put, ckpt_get;
   // Code artifacts by digest: request/reply, answered by the checkpointer.

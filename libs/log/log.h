@@ -3,7 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <string_view>
 
 #include "base/status.h"
 
@@ -15,14 +17,79 @@ struct Options {
   std::string component;  // "controller", "proxy", ... appears in every line
   Format format = Format::kText;
   std::string level = "info";  // trace, debug, info, warn, error
+  // Empty: lines go to stderr (which `serve start` or a container runtime keeps). Otherwise this
+  // file, which rotates once it reaches max_file_mb: the older ones are kept as <name>.1.<ext>
+  // ... <name>.<max_files>.<ext>, the oldest dropped.
+  std::string file;
+  double max_file_mb = 100;
+  int max_files = 5;
 };
 
-// Installs the process-wide logger: lines go to stderr, which `serve start` sends to the
-// service's log file. JSON lines carry the same fields as text lines, for log shippers.
-Status Init(const Options& options);
+// What every line of this process says about where it comes from. `node` is the node id on a
+// node agent and its workers, the host name elsewhere; `deployment` and `replica` are set in a
+// worker.
+struct Context {
+  std::string node;
+  std::string deployment;
+  std::string replica;
+};
+
+// Installs the process-wide logger. A text line reads
+//   2026-11-30 11:00:00.123 info worker[4711] node=node-1 deployment=hello replica=hello-2f3a
+//   request=9c1e-17 the message
+// (one line), with the fields that apply; JSON lines carry the same fields, for log shippers.
+Status Init(const Options& options, const Context& context = {});
 
 // Parses "text" or "json".
 Result<Format> ParseFormat(const std::string& text);
+
+// Fields of the lines this thread writes while the scope lives (nested scopes restore what was
+// before): the deployment, replica or request a piece of code acts for. Empty fields leave the
+// outer value.
+class Scope {
+ public:
+  struct Fields {
+    std::string_view deployment;
+    std::string_view replica;
+    std::string_view request_id;
+  };
+  explicit Scope(const Fields& fields);
+  ~Scope();
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+
+ private:
+  std::string deployment_, replica_, request_id_;  // the values before this scope
+};
+
+// The request id lines of this thread carry now (empty outside a request).
+std::string_view CurrentRequestId();
+
+// One line per handled request (the proxy's access log, a worker's request log), written by a
+// background thread so the request path only formats and enqueues it. Lines go where the
+// process's other lines go. When the queue is full (the disk cannot keep up) the oldest lines
+// are dropped rather than making requests wait.
+class RequestLog {
+ public:
+  struct Entry {
+    std::string_view method;
+    std::string_view path;
+    int status = 0;
+    double latency_ms = 0;
+    std::string_view deployment;
+    std::string_view replica;
+    std::string_view request_id;
+  };
+  // Needs Init() first: it writes through the same sinks.
+  RequestLog();
+  ~RequestLog();
+  void Write(const Entry& entry);
+  // Hands what is queued to the file; a service calls it every second or so.
+  void Flush();
+
+ private:
+  std::shared_ptr<spdlog::logger> logger_;
+};
 
 }  // namespace serve::log
 

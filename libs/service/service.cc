@@ -53,6 +53,19 @@ void AddCommonFlags(CLI::App& app, CommonFlags& flags) {
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")
       ->envname("SERVE_LOG_LEVEL")
       ->capture_default_str();
+  app.add_option("--log-file", flags.log_file,
+                 "Write the log to this file, rotated by size, instead of stderr")
+      ->envname("SERVE_LOG_FILE");
+  app.add_option("--log-max-size-mb", flags.log_max_size_mb,
+                 "Rotate the log file once it reaches this size")
+      ->envname("SERVE_LOG_MAX_SIZE_MB")
+      ->capture_default_str()
+      ->check(NumberIn(0.01, 1e6));
+  app.add_option("--log-max-files", flags.log_max_files,
+                 "Rotated log files kept besides the current one (the oldest is dropped)")
+      ->envname("SERVE_LOG_MAX_FILES")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   app.add_option("--metrics-name-prefix", flags.metrics_name_prefix,
                  "Starts every metric name instead of serve_ (ray_serve_ gives Ray Serve's "
                  "names, for its Grafana boards)")
@@ -60,14 +73,22 @@ void AddCommonFlags(CLI::App& app, CommonFlags& flags) {
       ->capture_default_str();
 }
 
-Status Init(const CommonFlags& flags, const std::string& component) {
+Status Init(const CommonFlags& flags, const std::string& component, log::Context context) {
   Status ns = bus::ValidateNamespace(flags.ns);
   if (!ns.ok()) return ns;
   Status prefix = metrics::ValidatePrefix(flags.metrics_name_prefix);
   if (!prefix.ok()) return prefix;
   auto format = log::ParseFormat(flags.log_format);
   if (!format.ok()) return format.status();
-  return log::Init(log::Options{component, *format, flags.log_level});
+  log::Options options;
+  options.component = component;
+  options.format = *format;
+  options.level = flags.log_level;
+  options.file = flags.log_file;
+  options.max_file_mb = flags.log_max_size_mb;
+  options.max_files = flags.log_max_files;
+  if (context.node.empty()) context.node = HostName();
+  return log::Init(options, context);
 }
 
 SignalWatcher::SignalWatcher(uv_loop_t* loop, std::function<void(int)> on_signal)

@@ -11,6 +11,7 @@
 #include "bus/bus.h"
 #include "bus/flags.h"
 #include "bus/subjects.h"
+#include "log/log.h"
 
 namespace serve::service {
 
@@ -20,6 +21,10 @@ struct CommonFlags {
   std::string ns = "serve";
   std::string log_format = "text";
   std::string log_level = "info";
+  // Empty: log to stderr. Otherwise a file rotated by size (see log::Options).
+  std::string log_file;
+  double log_max_size_mb = 100;
+  int log_max_files = 5;
   // Replaces `serve_` at the start of every metric name (`ray_serve_` gives Ray Serve's).
   std::string metrics_name_prefix = "serve_";
 };
@@ -32,7 +37,8 @@ void AddCommonFlags(CLI::App& app, CommonFlags& flags);
 CLI::Validator NumberIn(double min, double max, std::string why = "");
 
 // Validates the namespace and the metrics prefix, and installs the logger for `component`.
-Status Init(const CommonFlags& flags, const std::string& component);
+// Lines name `context.node`, or this machine's host name when it is empty.
+Status Init(const CommonFlags& flags, const std::string& component, log::Context context = {});
 
 // Calls `on_signal` on the loop thread when SIGINT or SIGTERM arrives. Close() releases the
 // signal handles so the loop can end.

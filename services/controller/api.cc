@@ -1,6 +1,10 @@
 #include "controller/api.h"
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <cstring>
+#include <tuple>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -71,6 +75,21 @@ http::Response MethodNotAllowed(const std::string& method, const std::string& pa
 std::string WithoutTrailingSlash(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
   return path;
+}
+
+constexpr char kReplicasPath[] = "/api/serve/replicas/";
+
+// The replica id of a /api/serve/replicas/ID/logs path; nullopt for any other path.
+std::optional<std::string> LogsReplica(const std::string& path) {
+  std::string_view rest(path);
+  if (rest.rfind(kReplicasPath, 0) != 0) return std::nullopt;
+  rest.remove_prefix(strlen(kReplicasPath));
+  while (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  constexpr std::string_view kLogs = "/logs";
+  if (rest.size() <= kLogs.size() || rest.substr(rest.size() - kLogs.size()) != kLogs) {
+    return std::nullopt;
+  }
+  return std::string(rest.substr(0, rest.size() - kLogs.size()));
 }
 
 // The value of `name` in a query string ("since=5&x=1"); empty when absent.
@@ -157,6 +176,8 @@ Api::Api(uv_loop_t* loop, Controller& controller, http::ServerOptions options)
       loop, std::move(options), [this](http::Request&& request, http::Responder responder) {
         if (WantsEventStream(request)) {
           StreamEvents(request, std::move(responder));
+        } else if (auto replica_id = LogsReplica(request.path)) {
+          ReplicaLogs(request, *replica_id, std::move(responder));
         } else {
           responder.Send(Answer(request));
         }
@@ -207,8 +228,8 @@ http::Response Api::Answer(const http::Request& request) {
   }
   return Error(404, "no such API path: " + path.substr(0, 200) + "; the API is " +
                         kDeploymentsPath + "/ (GET, PUT), " + kDeploymentsPath +
-                        "/NAME (DELETE), " + kStatusPath + " (GET) and " + kEventsPath +
-                        "?since=SEQ (GET)");
+                        "/NAME (DELETE), " + kStatusPath + " (GET), " + kEventsPath +
+                        "?since=SEQ (GET) and " + kReplicasPath + "ID/logs (GET)");
 }
 
 http::Response Api::Deployments(const http::Request& request) {
@@ -289,6 +310,58 @@ void Api::StreamEvents(const http::Request& request, http::Responder responder) 
   for (const wire::EventT& event : controller_.EventsSince(*since)) head.body += SseEvent(event);
   http::Stream stream = responder.StartStream(std::move(head));
   if (stream.open()) streams_.push_back(std::move(stream));
+}
+
+void Api::ReplicaLogs(const http::Request& request, const std::string& replica_id,
+                      http::Responder responder) {
+  if (request.method != "GET" && request.method != "HEAD") {
+    responder.Send(MethodNotAllowed(request.method, request.path, "GET"));
+    return;
+  }
+  bool valid_id = !replica_id.empty() && replica_id.size() <= 128 &&
+                  std::all_of(replica_id.begin(), replica_id.end(), [](char c) {
+                    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+                  });
+  if (!valid_id) {
+    responder.Send(Error(400, "replica id: letters, digits, '-' and '_' only (as `serve status` "
+                              "lists them)"));
+    return;
+  }
+  wire::ReplicaLogsRequestT ask;
+  ask.replica_id = replica_id;
+  ask.tail_lines = 200;
+  for (const auto& [field, target, low, high] :
+       {std::tuple<const char*, int64_t*, int64_t, int64_t>{"tail", nullptr, 0, 10000},
+        std::tuple<const char*, int64_t*, int64_t, int64_t>{"offset", &ask.offset, -1,
+                                                            int64_t{1} << 50}}) {
+    std::string text = QueryValue(request.query, field);
+    if (text.empty()) continue;
+    int64_t value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size() || value < low || value > high) {
+      responder.Send(Error(400, std::string(field) + ": a whole number from " +
+                                    std::to_string(low) + " to " + std::to_string(high) +
+                                    " (got '" + text.substr(0, 32) + "')"));
+      return;
+    }
+    if (target != nullptr) {
+      *target = value;
+    } else {
+      ask.tail_lines = static_cast<int>(value);
+    }
+  }
+  auto shared = std::make_shared<http::Responder>(std::move(responder));
+  controller_.AskReplicaLogs(ask, [shared](Result<wire::ReplicaLogsReplyT> answer) {
+    if (!answer.ok()) {
+      shared->Send(Error(answer.status()));
+      return;
+    }
+    nlohmann::json body = {{"replica", answer->replica_id},   {"node", answer->node_id},
+                           {"deployment", answer->deployment}, {"running", answer->running},
+                           {"restarted", answer->restarted},  {"next_offset", answer->next_offset},
+                           {"data", answer->data}};
+    shared->Send(Json(200, Dump(body)));
+  });
 }
 
 void Api::Publish(const wire::EventT& event) {

@@ -28,6 +28,10 @@ class Controller;
 //                                        "Accept: text/event-stream", Server-Sent Events: those,
 //                                        then each event as it happens (EventSource's
 //                                        Last-Event-ID resumes)
+//   GET    /api/serve/replicas/ID/logs?tail=N&offset=K
+//                                        a replica's log from the node that holds it: its last
+//                                        N lines (200), or what follows offset K (the
+//                                        next_offset of the previous answer)
 //
 // Answers are JSON; an error is {"error": "..."} naming the field or the cause, with 400 for bad
 // input, 404 for an unknown deployment or path, 405 for a method a path does not take, 409 for
@@ -35,7 +39,7 @@ class Controller;
 // checkpoint. Code is referred to by digest, as on the bus: `serve deploy FILE` uploads local
 // artifacts and working directories first.
 //
-// Runs on the controller's loop; every handler answers at once.
+// Runs on the controller's loop; every handler but the log's answers at once.
 class Api {
  public:
   Api(uv_loop_t* loop, Controller& controller, http::ServerOptions options);
@@ -57,6 +61,9 @@ class Api {
   http::Response Events(const http::Request& request);
   // Server-Sent Events: what Events() lists, then each new event as it happens.
   void StreamEvents(const http::Request& request, http::Responder responder);
+  // GET /api/serve/replicas/ID/logs: answered when the node holding the log has.
+  void ReplicaLogs(const http::Request& request, const std::string& replica_id,
+                   http::Responder responder);
   void Publish(const wire::EventT& event);
 
   Controller& controller_;

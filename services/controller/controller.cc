@@ -183,6 +183,7 @@ void Controller::LoadCheckpoint() {
                    checkpoint_generation_ = got->generation;
                    state->generation = 0;  // compared with desired state, which has none
                    checkpointed_bytes_ = wire::Pack(*state);
+                   checkpoint_current_ = desired_bytes_ == checkpointed_bytes_;
                    spdlog::info("restored {} deployments from checkpoint generation {}",
                                 specs.size(), got->generation);
                  }
@@ -634,6 +635,33 @@ void Controller::Event(const std::string& kind, const std::string& name, const s
   if (recent_events_.size() > kRecentEvents) recent_events_.pop_front();
 }
 
+void Controller::AskReplicaLogs(const wire::ReplicaLogsRequestT& request,
+                                std::function<void(Result<wire::ReplicaLogsReplyT>)> done) {
+  std::string replica_id = request.replica_id;
+  // Only the node holding the log answers: silence from all of them means none has it.
+  bus_.Request(subjects_.logs, wire::Pack(request), 2.0,
+               [replica_id, done = std::move(done)](Result<bus::Message> reply) {
+                 if (!reply.ok()) {
+                   done(Status::Error("no node holds a log of replica " + replica_id +
+                                          " (a replica's log stays on its node for an hour "
+                                          "after it exits)",
+                                      ErrorKind::kNotFound));
+                   return;
+                 }
+                 auto answer = wire::Unpack<wire::ReplicaLogsReply>(reply->data);
+                 if (!answer.ok()) {
+                   done(Status::Error("unreadable answer from a node: " + answer.error(),
+                                      ErrorKind::kUnavailable));
+                   return;
+                 }
+                 if (!answer->error.empty()) {
+                   done(Status::Error(answer->error));
+                   return;
+                 }
+                 done(std::move(*answer));
+               });
+}
+
 std::vector<wire::EventT> Controller::EventsSince(uint64_t since) const {
   std::vector<wire::EventT> events;
   // Sequence numbers are consecutive, so the first wanted one is found by arithmetic.
@@ -683,6 +711,7 @@ void Controller::Sync() {
       state.deployments.push_back(std::make_unique<wire::DeploymentSpecT>(std::move(spec)));
     }
     desired_bytes_ = wire::Pack(state);
+    checkpoint_current_ = desired_bytes_ == checkpointed_bytes_;
   }
   WriteCheckpoint();
 }
@@ -694,7 +723,7 @@ std::string Controller::NotLoadedYet() const {
 }
 
 std::string Controller::CheckpointWarning() const {
-  if (desired_bytes_ == checkpointed_bytes_ || unsaved_since_ == 0) return "";
+  if (checkpoint_current_ || unsaved_since_ == 0) return "";
   double lag = clock_.Now() - unsaved_since_;
   if (lag < 2 && checkpoint_failures_ == 0) return "";  // a write in progress
   char seconds[32];
@@ -706,7 +735,7 @@ std::string Controller::CheckpointWarning() const {
 }
 
 void Controller::WriteCheckpoint() {
-  if (desired_bytes_ == checkpointed_bytes_) {
+  if (checkpoint_current_) {
     unsaved_since_ = 0;
     return;
   }
@@ -761,7 +790,8 @@ void Controller::WriteCheckpoint() {
                  last_checkpoint_error_.clear();
                  checkpoint_generation_ = generation;
                  checkpointed_bytes_ = written;
-                 if (desired_bytes_ == checkpointed_bytes_) unsaved_since_ = 0;
+                 checkpoint_current_ = desired_bytes_ == checkpointed_bytes_;
+                 if (checkpoint_current_) unsaved_since_ = 0;
                  spdlog::debug("checkpointed generation {}", generation);
                  WriteCheckpoint();  // something may have changed meanwhile
                });

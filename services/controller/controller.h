@@ -81,6 +81,10 @@ class Controller : public ReconcilerActions {
     event_listener_ = std::move(listener);
   }
   static constexpr size_t kRecentEvents = 1000;
+  // Asks the node agents for a replica's log (see ReplicaLogsRequest); `done` runs on the loop
+  // with the answer of the node that holds it, or a not-found error when none answered.
+  void AskReplicaLogs(const wire::ReplicaLogsRequestT& request,
+                      std::function<void(Result<wire::ReplicaLogsReplyT>)> done);
 
   // ReconcilerActions
   void StartReplica(const std::string& node_id, const std::string& replica_id,
@@ -162,6 +166,10 @@ class Controller : public ReconcilerActions {
   uint64_t checkpoint_generation_ = 0;
   std::string desired_bytes_;        // the desired state now
   std::string checkpointed_bytes_;   // what the store holds
+  // desired_bytes_ == checkpointed_bytes_, kept as either changes: every message ends in a
+  // Sync(), and with a thousand deployments comparing the bytes each time costs more than the
+  // message itself.
+  bool checkpoint_current_ = true;
   bool checkpoint_in_flight_ = false;
   double checkpoint_retry_at_ = 0;
   int checkpoint_failures_ = 0;         // failed writes in a row

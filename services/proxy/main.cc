@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
   app.add_flag("--metrics,!--no-metrics", options.metrics,
                "Count requests and serve them in Prometheus' format at GET /-/metrics")
       ->capture_default_str();
+  app.add_flag("--access-log,!--no-access-log", options.access_log,
+               "Log one line per request: method, path, status, latency, replica, request id")
+      ->envname("SERVE_PROXY_ACCESS_LOG")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   Status init = service::Init(flags, "proxy");
   if (!init.ok()) {

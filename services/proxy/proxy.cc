@@ -59,7 +59,8 @@ struct Proxy::Call {
   std::string route_prefix;
   std::string path;
   std::string method;
-  uint64_t started_ns = 0;  // uv_hrtime() on arrival, for the latency histogram
+  std::string replica;      // the last one tried
+  uint64_t started_ns = 0;  // uv_hrtime() on arrival, for the latency histogram and access log
   std::string encoded;  // the HttpRequest FlatBuffer, built once, sent to each replica tried
   std::set<std::string> tried;
   int attempts = 0;
@@ -81,6 +82,7 @@ Proxy::Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, Prox
     metrics_ = std::make_unique<ProxyMetrics>(metrics_registry_);
     metrics_registry_.AddCollector([this] { return CollectQueues(); });
   }
+  if (options_.access_log) access_log_ = std::make_unique<log::RequestLog>();
 }
 
 Proxy::~Proxy() = default;
@@ -222,6 +224,7 @@ void Proxy::OnRouteTable(const std::string& bytes) {
 }
 
 void Proxy::SendHeartbeat() {
+  if (access_log_ != nullptr) access_log_->Flush();
   wire::ProxyHeartbeatT heartbeat;
   heartbeat.proxy_id = options_.proxy_id;
   heartbeat.address = options_.http.host + ":" + std::to_string(port());
@@ -257,8 +260,8 @@ void Proxy::OnHttp(http::Request&& request, http::Responder responder) {
   }
   call->responder = std::move(responder);
   call->path = request.path;
-  if (metrics_ != nullptr) {
-    metrics_->Started();
+  if (metrics_ != nullptr) metrics_->Started();
+  if (metrics_ != nullptr || access_log_ != nullptr) {
     call->method = request.method;
     call->started_ns = uv_hrtime();
   }
@@ -335,6 +338,7 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
   std::string replica_id = target->id;
   router_.Acquire(replica_id);
   running_[replica_id].insert(call);
+  call->replica = replica_id;
   bus_.Request(
       target->subject, call->encoded, options_.request_timeout_s,
       [this, call, replica_id](Result<bus::Message> reply) {
@@ -348,8 +352,8 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
         if (!reply.ok()) {
           bool gone = reply.error().rfind("nothing listens", 0) == 0;
           if (gone && InReconnectGrace()) {
-            spdlog::debug("[{}] replica {} has no subscriber yet after a reconnect; asking again",
-                          call->request_id, replica_id);
+            log::Scope scope({call->deployment, replica_id, call->request_id});
+            spdlog::debug("the replica has no subscriber yet after a reconnect; asking again");
             call->tried.erase(replica_id);
             --call->attempts;
             uv_update_time(loop_);
@@ -358,8 +362,8 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
             return;
           }
           if (gone && call->attempts < options_.max_attempts) {
-            spdlog::debug("[{}] replica {} is gone; trying another", call->request_id,
-                          replica_id);
+            log::Scope scope({call->deployment, replica_id, call->request_id});
+            spdlog::debug("the replica is gone; trying another");
             Attempt(call);
             return;
           }
@@ -393,8 +397,8 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
           bool another = route != nullptr && route->deployment == call->deployment &&
                          router_.Pick(*route, call->tried, &all_full) != nullptr;
           if (another && call->attempts < options_.max_attempts) {
-            spdlog::debug("[{}] replica {} is full; trying another", call->request_id,
-                          replica_id);
+            log::Scope scope({call->deployment, replica_id, call->request_id});
+            spdlog::debug("the replica is full; trying another");
             Attempt(call);
             return;
           }
@@ -404,7 +408,8 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
           return;
         }
         if (r.error() != nullptr && r.error()->size() > 0) {
-          spdlog::warn("[{}] replica {}: {}", call->request_id, replica_id, r.error()->str());
+          log::Scope scope({call->deployment, replica_id, call->request_id});
+          spdlog::warn("the replica failed the request: {}", r.error()->str());
           Finish(call, TextResponse(r.status() >= 500 ? r.status() : 502, r.error()->str()));
           return;
         }
@@ -595,12 +600,18 @@ void Proxy::Finish(const std::shared_ptr<Call>& call, http::Response response) {
   if (call->finished) return;
   call->finished = true;
   response.headers.push_back({"X-Request-ID", call->request_id});
+  double latency_ms = static_cast<double>(uv_hrtime() - call->started_ns) / 1e6;
   if (metrics_ != nullptr) {
     metrics_->Finished(call->route_prefix, call->deployment, call->method, response.status,
-                       static_cast<double>(uv_hrtime() - call->started_ns) / 1e6);
+                       latency_ms);
+  }
+  if (access_log_ != nullptr) {
+    access_log_->Write({call->method, call->path, response.status, latency_ms, call->deployment,
+                        call->replica, call->request_id});
   }
   if (response.status >= 500) {
-    spdlog::warn("[{}] {} {}: {}", call->request_id, call->deployment, response.status,
+    log::Scope scope({call->deployment, call->replica, call->request_id});
+    spdlog::warn("{} {}: {}", call->deployment, response.status,
                  response.body.substr(0, response.body.find('\n')));
   }
   call->responder.Send(std::move(response));

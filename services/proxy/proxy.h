@@ -11,6 +11,7 @@
 #include "bus/bus.h"
 #include "bus/subjects.h"
 #include "http/server.h"
+#include "log/log.h"
 #include "metrics/metrics.h"
 #include "proxy/proxy_metrics.h"
 #include "proxy/router.h"
@@ -41,6 +42,9 @@ struct ProxyOptions {
   // request path counts nothing (for measuring what counting costs).
   bool metrics = true;
   std::string metrics_name_prefix = "serve_";
+  // One line per request in the log (method, path, status, latency, replica, request id),
+  // written by a background thread.
+  bool access_log = true;
 };
 
 // HTTP ingress: routes each request by longest prefix to a replica of the matched deployment,
@@ -123,6 +127,7 @@ class Proxy {
   std::string request_id_prefix_;
   metrics::Registry metrics_registry_;
   std::unique_ptr<ProxyMetrics> metrics_;  // null with ProxyOptions::metrics off
+  std::unique_ptr<log::RequestLog> access_log_;  // null with ProxyOptions::access_log off
 };
 
 }  // namespace serve::proxy

@@ -147,7 +147,7 @@ struct ExitInfo {
   }
 };
 
-// Forwards a child's stdout and stderr, line by line, to this process's stderr with a prefix,
+// Forwards a child's stdout and stderr, line by line, to this process's log with a prefix,
 // and keeps the last lines for error messages. One thread reads both pipes.
 class OutputPump {
  public:
@@ -259,11 +259,9 @@ class OutputPump {
 
   void Emit(std::string_view line) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    // One write per line, so lines from the worker's own log never land inside it.
-    std::string out = prefix_;
-    out.append(line);
-    out += '\n';
-    (void)!write(STDERR_FILENO, out.data(), out.size());
+    // Through the worker's log: the line gets its fields (node, deployment, replica) and goes
+    // where the worker's lines go, rotated with them.
+    spdlog::info("{}{}", prefix_, line);
     std::lock_guard<std::mutex> lock(mutex_);
     tail_.emplace_back(line.substr(0, kTailLineBytes));
     if (tail_.size() > kTailLines) tail_.pop_front();
@@ -534,8 +532,12 @@ class CommandRuntime : public Runtime {
     // an empty "Name:" line turns each off unless the client sent its own.
     curl_slist* headers = nullptr;
     bool has_accept = false, has_content_type = false;
+    bool printable_id = std::all_of(request.request_id.begin(), request.request_id.end(),
+                                    [](char c) { return c >= 0x20 && c < 0x7F; });
+    bool send_id = !request.request_id.empty() && printable_id;
     for (const auto& [name, value] : request.headers) {
       if (IsHopByHop(name) || EqualsIgnoreCase(name, "Expect")) continue;
+      if (send_id && EqualsIgnoreCase(name, "X-Request-ID")) continue;  // sent below
       has_accept = has_accept || EqualsIgnoreCase(name, "Accept");
       has_content_type = has_content_type || EqualsIgnoreCase(name, "Content-Type");
       std::string line(name);
@@ -545,6 +547,12 @@ class CommandRuntime : public Runtime {
         line += ": ";
         line.append(value);
       }
+      headers = Curl().curl_slist_append(headers, line.c_str());
+    }
+    if (send_id) {
+      // The command's own log lines can carry the id the proxy's and the worker's lines do.
+      std::string line = "X-Request-ID: ";
+      line.append(request.request_id);
       headers = Curl().curl_slist_append(headers, line.c_str());
     }
     if (!has_accept) headers = Curl().curl_slist_append(headers, "Accept:");

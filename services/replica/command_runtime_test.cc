@@ -85,9 +85,10 @@ struct Request {
   std::string query;
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
+  std::string request_id;
 
   RequestView View() const {
-    RequestView view{method, path, query, body, {}};
+    RequestView view{method, path, query, body, {}, request_id};
     for (const auto& [name, value] : headers) view.headers.emplace_back(name, value);
     return view;
   }
@@ -118,6 +119,22 @@ std::unique_ptr<Runtime> StartOrFail(const RuntimeContext& context) {
   auto runtime = StartCommandRuntime(context);
   EXPECT_TRUE(runtime.ok()) << runtime.error();
   return runtime.ok() ? std::move(*runtime) : nullptr;
+}
+
+// The command sees the request id the proxy and the worker log, whatever header the client
+// sent, and one that could break the header block is not sent at all.
+TEST(CommandRuntime, ForwardsTheRequestId) {
+  auto made = MakeRuntime(EchoContext());
+  ASSERT_TRUE(made.ok()) << made.error();
+  Request request;
+  request.headers = {{"X-Request-ID", "from-the-client"}};
+  request.request_id = "as-the-proxy-has-it";
+  json echoed = json::parse(Send(**made, request).body);
+  EXPECT_EQ(ReceivedHeader(echoed, "X-Request-Id"), "as-the-proxy-has-it");
+  request.request_id = "bad\r\nX-Injected: 1";
+  echoed = json::parse(Send(**made, request).body);
+  EXPECT_EQ(ReceivedHeader(echoed, "X-Injected"), "<none>");
+  EXPECT_EQ(ReceivedHeader(echoed, "X-Request-Id"), "from-the-client");
 }
 
 TEST(CommandRuntime, ForwardsAGetWithQueryAndHeaders) {

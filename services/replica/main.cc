@@ -40,7 +40,13 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   std::string replica_id, node_id, spec_path, error_file, cache_dir, scratch_dir;
   int agent_pid = 0;
   int ready_fd = -1;
+  bool request_log = true;
   service::AddCommonFlags(app, flags);
+  // Workers inherit the agent's environment: SERVE_REQUEST_LOG=false on the agent turns the
+  // request lines of all its replicas off.
+  app.add_flag("--request-log,!--no-request-log", request_log,
+               "Log one line per handled request: method, path, status, latency, request id")
+      ->envname("SERVE_REQUEST_LOG");
   app.add_option("--replica-id", replica_id)->required();
   app.add_option("--node-id", node_id)->required();
   app.add_option("--spec", spec_path)->required();
@@ -58,7 +64,14 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (agent_pid > 0 && getppid() != agent_pid) return 1;
 
-  Status init = service::Init(flags, "replica " + replica_id);
+  std::ifstream in(spec_path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto spec = wire::Unpack<wire::DeploymentSpec>(bytes);
+  if (!spec.ok()) {
+    WriteError(error_file, "cannot read the replica spec " + spec_path + ": " + spec.error());
+    return 2;
+  }
+  Status init = service::Init(flags, "worker", log::Context{node_id, spec->name, replica_id});
   if (!init.ok()) {
     WriteError(error_file, init.message());
     return 2;
@@ -66,13 +79,6 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   if (inherited_descriptors > 0) {
     // Rare (see main()); frequent lines mean a spawn site that does not mark its descriptors.
     spdlog::info("closed {} descriptors inherited from the node agent", inherited_descriptors);
-  }
-  std::ifstream in(spec_path, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto spec = wire::Unpack<wire::DeploymentSpec>(bytes);
-  if (!spec.ok()) {
-    WriteError(error_file, "cannot read the replica spec " + spec_path + ": " + spec.error());
-    return 2;
   }
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -108,7 +114,7 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   }
   auto runtime = replica::MakeRuntime(context);
   if (!runtime.ok()) return fail(3, runtime.error());
-  replica::WorkerOptions options{replica_id, node_id, *spec, spec->version};
+  replica::WorkerOptions options{replica_id, node_id, *spec, spec->version, request_log};
   auto worker = std::make_unique<replica::ReplicaWorker>(&loop, **bus, subjects,
                                                          std::move(options), std::move(*runtime));
   Status started = worker->Start();
@@ -171,7 +177,8 @@ int RunAgent(int argc, char** argv) {
       ->check(CLI::Range(0, 65535));
   CLI11_PARSE(app, argc, argv);
 
-  Status init = service::Init(flags, "node");
+  if (options.node_id.empty()) options.node_id = "node-" + service::RandomHex(6);
+  Status init = service::Init(flags, "node", log::Context{options.node_id, "", ""});
   if (!init.ok()) {
     fprintf(stderr, "serve-replica: %s\n", init.message().c_str());
     return 2;
@@ -191,7 +198,6 @@ int RunAgent(int argc, char** argv) {
       options.custom_resources[name] = amount.get<double>();
     }
   }
-  if (options.node_id.empty()) options.node_id = "node-" + service::RandomHex(6);
   if (options.work_dir.empty()) {
     const char* home = getenv("HOME");
     options.work_dir = std::string(home ? home : "/tmp") + "/.serve/" + flags.ns + "/nodes/" +

@@ -1,6 +1,7 @@
 #include "replica/native_runtime.h"
 
 #include <dlfcn.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <mutex>
@@ -83,6 +84,17 @@ const ServeHostApi kHostApi = {
         },
     .response_set_body = [](ServeResponse* response, const char* data,
                             size_t size) noexcept { response->answer.body.assign(data, size); },
+    .request_id = [](const ServeRequest* request,
+                     ServeString* out) noexcept { *out = ToServe(request->view.request_id); },
+    .log =
+        [](int level, const char* message, size_t size) noexcept {
+          auto spd_level = level <= SERVE_LOG_DEBUG     ? spdlog::level::debug
+                           : level == SERVE_LOG_INFO    ? spdlog::level::info
+                           : level == SERVE_LOG_WARNING ? spdlog::level::warn
+                                                        : spdlog::level::err;
+          spdlog::log(spd_level, "{}", std::string_view(message != nullptr ? message : "",
+                                                        message != nullptr ? size : 0));
+        },
 };
 
 // Takes ownership of an error the plugin returned; "" when there was none.

@@ -1,9 +1,13 @@
 #include "replica/node_agent.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -47,6 +51,8 @@ NodeAgent::NodeAgent(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjec
       options_(std::move(options)),
       host_(service::HostName()),
       incarnation_(static_cast<uint64_t>(service::UnixMillis())),
+      logs_(ReplicaLogs::Options{(fs::path(options_.work_dir) / "logs").string(),
+                                 options_.keep_replica_logs_s, options_.keep_replica_logs}),
       metrics_registry_(options_.metrics_name_prefix),
       metrics_(metrics_registry_) {
   metrics_registry_.AddCollector([this] { return CollectMetrics(); });
@@ -75,6 +81,16 @@ Status NodeAgent::Start() {
   status = bus_.Subscribe(subjects_.NodeMetrics(options_.node_id),
                           [this](bus::Message& m) { OnWorkerMetrics(m); });
   if (!status.ok()) return status;
+  status = logs_.Prepare();
+  if (!status.ok()) return status;
+  status = bus_.Subscribe(subjects_.logs, [this](bus::Message& m) { OnLogs(m); });
+  if (!status.ok()) return status;
+  auto prune = [this] {
+    size_t removed = logs_.Prune([this](const std::string& id) { return workers_.count(id) > 0; });
+    if (removed > 0) spdlog::info("removed {} log files of replicas that exited", removed);
+  };
+  prune();
+  prune_logs_ = std::make_unique<service::RepeatingTimer>(loop_, 60, prune);
   if (options_.metrics_port != 0) {
     http::ServerOptions server_options;
     server_options.host = options_.metrics_host;
@@ -170,6 +186,14 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
                                    (fs::path(options_.work_dir) / "artifacts").string(),
                                    "--scratch-dir",     scratch_dir,
                                    "--ready-fd",        "3"};
+  // Its own log, which also takes whatever its user code prints (below).
+  std::string log_path = logs_.PathOf(id);
+  for (std::string arg : {std::string("--log-file"), log_path, std::string("--log-max-size-mb"),
+                          std::to_string(options_.replica_log_max_mb),
+                          std::string("--log-max-files"),
+                          std::to_string(options_.replica_log_files)}) {
+    args.push_back(std::move(arg));
+  }
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -189,10 +213,14 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   worker->ready_pipe.data = worker.get();
   uv_stdio_container_t stdio[4];
   stdio[0].flags = UV_IGNORE;
+  // Appending, like the worker's logger, so neither overwrites the other's lines. Without the
+  // file the worker keeps the agent's stdout and stderr.
+  int log_fd = open(log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (log_fd < 0) spdlog::warn("cannot open {}: {}", log_path, strerror(errno));
   stdio[1].flags = UV_INHERIT_FD;
-  stdio[1].data.fd = 1;
+  stdio[1].data.fd = log_fd >= 0 ? log_fd : 1;
   stdio[2].flags = UV_INHERIT_FD;
-  stdio[2].data.fd = 2;
+  stdio[2].data.fd = log_fd >= 0 ? log_fd : 2;
   stdio[3].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
   stdio[3].data.stream = reinterpret_cast<uv_stream_t*>(&worker->ready_pipe);
 
@@ -209,6 +237,7 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   worker->process.data = worker.get();
   service::MarkDescriptorsCloseOnExec();  // a worker inherits stdio only; see descriptors.h
   int rc = uv_spawn(loop_, &worker->process, &spawn);
+  if (log_fd >= 0) close(log_fd);  // the worker has its own copy
   if (rc != 0) {
     // A failed spawn still initialised the handles; they must be closed before it is freed.
     CloseWorker(worker.release());
@@ -261,6 +290,35 @@ std::vector<prometheus::MetricFamily> NodeAgent::CollectMetrics() const {
   return metrics_.Collect(workers);
 }
 
+void NodeAgent::OnLogs(bus::Message& message) {
+  auto request = wire::Unpack<wire::ReplicaLogsRequest>(message.data);
+  if (!request.ok()) {
+    wire::ReplicaLogsReplyT reply;
+    reply.error = "bad logs request: " + request.error();
+    (void)bus_.Respond(message, wire::Pack(reply));
+    return;
+  }
+  // Any id that is not one (a path, say) cannot name a log here; the same goes for an id this
+  // node never ran: another node may answer for it.
+  if (!SafeId(request->replica_id) || !logs_.Has(request->replica_id)) return;
+  wire::ReplicaLogsReplyT reply;
+  reply.node_id = options_.node_id;
+  reply.replica_id = request->replica_id;
+  auto worker = workers_.find(request->replica_id);
+  reply.running = worker != workers_.end();
+  if (reply.running) reply.deployment = worker->second->deployment;
+  auto chunk = logs_.Read(request->replica_id, request->offset, request->tail_lines,
+                          request->max_bytes > 0 ? static_cast<size_t>(request->max_bytes) : 1);
+  if (chunk.ok()) {
+    reply.data = std::move(chunk->data);
+    reply.next_offset = chunk->next_offset;
+    reply.restarted = chunk->restarted;
+  } else {
+    reply.error = chunk.error();
+  }
+  (void)bus_.Respond(message, wire::Pack(reply));
+}
+
 void NodeAgent::OnStop(bus::Message& message) {
   auto order = wire::Unpack<wire::StopReplica>(message.data);
   wire::StopReplicaReplyT reply;
@@ -276,6 +334,29 @@ void NodeAgent::OnStop(bus::Message& message) {
 void NodeAgent::StopWorker(Worker& worker) {
   if (worker.stopping || worker.pid <= 0) return;
   worker.stopping = true;
+  if (signalled_ < std::max(1, options_.max_concurrent_stops)) {
+    SignalStop(worker);
+    return;
+  }
+  if (waiting_stops_.empty()) {
+    spdlog::info("{} workers are stopping: further stops wait their turn", signalled_);
+  }
+  waiting_stops_.push_back(worker.replica_id);
+}
+
+void NodeAgent::StartWaitingStops() {
+  while (!waiting_stops_.empty() && signalled_ < std::max(1, options_.max_concurrent_stops)) {
+    auto it = workers_.find(waiting_stops_.front());
+    waiting_stops_.pop_front();
+    if (it != workers_.end()) SignalStop(*it->second);
+  }
+}
+
+void NodeAgent::SignalStop(Worker& worker) {
+  if (worker.signalled || worker.pid <= 0) return;
+  worker.stopping = true;
+  worker.signalled = true;
+  ++signalled_;
   spdlog::info("stopping replica {} (pid {})", worker.replica_id, worker.pid);
   kill(worker.pid, SIGTERM);
   worker.kill_timer = std::make_unique<service::OneShotTimer>(loop_);
@@ -313,6 +394,7 @@ void NodeAgent::OnWorkerExit(Worker* worker, int64_t exit_status, int term_signa
 
   worker->pid = 0;
   worker->kill_timer.reset();
+  if (worker->signalled) --signalled_;
   std::error_code ec;
   fs::remove_all(worker->scratch_dir, ec);
   fs::remove(fs::path(worker->error_file).replace_extension(".spec"), ec);
@@ -321,6 +403,7 @@ void NodeAgent::OnWorkerExit(Worker* worker, int64_t exit_status, int term_signa
   Worker* raw = it->second.release();
   workers_.erase(it);
   CloseWorker(raw);
+  StartWaitingStops();
   SendHeartbeatSoon();
   MaybeFinishShutdown();
 }
@@ -397,11 +480,13 @@ void NodeAgent::Shutdown(std::function<void()> done) {
   shutdown_done_ = std::move(done);
   heartbeat_.reset();
   heartbeat_soon_.reset();
+  prune_logs_.reset();
   double longest_grace = 0;
   for (auto& [id, worker] : workers_) {
     longest_grace = std::max(longest_grace, worker->graceful_timeout_s);
-    StopWorker(*worker);
+    SignalStop(*worker);  // all at once: the node is leaving, and its deadline covers them all
   }
+  waiting_stops_.clear();
   shutdown_deadline_ = std::make_unique<service::OneShotTimer>(loop_);
   shutdown_deadline_->Start(longest_grace + 8, [this] {
     for (auto& [id, worker] : workers_) {

@@ -3,6 +3,7 @@
 #include <uv.h>
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -13,6 +14,7 @@
 #include "http/server.h"
 #include "metrics/metrics.h"
 #include "replica/node_metrics.h"
+#include "replica/replica_logs.h"
 #include "service/service.h"
 #include "wire/serve_generated.h"
 
@@ -33,6 +35,16 @@ struct NodeAgentOptions {
   std::string metrics_host = "127.0.0.1";
   int metrics_port = 0;
   std::string metrics_name_prefix = "serve_";
+  // Workers told to stop at once. Each drains, says goodbye on the bus and exits; a thousand
+  // doing so together (a mass delete) starve every process on the node, the node's own
+  // heartbeat and the control plane included. The rest wait their turn.
+  int max_concurrent_stops = 32;
+  // Each replica logs to <work_dir>/logs/<replica-id>.log, rotated at this size with this many
+  // older files kept; logs of replicas that exited stay this long, at most this many of them.
+  double replica_log_max_mb = 20;
+  int replica_log_files = 2;
+  double keep_replica_logs_s = 3600;
+  size_t keep_replica_logs = 200;
 };
 
 // The node agent: registers the node (its heartbeat carries its resources), starts one worker
@@ -70,16 +82,24 @@ class NodeAgent {
     int open_handles = 0;  // process and ready_pipe; the Worker is freed when both closed
     int pid = 0;
     bool ready = false;
-    bool stopping = false;
+    bool stopping = false;   // ordered to stop (perhaps still waiting its turn)
+    bool signalled = false;  // sent SIGTERM
     std::unique_ptr<service::OneShotTimer> kill_timer;
   };
 
   void OnStart(bus::Message& message);
   void OnStop(bus::Message& message);
   void OnWorkerMetrics(bus::Message& message);
+  // Answers for the replicas whose log this node holds; silent about the others, which other
+  // nodes may hold.
+  void OnLogs(bus::Message& message);
   std::vector<prometheus::MetricFamily> CollectMetrics() const;
   Result<int> Spawn(const wire::StartReplicaT& order);
+  // Stops `worker` now, or once fewer than max_concurrent_stops others are stopping.
   void StopWorker(Worker& worker);
+  // SIGTERM, and SIGKILL after the worker's grace.
+  void SignalStop(Worker& worker);
+  void StartWaitingStops();
   void OnWorkerExit(Worker* worker, int64_t exit_status, int term_signal);
   void SendHeartbeat();
   // A heartbeat within 50 ms, one for however many changes happen meanwhile.
@@ -96,7 +116,11 @@ class NodeAgent {
   uint64_t incarnation_;
   uint64_t heartbeat_seq_ = 0;
   std::map<std::string, std::unique_ptr<Worker>> workers_;  // by replica id
+  std::deque<std::string> waiting_stops_;  // replica ids, in the order they were told to stop
+  int signalled_ = 0;                      // workers sent SIGTERM that have not exited yet
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
+  ReplicaLogs logs_;
+  std::unique_ptr<service::RepeatingTimer> prune_logs_;
   std::unique_ptr<service::OneShotTimer> heartbeat_soon_;
   std::chrono::steady_clock::time_point last_heartbeat_at_;
   std::function<void()> shutdown_done_;

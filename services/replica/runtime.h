@@ -26,6 +26,7 @@ struct RequestView {
   std::string_view query;  // without the '?'
   std::string_view body;
   std::vector<std::pair<std::string_view, std::string_view>> headers;
+  std::string_view request_id;  // the client's X-Request-ID, or the proxy's own
 
   // The first header called `name` (ASCII case-insensitive), or "" when there is none.
   std::string_view Header(std::string_view name) const;

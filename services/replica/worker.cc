@@ -46,6 +46,7 @@ RequestView ViewOf(const wire::HttpRequest& request) {
   view.method = AsView(request.method());
   view.path = AsView(request.path());
   view.query = AsView(request.query());
+  view.request_id = AsView(request.request_id());
   if (request.body() != nullptr) {
     view.body = std::string_view(reinterpret_cast<const char*>(request.body()->data()),
                                  request.body()->size());
@@ -82,6 +83,7 @@ ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
   if (runtime_->Concurrency() > 0) {
     handlers_ = std::make_unique<service::ThreadPool>(runtime_->Concurrency());
   }
+  if (options_.request_log) request_log_ = std::make_unique<log::RequestLog>();
 }
 
 bool ReplicaWorker::WaitForUserCode(std::chrono::milliseconds timeout) {
@@ -125,6 +127,7 @@ Status ReplicaWorker::Start() {
   StartHeartbeats();
   // Figures between heartbeats (which can be minutes apart), only while requests come.
   metrics_timer_ = std::make_unique<service::RepeatingTimer>(loop_, kMetricsPeriodS, [this] {
+    if (request_log_ != nullptr && completed_ != reported_completed_) request_log_->Flush();
     if (completed_ != reported_completed_ || in_flight_ > 0) SendMetrics();
   });
   spdlog::info("replica {} of {} (version {}) ready on {}", options_.replica_id,
@@ -174,9 +177,9 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
   ++in_flight_;
   uint64_t started_ns = uv_hrtime();
   if (handlers_ == nullptr) {
-    HandlerResponse answer = runtime_->Handle(ViewOf(**request));
+    HandlerResponse answer = HandleLogged(**request);
     --in_flight_;
-    Count(started_ns, answer.status);
+    Count(**request, started_ns, answer.status);
     Answer(message, EncodeResponse(answer));
     return;
   }
@@ -184,22 +187,32 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
   handlers_->Post([this, owned, started_ns] {
     // Verified above; the bytes have not changed since.
     const auto* request = flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data());
-    HandlerResponse answer = runtime_->Handle(ViewOf(*request));
+    HandlerResponse answer = HandleLogged(*request);
     int status = answer.status;
     std::string bytes = EncodeResponse(answer);
     inbox_.Post([this, owned, bytes = std::move(bytes), started_ns, status] {
       --in_flight_;
-      Count(started_ns, status);
+      Count(*flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data()), started_ns, status);
       Answer(*owned, bytes);
       MaybeFinishDrain();
     });
   });
 }
 
-void ReplicaWorker::Count(uint64_t started_ns, int status) {
+HandlerResponse ReplicaWorker::HandleLogged(const wire::HttpRequest& request) {
+  // What the user's code logs meanwhile, on this thread, names the request.
+  log::Scope scope({{}, {}, AsView(request.request_id())});
+  return runtime_->Handle(ViewOf(request));
+}
+
+void ReplicaWorker::Count(const wire::HttpRequest& request, uint64_t started_ns, int status) {
   ++completed_;
   if (status >= 500) ++errors_;
   double latency_ms = static_cast<double>(uv_hrtime() - started_ns) / 1e6;
+  if (request_log_ != nullptr) {
+    request_log_->Write({AsView(request.method()), AsView(request.path()), status, latency_ms,
+                         options_.spec.name, options_.replica_id, AsView(request.request_id())});
+  }
   const auto& bounds = metrics::LatencyBucketsMs();
   size_t bucket = std::lower_bound(bounds.begin(), bounds.end(), latency_ms) - bounds.begin();
   ++latency_counts_[bucket];

@@ -9,6 +9,7 @@
 
 #include "bus/bus.h"
 #include "bus/subjects.h"
+#include "log/log.h"
 #include "replica/runtime.h"
 #include "service/service.h"
 #include "service/threads.h"
@@ -21,6 +22,8 @@ struct WorkerOptions {
   std::string node_id;
   wire::DeploymentSpecT spec;
   std::string version;  // the effective version (the spec's, or the one the controller derived)
+  // One line per handled request in the replica's log (method, path, status, latency, id).
+  bool request_log = true;
 };
 
 // One replica of one deployment, in a process of its own: answers data-plane requests on
@@ -58,7 +61,9 @@ class ReplicaWorker {
   void OnHeartbeatTick();
   void SendHeartbeat();
   // Counts an answered request (worker's figures, see ReplicaMetrics in schemas/serve.fbs).
-  void Count(uint64_t started_ns, int status);
+  // Runs the user's code for `request`, with the request's id on the lines it logs.
+  HandlerResponse HandleLogged(const wire::HttpRequest& request);
+  void Count(const wire::HttpRequest& request, uint64_t started_ns, int status);
   void SendMetrics();
   // Requests admitted that wait for a handler thread.
   int Queued() const;
@@ -78,6 +83,7 @@ class ReplicaWorker {
   std::string metrics_subject_;
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
   std::unique_ptr<service::RepeatingTimer> metrics_timer_;
+  std::unique_ptr<log::RequestLog> request_log_;  // null with WorkerOptions::request_log off
   static constexpr double kMetricsPeriodS = 1;
   service::LoopInbox inbox_;
   std::unique_ptr<service::ThreadPool> handlers_;  // null when requests run on the loop

@@ -1,6 +1,7 @@
 // Drives the dashboard in Debian's chromium with playwright-core (which `./dev` installs under
 // .tools/): the page lists the deployments, shows a new one without a reload, shows a replica
-// going UNHEALTHY, logs no console error and asks nothing of any host but the controller.
+// going UNHEALTHY, follows a replica's log, logs no console error and asks nothing of any host
+// but the controller.
 //
 //   node check_dashboard.cjs API_URL PROXY_URL SCREENSHOT
 //
@@ -68,6 +69,26 @@ async function main() {
     }, null, { timeout: 15000 });
     console.log("traffic shown: " +
                 (await page.textContent('#deployments tr[data-key="added"] td.rps .figure')));
+    // A replica's log, followed: its last lines (the traffic's), then a request made after it
+    // was opened.
+    const replicaId = await page.evaluate(() => {
+      for (const row of document.querySelectorAll("#replicas tbody tr")) {
+        if (row.children[1].textContent === "added") return row.dataset.key;
+      }
+      return null;
+    });
+    if (replicaId === null) throw new Error("no replica of 'added' is listed");
+    await page.click('#replicas tr[data-key="' + replicaId + '"] td.id button');
+    await page.waitForFunction(
+        (id) => document.getElementById("log").textContent.includes("replica=" + id),
+        replicaId, { timeout: 10000 });
+    const logAt = Date.now();
+    await fetch(proxyUrl + "/added/after-the-log-was-opened");
+    await page.waitForFunction(
+        () => document.getElementById("log").textContent.includes("/added/after-the-log-was-opened"),
+        null, { timeout: 10000 });
+    console.log("a request's line was shown in the replica's log " + (Date.now() - logAt) +
+                " ms after it was made");
     await page.screenshot({ path: screenshot, fullPage: true });
     console.log("screenshot: " + screenshot);
   } finally {

@@ -6,6 +6,8 @@
 //                  "met" or 504 "timed out"; only meaningful for test_concurrent
 //   /health/fail   makes later check_health calls throw "told to fail"
 //   /health/ok     makes them pass again
+//   /log           writes "user code says: <body>" to the replica's log (serve::Log) and
+//                  answers "logged request <id>"
 //   /config        the current user_config
 //   /stats         {"max_in_flight": n, "calls": m}: the most calls seen at once, and how
 //                  many calls there were (this one included)
@@ -136,6 +138,11 @@ class TestHandlers {
     if (EndsWith(path, "/health/ok")) {
       healthy_ = true;
       return {200, "check_health will pass"};
+    }
+    if (EndsWith(path, "/log")) {
+      // Through the SDK: the line carries the request's id on its own.
+      serve::Log("user code says: " + std::string(request.body()));
+      return {200, "logged request " + std::string(request.id())};
     }
     if (EndsWith(path, "/config")) {
       std::lock_guard lock(mutex_);

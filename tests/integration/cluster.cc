@@ -76,6 +76,7 @@ void Cluster::StartNode(const std::string& node_id, double cpus) {
   argv.insert(argv.end(), flags.begin(), flags.end());
   nodes_.emplace_back(argv, dir() + "/" + node_id + ".log", options_.env);
   log_names_.push_back(node_id);
+  node_ids_.push_back(node_id);
 }
 
 void Cluster::StartProxy(const std::string& name, int port) {
@@ -112,8 +113,17 @@ Cluster::~Cluster() {
 }
 
 void Cluster::CheckLogsForSanitizerReports() {
-  for (const auto& name : log_names_) {
-    std::string log = Log(name);
+  std::vector<std::string> paths;
+  for (const auto& name : log_names_) paths.push_back(dir() + "/" + name + ".log");
+  std::error_code ec;
+  for (const auto& node_id : node_ids_) {
+    for (const auto& entry : std::filesystem::directory_iterator(dir() + "/" + node_id + "/logs", ec)) {
+      paths.push_back(entry.path().string());
+    }
+  }
+  for (const auto& path : paths) {
+    std::string name = path;
+    std::string log = ReadFile(path);
     for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                                "runtime error:"}) {
       if (log.find(marker) != std::string::npos) {
@@ -126,6 +136,10 @@ void Cluster::CheckLogsForSanitizerReports() {
 
 std::string Cluster::Log(const std::string& name) const {
   return ReadFile(dir() + "/" + name + ".log");
+}
+
+std::string Cluster::ReplicaLog(const std::string& node_id, const std::string& replica_id) const {
+  return ReadFile(dir() + "/" + node_id + "/logs/" + replica_id + ".log");
 }
 
 std::vector<std::string> Cluster::ServeCommand(const std::vector<std::string>& args) const {

@@ -71,6 +71,8 @@ class Cluster {
   // The pid of replica `replica_id`'s worker process (found in /proc), or -1.
   static pid_t WorkerPid(const std::string& replica_id);
   std::string Log(const std::string& name) const;
+  // The log of replica `replica_id` on node `node_id` (its worker's lines and its user code's).
+  std::string ReplicaLog(const std::string& node_id, const std::string& replica_id) const;
 
  private:
   std::vector<std::string> CommonFlags() const;
@@ -88,6 +90,7 @@ class Cluster {
   std::vector<Process> nodes_;
   std::vector<Process> extra_proxies_;
   std::vector<std::string> log_names_;
+  std::vector<std::string> node_ids_;  // their work directories hold the replicas' logs
   int deploy_files_ = 0;
 };
 

@@ -32,7 +32,9 @@ TEST(Descriptors, WorkerInheritsNothingFromItsAgent) {
   EXPECT_THAT(SharedDescriptors(worker, getpid()), IsEmpty());
   // And the agent passed nothing at exec: the worker, which closes and reports whatever it
   // finds open on entry, found nothing.
-  EXPECT_THAT(cluster.Log("node-1"), Not(HasSubstr("descriptors inherited from the node agent")));
+  std::string worker_log = cluster.ReplicaLog("node-1", hello["replicas"][0]["id"]);
+  ASSERT_THAT(worker_log, HasSubstr("ready on")) << "the worker's own lines are in its log";
+  EXPECT_THAT(worker_log, Not(HasSubstr("descriptors inherited from the node agent")));
 }
 
 }  // namespace

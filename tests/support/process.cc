@@ -200,16 +200,18 @@ void NatsServer::Start() {
 void NatsServer::Stop() { process_.Kill(); }
 
 HttpResult HttpRequest(int port, const std::string& method, const std::string& target,
-                       const std::string& body, std::chrono::milliseconds timeout) {
+                       const std::string& body, std::chrono::milliseconds timeout,
+                       const std::map<std::string, std::string>& headers) {
   HttpResult result;
   int fd = ConnectTo(port, timeout);
   if (fd < 0) {
     result.error = "connect failed: " + std::string(strerror(errno));
     return result;
   }
-  std::string request = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
-                        "Connection: close\r\nContent-Length: " + std::to_string(body.size()) +
-                        "\r\n\r\n" + body;
+  std::string request = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  for (const auto& [name, value] : headers) request.append(name).append(": ").append(value + "\r\n");
+  request += "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+             body;
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
     result.error = "send failed";
     close(fd);

@@ -87,7 +87,8 @@ struct HttpResult {
 // A blocking HTTP/1.1 request on a new connection to 127.0.0.1:port.
 HttpResult HttpRequest(int port, const std::string& method, const std::string& target,
                        const std::string& body = "",
-                       std::chrono::milliseconds timeout = std::chrono::seconds(10));
+                       std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                       const std::map<std::string, std::string>& headers = {});
 inline HttpResult HttpGet(int port, const std::string& target) {
   return HttpRequest(port, "GET", target);
 }

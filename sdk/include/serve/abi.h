@@ -95,7 +95,21 @@ typedef struct ServeHostApi {
   void (*response_add_header)(ServeResponse* response, const char* name, size_t name_size,
                               const char* value, size_t value_size);
   void (*response_set_body)(ServeResponse* response, const char* data, size_t size);
+
+  /* The request's id: the client's X-Request-ID, or the one the proxy made up. The proxy's
+   * access line, the replica's request line and every line logged while the request is
+   * handled carry it. */
+  void (*request_id)(const ServeRequest* request, ServeString* out);
+  /* Writes `message` (one line) to the replica's log, with its time, deployment, replica and,
+   * on a thread handling a request, that request's id. `level`: one of SERVE_LOG_*. */
+  void (*log)(int level, const char* message, size_t size);
 } ServeHostApi;
+
+/* Levels for ServeHostApi.log. */
+#define SERVE_LOG_DEBUG 0
+#define SERVE_LOG_INFO 1
+#define SERVE_LOG_WARNING 2
+#define SERVE_LOG_ERROR 3
 
 /* What serve_deployment_create is given. Strings are valid for that call only. */
 typedef struct ServeConfig {

@@ -69,6 +69,9 @@ class Request {
     host_->request_header(request_, name.data(), name.size(), &out);
     return View(out);
   }
+  // The request's id: the client's X-Request-ID, or the one the proxy made up. Lines logged
+  // with serve::Log while operator() runs carry it already.
+  std::string_view id() const { return Get(host_->request_id); }
   // Every header, in the order received, as (name, value).
   std::vector<std::pair<std::string_view, std::string_view>> headers() const {
     std::vector<std::pair<std::string_view, std::string_view>> out;
@@ -120,6 +123,28 @@ struct Response {
     return std::move(*this);
   }
 };
+
+namespace internal {
+// The host's table, set before the deployment's class is built (one deployment per library).
+inline const ServeHostApi*& Host() {
+  static const ServeHostApi* host = nullptr;
+  return host;
+}
+}  // namespace internal
+
+enum class LogLevel { kDebug = SERVE_LOG_DEBUG, kInfo = SERVE_LOG_INFO,
+                      kWarning = SERVE_LOG_WARNING, kError = SERVE_LOG_ERROR };
+
+// Writes one line to the replica's log (`serve logs <deployment>` shows it), with the time,
+// node, deployment, replica and, when called on the thread running operator(), the request's
+// id. Safe from any thread; does nothing before the constructor runs.
+inline void Log(LogLevel level, std::string_view message) {
+  const ServeHostApi* host = internal::Host();
+  if (host != nullptr && host->log != nullptr) {
+    host->log(static_cast<int>(level), message.data(), message.size());
+  }
+}
+inline void Log(std::string_view message) { Log(LogLevel::kInfo, message); }
 
 // What the constructor is given.
 class Config {
@@ -226,6 +251,7 @@ ServeError* Create(const ServeHostApi* host, const ServeConfig* config,
                ? MakeError(host, "the host's function table is older than this library's SDK")
                : nullptr;
   }
+  internal::Host() = host;
   return Guard(host, [&] {
     if constexpr (std::constructible_from<T, const Config&>) {
       Config cfg(Copy(config->user_config), Copy(config->deployment_name),

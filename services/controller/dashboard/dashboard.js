@@ -126,7 +126,7 @@ function render(status) {
   fillTable("replicas", replicas, {
     key: (r) => r.id,
     columns: [
-      { value: (r) => r.id, className: "id" },
+      { value: (r) => logButton(r.id), className: "id" },
       { value: (r) => r.deployment },
       { value: (r) => pill(r.state) },
       { value: (r) => r.node, className: "mono" },
@@ -173,6 +173,60 @@ function render(status) {
     ],
   });
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+// The log viewer: one replica's log, its last lines, then what follows, read once a second
+// from the node that holds it (through the controller).
+const kMaxLogChars = 200000;
+const log = { replica: null, offset: -1, reading: false };
+
+function logButton(id) {
+  const button = el("button", id, "link");
+  button.type = "button";
+  button.title = "follow this replica's log";
+  button.addEventListener("click", () => showLog(id));
+  return button;
+}
+
+function showLog(id) {
+  log.replica = id;
+  log.offset = -1;
+  document.getElementById("log-replica").textContent = id;
+  document.getElementById("log-hint").hidden = true;
+  const pre = document.getElementById("log");
+  pre.textContent = "";
+  pre.hidden = false;
+  readLog();
+}
+
+async function readLog() {
+  if (log.replica === null || log.reading) return;
+  const replica = log.replica;
+  log.reading = true;
+  try {
+    const answer = await fetch("/api/serve/replicas/" + encodeURIComponent(replica) +
+                               "/logs?tail=200&offset=" + log.offset, { cache: "no-store" });
+    const body = await answer.json();
+    if (replica !== log.replica) return;  // another replica was chosen meanwhile
+    const hint = document.getElementById("log-hint");
+    if (!answer.ok) {
+      hint.textContent = body.error || answer.statusText;
+      hint.hidden = false;
+      return;
+    }
+    hint.hidden = true;
+    const pre = document.getElementById("log");
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    let text = (body.restarted ? "" : pre.textContent) + body.data;
+    if (text.length > kMaxLogChars) text = text.slice(text.indexOf("\n", text.length - kMaxLogChars) + 1);
+    if (body.data.length > 0 || body.restarted) pre.textContent = text;
+    log.offset = body.next_offset;
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  } catch (error) {
+    // The controller is away: the connection pill says so; the next tick tries again.
+  } finally {
+    log.reading = false;
+  }
 }
 
 async function refresh() {
@@ -233,4 +287,5 @@ follow();
 // Ages ("3.2 s ago") move without events; a missed event is caught up within this period too.
 setInterval(() => {
   if (Date.now() - lastStatusAt >= 1000) refresh();
+  readLog();
 }, 1000);
