@@ -18,6 +18,7 @@ SERVE=("$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve" --address "nats://127.0.0.1:$
 
 cleanup() {
   [ -f "$WORK/proxy-off.pid" ] && kill "$(cat "$WORK/proxy-off.pid")" 2>/dev/null || true
+  [ -f "$WORK/proxy-nolog.pid" ] && kill "$(cat "$WORK/proxy-nolog.pid")" 2>/dev/null || true
   "${SERVE[@]}" shutdown >/dev/null 2>&1 || true
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   rm -rf "$WORK"
@@ -64,22 +65,37 @@ read -r nginx_rps nginx_p50 nginx_p99 nginx_bad < <(measure "http://127.0.0.1:$N
 read -r serve_rps serve_p50 serve_p99 serve_bad < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
 read -r native_rps native_p50 native_p99 native_bad < <(measure "http://127.0.0.1:$HTTP_PORT/counter")
 
-# What counting costs: a second proxy of the same instance with --no-metrics, measured in turn
-# with the first (on, off, on, off), so drift in the machine's speed hits both alike.
-PROXY_OFF_PORT=$(free_port)
-"$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve-proxy" --address "nats://127.0.0.1:$NATS_PORT" \
-  --namespace bench --http-port "$PROXY_OFF_PORT" --no-metrics >"$WORK/proxy-off.log" 2>&1 &
-echo $! > "$WORK/proxy-off.pid"
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$PROXY_OFF_PORT/hello" >/dev/null && break
-  sleep 0.1
-done
-read -r on1 _ < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
-read -r off1 _ < <(measure "http://127.0.0.1:$PROXY_OFF_PORT/hello")
-read -r on2 _ < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
-read -r off2 _ < <(measure "http://127.0.0.1:$PROXY_OFF_PORT/hello")
-metrics_cost=$(awk -v a="$on1" -v b="$on2" -v c="$off1" -v d="$off2" \
-  'BEGIN {printf "%+.1f", ((a + b) / (c + d) - 1) * 100}')
+# Starts a second proxy of the same instance with extra flags; prints its port.
+start_proxy() {
+  local name=$1
+  shift
+  local port
+  port=$(free_port)
+  "$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve-proxy" --address "nats://127.0.0.1:$NATS_PORT" \
+    --namespace bench --http-port "$port" "$@" >"$WORK/$name.log" 2>&1 &
+  echo $! > "$WORK/$name.pid"
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/hello" >/dev/null && break
+    sleep 0.1
+  done
+  echo "$port"
+}
+
+# Measures the default proxy and the one on port $1 in turn (default, other, default, other),
+# so drift in the machine's speed hits both alike; prints "a1 a2 b1 b2 cost%".
+in_turn() {
+  local a1 b1 a2 b2
+  read -r a1 _ < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
+  read -r b1 _ < <(measure "http://127.0.0.1:$1/hello")
+  read -r a2 _ < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
+  read -r b2 _ < <(measure "http://127.0.0.1:$1/hello")
+  echo "$a1 $a2 $b1 $b2 $(awk -v a="$a1" -v b="$a2" -v c="$b1" -v d="$b2" \
+    'BEGIN {printf "%+.1f", ((a + b) / (c + d) - 1) * 100}')"
+}
+
+# What counting costs, and what the access log costs: proxies without each.
+read -r on1 on2 off1 off2 metrics_cost < <(in_turn "$(start_proxy proxy-off --no-metrics)")
+read -r log1 log2 nolog1 nolog2 access_log_cost < <(in_turn "$(start_proxy proxy-nolog --no-access-log)")
 
 ratio=$(awk -v a="$serve_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
 native_ratio=$(awk -v a="$native_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
@@ -91,5 +107,6 @@ echo "| serve: proxy -> NATS -> builtin:hello replica | $serve_rps | $serve_p50 
 echo "| serve: proxy -> NATS -> native C++ counter, 2 replicas | $native_rps | $native_p50 | $native_p99 | $native_bad |"
 echo
 echo "metrics on vs off (builtin:hello, requests/s): on $on1, $on2; off $off1, $off2; on - off: $metrics_cost%"
+echo "access log on vs off (builtin:hello, requests/s): on $log1, $log2; off $nolog1, $nolog2; on - off: $access_log_cost%"
 echo
 echo "serve / nginx throughput ratio: builtin $ratio, native $native_ratio ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(date -u +%Y-%m-%d))"

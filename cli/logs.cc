@@ -53,8 +53,8 @@ std::vector<std::string> Resolve(Client& client, const std::string& target, bool
                                  std::string* note) {
   wire::StatusRequestT request;
   request.names.push_back(target);
-  auto status = client.CallFor<wire::StatusReply>(client.subjects().ctl_status,
-                                                  wire::Pack(request), kAskTimeoutS,
+  auto status = client.CallFor<wire::StatusReply>(client.subjects().ctl_status, wire::Pack(request),
+                                                  kAskTimeoutS,
                                                   /*patient=*/false);
   *is_deployment = false;
   if (!status.ok()) {
@@ -109,9 +109,8 @@ int ShowLogs(const GlobalOptions& global, const LogsOptions& options) {
   std::string note;
   std::vector<std::string> ids = Resolve(client, options.target, &is_deployment, &note);
   if (is_deployment && ids.empty() && !options.follow) {
-    std::cerr << "error: deployment " << options.target
-              << " has no replica now; `serve status " << options.target << "` tells why"
-              << std::endl;
+    std::cerr << "error: deployment " << options.target << " has no replica now; `serve status "
+              << options.target << "` tells why" << std::endl;
     return 1;
   }
   std::map<std::string, Followed> followed;
@@ -140,8 +139,7 @@ int ShowLogs(const GlobalOptions& global, const LogsOptions& options) {
       }
       state.reported_missing = false;
       if (answer->restarted) {
-        std::cerr << "note: the log of " << id << " was rotated; reading its new file"
-                  << std::endl;
+        std::cerr << "note: the log of " << id << " was rotated; reading its new file" << std::endl;
       }
       Print(prefix(id), answer->data);
       state.offset = answer->next_offset;

@@ -10,7 +10,7 @@ namespace serve::cli {
 struct LogsOptions {
   std::string target;  // a deployment's name or a replica's id
   bool follow = false;
-  int tail = 100;      // lines of each replica's log to start with
+  int tail = 100;       // lines of each replica's log to start with
   double poll_s = 0.5;  // how often --follow asks for more
 };
 

@@ -85,8 +85,7 @@ int main(int argc, char** argv) {
   cli::LogsOptions logs;
   auto* logs_cmd = app.add_subcommand(
       "logs", "Print a replica's log, or those of a deployment's replicas, from their nodes");
-  logs_cmd->add_option("target", logs.target, "A deployment's name or a replica's id")
-      ->required();
+  logs_cmd->add_option("target", logs.target, "A deployment's name or a replica's id")->required();
   logs_cmd->add_flag("-f,--follow", logs.follow, "Then print new lines as they come, until Ctrl-C");
   logs_cmd->add_option("--tail", logs.tail, "Start with this many of the last lines of each")
       ->capture_default_str()

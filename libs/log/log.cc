@@ -8,9 +8,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <thread>
 #include <vector>
 
 namespace serve::log {
@@ -166,6 +168,13 @@ void AppendLine(spdlog::memory_buf_t& dest, const Line& line) {
       dest.push_back(' ');
     }
   };
+  // Where the line comes from; the request id's name differs: `request=` reads better in text.
+  auto where = [&](std::string_view request_name) {
+    field("node", process.context.node);
+    field("deployment", line.deployment);
+    field("replica", line.replica);
+    field(request_name, line.request_id);
+  };
   char number[64];
   if (process.format == Format::kJson) {
     Append(dest, "{\"time\":\"");
@@ -176,10 +185,7 @@ void AppendLine(spdlog::memory_buf_t& dest, const Line& line) {
     AppendJsonString(dest, process.component);
     snprintf(number, sizeof(number), ",\"pid\":%d", process.pid);
     Append(dest, number);
-    field("node", process.context.node);
-    field("deployment", line.deployment);
-    field("replica", line.replica);
-    field("request_id", line.request_id);
+    where("request_id");
     if (line.request != nullptr) {
       field("method", line.request->method);
       field("path", line.request->path);
@@ -200,10 +206,7 @@ void AppendLine(spdlog::memory_buf_t& dest, const Line& line) {
   Append(dest, process.component);
   snprintf(number, sizeof(number), "[%d] ", process.pid);
   Append(dest, number);
-  field("node", process.context.node);
-  field("deployment", line.deployment);
-  field("replica", line.replica);
-  field("request", line.request_id);
+  where("request");
   AppendTextMessage(dest, line.message);
   dest.push_back('\n');
 }
@@ -234,11 +237,12 @@ class LineFormatter final : public spdlog::formatter {
   }
 };
 
-std::shared_ptr<spdlog::details::thread_pool> RequestLogThread() {
+std::shared_ptr<spdlog::details::thread_pool> RequestLogThread(size_t queue_batches) {
   // One background thread for the process, made on first use and kept to the end: lines
   // queued by a RequestLog being destroyed at exit must still find it.
   static auto* pool = new std::shared_ptr<spdlog::details::thread_pool>(
-      std::make_shared<spdlog::details::thread_pool>(16384, 1));
+      std::make_shared<spdlog::details::thread_pool>(std::clamp<size_t>(queue_batches, 4, 1 << 16),
+                                                     1));
   return *pool;
 }
 
@@ -308,7 +312,7 @@ Scope::~Scope() {
 
 std::string_view CurrentRequestId() { return t_fields.request_id; }
 
-RequestLog::RequestLog() {
+RequestLog::RequestLog(size_t queue_batches) {
   const auto& sinks = TheProcess().sinks;
   if (sinks.empty()) {
     // Init() was not called (a unit test): lines go to stderr, formatted all the same.
@@ -316,15 +320,25 @@ RequestLog::RequestLog() {
     sink->set_formatter(std::make_unique<LineFormatter>());
     TheProcess().sinks.push_back(sink);
   }
-  logger_ = std::make_shared<spdlog::async_logger>(
-      kRequestLogName, TheProcess().sinks.begin(), TheProcess().sinks.end(), RequestLogThread(),
-      spdlog::async_overflow_policy::overrun_oldest);
+  writer_ = RequestLogThread(queue_batches);
+  logger_ = std::make_shared<spdlog::async_logger>(kRequestLogName, TheProcess().sinks.begin(),
+                                                   TheProcess().sinks.end(), writer_,
+                                                   spdlog::async_overflow_policy::overrun_oldest);
   // Not set_formatter(): that would replace the sinks' formatter, which the process's other
   // lines share. Lines reach the sinks formatted (see LineFormatter).
   logger_->set_level(spdlog::level::info);
 }
 
-RequestLog::~RequestLog() { Flush(); }
+RequestLog::~RequestLog() {
+  Flush();
+  // The writer takes one message at a time: once the flush behind the last batch left the
+  // queue, the batch is written.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (writer_->queue_size() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  for (const auto& sink : logger_->sinks()) sink->flush();
+}
 
 void RequestLog::Write(const Entry& entry) {
   Line line;
@@ -341,12 +355,20 @@ void RequestLog::Write(const Entry& entry) {
   message.append(entry.method).append(" ").append(entry.path);
   if (TheProcess().format == Format::kText) message.append(summary);
   line.message = message;
-  spdlog::memory_buf_t formatted;
-  AppendLine(formatted, line);
-  logger_->info(std::string_view(formatted.data(), formatted.size()));
+  AppendLine(batch_, line);
+  if (batch_.size() >= kBatchBytes) HandOver();
 }
 
-void RequestLog::Flush() { logger_->flush(); }
+void RequestLog::HandOver() {
+  if (batch_.size() == 0) return;
+  logger_->info(std::string_view(batch_.data(), batch_.size()));
+  batch_.clear();
+}
+
+void RequestLog::Flush() {
+  HandOver();
+  logger_->flush();
+}
 
 }  // namespace serve::log
 

@@ -9,6 +9,10 @@
 
 #include "base/status.h"
 
+namespace spdlog::details {
+class thread_pool;
+}  // namespace spdlog::details
+
 namespace serve::log {
 
 enum class Format { kText, kJson };
@@ -66,9 +70,12 @@ class Scope {
 std::string_view CurrentRequestId();
 
 // One line per handled request (the proxy's access log, a worker's request log), written by a
-// background thread so the request path only formats and enqueues it. Lines go where the
-// process's other lines go. When the queue is full (the disk cannot keep up) the oldest lines
-// are dropped rather than making requests wait.
+// background thread so the request path only formats them. Lines are gathered into batches of
+// about 32 KB, handed over when a batch is full and on Flush() (a service calls it every
+// second): waking the writer per line costs a busy 2-core machine a sixth of its throughput.
+// Lines go where the process's other lines go. When the writer's queue is full (the disk cannot
+// keep up) the oldest batches are dropped rather than making requests wait. One thread only
+// (the service's loop).
 class RequestLog {
  public:
   struct Entry {
@@ -80,15 +87,25 @@ class RequestLog {
     std::string_view replica;
     std::string_view request_id;
   };
-  // Needs Init() first: it writes through the same sinks.
-  RequestLog();
+  // Needs Init() first: it writes through the same sinks. The destructor waits (up to a second)
+  // until what was written is in the file, so the last lines survive the process's exit.
+  // `queue_batches`: how many batches may wait for the writer (the queue's slots are allocated up
+  // front, about 400 bytes each, and shared by the process's request logs: the first one made sizes
+  // it).
+  explicit RequestLog(size_t queue_batches = 64);
   ~RequestLog();
   void Write(const Entry& entry);
-  // Hands what is queued to the file; a service calls it every second or so.
+  // Hands what is gathered to the writer, which writes it to the file; a service calls it every
+  // second or so.
   void Flush();
 
  private:
+  static constexpr size_t kBatchBytes = 32 * 1024;
+  void HandOver();
+
+  std::shared_ptr<spdlog::details::thread_pool> writer_;
   std::shared_ptr<spdlog::logger> logger_;
+  spdlog::memory_buf_t batch_;  // formatted lines not yet handed over
 };
 
 }  // namespace serve::log

@@ -1,8 +1,8 @@
 #include "log/log.h"
 
 #include <gmock/gmock.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <stdlib.h>
 
 #include <cmath>
@@ -109,8 +109,9 @@ TEST_F(LogTest, JsonLinesAreValidWhateverTheMessage) {
   EXPECT_EQ(line["deployment"], "dep");
   EXPECT_EQ(line["replica"], "dep-1");
   EXPECT_EQ(line["request_id"], "id \"x\"");
-  EXPECT_EQ(line["msg"],
-            "quote \" backslash \\ newline \n tab \t bell \x07 bad utf8 \xef\xbf\xbd\xef\xbf\xbd end");
+  EXPECT_EQ(
+      line["msg"],
+      "quote \" backslash \\ newline \n tab \t bell \x07 bad utf8 \xef\xbf\xbd\xef\xbf\xbd end");
   std::string time = line["time"];
   EXPECT_EQ(time.size(), 27u) << time;  // 2026-11-30T11:00:00.123456Z
   EXPECT_EQ(time.back(), 'Z');

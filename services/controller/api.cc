@@ -4,9 +4,9 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>
-#include <tuple>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <tuple>
 
 #include "config/deployment_config.h"
 #include "config/spec.h"
@@ -323,8 +323,9 @@ void Api::ReplicaLogs(const http::Request& request, const std::string& replica_i
                     return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
                   });
   if (!valid_id) {
-    responder.Send(Error(400, "replica id: letters, digits, '-' and '_' only (as `serve status` "
-                              "lists them)"));
+    responder.Send(Error(400,
+                         "replica id: letters, digits, '-' and '_' only (as `serve status` "
+                         "lists them)"));
     return;
   }
   wire::ReplicaLogsRequestT ask;
@@ -356,9 +357,12 @@ void Api::ReplicaLogs(const http::Request& request, const std::string& replica_i
       shared->Send(Error(answer.status()));
       return;
     }
-    nlohmann::json body = {{"replica", answer->replica_id},   {"node", answer->node_id},
-                           {"deployment", answer->deployment}, {"running", answer->running},
-                           {"restarted", answer->restarted},  {"next_offset", answer->next_offset},
+    nlohmann::json body = {{"replica", answer->replica_id},
+                           {"node", answer->node_id},
+                           {"deployment", answer->deployment},
+                           {"running", answer->running},
+                           {"restarted", answer->restarted},
+                           {"next_offset", answer->next_offset},
                            {"data", answer->data}};
     shared->Send(Json(200, Dump(body)));
   });

@@ -82,7 +82,7 @@ Proxy::Proxy(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects, Prox
     metrics_ = std::make_unique<ProxyMetrics>(metrics_registry_);
     metrics_registry_.AddCollector([this] { return CollectQueues(); });
   }
-  if (options_.access_log) access_log_ = std::make_unique<log::RequestLog>();
+  if (options_.access_log) access_log_ = std::make_unique<log::RequestLog>(256);
 }
 
 Proxy::~Proxy() = default;

@@ -5,8 +5,8 @@
 #include <deque>
 #include <memory>
 #include <set>
-#include <unordered_map>
 #include <string>
+#include <unordered_map>
 
 #include "bus/bus.h"
 #include "bus/subjects.h"

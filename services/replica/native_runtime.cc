@@ -92,8 +92,9 @@ const ServeHostApi kHostApi = {
                            : level == SERVE_LOG_INFO    ? spdlog::level::info
                            : level == SERVE_LOG_WARNING ? spdlog::level::warn
                                                         : spdlog::level::err;
-          spdlog::log(spd_level, "{}", std::string_view(message != nullptr ? message : "",
-                                                        message != nullptr ? size : 0));
+          spdlog::log(
+              spd_level, "{}",
+              std::string_view(message != nullptr ? message : "", message != nullptr ? size : 0));
         },
 };
 

@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -188,10 +188,10 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
                                    "--ready-fd",        "3"};
   // Its own log, which also takes whatever its user code prints (below).
   std::string log_path = logs_.PathOf(id);
-  for (std::string arg : {std::string("--log-file"), log_path, std::string("--log-max-size-mb"),
-                          std::to_string(options_.replica_log_max_mb),
-                          std::string("--log-max-files"),
-                          std::to_string(options_.replica_log_files)}) {
+  for (std::string arg :
+       {std::string("--log-file"), log_path, std::string("--log-max-size-mb"),
+        std::to_string(options_.replica_log_max_mb), std::string("--log-max-files"),
+        std::to_string(options_.replica_log_files)}) {
     args.push_back(std::move(arg));
   }
   std::vector<char*> argv;

@@ -110,7 +110,8 @@ Result<ReplicaLogs::Chunk> ReplicaLogs::Read(const std::string& replica_id, int6
     chunk.restarted = true;  // rotated (or truncated) since: what is there now is new
     offset = 0;
   }
-  size_t want = static_cast<size_t>(std::min<int64_t>(size - offset, static_cast<int64_t>(max_bytes)));
+  size_t want =
+      static_cast<size_t>(std::min<int64_t>(size - offset, static_cast<int64_t>(max_bytes)));
   auto data = ReadAt(fd, offset, want);
   close(fd);
   if (!data.ok()) return data.status();

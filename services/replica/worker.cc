@@ -83,7 +83,8 @@ ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
   if (runtime_->Concurrency() > 0) {
     handlers_ = std::make_unique<service::ThreadPool>(runtime_->Concurrency());
   }
-  if (options_.request_log) request_log_ = std::make_unique<log::RequestLog>();
+  // A small queue: a node runs hundreds of workers, each allocating its queue up front.
+  if (options_.request_log) request_log_ = std::make_unique<log::RequestLog>(16);
 }
 
 bool ReplicaWorker::WaitForUserCode(std::chrono::milliseconds timeout) {

@@ -313,3 +313,68 @@ deployments:
 
 }  // namespace
 }  // namespace serve::testing
+
+namespace serve::testing {
+namespace {
+
+// The edges: hundreds of deployments through one PUT (scaled to zero, so no process starts),
+// every event stream the controller allows plus one, and a replica's log through the API.
+TEST(Api, HundredsOfDeploymentsStreamsUpToTheCapAndReplicaLogs) {
+  Cluster cluster;
+  nlohmann::json many = {{"deployments", nlohmann::json::array()}};
+  for (int i = 0; i < 300; ++i) {
+    many["deployments"].push_back({{"name", std::string("d").append(std::to_string(i))},
+                                   {"runtime", "builtin:hello"},
+                                   {"num_replicas", 0}});
+  }
+  auto put = HttpRequest(cluster.api_port(), "PUT", kDeployments, many.dump());
+  ASSERT_EQ(put.status, 200) << put.body.substr(0, 2000);
+  nlohmann::json got = Parse(HttpGet(cluster.api_port(), kDeployments));
+  ASSERT_TRUE(got.is_object());
+  EXPECT_EQ(got["deployments"].size(), 300u);
+  nlohmann::json status = Parse(HttpGet(cluster.api_port(), "/api/serve/status"));
+  EXPECT_EQ(status["deployments"].size(), 300u);
+  auto emptied = HttpRequest(cluster.api_port(), "PUT", kDeployments, R"({"deployments": []})");
+  ASSERT_EQ(emptied.status, 200) << emptied.body.substr(0, 2000);
+  EXPECT_EQ(Parse(HttpGet(cluster.api_port(), kDeployments))["deployments"].size(), 0u);
+
+  // 256 streams are served; the next one is told why it is not.
+  std::vector<std::unique_ptr<EventStreamClient>> streams;
+  for (int i = 0; i < 256; ++i) {
+    streams.push_back(std::make_unique<EventStreamClient>(cluster.api_port()));
+    ASSERT_TRUE(streams.back()->ReadUntil("retry: 1000")) << i << streams.back()->received();
+  }
+  EventStreamClient refused(cluster.api_port());
+  EXPECT_TRUE(refused.ReadUntil("too many event streams are open (256)")) << refused.received();
+  EXPECT_THAT(refused.received(), HasSubstr("503"));
+  streams.pop_back();  // a closed one makes room (noticed at the next write to it)
+  cluster.Deploy(kHelloConfig);
+  for (auto& stream : streams)
+    ASSERT_TRUE(stream->ReadUntil("\"name\":\"hello\"")) << stream->received();
+  EXPECT_TRUE(WaitUntil([&] {
+    EventStreamClient again(cluster.api_port());
+    return again.ReadUntil("retry: 1000", std::chrono::seconds(2));
+  }));
+  streams.clear();
+
+  // A replica's log, and the errors around it.
+  std::string replica = *cluster.RunningIds("hello").begin();
+  auto logs = HttpGet(cluster.api_port(), "/api/serve/replicas/" + replica + "/logs?tail=10");
+  ASSERT_EQ(logs.status, 200) << logs.body;
+  nlohmann::json body = Parse(logs);
+  EXPECT_THAT(body["data"].get<std::string>(), HasSubstr("ready on"));
+  EXPECT_EQ(body["node"], "node-1");
+  EXPECT_EQ(body["running"], true);
+  auto next = HttpGet(cluster.api_port(), "/api/serve/replicas/" + replica + "/logs?offset=" +
+                                              std::to_string(body["next_offset"].get<int64_t>()));
+  EXPECT_EQ(next.status, 200);
+  EXPECT_EQ(HttpGet(cluster.api_port(), "/api/serve/replicas/nobody-1/logs").status, 404);
+  auto bad_id = HttpGet(cluster.api_port(), "/api/serve/replicas/..%2Fetc/logs");
+  EXPECT_EQ(bad_id.status, 400) << bad_id.body;
+  auto bad_tail = HttpGet(cluster.api_port(), "/api/serve/replicas/" + replica + "/logs?tail=-5");
+  EXPECT_EQ(bad_tail.status, 400);
+  EXPECT_THAT(ErrorOf(bad_tail), HasSubstr("tail: a whole number from 0 to 10000"));
+}
+
+}  // namespace
+}  // namespace serve::testing

@@ -117,7 +117,8 @@ void Cluster::CheckLogsForSanitizerReports() {
   for (const auto& name : log_names_) paths.push_back(dir() + "/" + name + ".log");
   std::error_code ec;
   for (const auto& node_id : node_ids_) {
-    for (const auto& entry : std::filesystem::directory_iterator(dir() + "/" + node_id + "/logs", ec)) {
+    for (const auto& entry :
+         std::filesystem::directory_iterator(dir() + "/" + node_id + "/logs", ec)) {
       paths.push_back(entry.path().string());
     }
   }

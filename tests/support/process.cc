@@ -209,9 +209,10 @@ HttpResult HttpRequest(int port, const std::string& method, const std::string& t
     return result;
   }
   std::string request = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
-  for (const auto& [name, value] : headers) request.append(name).append(": ").append(value + "\r\n");
-  request += "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
-             body;
+  for (const auto& [name, value] : headers)
+    request.append(name).append(": ").append(value + "\r\n");
+  request +=
+      "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
     result.error = "send failed";
     close(fd);

@@ -132,8 +132,12 @@ inline const ServeHostApi*& Host() {
 }
 }  // namespace internal
 
-enum class LogLevel { kDebug = SERVE_LOG_DEBUG, kInfo = SERVE_LOG_INFO,
-                      kWarning = SERVE_LOG_WARNING, kError = SERVE_LOG_ERROR };
+enum class LogLevel {
+  kDebug = SERVE_LOG_DEBUG,
+  kInfo = SERVE_LOG_INFO,
+  kWarning = SERVE_LOG_WARNING,
+  kError = SERVE_LOG_ERROR
+};
 
 // Writes one line to the replica's log (`serve logs <deployment>` shows it), with the time,
 // node, deployment, replica and, when called on the thread running operator(), the request's
