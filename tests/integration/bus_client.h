@@ -32,8 +32,9 @@ class RawClient {
   RawClient(const RawClient&) = delete;
   RawClient& operator=(const RawClient&) = delete;
 
-  Result<bus::Message> Request(const std::string& subject, const std::string& data) {
-    return bus::RequestAndWait(&loop_, *bus_, subject, data, 10);
+  Result<bus::Message> Request(const std::string& subject, const std::string& data,
+                               double timeout_s = 10) {
+    return bus::RequestAndWait(&loop_, *bus_, subject, data, timeout_s);
   }
   // Takes what `subject` carries and never answers (a service that hangs).
   void SubscribeSilently(const std::string& subject) {

@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <limits>
 #include <sstream>
 
+#include "integration/bus_client.h"
 #include "integration/cluster.h"
 #include "integration/logged_process.h"
+#include "wire/codec.h"
 
 namespace serve::testing {
 namespace {
@@ -181,6 +184,50 @@ TEST(LogsTest, ServeLogsPrintsFollowsAndOutlivesTheReplica) {
   CommandResult after = cluster.Serve({"logs", replica});
   ASSERT_EQ(after.exit_code, 0) << after.output;
   EXPECT_THAT(after.output, HasSubstr("written after the command started"));
+}
+
+// Any bus client may ask on <ns>.logs: garbage gets an answer naming the cause, an id that is a
+// path gets none (no node holds such a log), numbers out of range are clamped, and the node
+// agent carries on.
+TEST(LogsTest, HostileLogRequestsAreRefusedAndTheNodeCarriesOn) {
+  Cluster cluster;
+  cluster.Deploy(kHelloConfig);
+  std::string replica = *cluster.RunningIds("hello").begin();
+  RawClient client(cluster.nats_url());
+
+  auto garbage = client.Request("itest.logs", std::string("\x01\x02 not a request", 18));
+  ASSERT_TRUE(garbage.ok()) << garbage.error();
+  auto refused = wire::Unpack<wire::ReplicaLogsReply>(garbage->data);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_THAT(refused->error, HasSubstr("bad logs request"));
+
+  wire::ReplicaLogsRequestT traversal;
+  traversal.replica_id = "../../../etc/passwd";
+  EXPECT_FALSE(client.Request("itest.logs", wire::Pack(traversal), 1).ok());
+
+  wire::ReplicaLogsRequestT huge;
+  huge.replica_id = replica;
+  huge.offset = std::numeric_limits<int64_t>::max();
+  huge.tail_lines = std::numeric_limits<int32_t>::max();
+  huge.max_bytes = std::numeric_limits<int32_t>::max();
+  auto far = client.Request("itest.logs", wire::Pack(huge));
+  ASSERT_TRUE(far.ok()) << far.error();
+  auto read = wire::Unpack<wire::ReplicaLogsReply>(far->data);
+  ASSERT_TRUE(read.ok());
+  EXPECT_TRUE(read->error.empty()) << read->error;
+  EXPECT_TRUE(read->restarted) << "an offset past the end reads the file from its start";
+  EXPECT_LE(read->data.size(), 512u * 1024);
+  huge.offset = -7;
+  huge.tail_lines = -3;
+  huge.max_bytes = -1;
+  auto negative = client.Request("itest.logs", wire::Pack(huge));
+  ASSERT_TRUE(negative.ok()) << negative.error();
+  EXPECT_TRUE(wire::Unpack<wire::ReplicaLogsReply>(negative->data)->error.empty());
+
+  EXPECT_EQ(cluster.Get("/hello").status, 200);
+  CommandResult tail = cluster.Serve({"logs", replica});
+  EXPECT_EQ(tail.exit_code, 0) << tail.output;
+  EXPECT_THAT(tail.output, HasSubstr("ready on"));
 }
 
 }  // namespace
