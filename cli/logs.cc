@@ -11,6 +11,7 @@
 #include "cli/client.h"
 #include "cli/stop_signals.h"
 #include "wire/codec.h"
+#include "wire/replica_logs.h"
 
 namespace serve::cli {
 namespace {
@@ -34,16 +35,8 @@ Result<wire::ReplicaLogsReplyT> AskNodes(Client& client, const std::string& repl
   request.tail_lines = tail;
   auto reply = bus::RequestAndWait(client.loop(), client.bus(), client.subjects().logs,
                                    wire::Pack(request), kAskTimeoutS);
-  if (!reply.ok()) {
-    return Status::Error("no node holds a log of replica " + replica_id +
-                             " (a replica's log stays on its node for an hour after it exits; "
-                             "`serve status` lists the replicas)",
-                         ErrorKind::kNotFound);
-  }
-  auto answer = wire::Unpack<wire::ReplicaLogsReply>(reply->data);
-  if (!answer.ok()) return Status::Error("unreadable answer from a node: " + answer.error());
-  if (!answer->error.empty()) return Status::Error(answer->error);
-  return std::move(*answer);
+  return wire::ReplicaLogsAnswer(
+      replica_id, reply.ok() ? std::optional<std::string_view>(reply->data) : std::nullopt);
 }
 
 // The replicas `target` stands for: a deployment's current ones (with `is_deployment` set), or

@@ -3,7 +3,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <spdlog/sinks/stdout_sinks.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <filesystem>
@@ -11,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+
+#include "support/process.h"
 
 namespace serve::log {
 namespace {
@@ -21,14 +22,9 @@ using ::testing::Not;
 
 class LogTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/log-test-XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-  }
   void TearDown() override {
+    // The next test's logger replaces this one; lines in between go to stderr.
     spdlog::set_default_logger(spdlog::stderr_logger_mt("after-" + std::to_string(++count_)));
-    fs::remove_all(dir_);
   }
   Status InitTo(Format format, const Context& context, double max_mb = 100) {
     Options options;
@@ -51,7 +47,8 @@ class LogTest : public ::testing::Test {
     return lines;
   }
 
-  std::string dir_;
+  serve::testing::TempDir temp_;
+  const std::string& dir_ = temp_.path();
   static inline int count_ = 0;
 };
 

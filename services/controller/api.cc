@@ -6,7 +6,6 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <tuple>
 
 #include "config/deployment_config.h"
 #include "config/spec.h"
@@ -130,6 +129,23 @@ std::optional<uint64_t> ParseSeq(const std::string& text) {
   auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (text.empty() || error != std::errc() || end != text.data() + text.size()) return std::nullopt;
   return value;
+}
+
+// Sets `value` from query field `name`, a whole number from `low` to `high`; leaves it when the
+// field is absent.
+template <typename T>
+Status QueryNumber(const std::string& query, const std::string& name, int64_t low, int64_t high,
+                   T* value) {
+  std::string text = QueryValue(query, name);
+  if (text.empty()) return Status::Ok();
+  int64_t number = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), number);
+  if (error != std::errc() || end != text.data() + text.size() || number < low || number > high) {
+    return Status::Error(name + ": a whole number from " + std::to_string(low) + " to " +
+                         std::to_string(high) + " (got '" + text.substr(0, 32) + "')");
+  }
+  *value = static_cast<T>(number);
+  return Status::Ok();
 }
 
 // The dashboard's files. The page loads nothing from anywhere else, which the policy enforces.
@@ -331,25 +347,11 @@ void Api::ReplicaLogs(const http::Request& request, const std::string& replica_i
   wire::ReplicaLogsRequestT ask;
   ask.replica_id = replica_id;
   ask.tail_lines = 200;
-  for (const auto& [field, target, low, high] :
-       {std::tuple<const char*, int64_t*, int64_t, int64_t>{"tail", nullptr, 0, 10000},
-        std::tuple<const char*, int64_t*, int64_t, int64_t>{"offset", &ask.offset, -1,
-                                                            int64_t{1} << 50}}) {
-    std::string text = QueryValue(request.query, field);
-    if (text.empty()) continue;
-    int64_t value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || end != text.data() + text.size() || value < low || value > high) {
-      responder.Send(Error(400, std::string(field) + ": a whole number from " +
-                                    std::to_string(low) + " to " + std::to_string(high) +
-                                    " (got '" + text.substr(0, 32) + "')"));
-      return;
-    }
-    if (target != nullptr) {
-      *target = value;
-    } else {
-      ask.tail_lines = static_cast<int>(value);
-    }
+  Status tail = QueryNumber(request.query, "tail", 0, 10000, &ask.tail_lines);
+  Status offset = QueryNumber(request.query, "offset", -1, int64_t{1} << 50, &ask.offset);
+  if (!tail.ok() || !offset.ok()) {
+    responder.Send(Error(400, (tail.ok() ? offset : tail).message()));
+    return;
   }
   auto shared = std::make_shared<http::Responder>(std::move(responder));
   controller_.AskReplicaLogs(ask, [shared](Result<wire::ReplicaLogsReplyT> answer) {

@@ -188,12 +188,9 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
                                    "--ready-fd",        "3"};
   // Its own log, which also takes whatever its user code prints (below).
   std::string log_path = logs_.PathOf(id);
-  for (std::string arg :
-       {std::string("--log-file"), log_path, std::string("--log-max-size-mb"),
-        std::to_string(options_.replica_log_max_mb), std::string("--log-max-files"),
-        std::to_string(options_.replica_log_files)}) {
-    args.push_back(std::move(arg));
-  }
+  args.insert(args.end(), {"--log-file", log_path, "--log-max-size-mb",
+                           std::to_string(options_.replica_log_max_mb), "--log-max-files",
+                           std::to_string(options_.replica_log_files)});
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);

@@ -1,11 +1,12 @@
 #include "replica/replica_logs.h"
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+
+#include "support/process.h"
 
 namespace serve::replica {
 namespace {
@@ -14,13 +15,6 @@ namespace fs = std::filesystem;
 
 class ReplicaLogsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/replica-logs-XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   ReplicaLogs Logs(size_t keep_count = 200, double keep_s = 3600) {
     ReplicaLogs::Options options;
     options.dir = dir_;
@@ -34,7 +28,8 @@ class ReplicaLogsTest : public ::testing::Test {
     out << text;
   }
 
-  std::string dir_;
+  serve::testing::TempDir temp_;
+  const std::string& dir_ = temp_.path();
 };
 
 TEST_F(ReplicaLogsTest, TailGivesTheLastLines) {
