@@ -195,7 +195,7 @@ TEST(LogsTest, HostileLogRequestsAreRefusedAndTheNodeCarriesOn) {
   std::string replica = *cluster.RunningIds("hello").begin();
   RawClient client(cluster.nats_url());
 
-  auto garbage = client.Request("itest.logs", std::string("\x01\x02 not a request", 18));
+  auto garbage = client.Request("itest.logs", std::string("\x01\x02 not a request"));
   ASSERT_TRUE(garbage.ok()) << garbage.error();
   auto refused = wire::Unpack<wire::ReplicaLogsReply>(garbage->data);
   ASSERT_TRUE(refused.ok());
