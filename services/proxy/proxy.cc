@@ -133,6 +133,7 @@ Status Proxy::Start() {
   });
   if (!subscribed.ok()) return subscribed;
   bus_.SetConnectionListener([this](bool connected) {
+    bus_down_noticed_ = !connected;
     if (!connected) return;
     uv_update_time(loop_);
     connected_at_ms_ = uv_now(loop_);
@@ -515,6 +516,9 @@ void Proxy::ReleaseHeld() {
 }
 
 bool Proxy::InReconnectGrace() {
+  // The bus reports the connection back as soon as nats.c has it, before the notice reaches
+  // this loop: a call sent in between is in the grace too.
+  if (bus_down_noticed_) return true;
   if (connected_at_ms_ == 0) return false;
   uv_update_time(loop_);
   return uv_now(loop_) - connected_at_ms_ < kReconnectGraceMs;

@@ -119,6 +119,7 @@ class Proxy {
   // Calls that wait for the bus, oldest first.
   std::deque<std::shared_ptr<Call>> held_;
   uint64_t connected_at_ms_ = 0;  // loop time of the last (re)connection
+  bool bus_down_noticed_ = false;  // a drop was noticed and the reconnection not yet
   bool have_routes_ = false;
   bool accepting_ = false;
   int inherited_port_ = 0;  // the port of a handed-over socket
