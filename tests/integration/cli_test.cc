@@ -178,8 +178,11 @@ TEST_F(CliTest, RunStartsServesAndOnSigtermUndoesEverythingItDid) {
   EXPECT_THAT(run.Output(), HasSubstr("Stopped the Serve instance this command started"));
   for (pid_t pid : pids) EXPECT_FALSE(ProcessAlive(pid)) << "pid " << pid << " still runs";
   EXPECT_TRUE(RecordedPids().empty());
-  EXPECT_FALSE(PortOpen(nats_port_));
-  EXPECT_FALSE(PortOpen(http_port));
+  auto listener = [](int port) {
+    return RunCommand({"sh", "-c", "ss -ltnp 'sport = :" + std::to_string(port) + "'"}).output;
+  };
+  EXPECT_FALSE(PortOpen(nats_port_)) << listener(nats_port_);
+  EXPECT_FALSE(PortOpen(http_port)) << listener(http_port);
   EXPECT_TRUE(WaitUntil([&] {
     return RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output.empty();
   }));

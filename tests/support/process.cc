@@ -83,8 +83,14 @@ static int ConnectTo(int port, std::chrono::milliseconds timeout) {
 bool PortOpen(int port) {
   int fd = ConnectTo(port, std::chrono::milliseconds(500));
   if (fd < 0) return false;
+  // A connection to a closed port in the ephemeral range can be given that same port as its
+  // source and connect to itself (TCP simultaneous open): nothing listens there.
+  sockaddr_in local{};
+  socklen_t len = sizeof(local);
+  bool self = getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+              ntohs(local.sin_port) == port;
   close(fd);
-  return true;
+  return !self;
 }
 
 Process::Process(std::vector<std::string> argv, std::string log_path,
