@@ -455,8 +455,10 @@ Result<HttpResponse> S3Store::Send(const HttpRequest& request) const {
 
   std::string url = scheme + "://" + authority + sigv4::UriEncode(path, /*keep_slash=*/true);
   for (size_t i = 0; i < request.query.size(); ++i) {
-    url += (i == 0 ? "?" : "&") + sigv4::UriEncode(request.query[i].first, false) + "=" +
-           sigv4::UriEncode(request.query[i].second, false);
+    url.append(i == 0 ? "?" : "&")
+        .append(sigv4::UriEncode(request.query[i].first, false))
+        .append("=")
+        .append(sigv4::UriEncode(request.query[i].second, false));
   }
 
   curl_slist* headers = nullptr;
