@@ -23,6 +23,8 @@ struct StartOptions {
   int dashboard_port = 8265;
   // The node agent's Prometheus metrics (its replicas' figures); port 0: none.
   int node_metrics_port = 8266;
+  // The checkpointer's Prometheus metrics (its store's latency and errors); port 0: none.
+  int checkpointer_metrics_port = 8267;
   double num_cpus = 0;  // 0: all of this machine's
   double timeout_s = 30;
 };

@@ -104,7 +104,9 @@ Result<pid_t> SpawnSupervisor(const GlobalOptions& global, const StartOptions& o
                                    "--dashboard-port",
                                    std::to_string(options.dashboard_port),
                                    "--node-metrics-port",
-                                   std::to_string(options.node_metrics_port)};
+                                   std::to_string(options.node_metrics_port),
+                                   "--checkpointer-metrics-port",
+                                   std::to_string(options.checkpointer_metrics_port)};
   if (options.num_cpus > 0) {
     argv.insert(argv.end(), {"--num-cpus", std::to_string(options.num_cpus)});
   }
@@ -314,10 +316,11 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
   if (instance.num_cpus > 0) {
     replica.insert(replica.end(), {"--num-cpus", std::to_string(instance.num_cpus)});
   }
-  out.processes.push_back(
-      {"checkpointer",
-       "serve-checkpointer",
-       {ServiceExecutable("serve-checkpointer"), "--checkpoint-path", instance.checkpoint_path}});
+  out.processes.push_back({"checkpointer",
+                           "serve-checkpointer",
+                           {ServiceExecutable("serve-checkpointer"), "--checkpoint-path",
+                            instance.checkpoint_path, "--metrics-host", instance.dashboard_host,
+                            "--metrics-port", std::to_string(instance.checkpointer_metrics_port)}});
   out.processes.push_back(
       {"controller",
        "serve-controller",
@@ -358,6 +361,9 @@ void PrintStartedInstance(const GlobalOptions& global, const StartOptions& optio
   }
   if (options.node_metrics_port > 0) {
     std::cout << ", :" << options.node_metrics_port << "/metrics (node)";
+  }
+  if (options.checkpointer_metrics_port > 0) {
+    std::cout << ", :" << options.checkpointer_metrics_port << "/metrics (checkpointer)";
   }
   std::cout << "\n";
   std::cout << "  bus:         " << RedactUrl(global.bus.url)

@@ -1,12 +1,11 @@
 // serve: the command line for a Serve instance.
-#include <CLI/CLI.hpp>
 
 #include "bus/flags.h"
 #include "bus/subjects.h"
 #include "cli/commands.h"
 #include "cli/logs.h"
 #include "log/log.h"
-#include "service/service.h"
+#include "service/flags.h"
 
 using namespace serve;
 
@@ -28,6 +27,12 @@ static void AddInstanceOptions(CLI::App* command, cli::StartOptions& options) {
                       "Port of the node agent's /metrics, with its replicas' figures (0: none; "
                       "the proxy's are at /-/metrics, the controller's at /metrics on the "
                       "dashboard port)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  command
+      ->add_option("--checkpointer-metrics-port", options.checkpointer_metrics_port,
+                   "Port of the checkpointer's /metrics: its recovery store's latency and "
+                   "errors (0: none)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
 }

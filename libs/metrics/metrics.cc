@@ -1,14 +1,14 @@
 #include "metrics/metrics.h"
 
 #include <dirent.h>
+#include <prometheus/text_serializer.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <fstream>
 #include <sstream>
-
-#include <prometheus/text_serializer.h>
 
 namespace serve::metrics {
 
@@ -179,5 +179,37 @@ http::Response Registry::Response() const {
   response.body = Render();
   return response;
 }
+
+Endpoint::Endpoint(uv_loop_t* loop, const Registry& registry, std::string service)
+    : loop_(loop), registry_(registry), service_(std::move(service)) {}
+
+void Endpoint::Listen(const std::string& host, int port, const std::string& port_flag) {
+  http::ServerOptions options;
+  options.host = host;
+  options.port = port;
+  server_ = std::make_unique<http::Server>(
+      loop_, options, [this](http::Request&& request, http::Responder responder) {
+        if (request.path == "/metrics" && (request.method == "GET" || request.method == "HEAD")) {
+          responder.Send(registry_.Response());
+          return;
+        }
+        http::Response response;
+        response.status = 404;
+        response.body = service_ + " serves GET /metrics only\n";
+        responder.Send(std::move(response));
+      });
+  Status listening = server_->Listen();
+  if (!listening.ok()) {
+    spdlog::warn("no /metrics: {}; choose another {} (0: none)", listening.message(), port_flag);
+    server_.reset();
+    return;
+  }
+  spdlog::info("metrics at http://{}:{}/metrics", host, server_->port());
+}
+
+int Endpoint::port() const { return server_ != nullptr ? server_->port() : 0; }
+
+// The server's handles finish closing on later loop turns, after it is gone.
+void Endpoint::Close() { server_.reset(); }
 
 }  // namespace serve::metrics

@@ -9,11 +9,6 @@
 // prefix given with --metrics-name-prefix replaces `serve_`, so `ray_serve_` gives Ray's exact
 // names and Grafana boards made for Ray work unchanged.
 
-#include <memory>
-#include <string>
-#include <string_view>
-#include <vector>
-
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -21,6 +16,12 @@
 #include <prometheus/histogram.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "base/status.h"
 #include "http/server.h"
@@ -80,6 +81,30 @@ class Registry {
   std::string prefix_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::vector<std::function<std::vector<prometheus::MetricFamily>()>> collectors_;
+};
+
+// GET (and HEAD) /metrics of a Registry on an HTTP server of its own, for the services that have
+// no other (the node agent, the checkpointer). Anything else is a 404 naming the one path.
+class Endpoint {
+ public:
+  // `service` names the process in the 404 ("the node agent").
+  Endpoint(uv_loop_t* loop, const Registry& registry, std::string service);
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  // Listens on host:port. Without its metrics a service still does its work, so a port that
+  // cannot be taken is logged as a warning naming `port_flag` (and is not an outage, nor a crash
+  // loop under a supervisor).
+  void Listen(const std::string& host, int port, const std::string& port_flag);
+  // The bound port; 0 when not listening.
+  int port() const;
+  void Close();
+
+ private:
+  uv_loop_t* loop_;
+  const Registry& registry_;
+  std::string service_;
+  std::unique_ptr<http::Server> server_;
 };
 
 }  // namespace serve::metrics

@@ -2,20 +2,19 @@
 
 #include <uv.h>
 
-#include <CLI/CLI.hpp>
 #include <functional>
 #include <memory>
 #include <string>
 
 #include "base/status.h"
 #include "bus/bus.h"
-#include "bus/flags.h"
 #include "bus/subjects.h"
 #include "log/log.h"
 
 namespace serve::service {
 
-// Flags every service takes: how to reach the bus, and how to log.
+// Flags every service takes: how to reach the bus, and how to log (service/flags.h adds them
+// to a command line).
 struct CommonFlags {
   bus::Options bus;
   std::string ns = "serve";
@@ -28,13 +27,6 @@ struct CommonFlags {
   // Replaces `serve_` at the start of every metric name (`ray_serve_` gives Ray Serve's).
   std::string metrics_name_prefix = "serve_";
 };
-
-void AddCommonFlags(CLI::App& app, CommonFlags& flags);
-
-// Checks a numeric flag: a finite number from `min` to `max`. Not CLI::Range, which lets NaN
-// through (every comparison with NaN is false): a NaN period or timeout would stall whatever it
-// measures. `why`, when given, ends the error: what the bound protects.
-CLI::Validator NumberIn(double min, double max, std::string why = "");
 
 // Validates the namespace and the metrics prefix, and installs the logger for `component`.
 // Lines name `context.node`, or this machine's host name when it is empty.

@@ -20,12 +20,15 @@ constexpr char kStopping[] = "the checkpointer is shutting down; retry against i
 }  // namespace
 
 Checkpointer::Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
-                           CheckpointStore& store, std::string staging_dir)
+                           CheckpointStore& store, std::string staging_dir,
+                           std::string metrics_prefix)
     : loop_(loop),
       bus_(bus),
       subjects_(subjects),
       store_(store),
-      staging_dir_(std::move(staging_dir)) {}
+      staging_dir_(std::move(staging_dir)),
+      metrics_registry_(std::move(metrics_prefix)),
+      metrics_(metrics_registry_) {}
 
 Status Checkpointer::Start() {
   std::error_code ec;
@@ -95,27 +98,39 @@ std::string Checkpointer::WrongStore(const std::string& requested) const {
 
 void Checkpointer::OnPut(const bus::Message& message) {
   wire::CheckpointPutReplyT reply;
-  auto request = DecodeOrRefuse<wire::CheckpointPut, wire::CheckpointPutReply>(message);
+  auto request = DecodeOrRefuse<wire::CheckpointPut, wire::CheckpointPutReply>("put", message);
   if (!request) return;
   const wire::CheckpointPutT& put = request->value;
-  if (stopped_ || !WrongStore(put.store).empty()) {
-    reply.error = stopped_ ? kStopping : WrongStore(put.store);
+  // A bad key is the request's fault: refused here, so the store's figures count only the store.
+  Status key = ValidateKey(put.key);
+  if (stopped_ || !WrongStore(put.store).empty() || !key.ok()) {
+    reply.error = stopped_ ? kStopping : !key.ok() ? key.message() : WrongStore(put.store);
+    metrics_.Answered("put", "refused");
     Reply(message, wire::EncodeReply(codec_, reply, request->json));
     return;
   }
 
   uint64_t start_ms = NowMs();
+  uint64_t start_ns = uv_hrtime();
   std::string_view data(reinterpret_cast<const char*>(put.data.data()), put.data.size());
   Status stored = store_.Put(put.key, put.generation, data);
+  double put_seconds = static_cast<double>(uv_hrtime() - start_ns) / 1e9;
   uint64_t elapsed_ms = ElapsedMs(start_ms);
   if (stored.ok()) {
+    metrics_.StoreCall("put", true, put_seconds);
+    metrics_.Written(put.data.size());
+    metrics_.Answered("put", "ok");
     reply.stored_generation = put.generation;
     spdlog::debug("put '{}' generation {} ({} bytes) in {} ms", put.key, put.generation,
                   put.data.size(), elapsed_ms);
   } else {
     reply.error = stored.message();
-    // Tell a fenced-off writer which generation won, when the store can say.
-    auto current = store_.Get(put.key);
+    // Tell a fenced-off writer which generation won, when the store can say. A put refused for
+    // an older generation is the store working, not failing.
+    auto current = CallStore("get", [&] { return store_.Get(put.key); });
+    bool fenced = current.ok() && current->has_value() && (*current)->generation > put.generation;
+    metrics_.StoreCall("put", fenced, put_seconds);
+    metrics_.Answered("put", fenced ? "fenced" : "error");
     if (current.ok() && current->has_value()) reply.stored_generation = (*current)->generation;
     spdlog::warn("put '{}' generation {}: {}", put.key, put.generation, stored.message());
   }
@@ -128,27 +143,31 @@ void Checkpointer::OnPut(const bus::Message& message) {
 
 void Checkpointer::OnGet(const bus::Message& message) {
   wire::CheckpointGetReplyT reply;
-  auto request = DecodeOrRefuse<wire::CheckpointGet, wire::CheckpointGetReply>(message);
+  auto request = DecodeOrRefuse<wire::CheckpointGet, wire::CheckpointGetReply>("get", message);
   if (!request) return;
   if (message.reply.empty()) {
     spdlog::debug("get on {} had no reply subject; nothing to answer", message.subject);
     return;
   }
   const wire::CheckpointGetT& get = request->value;
-  if (stopped_ || !WrongStore(get.store).empty()) {
-    reply.error = stopped_ ? kStopping : WrongStore(get.store);
+  Status key = ValidateKey(get.key);
+  if (stopped_ || !WrongStore(get.store).empty() || !key.ok()) {
+    reply.error = stopped_ ? kStopping : !key.ok() ? key.message() : WrongStore(get.store);
+    metrics_.Answered("get", "refused");
     Reply(message, wire::EncodeReply(codec_, reply, request->json));
     return;
   }
 
   uint64_t start_ms = NowMs();
-  auto record = store_.Get(get.key);
+  auto record = CallStore("get", [&] { return store_.Get(get.key); });
   uint64_t elapsed_ms = ElapsedMs(start_ms);
+  metrics_.Answered("get", !record.ok() ? "error" : record->has_value() ? "ok" : "not_found");
   if (!record.ok()) {
     reply.error = record.error();
     spdlog::warn("get '{}': {}", get.key, record.error());
   } else if (record->has_value()) {
     const Record& found = **record;
+    metrics_.Read(found.data.size());
     reply.found = true;
     reply.generation = found.generation;
     reply.data.assign(found.data.begin(), found.data.end());
@@ -177,16 +196,24 @@ void Checkpointer::OnShutdown(const bus::Message& message) {
 
 void Checkpointer::OnBlobStat(const bus::Message& message) {
   wire::BlobStatReplyT reply;
-  auto request = DecodeOrRefuse<wire::BlobStat, wire::BlobStatReply>(message);
+  auto request = DecodeOrRefuse<wire::BlobStat, wire::BlobStatReply>("blob_stat", message);
   if (!request) return;
+  const char* outcome = "refused";
   if (stopped_) {
     reply.error = kStopping;
-  } else if (auto size = store_.BlobSize(request->value.digest); !size.ok()) {
+  } else if (auto size =
+                 CallStore("blob_size", [&] { return store_.BlobSize(request->value.digest); });
+             !size.ok()) {
     reply.error = size.error();
+    outcome = "error";
   } else if (size->has_value()) {
     reply.found = true;
     reply.size = **size;
+    outcome = "ok";
+  } else {
+    outcome = "not_found";
   }
+  metrics_.Answered("blob_stat", outcome);
   Reply(message, wire::EncodeReply(codec_, reply, request->json));
 }
 
@@ -206,7 +233,7 @@ void Checkpointer::DropAbandonedUploads() {
   }
 }
 
-wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
+wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put, bool* failed) {
   wire::BlobPutReplyT reply;
   if (!config::IsArtifactDigest(put.digest)) {
     reply.error = "'" + put.digest + "' is not an artifact digest (sha256:<64 hex digits>)";
@@ -246,6 +273,7 @@ wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
             static_cast<std::streamsize>(put.data.size()));
   out.close();
   if (!out) {
+    *failed = true;
     reply.error = "cannot write " + upload.path + " (is the disk full?); start again from offset 0";
     std::filesystem::remove(upload.path);
     uploads_.erase(it);
@@ -263,9 +291,13 @@ wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
     reply.error = digest.ok() ? "the uploaded bytes hash to " + *digest + ", not " + put.digest +
                                     "; upload again"
                               : digest.error();
-  } else if (Status stored = store_.PutBlob(put.digest, path); !stored.ok()) {
+  } else if (Status stored =
+                 CallStore("put_blob", [&] { return store_.PutBlob(put.digest, path); });
+             !stored.ok()) {
+    *failed = true;
     reply.error = stored.message();
   } else {
+    metrics_.Written(put.total_size);
     reply.stored = true;
     spdlog::info("stored {} ({} bytes) in {}", put.digest, put.total_size, store_.Describe());
   }
@@ -275,40 +307,53 @@ wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put) {
 
 void Checkpointer::OnBlobPut(const bus::Message& message) {
   wire::BlobPutReplyT reply;
-  auto request = DecodeOrRefuse<wire::BlobPut, wire::BlobPutReply>(message);
+  auto request = DecodeOrRefuse<wire::BlobPut, wire::BlobPutReply>("blob_put", message);
   if (!request) return;
+  bool failed = false;
   if (stopped_) {
     reply.error = kStopping;
   } else {
-    reply = ReceiveChunk(request->value);
+    reply = ReceiveChunk(request->value, &failed);
   }
+  metrics_.SetUploads(uploads_.size());
+  metrics_.Answered("blob_put", reply.error.empty() ? "ok" : failed ? "error" : "refused");
   if (!reply.error.empty()) spdlog::warn("blob put: {}", reply.error);
   Reply(message, wire::EncodeReply(codec_, reply, request->json));
 }
 
 void Checkpointer::OnBlobGet(const bus::Message& message) {
   wire::BlobGetReplyT reply;
-  auto request = DecodeOrRefuse<wire::BlobGet, wire::BlobGetReply>(message);
+  auto request = DecodeOrRefuse<wire::BlobGet, wire::BlobGetReply>("blob_get", message);
   if (!request) return;
   const wire::BlobGetT& get = request->value;
+  const char* outcome = "refused";
   if (stopped_) {
     reply.error = kStopping;
-  } else if (auto size = store_.BlobSize(get.digest); !size.ok()) {
+  } else if (auto size = CallStore("blob_size", [&] { return store_.BlobSize(get.digest); });
+             !size.ok()) {
     reply.error = size.error();
+    outcome = "error";
   } else if (size->has_value()) {
     reply.found = true;
     reply.total_size = **size;
+    outcome = "ok";
     uint64_t length = get.length == 0 ? artifact::kChunkBytes
                                       : std::min<uint64_t>(get.length, artifact::kChunkBytes);
     if (get.offset < reply.total_size) {
-      auto bytes = store_.ReadBlob(get.digest, get.offset, length);
+      auto bytes =
+          CallStore("read_blob", [&] { return store_.ReadBlob(get.digest, get.offset, length); });
       if (bytes.ok()) {
+        metrics_.Read(bytes->size());
         reply.data.assign(bytes->begin(), bytes->end());
       } else {
         reply.error = bytes.error();
+        outcome = "error";
       }
     }
+  } else {
+    outcome = "not_found";
   }
+  metrics_.Answered("blob_get", outcome);
   Reply(message, wire::EncodeReply(codec_, reply, request->json));
 }
 

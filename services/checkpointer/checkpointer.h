@@ -11,7 +11,9 @@
 #include "base/status.h"
 #include "bus/bus.h"
 #include "bus/subjects.h"
+#include "checkpointer/checkpointer_metrics.h"
 #include "checkpointer/store.h"
+#include "metrics/metrics.h"
 #include "wire/codec.h"
 
 namespace serve::checkpointer {
@@ -33,9 +35,10 @@ class Checkpointer {
 
   // `bus`, `subjects` and `store` must outlive the Checkpointer.
   // Uploads are assembled in `staging_dir` (created if missing) and checked against their
-  // digest before the store gets them.
+  // digest before the store gets them. Metric names start with `metrics_prefix`.
   Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
-               CheckpointStore& store, std::string staging_dir);
+               CheckpointStore& store, std::string staging_dir,
+               std::string metrics_prefix = std::string(metrics::kDefaultPrefix));
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
@@ -45,6 +48,9 @@ class Checkpointer {
 
   // Called once on <ns>.shutdown; the process should close its handles and let the loop end.
   void SetShutdownHandler(ShutdownHandler handler) { on_shutdown_ = std::move(handler); }
+
+  // The figures of checkpointer_metrics.h and of this process, for a /metrics endpoint.
+  const metrics::Registry& metrics() const { return metrics_registry_; }
 
   // Subscribes to the subjects above.
   Status Start();
@@ -59,17 +65,19 @@ class Checkpointer {
   void OnBlobStat(const bus::Message& message);
   void OnBlobPut(const bus::Message& message);
   void OnBlobGet(const bus::Message& message);
-  // Applies one chunk of an upload; the reply says how far the upload got.
-  wire::BlobPutReplyT ReceiveChunk(const wire::BlobPutT& put);
+  // Applies one chunk of an upload; the reply says how far the upload got. `failed` is set when
+  // the error is the staging disk's or the store's, not the request's.
+  wire::BlobPutReplyT ReceiveChunk(const wire::BlobPutT& put, bool* failed);
   void Reply(const bus::Message& request, const std::string& bytes);
   // Decodes a request of table T. When it does not decode, answers a ReplyT table carrying why (in
   // JSON when the request looked like JSON) and returns nullopt.
   template <typename T, typename ReplyT>
   std::optional<wire::Decoded<typename T::NativeTableType>> DecodeOrRefuse(
-      const bus::Message& message) {
+      const char* operation, const bus::Message& message) {
     auto request = wire::DecodeRequest<T>(codec_, message.data);
     if (request.ok()) return std::move(*request);
     spdlog::warn("bad request on {}: {}", message.subject, request.error());
+    metrics_.Answered(operation, "refused");
     typename ReplyT::NativeTableType reply;
     reply.error = request.error();
     Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
@@ -82,6 +90,15 @@ class Checkpointer {
   // the loop, and every request waits behind it.
   uint64_t ElapsedMs(uint64_t start_ms);
   uint64_t NowMs();
+  // Runs `call`, one call into the store named `name`, and counts it. `call` returns a Status or
+  // a Result; a failed one marks the store unhealthy in the metrics.
+  template <typename Call>
+  auto CallStore(const char* name, Call&& call) {
+    uint64_t start_ns = uv_hrtime();
+    auto result = call();
+    metrics_.StoreCall(name, result.ok(), static_cast<double>(uv_hrtime() - start_ns) / 1e9);
+    return result;
+  }
 
   uv_loop_t* loop_;
   bus::Bus& bus_;
@@ -103,6 +120,9 @@ class Checkpointer {
   std::string staging_dir_;
   std::string store_uri_;
   std::map<std::string, Upload> uploads_;
+
+  metrics::Registry metrics_registry_;
+  CheckpointerMetrics metrics_;
 };
 
 }  // namespace serve::checkpointer

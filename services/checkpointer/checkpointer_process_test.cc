@@ -113,6 +113,35 @@ TEST_F(CheckpointerProcessTest, AnswersAndExitsCleanlyOnShutdown) {
   EXPECT_THAT(testing::ReadFile(log_), HasSubstr("shutdown requested on cp.shutdown"));
 }
 
+TEST_F(CheckpointerProcessTest, ServesItsMetricsAndExitsCleanly) {
+  int port = testing::FreePort();
+  auto process =
+      Start({"--checkpoint-path", "file://" + store_, "--metrics-port", std::to_string(port)});
+  GetWhenReady("k");
+  ASSERT_EQ(Put("controller/state", 1, "x").error, "");
+  auto metrics = testing::HttpGet(port, "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_THAT(metrics.body,
+              HasSubstr("serve_checkpointer_requests_total{operation=\"put\",outcome=\"ok\"} 1\n"));
+  EXPECT_THAT(metrics.body, HasSubstr("serve_checkpointer_store_healthy 1\n"));
+  auto other = testing::HttpGet(port, "/");
+  EXPECT_EQ(other.status, 404);
+  EXPECT_THAT(other.body, HasSubstr("the checkpointer serves GET /metrics only"));
+  process.Signal(SIGTERM);
+  EXPECT_EQ(WaitForExit(process), 0);
+}
+
+// Its metrics are not worth an outage: a taken port is a warning that names the flag.
+TEST_F(CheckpointerProcessTest, TakenMetricsPortIsAWarningAndTheStoreIsServed) {
+  int port = nats_.port();  // taken by the nats-server
+  auto process =
+      Start({"--checkpoint-path", "file://" + store_, "--metrics-port", std::to_string(port)});
+  EXPECT_FALSE(GetWhenReady("k").found);
+  EXPECT_THAT(testing::ReadFile(log_), HasSubstr("choose another --metrics-port (0: none)"));
+  process.Signal(SIGTERM);
+  EXPECT_EQ(WaitForExit(process), 0);
+}
+
 TEST_F(CheckpointerProcessTest, SigtermExitsCleanly) {
   auto process = Start({"--checkpoint-path", "file://" + store_});
   GetWhenReady("k");

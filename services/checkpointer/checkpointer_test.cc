@@ -221,6 +221,54 @@ TEST_F(CheckpointerTest, CorruptRecordIsReportedNotReplaced) {
   EXPECT_EQ(testing::ReadFile(path), "corrupt!");
 }
 
+// The value of the sample written exactly as `series` in a text exposition; -1 when none.
+double Sample(const std::string& text, const std::string& series) {
+  size_t at = text.find("\n" + series + " ");
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + series.size() + 2));
+}
+
+TEST_F(CheckpointerTest, MetricsCountEveryOutcomeAndTheStoresHealth) {
+  auto requests = [&](const std::string& operation, const std::string& outcome) {
+    return Sample(checkpointer_->metrics().Render(),
+                  "serve_checkpointer_requests_total{operation=\"" + operation + "\",outcome=\"" +
+                      outcome + "\"}");
+  };
+  auto healthy = [&] {
+    return Sample(checkpointer_->metrics().Render(), "serve_checkpointer_store_healthy");
+  };
+  ASSERT_EQ(Put("k", 5, "five").error, "");
+  ASSERT_NE(Put("k", 4, "four").error, "");
+  ASSERT_EQ(Get("k").generation, 5u);
+  ASSERT_FALSE(Get("none").found);
+  ASSERT_NE(Put("../k", 6, "x").error, "");
+  ASSERT_NE(Reply<wire::CheckpointGetReply>(Send(subjects_.ckpt_get, "garbage")).error, "");
+  EXPECT_EQ(requests("put", "ok"), 1);
+  EXPECT_EQ(requests("put", "fenced"), 1);
+  EXPECT_EQ(requests("put", "refused"), 1);
+  EXPECT_EQ(requests("get", "ok"), 1);
+  EXPECT_EQ(requests("get", "not_found"), 2);  // with SetUp's
+  EXPECT_EQ(requests("get", "refused"), 1);
+  // A fenced put is the store doing its job.
+  EXPECT_EQ(healthy(), 1);
+  std::string text = checkpointer_->metrics().Render();
+  EXPECT_EQ(Sample(text, "serve_checkpointer_bytes_written_total"), 4);
+  EXPECT_EQ(Sample(text, "serve_checkpointer_bytes_read_total"), 4);
+  EXPECT_EQ(Sample(text, "serve_checkpointer_store_call_duration_seconds_count{call=\"put\"}"), 2);
+  EXPECT_EQ(Sample(text, "serve_checkpointer_store_errors_total{call=\"put\"}"), 0);
+
+  // A record the store cannot read is a store error, until a call succeeds again.
+  testing::WriteFile(store_->PathFor("bad"), "corrupt!");
+  ASSERT_NE(Get("bad").error, "");
+  EXPECT_EQ(requests("get", "error"), 1);
+  EXPECT_EQ(healthy(), 0);
+  EXPECT_EQ(Sample(checkpointer_->metrics().Render(),
+                   "serve_checkpointer_store_errors_total{call=\"get\"}"),
+            1);
+  ASSERT_EQ(Put("k", 6, "six").error, "");
+  EXPECT_EQ(healthy(), 1);
+  EXPECT_THAT(checkpointer_->metrics().Render(), HasSubstr("\nprocess_resident_memory_bytes "));
+}
+
 TEST_F(CheckpointerTest, PublishedPutWithoutReplySubjectIsStillStored) {
   wire::CheckpointPutT put;
   put.key = "fire-and-forget";

@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 #include <uv.h>
 
-#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -13,7 +12,7 @@
 #include "bus/subjects.h"
 #include "checkpointer/checkpointer.h"
 #include "checkpointer/store.h"
-#include "service/service.h"
+#include "service/flags.h"
 
 namespace {
 
@@ -43,6 +42,17 @@ int main(int argc, char** argv) {
                  "Where checkpoints live: file:///dir (default "
                  "file://$HOME/.serve/<namespace>/checkpoint)")
       ->envname("SERVE_CHECKPOINT_PATH");
+  std::string metrics_host = "127.0.0.1";
+  int metrics_port = 0;
+  app.add_option("--metrics-host", metrics_host, "Address of the /metrics server")
+      ->envname("SERVE_CHECKPOINTER_METRICS_HOST")
+      ->capture_default_str();
+  app.add_option("--metrics-port", metrics_port,
+                 "Serve the checkpointer's Prometheus metrics (its store's latency and errors) at "
+                 "/metrics on this port (0: none)")
+      ->envname("SERVE_CHECKPOINTER_METRICS_PORT")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
   CLI11_PARSE(app, argc, argv);
 
   // First, because the default store path embeds the namespace.
@@ -68,18 +78,22 @@ int main(int argc, char** argv) {
     staging_dir = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
                   "/serve-uploads-" + flags.ns + "-" + std::to_string(getpid());
   }
-  checkpointer::Checkpointer checkpointer(&loop, **bus, subjects, **store, staging_dir);
+  checkpointer::Checkpointer checkpointer(&loop, **bus, subjects, **store, staging_dir,
+                                          flags.metrics_name_prefix);
   checkpointer.SetStoreUri(checkpoint_path);
+  metrics::Endpoint metrics_endpoint(&loop, checkpointer.metrics(), "the checkpointer");
   std::unique_ptr<service::SignalWatcher> signals;
   auto shutdown = [&](const std::string& why) {
     spdlog::info("checkpointer stopping: {}", why);
     checkpointer.Stop();
+    metrics_endpoint.Close();
     (*bus)->Close();
     if (signals) signals->Close();
   };
   checkpointer.SetShutdownHandler(shutdown);
   Status started = checkpointer.Start();
   if (!started.ok()) return Fail(1, started.message());
+  if (metrics_port != 0) metrics_endpoint.Listen(metrics_host, metrics_port, "--metrics-port");
   signals = std::make_unique<service::SignalWatcher>(
       &loop, [&](int signal) { shutdown(signal == SIGINT ? "SIGINT" : "SIGTERM"); });
 

@@ -4,7 +4,7 @@
 
 #include "controller/api.h"
 #include "controller/controller.h"
-#include "service/service.h"
+#include "service/flags.h"
 
 using namespace serve;
 

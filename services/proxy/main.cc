@@ -2,7 +2,7 @@
 #include <spdlog/spdlog.h>
 
 #include "proxy/proxy.h"
-#include "service/service.h"
+#include "service/flags.h"
 
 using namespace serve;
 

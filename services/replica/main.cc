@@ -1,21 +1,21 @@
 // serve-replica: the node agent, or (`serve-replica worker ...`, started by the agent) one
 // replica worker process.
-#include <sys/prctl.h>
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 #include <thread>
 
 #include "replica/artifact_cache.h"
 #include "replica/node_agent.h"
 #include "replica/worker.h"
 #include "service/descriptors.h"
-#include "service/service.h"
+#include "service/flags.h"
 #include "wire/codec.h"
 
 namespace {

@@ -54,7 +54,8 @@ NodeAgent::NodeAgent(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjec
       logs_(ReplicaLogs::Options{(fs::path(options_.work_dir) / "logs").string(),
                                  options_.keep_replica_logs_s, options_.keep_replica_logs}),
       metrics_registry_(options_.metrics_name_prefix),
-      metrics_(metrics_registry_) {
+      metrics_(metrics_registry_),
+      metrics_endpoint_(loop_, metrics_registry_, "the node agent") {
   metrics_registry_.AddCollector([this] { return CollectMetrics(); });
 }
 
@@ -92,31 +93,7 @@ Status NodeAgent::Start() {
   prune();
   prune_logs_ = std::make_unique<service::RepeatingTimer>(loop_, 60, prune);
   if (options_.metrics_port != 0) {
-    http::ServerOptions server_options;
-    server_options.host = options_.metrics_host;
-    server_options.port = options_.metrics_port;
-    metrics_server_ = std::make_unique<http::Server>(
-        loop_, server_options, [this](http::Request&& request, http::Responder responder) {
-          if (request.path == "/metrics" && (request.method == "GET" || request.method == "HEAD")) {
-            responder.Send(metrics_registry_.Response());
-            return;
-          }
-          http::Response response;
-          response.status = 404;
-          response.body = "the node agent serves GET /metrics only\n";
-          responder.Send(std::move(response));
-        });
-    // Without its metrics a node still runs its replicas: a taken port is a warning, not an
-    // outage (and not a crash loop under a supervisor).
-    Status listening = metrics_server_->Listen();
-    if (!listening.ok()) {
-      spdlog::warn("no /metrics on this node: {}; choose another --metrics-port (0: none)",
-                   listening.message());
-      metrics_server_.reset();
-    } else {
-      spdlog::info("metrics at http://{}:{}/metrics", options_.metrics_host,
-                   metrics_server_->port());
-    }
+    metrics_endpoint_.Listen(options_.metrics_host, options_.metrics_port, "--metrics-port");
   }
   SendHeartbeat();
   heartbeat_ = std::make_unique<service::RepeatingTimer>(loop_, options_.heartbeat_period_s,
@@ -473,7 +450,7 @@ void NodeAgent::SendHeartbeat() {
 
 void NodeAgent::Shutdown(std::function<void()> done) {
   if (shutdown_done_) return;
-  if (metrics_server_ != nullptr) metrics_server_->Close(nullptr);
+  metrics_endpoint_.Close();
   shutdown_done_ = std::move(done);
   heartbeat_.reset();
   heartbeat_soon_.reset();

@@ -63,7 +63,7 @@ class NodeAgent {
 
   size_t worker_count() const { return workers_.size(); }
   // The port /metrics is served on (0: none).
-  int metrics_port() const { return metrics_server_ != nullptr ? metrics_server_->port() : 0; }
+  int metrics_port() const { return metrics_endpoint_.port(); }
 
  private:
   struct Worker {
@@ -127,7 +127,7 @@ class NodeAgent {
   std::unique_ptr<service::OneShotTimer> shutdown_deadline_;
   metrics::Registry metrics_registry_;
   NodeMetrics metrics_;
-  std::unique_ptr<http::Server> metrics_server_;
+  metrics::Endpoint metrics_endpoint_;
 };
 
 }  // namespace serve::replica

@@ -10,7 +10,10 @@ namespace serve::testing {
 Cluster::Cluster() : Cluster(Options{}) {}
 
 Cluster::Cluster(Options options)
-    : options_(options), http_port_(FreePort()), api_port_(FreePort()) {
+    : options_(options),
+      http_port_(FreePort()),
+      api_port_(FreePort()),
+      checkpointer_metrics_port_(FreePort()) {
   std::string bin = BinDir();
   auto flags = CommonFlags();
   auto with = [&](std::vector<std::string> argv) {
@@ -40,7 +43,8 @@ Cluster::Cluster(Options options)
 
 void Cluster::StartCheckpointer() {
   std::vector<std::string> argv = {BinDir() + "/serve-checkpointer", "--checkpoint-path",
-                                   options_.checkpoint_uri};
+                                   options_.checkpoint_uri, "--metrics-port",
+                                   std::to_string(checkpointer_metrics_port_)};
   auto flags = CommonFlags();
   argv.insert(argv.end(), flags.begin(), flags.end());
   // Appended, so a restart keeps the earlier run's lines for the test's messages.

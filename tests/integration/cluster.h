@@ -57,6 +57,7 @@ class Cluster {
   Process& node(size_t i) { return nodes_[i]; }
   // The port node i serves its /metrics on.
   int node_metrics_port(size_t i) const { return node_metrics_ports_[i]; }
+  int checkpointer_metrics_port() const { return checkpointer_metrics_port_; }
   void StartNode(const std::string& node_id, double cpus);
   Process& proxy() { return proxy_; }
   Process& controller() { return controller_; }
@@ -84,6 +85,7 @@ class Cluster {
   NatsServer nats_;
   int http_port_;
   int api_port_;
+  int checkpointer_metrics_port_;
   Process checkpointer_;
   Process controller_;
   Process proxy_;

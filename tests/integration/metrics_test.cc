@@ -1,7 +1,7 @@
 // Prometheus metrics of every service, read as Prometheus would: the proxy's /-/metrics, the
-// node agent's /metrics (with its workers' figures) and the controller's /metrics on the
-// dashboard port. Each passes `promtool check metrics`, and the counters move by exactly the
-// requests sent.
+// node agent's /metrics (with its workers' figures), the controller's /metrics on the
+// dashboard port and the checkpointer's /metrics. Each passes `promtool check metrics`, and the
+// counters move by exactly the requests sent.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -143,6 +143,26 @@ TEST(MetricsTest, EveryServiceCountsExactlyAndPassesPromtool) {
   EXPECT_GT(Value(controller, "serve_controller_num_control_loops_total").value_or(0), 0)
       << controller;
 
+  // The checkpointer's: the controller stored its state, and the node fetched the artifact.
+  std::string checkpointer = Metrics(cluster.checkpointer_metrics_port(), "/metrics");
+  EXPECT_GE(Value(checkpointer,
+                  "serve_checkpointer_requests_total{operation=\"put\","
+                  "outcome=\"ok\"}")
+                .value_or(0),
+            1)
+      << checkpointer;
+  EXPECT_GE(Value(checkpointer,
+                  "serve_checkpointer_requests_total{operation=\"blob_get\","
+                  "outcome=\"ok\"}")
+                .value_or(0),
+            1)
+      << checkpointer;
+  EXPECT_EQ(Value(checkpointer, "serve_checkpointer_store_healthy"), 1) << checkpointer;
+  EXPECT_GT(Value(checkpointer, "serve_checkpointer_bytes_written_total").value_or(0), 0)
+      << checkpointer;
+  EXPECT_THAT(checkpointer, HasSubstr("process_resident_memory_bytes "));
+  EXPECT_EQ(HttpGet(cluster.checkpointer_metrics_port(), "/other").status, 404);
+
   // A replica whose health check fails moves the health figures.
   ASSERT_EQ(cluster.Get("/t/health/fail").status, 200);
   ASSERT_TRUE(WaitUntil([&] {
@@ -154,7 +174,7 @@ TEST(MetricsTest, EveryServiceCountsExactlyAndPassesPromtool) {
   // Every name the Grafana board uses is one the services serve.
   std::string board = ReadFile("deploy/grafana/serve.json");
   ASSERT_FALSE(board.empty()) << "deploy/grafana/serve.json (tests run in the source tree)";
-  std::string served = proxy + node + controller;
+  std::string served = proxy + node + controller + checkpointer;
   std::regex name("serve_[a-z_]+");
   for (auto it = std::sregex_iterator(board.begin(), board.end(), name);
        it != std::sregex_iterator(); ++it) {
@@ -169,6 +189,7 @@ TEST(MetricsTest, EveryServiceCountsExactlyAndPassesPromtool) {
   EXPECT_EQ(PromtoolComplaints(cluster.dir(), "proxy", proxy), "") << proxy;
   EXPECT_EQ(PromtoolComplaints(cluster.dir(), "node", node), "") << node;
   EXPECT_EQ(PromtoolComplaints(cluster.dir(), "controller", controller), "") << controller;
+  EXPECT_EQ(PromtoolComplaints(cluster.dir(), "checkpointer", checkpointer), "") << checkpointer;
 }
 
 // --metrics-name-prefix ray_serve_ (here through the environment) gives Ray Serve's exact names.
@@ -192,6 +213,8 @@ TEST(MetricsTest, RayPrefixGivesRaysNames) {
   })) << node;
   EXPECT_THAT(Metrics(cluster.api_port(), "/metrics"),
               HasSubstr("ray_serve_controller_num_control_loops_total "));
+  EXPECT_THAT(Metrics(cluster.checkpointer_metrics_port(), "/metrics"),
+              HasSubstr("ray_serve_checkpointer_store_healthy "));
 }
 
 }  // namespace
