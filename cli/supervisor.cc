@@ -110,15 +110,8 @@ Supervisor::~Supervisor() {
 }
 
 Status Supervisor::Start() {
-  Status subscribed = bus_.Subscribe(subjects_.shutdown, [this](bus::Message& message) {
-    // Anyone can publish here: only a verified notice counts.
-    auto notice = wire::Unpack<wire::ShutdownNotice>(message.data);
-    if (!notice.ok()) {
-      spdlog::warn("ignored a message on {}: {}", subjects_.shutdown, notice.error());
-      return;
-    }
-    spdlog::info("shutdown announced on the bus ({}): restarting nothing from now on",
-                 notice->reason);
+  Status subscribed = service::OnShutdownNotice(bus_, subjects_, [this](const std::string& reason) {
+    spdlog::info("shutdown announced on the bus ({}): restarting nothing from now on", reason);
     OnShutdownNotice();
   });
   if (!subscribed.ok()) return subscribed;

@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "bus/subjects.h"
 #include "support/loop.h"
 #include "support/process.h"
 
@@ -34,6 +35,22 @@ class BusTest : public ::testing::Test {
   uv_loop_t loop_;
   std::vector<std::unique_ptr<Bus>> buses_;
 };
+
+TEST(ValidateId, TakesPlainTokensAndNamesWhatItRefuses) {
+  for (const char* id : {"node-1", "hello-ab12", "A_b-9", "x"}) {
+    EXPECT_TRUE(ValidateId(id, "node id").ok()) << id;
+  }
+  EXPECT_EQ(ValidateId("", "node id").message(), "node id is empty");
+  EXPECT_THAT(ValidateId(std::string(129, 'a'), "replica id").message(),
+              ::testing::HasSubstr("replica id is 129 bytes long (at most 128)"));
+  for (const char* id : {"a.b", "a*", ">", "a b", "a\tb", "a\nb", "../x", "a/b"}) {
+    Status valid = ValidateId(id, "replica id");
+    ASSERT_FALSE(valid.ok()) << id;
+    EXPECT_THAT(valid.message(),
+                ::testing::HasSubstr("may hold only letters, digits, '_' and '-'"));
+    EXPECT_EQ(valid.message().find('\n'), std::string::npos) << "control characters are shown as ?";
+  }
+}
 
 TEST_F(BusTest, PublishReachesSubscriberOnTheLoopThread) {
   testing::NatsServer nats;

@@ -18,6 +18,28 @@ Status ValidateNamespace(const std::string& ns) {
   return Status::Ok();
 }
 
+Status ValidateId(std::string_view id, std::string_view what) {
+  constexpr size_t kMaxIdBytes = 128;
+  std::string name(what);
+  if (id.empty()) return Status::Error(name + " is empty");
+  if (id.size() > kMaxIdBytes) {
+    return Status::Error(name + " is " + std::to_string(id.size()) + " bytes long (at most " +
+                         std::to_string(kMaxIdBytes) + ")");
+  }
+  for (char c : id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-';
+    if (!ok) {
+      std::string shown;
+      for (char s : id.substr(0, 64)) shown += (s >= 0x20 && s < 0x7f) ? s : '?';
+      return Status::Error(name + " '" + shown +
+                           "' may hold only letters, digits, '_' and '-' (it is part of NATS "
+                           "subjects; write '-' for '.')");
+    }
+  }
+  return Status::Ok();
+}
+
 Subjects::Subjects(const std::string& n)
     : ns(n),
       ctl_deploy(n + ".ctl.deploy"),

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 #include "base/status.h"
 
@@ -8,6 +9,11 @@ namespace serve::bus {
 
 // Checks a namespace name: it prefixes every subject, so only [A-Za-z0-9_-] is allowed.
 Status ValidateNamespace(const std::string& ns);
+
+// Checks an id that becomes a token of a subject, or names a member in one: a node, replica,
+// proxy or controller id. 1 to 128 letters, digits, '_' or '-': a '.', '*', '>' or white space
+// would change which subjects a message reaches. `what` names the id in the error ("node id").
+Status ValidateId(std::string_view id, std::string_view what);
 
 // Every subject of one namespace (docs/protocol.md explains each). All start with the
 // namespace, so several isolated instances can share one NATS server.

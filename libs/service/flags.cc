@@ -22,6 +22,15 @@ CLI::Validator NumberIn(double min, double max, std::string why) {
       "NUMBER " + range);
 }
 
+CLI::Validator IdFlag(std::string what) {
+  return CLI::Validator(
+      [what](std::string& value) -> std::string {
+        Status valid = bus::ValidateId(value, what);
+        return valid.ok() ? "" : valid.message();
+      },
+      "ID");
+}
+
 void AddCommonFlags(CLI::App& app, CommonFlags& flags) {
   bus::AddBusFlagsNoNamespace(app, flags.bus);
   app.add_option("--namespace", flags.ns, "Namespace: prefix of every subject")

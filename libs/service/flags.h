@@ -18,4 +18,7 @@ void AddCommonFlags(CLI::App& app, CommonFlags& flags);
 // measures. `why`, when given, ends the error: what the bound protects.
 CLI::Validator NumberIn(double min, double max, std::string why = "");
 
+// Checks an id flag (--node-id, --proxy-id, --controller-id) with bus::ValidateId.
+CLI::Validator IdFlag(std::string what);
+
 }  // namespace serve::service

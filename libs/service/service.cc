@@ -1,15 +1,16 @@
 #include "service/service.h"
 
+#include <spdlog/fmt/fmt.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <random>
 
-#include <spdlog/fmt/fmt.h>
-
 #include "log/log.h"
 #include "metrics/metrics.h"
+#include "wire/codec.h"
 
 namespace serve::service {
 namespace {
@@ -25,6 +26,19 @@ void CloseAndDelete(uv_handle_t* handle) {
 }
 
 }  // namespace
+
+Status OnShutdownNotice(bus::Bus& bus, const bus::Subjects& subjects,
+                        std::function<void(const std::string& reason)> on_notice) {
+  return bus.Subscribe(subjects.shutdown, [subject = subjects.shutdown,
+                                           on_notice = std::move(on_notice)](bus::Message& m) {
+    auto notice = wire::Unpack<wire::ShutdownNotice>(m.data);
+    if (!notice.ok()) {
+      spdlog::warn("ignored a message on {}: {}", subject, notice.error());
+      return;
+    }
+    on_notice(notice->reason);
+  });
+}
 
 Status Init(const CommonFlags& flags, const std::string& component, log::Context context) {
   Status ns = bus::ValidateNamespace(flags.ns);

@@ -32,6 +32,11 @@ struct CommonFlags {
 // Lines name `context.node`, or this machine's host name when it is empty.
 Status Init(const CommonFlags& flags, const std::string& component, log::Context context = {});
 
+// Calls `on_notice` with its reason when a ShutdownNotice arrives on <ns>.shutdown. Anyone who
+// reaches the bus can publish there: anything but a verified notice is logged and ignored.
+Status OnShutdownNotice(bus::Bus& bus, const bus::Subjects& subjects,
+                        std::function<void(const std::string& reason)> on_notice);
+
 // Calls `on_signal` on the loop thread when SIGINT or SIGTERM arrives. Close() releases the
 // signal handles so the loop can end.
 class SignalWatcher {

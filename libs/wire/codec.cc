@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <map>
 
 #include "wire/schema_text.h"
 
@@ -64,11 +65,73 @@ std::string_view ShortName(const char* fully_qualified_name) {
   return dot == std::string_view::npos ? name : name.substr(dot + 1);
 }
 
-Status VerifyFailure(const char* table, size_t size) {
-  return Status::Error("not a valid " + std::string(ShortName(table)) + " message (" +
-                       std::to_string(size) +
-                       " bytes that are neither a verified Serve FlatBuffer with identifier "
-                       "SRV1 nor a JSON object)");
+namespace {
+
+// Each table's wire_id, read once from the schema compiled into the binary.
+class Identifiers {
+ public:
+  static const Identifiers& Get() {
+    static const Identifiers identifiers;
+    return identifiers;
+  }
+  const char* Of(const std::string& table) const {
+    auto it = by_table_.find(table);
+    return it == by_table_.end() ? nullptr : it->second.c_str();
+  }
+  // The table whose identifier `id` (4 bytes) is; null when none.
+  const std::string* TableOf(std::string_view id) const {
+    auto it = by_id_.find(std::string(id));
+    return it == by_id_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  Identifiers() {
+    flatbuffers::Parser parser;
+    LoadSchema(parser);
+    for (const flatbuffers::StructDef* table : parser.structs_.vec) {
+      std::string name = table->defined_namespace->GetFullyQualifiedName(table->name);
+      if (const flatbuffers::Value* id = table->attributes.Lookup("wire_id")) {
+        by_table_[name] = id->constant;
+        by_id_[id->constant] = name;
+      }
+    }
+  }
+  std::map<std::string, std::string> by_table_;
+  std::map<std::string, std::string> by_id_;
+};
+
+}  // namespace
+
+const char* IdentifierOf(const char* fully_qualified_name) {
+  const char* id = Identifiers::Get().Of(fully_qualified_name);
+  if (id == nullptr) {
+    fprintf(stderr, "internal error: table %s has no wire_id in schemas/serve.fbs\n",
+            fully_qualified_name);
+    abort();
+  }
+  return id;
+}
+
+bool HasServeIdentifier(std::string_view bytes) {
+  if (bytes.size() < 8) return false;
+  std::string_view id = bytes.substr(4, 4);
+  return id == kLegacyIdentifier || Identifiers::Get().TableOf(id) != nullptr;
+}
+
+Status VerifyFailure(const char* table, std::string_view bytes) {
+  std::string name(ShortName(table));
+  std::string other;
+  if (bytes.size() >= 8) {
+    if (const std::string* carried = Identifiers::Get().TableOf(bytes.substr(4, 4))) {
+      if (*carried != table) {
+        other = "; they are a " + std::string(ShortName(carried->c_str())) + ", sent where a " +
+                name + " is expected";
+      }
+    }
+  }
+  return Status::Error("not a valid " + name + " message (" + std::to_string(bytes.size()) +
+                       " bytes that are neither a verified Serve FlatBuffer with identifier " +
+                       IdentifierOf(table) + " nor a JSON object" + other + ")");
 }
 
 JsonCodec::JsonCodec() : printer_(JsonOptions()) { LoadSchema(printer_); }
@@ -88,8 +151,11 @@ Result<std::string> JsonCodec::FromJson(std::string_view json, const char* table
                          CleanParserError(parser.error_) + SnippetAt(CleanParserError(parser.error_), json) +
                          " (fields are listed in schemas/serve.fbs and docs/protocol.md)");
   }
-  return std::string(reinterpret_cast<const char*>(parser.builder_.GetBufferPointer()),
-                     parser.builder_.GetSize());
+  // The parser finished with the schema's file_identifier; the table's own goes in its place.
+  std::string bytes(reinterpret_cast<const char*>(parser.builder_.GetBufferPointer()),
+                    parser.builder_.GetSize());
+  if (bytes.size() >= 8) bytes.replace(4, 4, IdentifierOf(table), 4);
+  return bytes;
 }
 
 Result<std::string> JsonCodec::ToJson(std::string_view bytes, const char* table) {
@@ -105,9 +171,7 @@ Result<std::string> JsonCodec::ToJson(std::string_view bytes, const char* table)
 }
 
 bool LooksLikeJson(std::string_view bytes) {
-  if (bytes.size() >= 8 && std::memcmp(bytes.data() + 4, kFileIdentifier, 4) == 0) {
-    return false;
-  }
+  if (HasServeIdentifier(bytes)) return false;
   for (char c : bytes) {
     if (c == ' ' || c == '\t' || c == '\r' || c == '\n') continue;
     return c == '{';

@@ -3,6 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cctype>
+#include <set>
+
+#include "wire/schema_text.h"
+
 namespace serve::wire {
 namespace {
 
@@ -30,9 +35,61 @@ TEST(Codec, PackUnpackRoundTrip) {
   EXPECT_EQ(*decoded->deployments[0], *SampleDeploy().deployments[0]);
 }
 
-TEST(Codec, BuffersCarryTheIdentifier) {
-  std::string bytes = Pack(SampleDeploy());
-  EXPECT_EQ(bytes.substr(4, 4), "SRV1");
+TEST(Codec, BuffersCarryTheirTablesIdentifier) {
+  EXPECT_EQ(Pack(SampleDeploy()).substr(4, 4), "DPLQ");
+  EXPECT_EQ(Pack(DeleteRequestT{}).substr(4, 4), "DELQ");
+  JsonCodec codec;
+  auto from_json = codec.FromJson<DeployRequest>(R"({"deployments":[{"name":"a"}]})");
+  ASSERT_TRUE(from_json.ok()) << from_json.error();
+  EXPECT_EQ(from_json->substr(4, 4), "DPLQ");
+  EXPECT_TRUE(Unpack<DeployRequest>(*from_json).ok());
+}
+
+TEST(Codec, EveryTableHasAnIdentifierOfItsOwn) {
+  flatbuffers::Parser parser;
+  ASSERT_TRUE(parser.Parse(kSchemaText)) << parser.error_;
+  std::set<std::string> seen = {kLegacyIdentifier};
+  for (const flatbuffers::StructDef* table : parser.structs_.vec) {
+    std::string name = table->defined_namespace->GetFullyQualifiedName(table->name);
+    const flatbuffers::Value* id = table->attributes.Lookup("wire_id");
+    ASSERT_NE(id, nullptr) << name << " has no wire_id";
+    EXPECT_EQ(id->constant.size(), 4u) << name;
+    for (char c : id->constant) EXPECT_TRUE(isupper(static_cast<unsigned char>(c))) << name;
+    EXPECT_TRUE(seen.insert(id->constant).second) << name << ": " << id->constant << " is taken";
+    EXPECT_STREQ(IdentifierOf(name.c_str()), id->constant.c_str());
+  }
+  EXPECT_GT(seen.size(), 50u);
+}
+
+// A StatusRequest's layout reads as a DeleteRequest's: only the identifier tells them apart.
+TEST(Codec, AMessageOfAnotherTableIsRefusedAndNamed) {
+  StatusRequestT status;
+  status.names = {"hello"};
+  auto as_delete = Unpack<DeleteRequest>(Pack(status));
+  ASSERT_FALSE(as_delete.ok());
+  EXPECT_THAT(as_delete.error(),
+              HasSubstr("with identifier DELQ nor a JSON object; they are a StatusRequest, sent "
+                        "where a DeleteRequest is expected"));
+}
+
+// Checkpoints written when every buffer carried SRV1 are still read; messages are not.
+TEST(Codec, LegacyIdentifierIsReadOnlyForStoredTables) {
+  flatbuffers::FlatBufferBuilder fbb;
+  StoredCheckpointT record;
+  record.key = "controller/state";
+  fbb.Finish(StoredCheckpoint::Pack(fbb, &record), kLegacyIdentifier);
+  std::string bytes(reinterpret_cast<const char*>(fbb.GetBufferPointer()), fbb.GetSize());
+  auto stored = Unpack<StoredCheckpoint>(bytes);
+  ASSERT_TRUE(stored.ok()) << stored.error();
+  EXPECT_EQ(stored->key, "controller/state");
+
+  flatbuffers::FlatBufferBuilder message;
+  DeleteRequestT request;
+  message.Finish(DeleteRequest::Pack(message, &request), kLegacyIdentifier);
+  EXPECT_FALSE(Unpack<DeleteRequest>(
+                   std::string_view(reinterpret_cast<const char*>(message.GetBufferPointer()),
+                                    message.GetSize()))
+                   .ok());
 }
 
 TEST(Codec, GarbageFailsVerification) {

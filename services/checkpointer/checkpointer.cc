@@ -185,11 +185,14 @@ void Checkpointer::OnGet(const bus::Message& message) {
 
 void Checkpointer::OnShutdown(const bus::Message& message) {
   if (stopped_) return;
-  std::string why = "shutdown requested on " + message.subject;
-  if (auto notice = wire::Verify<wire::ShutdownNotice>(message.data);
-      notice.ok() && (*notice)->reason() != nullptr && (*notice)->reason()->size() > 0) {
-    why += ": " + (*notice)->reason()->str();
+  // Anyone who reaches the bus can publish here: only a verified notice counts.
+  auto notice = wire::Unpack<wire::ShutdownNotice>(message.data);
+  if (!notice.ok()) {
+    spdlog::warn("ignored a message on {}: {}", message.subject, notice.error());
+    return;
   }
+  std::string why = "shutdown requested on " + message.subject;
+  if (!notice->reason.empty()) why += ": " + notice->reason;
   Stop();
   if (on_shutdown_) on_shutdown_(why);
 }

@@ -108,7 +108,7 @@ TEST_F(CheckpointerProcessTest, AnswersAndExitsCleanlyOnShutdown) {
   EXPECT_EQ(std::string(get.data.begin(), get.data.end()), "desired state");
   EXPECT_TRUE(fs::exists(store_ + "/controller/state.ckpt"));
 
-  ASSERT_TRUE(client_->Publish(subjects_.shutdown, "").ok());
+  ASSERT_TRUE(client_->Publish(subjects_.shutdown, wire::Pack(wire::ShutdownNoticeT{})).ok());
   EXPECT_EQ(WaitForExit(process), 0);
   EXPECT_THAT(testing::ReadFile(log_), HasSubstr("shutdown requested on cp.shutdown"));
 }

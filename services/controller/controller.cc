@@ -28,12 +28,40 @@ Status ReplyStatus(const Result<bus::Message>& reply) {
   return Status::Ok();
 }
 
-// Decodes a published event (heartbeat, exit report). One that does not verify is dropped with
-// a log line: a publisher gets no reply to read an error from.
+// The ids an event carries that the controller puts into subjects (a node's orders, a replica's
+// requests) or shows: each must be one a subject can carry.
+Status CheckIds(const wire::NodeHeartbeatT& heartbeat) {
+  Status node = bus::ValidateId(heartbeat.node_id, "node id");
+  if (!node.ok()) return node;
+  for (const auto& replica : heartbeat.replicas) {
+    if (replica == nullptr) continue;
+    Status id = bus::ValidateId(replica->id, "replica id");
+    if (!id.ok()) return id;
+  }
+  return Status::Ok();
+}
+Status CheckIds(const wire::ReplicaHeartbeatT& heartbeat) {
+  return bus::ValidateId(heartbeat.replica_id, "replica id");
+}
+Status CheckIds(const wire::ProxyHeartbeatT& heartbeat) {
+  return bus::ValidateId(heartbeat.proxy_id, "proxy id");
+}
+Status CheckIds(const wire::ReplicaExitedT& exited) {
+  Status node = bus::ValidateId(exited.node_id, "node id");
+  return node.ok() ? bus::ValidateId(exited.replica_id, "replica id") : node;
+}
+Status CheckIds(const wire::SupervisorHeartbeatT&) { return Status::Ok(); }  // checked on use
+
+// Decodes a published event (heartbeat, exit report). One that does not verify, or carries an
+// id no subject can hold, is dropped with a log line: a publisher gets no reply to read an
+// error from.
 template <typename Table>
 std::optional<typename Table::NativeTableType> DecodeEvent(const bus::Message& message,
                                                            const char* what) {
   auto decoded = wire::Unpack<Table>(message.data);
+  if (decoded.ok()) {
+    if (Status ids = CheckIds(*decoded); !ids.ok()) decoded = ids;
+  }
   if (!decoded.ok()) {
     static log::RateLimit limit;
     uint64_t suppressed = 0;
@@ -591,7 +619,7 @@ void Controller::SendStops() {
     order.replica_id = replica_id;
     spdlog::info("stopping replica {} on node {}", replica_id, node_id);
     bus_.Request(subjects_.NodeStop(node_id), wire::Pack(order), options_.request_timeout_s,
-                 [replica_id, node_id](Result<bus::Message> reply) {
+                 [replica_id = replica_id, node_id = node_id](Result<bus::Message> reply) {
                    if (!reply.ok()) {
                      spdlog::warn("stop of replica {} on node {}: {}", replica_id, node_id,
                                   reply.error());

@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
   service::CommonFlags flags;
   controller::ControllerOptions options;
   service::AddCommonFlags(app, flags);
-  app.add_option("--controller-id", options.controller_id, "Id (default: controller-<random>)");
+  app.add_option("--controller-id", options.controller_id, "Id (default: controller-<random>)")
+      ->check(service::IdFlag("controller id"));
   app.add_option("--checkpoint-path", options.checkpoint_path,
                  "The store the checkpointer must serve (as given to serve-checkpointer); "
                  "another is refused. Default: whichever checkpointer answers")

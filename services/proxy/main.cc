@@ -12,7 +12,8 @@ int main(int argc, char** argv) {
   proxy::ProxyOptions options;
   options.http.port = 8000;
   service::AddCommonFlags(app, flags);
-  app.add_option("--proxy-id", options.proxy_id, "Id (default: proxy-<random>)");
+  app.add_option("--proxy-id", options.proxy_id, "Id (default: proxy-<random>)")
+      ->check(service::IdFlag("proxy id"));
   app.add_option("--http-host", options.http.host, "Address to listen on")
       ->envname("SERVE_HTTP_HOST")
       ->capture_default_str();
@@ -80,9 +81,10 @@ int main(int argc, char** argv) {
     proxy.Stop([&] { (*bus)->Close(); });
   };
   signals = std::make_unique<service::SignalWatcher>(&loop, [&](int) { stop(); });
-  (void)(*bus)->Subscribe(subjects.shutdown, [&](bus::Message&) {
-    spdlog::info("shutdown requested on the bus");
+  Status subscribed = service::OnShutdownNotice(**bus, subjects, [&](const std::string& reason) {
+    spdlog::info("shutdown requested on the bus: {}", reason);
     stop();
   });
+  if (!subscribed.ok()) spdlog::warn("{}", subscribed.message());
   return service::RunLoop(&loop);
 }

@@ -212,6 +212,20 @@ void Proxy::OnRouteTable(const std::string& bytes) {
     spdlog::warn("the controller refused the route request: {}", (*table)->error()->str());
     return;
   }
+  // Replica ids become the subjects requests are published on: a table with one that is not a
+  // plain token is refused whole, never turned into a publish on a wildcard or another subject.
+  if ((*table)->routes() != nullptr) {
+    for (const wire::Route* route : *(*table)->routes()) {
+      if (route->replicas() == nullptr) continue;
+      for (const wire::RouteReplica* replica : *route->replicas()) {
+        std::string_view id = replica->id() != nullptr ? replica->id()->string_view() : "";
+        if (Status valid = bus::ValidateId(id, "replica id"); !valid.ok()) {
+          spdlog::warn("ignored a route table: {}", valid.message());
+          return;
+        }
+      }
+    }
+  }
   if (router_.Update(**table)) {
     have_routes_ = true;
     StartAccepting();

@@ -154,6 +154,32 @@ TEST_F(ProxyBusTest, WithoutTheBusRequestsGet503WithRetryAfterAndTheHeldTableSer
   EXPECT_THAT(Get("/-/healthz").body, HasSubstr("bus: connected to NATS"));
 }
 
+// Replica ids become the subjects requests go to: a table with one that is not a plain token is
+// refused whole. Were it taken, its generation (9) would make the proxy refuse the next (8).
+TEST_F(ProxyBusTest, RouteTableWithAnIdNoSubjectCanCarryIsRefused) {
+  StartProxy(0.3);
+  StartReplicaAndRoutes();
+  auto table_with = [](uint64_t generation, const std::string& prefix, const std::string& id) {
+    wire::RouteTableT table;
+    table.generation = generation;
+    table.controller_id = "c1";
+    auto route = std::make_unique<wire::RouteT>();
+    route->route_prefix = prefix;
+    route->deployment = "a";
+    auto replica = std::make_unique<wire::RouteReplicaT>();
+    replica->id = id;
+    replica->max_concurrent_queries = 10;
+    route->replicas.push_back(std::move(replica));
+    table.routes.push_back(std::move(route));
+    return wire::Pack(table);
+  };
+  ASSERT_TRUE(replica_bus_->Publish(subjects_.routes, table_with(9, "/b", "r1.>")).ok());
+  ASSERT_TRUE(replica_bus_->Publish(subjects_.routes, table_with(8, "/c", "r1")).ok());
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return proxy_->router().generation() == 8; }));
+  EXPECT_EQ(Get("/c").body, "from r1");
+  EXPECT_EQ(Get("/b").status, 404);
+}
+
 TEST_F(ProxyBusTest, RequestHeldWhileTheBusIsDownGoesOutWhenItReturns) {
   StartProxy(30);
   StartReplicaAndRoutes();

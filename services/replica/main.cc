@@ -152,7 +152,8 @@ int RunAgent(int argc, char** argv) {
   options.num_cpus = std::max(1u, std::thread::hardware_concurrency());
   service::AddCommonFlags(app, flags);
   app.add_option("--node-id", options.node_id, "Node id (default: node-<random>)")
-      ->envname("SERVE_NODE_ID");
+      ->envname("SERVE_NODE_ID")
+      ->check(service::IdFlag("node id"));
   app.add_option("--num-cpus", options.num_cpus, "CPUs this node offers to replicas")
       ->capture_default_str()
       ->check(service::NumberIn(0, 1e6));
@@ -234,8 +235,8 @@ int RunAgent(int argc, char** argv) {
     });
   };
   signals = std::make_unique<service::SignalWatcher>(&loop, [&](int) { shutdown(); });
-  Status subscribed = (*bus)->Subscribe(subjects.shutdown, [&](bus::Message&) {
-    spdlog::info("shutdown requested on the bus");
+  Status subscribed = service::OnShutdownNotice(**bus, subjects, [&](const std::string& reason) {
+    spdlog::info("shutdown requested on the bus: {}", reason);
     shutdown();
   });
   if (!subscribed.ok()) spdlog::warn("{}", subscribed.message());

@@ -23,15 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // Replica ids become file names and subjects: refuse anything else outright.
-bool SafeId(const std::string& id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_';
-    if (!ok) return false;
-  }
-  return true;
-}
+bool SafeId(const std::string& id) { return bus::ValidateId(id, "replica id").ok(); }
 
 std::string ReadSmallFile(const std::string& path) {
   std::ifstream in(path);
@@ -110,8 +102,11 @@ void NodeAgent::OnStart(bus::Message& message) {
     reply.error = order.error();
   } else if (shutdown_done_) {
     reply.error = "node " + options_.node_id + " is shutting down";
-  } else if (!SafeId(order->replica_id) || order->spec == nullptr) {
-    reply.error = "start order needs a replica_id of letters, digits, '-' and '_' and a spec";
+  } else if (Status id = bus::ValidateId(order->replica_id, "the start order's replica id");
+             !id.ok()) {
+    reply.error = id.message();
+  } else if (order->spec == nullptr) {
+    reply.error = "the start order has no spec";
   } else if (auto it = workers_.find(order->replica_id); it != workers_.end()) {
     reply.pid = it->second->pid;  // already running: starting is idempotent
     reply.heartbeat_seq = heartbeat_seq_ + 1;

@@ -137,11 +137,44 @@ TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsSer
       EXPECT_FALSE(error.empty()) << subject.name << " accepted " << input.substr(0, 40);
     }
   }
-  // Data-plane and heartbeat subjects take garbage silently.
-  for (const char* subject : {"itest.hb.node", "itest.hb.replica", "itest.hb.proxy",
-                              "itest.hb.supervisor",
-                              "itest.node.exited", "itest.routes", "itest.node.node-1.start",
-                              "itest.node.node-1.stop", "itest.node.node-1.metrics"}) {
+  // A message of another table is refused, not read as the subject's table: a StatusRequest
+  // naming the deployment has the layout of a DeleteRequest naming it.
+  wire::StatusRequestT status_request;
+  status_request.names = {"hello"};
+  auto mistaken = client.Request("itest.ctl.delete", wire::Pack(status_request));
+  ASSERT_TRUE(mistaken.ok()) << mistaken.error();
+  EXPECT_THAT(error_of(static_cast<wire::DeleteReply*>(nullptr))(mistaken->data),
+              HasSubstr("they are a StatusRequest, sent where a DeleteRequest is expected"));
+  // A heartbeat whose ids no subject can carry is dropped: the node is never listed, and no
+  // order or request is ever published for it.
+  wire::NodeHeartbeatT bad_node;
+  bad_node.node_id = "evil.*";
+  wire::NodeHeartbeatT bad_replica;
+  bad_replica.node_id = "evil-node";
+  auto listed = std::make_unique<wire::NodeReplicaT>();
+  listed->id = "hello-x.>";
+  listed->deployment = "hello";
+  bad_replica.replicas.push_back(std::move(listed));
+  // Sent until the (rate-limited) warnings name them.
+  for (const auto& [heartbeat, named] :
+       {std::pair{wire::Pack(bad_node), std::string("node id 'evil.*' may hold only")},
+        std::pair{wire::Pack(bad_replica), std::string("replica id 'hello-x.>' may hold only")}}) {
+    ASSERT_TRUE(WaitUntil([&, &heartbeat = heartbeat, &named = named] {
+      client.Publish("itest.hb.node", heartbeat);
+      return cluster.Log("controller").find(named) != std::string::npos;
+    })) << cluster.Log("controller");
+  }
+  nlohmann::json listed_nodes = cluster.Status()["nodes"];
+  for (const auto& node : listed_nodes) {
+    EXPECT_THAT(node["id"].get<std::string>(), ::testing::Not(HasSubstr("evil"))) << node.dump();
+  }
+  // Data-plane, heartbeat and shutdown subjects take garbage silently; on <ns>.shutdown only a
+  // ShutdownNotice stops anything.
+  client.Publish("itest.shutdown", wire::Pack(wire::ShutdownRequestT{}));
+  for (const char* subject :
+       {"itest.shutdown", "itest.hb.node", "itest.hb.replica", "itest.hb.proxy",
+        "itest.hb.supervisor", "itest.node.exited", "itest.routes", "itest.node.node-1.start",
+        "itest.node.node-1.stop", "itest.node.node-1.metrics"}) {
     for (const auto& input : inputs) client.Publish(subject, input);
   }
   auto status = cluster.Deployment("hello");
@@ -221,6 +254,22 @@ TEST(Foundation, NumericFlagsOutOfRangeOrNotANumberAreRefusedWithTheRange) {
                                      << result.output;
     EXPECT_THAT(result.output, HasSubstr("must be a number " + c.range + " (got '"))
         << c.binary << " " << c.flag << " " << c.value;
+  }
+}
+
+// Ids become tokens of NATS subjects: one with a '.', a wildcard or white space is refused.
+TEST(Foundation, IdFlagsThatNoSubjectCanCarryAreRefused) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"serve-replica", "--node-id", "host.example.com"},
+      {"serve-replica", "--node-id", "node>"},
+      {"serve-proxy", "--proxy-id", "p 1"},
+      {"serve-controller", "--controller-id", "c*"},
+  };
+  for (const auto& c : cases) {
+    auto result = RunCommand({BinDir() + "/" + c[0], c[1], c[2]}, {}, std::chrono::seconds(10));
+    EXPECT_EQ(result.exit_code, 105) << c[0] << " " << c[1] << " " << c[2] << ": " << result.output;
+    EXPECT_THAT(result.output, HasSubstr("may hold only letters, digits, '_' and '-'"))
+        << c[0] << " " << c[1] << " " << c[2];
   }
 }
 
