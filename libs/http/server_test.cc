@@ -591,8 +591,10 @@ TEST_F(HttpServerTest, IdleConnectionIsClosedQuietly) {
 
 TEST_F(HttpServerTest, SlowHandlerIsNeitherARequestTimeoutNorIdle) {
   ServerOptions options;
-  options.request_timeout_s = 0.02;
-  options.idle_timeout_s = 0.02;
+  // Short against the handler's 600 ms, long enough for the client to send its request first
+  // on a loaded machine.
+  options.request_timeout_s = 0.2;
+  options.idle_timeout_s = 0.2;
   StartServer(options, [this](Request&&, Responder responder) {
     held_.push_back(std::move(responder));
     uv_timer_init(loop_.loop(), &timer_);
@@ -604,7 +606,7 @@ TEST_F(HttpServerTest, SlowHandlerIsNeitherARequestTimeoutNorIdle) {
           (*held)[0].Send(TextResponse(200, "slow"));
           uv_close(reinterpret_cast<uv_handle_t*>(handle), nullptr);
         },
-        150, 0);
+        600, 0);
   });
   Client client(port_);
   client.Send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -315,7 +315,7 @@ TEST_F(SupervisedInstanceTest, KilledSupervisorLeavesTheServicesRunning) {
   auto stopped = Serve({"shutdown"});
   EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
   for (const auto& [name, pid] : before) {
-    EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); })) << name << " still runs";
+    EXPECT_TRUE(WaitUntil([&, pid = pid] { return !ProcessAlive(pid); })) << name << " still runs";
   }
 }
 
@@ -330,7 +330,7 @@ TEST_F(SupervisedInstanceTest, ShutdownWithoutTheBusStopsEverything) {
   EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
   EXPECT_THAT(stopped.output, HasSubstr("Serve stopped"));
   for (const auto& [name, pid] : pids) {
-    EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); })) << name << " still runs";
+    EXPECT_TRUE(WaitUntil([&, pid = pid] { return !ProcessAlive(pid); })) << name << " still runs";
   }
   EXPECT_FALSE(PortOpen(nats_port_));
   EXPECT_FALSE(PortOpen(http_port_));
@@ -393,7 +393,7 @@ TEST(SupervisedInstance, ShutdownFromAnotherDirectoryLeavesNoProcess) {
   EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
   EXPECT_THAT(stopped.output, HasSubstr("Serve stopped"));
   for (const auto& [name, pid] : pids) {
-    EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); })) << name << " still runs";
+    EXPECT_TRUE(WaitUntil([&, pid = pid] { return !ProcessAlive(pid); })) << name << " still runs";
   }
   EXPECT_FALSE(PortOpen(nats_port));
   EXPECT_FALSE(PortOpen(http_port));
