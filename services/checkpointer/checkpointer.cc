@@ -8,6 +8,7 @@
 #include "artifact/artifact.h"
 #include "artifact/transfer.h"
 #include "config/deployment_config.h"
+#include "service/service.h"
 
 namespace serve::checkpointer {
 namespace {
@@ -43,7 +44,6 @@ Status Checkpointer::Start() {
   };
   for (const Route& route : {Route{subjects_.ckpt_put, &Checkpointer::OnPut},
                              Route{subjects_.ckpt_get, &Checkpointer::OnGet},
-                             Route{subjects_.shutdown, &Checkpointer::OnShutdown},
                              Route{subjects_.ckpt_blob_stat, &Checkpointer::OnBlobStat},
                              Route{subjects_.ckpt_blob_put, &Checkpointer::OnBlobPut},
                              Route{subjects_.ckpt_blob_get, &Checkpointer::OnBlobGet}}) {
@@ -52,7 +52,8 @@ Status Checkpointer::Start() {
         bus_.Subscribe(route.subject, [this, handler](bus::Message& m) { (this->*handler)(m); });
     if (!status.ok()) return status;
   }
-  return Status::Ok();
+  return service::OnShutdownNotice(bus_, subjects_,
+                                   [this](const std::string& reason) { OnShutdown(reason); });
 }
 
 void Checkpointer::Stop() { stopped_ = true; }
@@ -183,16 +184,10 @@ void Checkpointer::OnGet(const bus::Message& message) {
   Reply(message, wire::EncodeReply(codec_, reply, request->json));
 }
 
-void Checkpointer::OnShutdown(const bus::Message& message) {
+void Checkpointer::OnShutdown(const std::string& reason) {
   if (stopped_) return;
-  // Anyone who reaches the bus can publish here: only a verified notice counts.
-  auto notice = wire::Unpack<wire::ShutdownNotice>(message.data);
-  if (!notice.ok()) {
-    spdlog::warn("ignored a message on {}: {}", message.subject, notice.error());
-    return;
-  }
-  std::string why = "shutdown requested on " + message.subject;
-  if (!notice->reason.empty()) why += ": " + notice->reason;
+  std::string why = "shutdown requested on " + subjects_.shutdown;
+  if (!reason.empty()) why += ": " + reason;
   Stop();
   if (on_shutdown_) on_shutdown_(why);
 }

@@ -61,7 +61,8 @@ class Checkpointer {
  private:
   void OnPut(const bus::Message& message);
   void OnGet(const bus::Message& message);
-  void OnShutdown(const bus::Message& message);
+  // A verified ShutdownNotice arrived (service::OnShutdownNotice ignores anything else).
+  void OnShutdown(const std::string& reason);
   void OnBlobStat(const bus::Message& message);
   void OnBlobPut(const bus::Message& message);
   void OnBlobGet(const bus::Message& message);

@@ -22,9 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Replica ids become file names and subjects: refuse anything else outright.
-bool SafeId(const std::string& id) { return bus::ValidateId(id, "replica id").ok(); }
-
 std::string ReadSmallFile(const std::string& path) {
   std::ifstream in(path);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -269,7 +266,10 @@ void NodeAgent::OnLogs(bus::Message& message) {
   }
   // Any id that is not one (a path, say) cannot name a log here; the same goes for an id this
   // node never ran: another node may answer for it.
-  if (!SafeId(request->replica_id) || !logs_.Has(request->replica_id)) return;
+  // Replica ids become file names: refuse anything else outright.
+  if (!bus::ValidateId(request->replica_id, "replica id").ok() || !logs_.Has(request->replica_id)) {
+    return;
+  }
   wire::ReplicaLogsReplyT reply;
   reply.node_id = options_.node_id;
   reply.replica_id = request->replica_id;
