@@ -3,6 +3,8 @@
 #include <chrono>
 #include <thread>
 
+#include "bus/roles.h"
+
 namespace serve::cli {
 
 using Clock = std::chrono::steady_clock;
@@ -14,6 +16,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const GlobalOptions& global,
   auto client = std::unique_ptr<Client>(new Client(global.ns));
   bus::Options options = global.bus;
   options.name = "serve-cli";
+  options.inbox_prefix = bus::InboxPrefix(global.ns, bus::Role::kAdmin);
   options.retry_initial_connect = false;
   options.connect_timeout_s = connect_timeout_s;
   auto bus = bus::Bus::Connect(&client->loop_, options);

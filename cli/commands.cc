@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "bus/roles.h"
 #include "cli/client.h"
 #include "cli/deployments.h"
 #include "cli/events.h"
@@ -272,6 +273,7 @@ int Supervise(const GlobalOptions& global, const SuperviseOptions& options) {
   uv_loop_init(&loop);
   bus::Options bus_options = global.bus;
   bus_options.name = "serve-supervisor";
+  bus_options.inbox_prefix = bus::InboxPrefix(global.ns, bus::Role::kAdmin);
   // The nats-server it starts itself is not up yet: connect whenever it is.
   bus_options.retry_initial_connect = true;
   auto bus = bus::Bus::Connect(&loop, bus_options);

@@ -12,6 +12,9 @@ struct GlobalOptions {
   bus::Options bus;
   std::string ns = "serve";
   std::string run_dir;  // empty: RunDir::DefaultPath(ns)
+  // The bus credentials are the admin's from the run directory (bus_credentials.h), not
+  // given by flags or environment.
+  bool bus_credentials_from_run_dir = false;
 };
 
 struct StartOptions {
@@ -27,6 +30,8 @@ struct StartOptions {
   int checkpointer_metrics_port = 8267;
   double num_cpus = 0;  // 0: all of this machine's
   double timeout_s = 30;
+  // Run the nats-server it starts without users: anyone who reaches it may do anything.
+  bool insecure_bus = false;
 };
 
 struct DeployOptions {

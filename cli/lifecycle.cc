@@ -7,10 +7,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
+#include <optional>
 #include <thread>
 #include <vector>
 
+#include "bus/roles.h"
+#include "cli/bus_credentials.h"
 #include "cli/instance.h"
 #include "http/server.h"
 #include "service/service.h"
@@ -192,6 +196,48 @@ Status WaitUntilReady(Client& client, const StartOptions& options, const RunDir&
   return Status::Ok();
 }
 
+// Before the nats-server of a new local instance starts: fresh users for every role (the admin's
+// become `global`'s), the user's own credentials as given, or none with --insecure-bus.
+Status PrepareBusCredentials(GlobalOptions& global, const StartOptions& options,
+                             const RunDir& run) {
+  std::string path = BusCredentialsPath(run.path());
+  if (options.insecure_bus) {
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+    if (global.bus_credentials_from_run_dir) {
+      global.bus.user.clear();
+      global.bus.password.clear();
+      global.bus_credentials_from_run_dir = false;
+    }
+    std::cerr << "WARNING: --insecure-bus: nats-server runs without users or permissions. Any "
+                 "process that reaches "
+              << RedactUrl(global.bus.url)
+              << " can deploy and run code, rewrite the recovery state, stop every service "
+                 "and read every request. Use it only on a machine you alone use."
+              << std::endl;
+    return Status::Ok();
+  }
+  if (HasBusCredentials(global.bus) && !global.bus_credentials_from_run_dir) return Status::Ok();
+  auto generated = BusCredentials::Generate(global.ns);
+  if (!generated.ok()) return generated.status();
+  Status written = WriteBusCredentials(path, *generated);
+  if (!written.ok()) return written;
+  global.bus.user = generated->Of(bus::Role::kAdmin).user;
+  global.bus.password = generated->Of(bus::Role::kAdmin).password;
+  global.bus_credentials_from_run_dir = true;
+  return Status::Ok();
+}
+
+// A string for nats-server's configuration: double-quoted, with '\\' and '"' escaped.
+std::string NatsConfigString(const std::string& value) {
+  std::string out = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
 }  // namespace
 
 std::string RunDirPath(const GlobalOptions& global) {
@@ -253,13 +299,18 @@ Result<LocalInstance> StartOrFindInstance(const GlobalOptions& global, const Sta
 
   instance.checkpoint = options.checkpoint_path.empty() ? "file://" + run.path() + "/checkpoint"
                                                         : options.checkpoint_path;
-  auto supervisor = SpawnSupervisor(global, options, run, instance.checkpoint, nats);
+  GlobalOptions launch = global;
+  if (nats.has_value()) {
+    Status secured = PrepareBusCredentials(launch, options, run);
+    if (!secured.ok()) return secured;
+  }
+  auto supervisor = SpawnSupervisor(launch, options, run, instance.checkpoint, nats);
   if (!supervisor.ok()) return supervisor.status();
   std::cout << "Starting Serve in namespace '" << global.ns << "' (logs in " << run.path()
             << "/logs)..." << std::endl;
   Status ready = Status::Ok();
   if (nats.has_value()) {
-    auto connected = WaitForNats(global, run, *supervisor, *nats);
+    auto connected = WaitForNats(launch, run, *supervisor, *nats);
     if (connected.ok()) {
       instance.client = std::move(*connected);
       instance.started_nats = true;
@@ -283,23 +334,42 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
   SupervisorOptions out;
   out.supervisor_id = "supervisor-" + service::RandomHex(6);
   out.run_dir = run.path();
-  out.env = bus::EnvironmentFor(global.bus);
+  // With the users `serve start` made (it passed the admin's on), every service connects as
+  // its role's user and nobody but the admin's holders gets the admin's.
+  std::optional<BusCredentials> roles;
+  if (global.bus_credentials_from_run_dir || !global.bus.user.empty()) {
+    auto stored = ReadBusCredentials(BusCredentialsPath(run.path()));
+    if (!stored.ok()) return stored.status();
+    if (stored->has_value() && (*stored)->users.size() == std::size(bus::kAllRoles) &&
+        (*stored)->Of(bus::Role::kAdmin).user == global.bus.user) {
+      roles = std::move(**stored);
+    }
+  }
+  out.env =
+      roles.has_value() ? bus::PublicEnvironmentFor(global.bus) : bus::EnvironmentFor(global.bus);
   out.env["SERVE_NAMESPACE"] = global.ns;
   if (options.nats_port > 0) {
     // Requests and answers travel as single NATS messages: allow 8 MiB instead of NATS's 1 MiB
-    // default (the proxy answers 413 above the limit the server announces).
+    // default (the proxy answers 413 above the limit the server announces). Credentials are
+    // in the file (mode 0600), never on nats-server's command line.
     std::string config = run.path() + "/nats.conf";
-    {
-      std::ofstream out_config(config, std::ios::trunc);
-      out_config << "# Written by serve start.\nmax_payload: 8388608\n";
+    std::string text;
+    if (roles.has_value()) {
+      text = bus::NatsServerConfig(
+          global.ns, [&](bus::Role role) { return bus::QuotedPassword(roles->Of(role).password); });
+    } else {
+      text = "# Written by serve start.\nmax_payload: 8388608\n";
+      if (!global.bus.user.empty()) {
+        text += "authorization {\n  user: " + NatsConfigString(global.bus.user) +
+                "\n  password: " + NatsConfigString(global.bus.password) + "\n}\n";
+      } else if (!global.bus.token.empty()) {
+        text += "authorization {\n  token: " + NatsConfigString(global.bus.token) + "\n}\n";
+      }
     }
+    Status written = WritePrivateFile(config, text);
+    if (!written.ok()) return written;
     std::vector<std::string> argv = {"nats-server", "-c", config, "-a", options.nats_host};
     argv.insert(argv.end(), {"-p", std::to_string(options.nats_port)});
-    if (!global.bus.user.empty()) {
-      argv.insert(argv.end(), {"--user", global.bus.user, "--pass", global.bus.password});
-    } else if (!global.bus.token.empty()) {
-      argv.insert(argv.end(), {"--auth", global.bus.token});
-    }
     out.processes.push_back({"nats", "nats-server", argv, -1, /*infrastructure=*/true});
   }
   const StartOptions& instance = options.instance;
@@ -334,6 +404,25 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
         "--http-port", std::to_string(instance.http_port), "--http-listen-fd", "3"},
        *socket});
   out.processes.push_back({"replica", "serve-replica", replica});
+  if (roles.has_value()) {
+    auto as = [&](bus::Role role, const char* user_variable, const char* password_variable,
+                  std::map<std::string, std::string>& env) {
+      env[user_variable] = roles->Of(role).user;
+      env[password_variable] = roles->Of(role).password;
+    };
+    for (auto& process : out.processes) {
+      if (process.name == "checkpointer") {
+        as(bus::Role::kCheckpointer, "SERVE_NATS_USER", "SERVE_NATS_PASSWORD", process.env);
+      } else if (process.name == "controller") {
+        as(bus::Role::kController, "SERVE_NATS_USER", "SERVE_NATS_PASSWORD", process.env);
+      } else if (process.name == "proxy") {
+        as(bus::Role::kProxy, "SERVE_NATS_USER", "SERVE_NATS_PASSWORD", process.env);
+      } else if (process.name == "replica") {
+        as(bus::Role::kNode, "SERVE_NATS_USER", "SERVE_NATS_PASSWORD", process.env);
+        as(bus::Role::kWorker, "SERVE_WORKER_NATS_USER", "SERVE_WORKER_NATS_PASSWORD", process.env);
+      }
+    }
+  }
   for (auto& process : out.processes) {
     if (process.infrastructure) continue;
     // The service writes its log itself, rotated by size (--log-max-size-mb); its stderr goes

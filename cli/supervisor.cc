@@ -149,9 +149,14 @@ Status Supervisor::Spawn(Child& child) {
   for (char** entry = environ; *entry != nullptr; ++entry) {
     std::string text = *entry;
     size_t equals = text.find('=');
-    if (equals != std::string::npos) env[text.substr(0, equals)] = text.substr(equals + 1);
+    if (equals == std::string::npos) continue;
+    // The supervisor's own bus credentials are not its children's: each gets what
+    // options_.env and its own env give it.
+    std::string key = text.substr(0, equals);
+    if (!bus::IsSecretVariable(key)) env[key] = text.substr(equals + 1);
   }
   for (const auto& [key, value] : options_.env) env[key] = value;
+  for (const auto& [key, value] : spec.env) env[key] = value;
   std::vector<std::string> env_strings;
   for (const auto& [key, value] : env) env_strings.push_back(key + "=" + value);
   std::vector<char*> envp;

@@ -30,6 +30,8 @@ struct SupervisedProcess {
   // Started before the others and stopped after them: the services need it (nats-server) to
   // hear of a shutdown and to say goodbye.
   bool infrastructure = false;
+  // Environment of this process only, over SupervisorOptions::env (its bus credentials).
+  std::map<std::string, std::string> env = {};
 };
 
 struct RestartPolicy {

@@ -106,9 +106,16 @@ void OnConnected(natsConnection*, void* closure) {
 
 void OnClosed(natsConnection*, void* closure) { delete static_cast<ConnectionClosure*>(closure); }
 
-void OnAsyncError(natsConnection*, natsSubscription*, natsStatus status, void*) {
+void OnAsyncError(natsConnection* connection, natsSubscription*, natsStatus status, void*) {
   // Slow consumers and permission violations land here; they are worth a line, not a crash.
-  spdlog::warn("NATS: {}", NatsError(status));
+  // The server's own words say which subject was refused.
+  const char* text = nullptr;
+  natsConnection_GetLastError(connection, &text);
+  if (text != nullptr && *text != '\0') {
+    spdlog::warn("NATS: {}: {}", NatsError(status), text);
+  } else {
+    spdlog::warn("NATS: {}", NatsError(status));
+  }
 }
 
 }  // namespace
@@ -150,6 +157,10 @@ Status Bus::Open() {
   s = natsOptions_SetURL(opts, options_.url.c_str());
   if (s != NATS_OK) return fail("invalid NATS address '" + safe_url + "'");
   if (!options_.name.empty()) natsOptions_SetName(opts, options_.name.c_str());
+  if (options_.inbox_prefix != "_INBOX") {
+    s = natsOptions_SetCustomInboxPrefix(opts, options_.inbox_prefix.c_str());
+    if (s != NATS_OK) return fail("invalid inbox prefix '" + options_.inbox_prefix + "'");
+  }
   // Without SendAsap every publish waits for nats.c's flusher, about 1 ms per hop.
   natsOptions_SetSendAsap(opts, true);
   natsOptions_SetTimeout(opts, static_cast<int64_t>(options_.connect_timeout_s * 1000));
@@ -350,8 +361,11 @@ Status Bus::EnsureReplySubscription() {
   natsInbox* inbox = nullptr;
   natsStatus s = natsInbox_Create(&inbox);
   if (s != NATS_OK) return Status::Error("cannot create a reply inbox: " + NatsError(s));
-  std::string prefix = std::string(inbox) + ".";
+  // "_INBOX.<unique>", moved below this connection's own prefix.
+  std::string unique(inbox);
   natsInbox_Destroy(inbox);
+  unique.erase(0, unique.find('.') + 1);
+  std::string prefix = options_.inbox_prefix + "." + unique + ".";
   Status status = Subscribe(prefix + "*", [this](Message& message) { OnReply(message); });
   if (!status.ok()) return status;
   reply_prefix_ = prefix;
@@ -507,6 +521,71 @@ std::map<std::string, std::string> EnvironmentFor(const Options& options) {
   add("SERVE_NATS_TLS_CERT", options.tls_cert);
   add("SERVE_NATS_TLS_KEY", options.tls_key);
   return env;
+}
+
+namespace {
+
+bool HasUserInfo(const std::string& url) { return RedactUrl(url) != url; }
+
+}  // namespace
+
+bool IsSecretVariable(std::string_view name) {
+  return name == "SERVE_NATS_PASSWORD" || name == "SERVE_NATS_TOKEN" || name == "SERVE_NATS_USER" ||
+         name == "SERVE_WORKER_NATS_USER" || name == "SERVE_WORKER_NATS_PASSWORD" ||
+         name.rfind("SERVE_NATS_PASSWORD_", 0) == 0;
+}
+
+std::map<std::string, std::string> PublicEnvironmentFor(const Options& options) {
+  std::map<std::string, std::string> env = EnvironmentFor(options);
+  for (auto it = env.begin(); it != env.end();) {
+    bool secret =
+        IsSecretVariable(it->first) || (it->first == "SERVE_ADDRESS" && HasUserInfo(it->second));
+    it = secret ? env.erase(it) : std::next(it);
+  }
+  return env;
+}
+
+Result<std::string> SecretText(const Options& options) {
+  std::string text;
+  auto add = [&text](const char* name, const std::string& value) -> Status {
+    if (value.empty()) return Status::Ok();
+    if (value.find_first_of("\r\n") != std::string::npos) {
+      return Status::Error(std::string("the NATS ") + name + " holds a line break");
+    }
+    text.append(name).append("=").append(value).append("\n");
+    return Status::Ok();
+  };
+  Status status = add("user", options.user);
+  if (status.ok()) status = add("password", options.password);
+  if (status.ok()) status = add("token", options.token);
+  if (status.ok() && HasUserInfo(options.url)) status = add("address", options.url);
+  if (!status.ok()) return status;
+  return text;
+}
+
+Status ApplySecretText(std::string_view text, Options* options) {
+  while (!text.empty()) {
+    size_t end = text.find('\n');
+    std::string_view line = text.substr(0, end);
+    text.remove_prefix(end == std::string_view::npos ? text.size() : end + 1);
+    if (line.empty()) continue;
+    size_t equals = line.find('=');
+    std::string name(line.substr(0, equals));
+    std::string value(equals == std::string_view::npos ? "" : line.substr(equals + 1));
+    if (name == "user") {
+      options->user = value;
+    } else if (name == "password") {
+      options->password = value;
+    } else if (name == "token") {
+      options->token = value;
+    } else if (name == "address") {
+      options->url = value;
+    } else {
+      return Status::Error("unknown bus secret '" + name.substr(0, 32) +
+                           "' (expected user, password, token or address)");
+    }
+  }
+  return Status::Ok();
 }
 
 Result<Message> RequestAndWait(uv_loop_t* loop, Bus& bus, const std::string& subject,

@@ -39,6 +39,9 @@ struct Options {
   std::string tls_ca;      // CA bundle that signs the server's certificate
   std::string tls_cert;    // client certificate, for servers that verify clients
   std::string tls_key;
+  // Replies to this connection's requests arrive below it. Each role has its own
+  // (bus::InboxPrefix), so a server's permissions can keep one role from reading another's.
+  std::string inbox_prefix = "_INBOX";
   // Services keep trying in the background until NATS is up; the CLI wants a quick answer.
   bool retry_initial_connect = true;
   double connect_timeout_s = 2;
@@ -156,6 +159,19 @@ std::string RedactUrl(const std::string& url);
 // The SERVE_* environment variables that hand `options` to a child process (the flags read
 // them), so credentials never appear on a command line.
 std::map<std::string, std::string> EnvironmentFor(const Options& options);
+
+// The variables of EnvironmentFor() that carry a secret (a password, a token, an address with
+// user:password@ in it), and the names a node agent keeps from its workers' environment.
+bool IsSecretVariable(std::string_view name);
+// EnvironmentFor() without the secrets: for a process that gets them another way.
+std::map<std::string, std::string> PublicEnvironmentFor(const Options& options);
+
+// The secrets of `options` as "name=value" lines, for a pipe to a child process: a worker reads
+// them from its stdin, so they are in no environment its user code can read. Refused when a
+// value holds a line break.
+Result<std::string> SecretText(const Options& options);
+// Applies what SecretText() wrote. Unknown names are refused, naming them.
+Status ApplySecretText(std::string_view text, Options* options);
 
 // Runs `loop` until `callback`'s reply arrives: for the CLI and for tests, never for services.
 Result<Message> RequestAndWait(uv_loop_t* loop, Bus& bus, const std::string& subject,

@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "bus/roles.h"
 #include "bus/subjects.h"
 #include "support/loop.h"
 #include "support/process.h"
@@ -255,6 +256,107 @@ TEST_F(BusTest, MissingCredsFileIsAClearError) {
   if (!bus.ok()) {
     EXPECT_THAT(bus.error(), HasSubstr("NATS"));
   }
+}
+
+TEST(BusSecretsTest, SecretsTravelApartFromThePublicEnvironment) {
+  Options options;
+  options.url = "nats://alice:s3cret@127.0.0.1:4222";
+  options.user = "serve-worker";
+  options.password = "pw1";
+  options.tls_ca = "/etc/ca.pem";
+  auto env = PublicEnvironmentFor(options);
+  EXPECT_EQ(env.count("SERVE_NATS_USER"), 0u);
+  EXPECT_EQ(env.count("SERVE_NATS_PASSWORD"), 0u);
+  EXPECT_EQ(env.count("SERVE_ADDRESS"), 0u) << "the address holds a password";
+  EXPECT_EQ(env["SERVE_NATS_TLS_CA"], "/etc/ca.pem");
+
+  auto text = SecretText(options);
+  ASSERT_TRUE(text.ok()) << text.error();
+  Options received;
+  ASSERT_TRUE(ApplySecretText(*text, &received).ok());
+  EXPECT_EQ(received.user, "serve-worker");
+  EXPECT_EQ(received.password, "pw1");
+  EXPECT_EQ(received.url, options.url);
+
+  options.password = "two\nlines";
+  EXPECT_FALSE(SecretText(options).ok());
+  Status unknown = ApplySecretText("shell=/bin/sh\n", &received);
+  EXPECT_THAT(unknown.message(), HasSubstr("unknown bus secret 'shell'"));
+}
+
+TEST(RolesTest, EachRoleHasItsOwnUserAndInbox) {
+  EXPECT_EQ(UserName("serve", Role::kProxy), "serve-proxy");
+  EXPECT_EQ(InboxPrefix("serve", Role::kAdmin), "_INBOX.serve.admin");
+  Permissions worker = PermissionsOf("ns", Role::kWorker);
+  EXPECT_TRUE(worker.answers_requests);
+  EXPECT_THAT(worker.subscribe, ::testing::Contains("_INBOX.ns.worker.>"));
+  EXPECT_THAT(worker.publish, ::testing::Not(::testing::Contains("ns.routes")));
+  Permissions admin = PermissionsOf("ns", Role::kAdmin);
+  EXPECT_THAT(admin.publish, ::testing::Contains("ns.ctl.>"));
+  EXPECT_EQ(PasswordVariable(Role::kCheckpointer), "SERVE_NATS_PASSWORD_CHECKPOINTER");
+}
+
+// TLS between services and NATS, with a CA, a server and a client certificate made by openssl
+// here: the server verifies clients, and a client verifies the server.
+TEST_F(BusTest, TlsWithVerifiedCertificatesCarriesRequestsAndRefusesTheRest) {
+  testing::TempDir dir;
+  const std::string d = dir.path();
+  auto run = [&](const std::string& command) {
+    auto result = testing::RunCommand({"sh", "-c", command});
+    EXPECT_EQ(result.exit_code, 0) << command << "\n" << result.output;
+  };
+  run("cd " + d +
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca "
+      "-keyout ca.key -out ca.pem 2>&1");
+  for (const std::string name : {"server", "client"}) {
+    run("cd " + d + " && openssl req -newkey rsa:2048 -nodes -subj /CN=" + name + " -keyout " +
+        name + ".key -out " + name +
+        ".csr 2>&1 && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > " + name +
+        ".ext && openssl x509 -req -in " + name +
+        ".csr -CA ca.pem -CAkey ca.key "
+        "-CAcreateserial -days 1 -extfile " +
+        name + ".ext -out " + name + ".pem 2>&1");
+  }
+  testing::NatsServer nats({"--tls", "--tlscert", d + "/server.pem", "--tlskey", d + "/server.key",
+                            "--tlscacert", d + "/ca.pem", "--tlsverify"});
+  Options tls;
+  tls.tls_ca = d + "/ca.pem";
+  tls.tls_cert = d + "/client.pem";
+  tls.tls_key = d + "/client.key";
+  tls.retry_initial_connect = false;
+  tls.inbox_prefix = "_INBOX.t.client";
+  Bus& server = Connect(nats.url(), tls);
+  Bus& client = Connect(nats.url(), tls);
+  ASSERT_TRUE(server
+                  .Subscribe("t.echo",
+                             [&](Message& m) {
+                               EXPECT_THAT(m.reply, ::testing::StartsWith("_INBOX.t.client."));
+                               EXPECT_TRUE(server.Respond(m, "re:" + m.data).ok());
+                             })
+                  .ok());
+  ASSERT_TRUE(server.Flush().ok());
+  auto reply = RequestAndWait(&loop_, client, "t.echo", "x", 10);
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_EQ(reply->data, "re:x");
+
+  // No client certificate: the server refuses. No TLS at all: refused too.
+  Options no_cert = tls;
+  no_cert.tls_cert.clear();
+  no_cert.tls_key.clear();
+  no_cert.url = nats.url();
+  EXPECT_FALSE(Bus::Connect(&loop_, no_cert).ok());
+  Options plain;
+  plain.url = nats.url();
+  plain.retry_initial_connect = false;
+  EXPECT_FALSE(Bus::Connect(&loop_, plain).ok());
+  // A server whose certificate no trusted CA signed: the client refuses it.
+  run("cd " + d +
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other "
+      "-keyout other.key -out other.pem 2>&1");
+  Options wrong_ca = tls;
+  wrong_ca.tls_ca = d + "/other.pem";
+  wrong_ca.url = nats.url();
+  EXPECT_FALSE(Bus::Connect(&loop_, wrong_ca).ok());
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // namespace. Exactly one runs per namespace.
 #include <spdlog/spdlog.h>
 
+#include "bus/roles.h"
 #include "controller/api.h"
 #include "controller/controller.h"
 #include "service/flags.h"
@@ -59,6 +60,7 @@ int main(int argc, char** argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   flags.bus.name = "serve-controller";
+  flags.bus.inbox_prefix = bus::InboxPrefix(flags.ns, bus::Role::kController);
   auto bus = bus::Bus::Connect(&loop, flags.bus);
   if (!bus.ok()) {
     fprintf(stderr, "serve-controller: %s\n", bus.error().c_str());

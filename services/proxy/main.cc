@@ -1,6 +1,7 @@
 // serve-proxy: HTTP ingress for one node.
 #include <spdlog/spdlog.h>
 
+#include "bus/roles.h"
 #include "proxy/proxy.h"
 #include "service/flags.h"
 
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   flags.bus.name = "serve-proxy " + options.proxy_id;
+  flags.bus.inbox_prefix = bus::InboxPrefix(flags.ns, bus::Role::kProxy);
   auto bus = bus::Bus::Connect(&loop, flags.bus);
   if (!bus.ok()) {
     fprintf(stderr, "serve-proxy: %s\n", bus.error().c_str());

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "base/shared_library.h"
+#include "bus/bus.h"
 #include "http/ascii.h"
 
 extern char** environ;
@@ -439,7 +440,8 @@ std::vector<std::string> CommandEnvironment(const RuntimeContext& context, int p
     std::string_view name = text.substr(0, text.find('='));
     bool replaced =
         std::any_of(ours.begin(), ours.end(), [&](const auto& pair) { return pair.first == name; });
-    if (!replaced) env.emplace_back(text);
+    // The worker drops its bus credentials before it starts user code; this makes sure.
+    if (!replaced && !bus::IsSecretVariable(name)) env.emplace_back(text);
   }
   for (const auto& [name, value] : ours) env.push_back(name + "=" + value);
   return env;

@@ -5,12 +5,15 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "bus/roles.h"
 #include "replica/artifact_cache.h"
 #include "replica/node_agent.h"
 #include "replica/worker.h"
@@ -32,6 +35,29 @@ void WriteError(const std::string& path, const std::string& error) {
   if (path.empty()) return;
   std::ofstream out(path, std::ios::trunc);
   out << error << "\n";
+}
+
+// Reads what the node agent wrote on this worker's stdin, then points stdin at /dev/null.
+Status ApplySecretsFromStdin(bus::Options* options) {
+  constexpr size_t kMaxSecretBytes = 64 * 1024;
+  std::string text;
+  char buffer[4096];
+  while (text.size() <= kMaxSecretBytes) {
+    ssize_t n = read(0, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      return Status::Error(std::string("cannot read the bus credentials: ") + strerror(errno));
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null_fd >= 0) {
+    dup2(null_fd, 0);
+    close(null_fd);
+  }
+  if (text.size() > kMaxSecretBytes)
+    return Status::Error("the bus credentials on stdin are too long");
+  return bus::ApplySecretText(text, options);
 }
 
 int RunWorker(int argc, char** argv, int inherited_descriptors) {
@@ -56,7 +82,23 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   app.add_option("--scratch-dir", scratch_dir, "A directory of this replica's own");
   app.add_option("--ready-fd", ready_fd,
                  "A descriptor from the agent: one byte is written to it once the replica serves");
+  bool bus_secrets_on_stdin = false;
+  app.add_flag("--bus-secrets-on-stdin", bus_secrets_on_stdin,
+               "Read the bus credentials from stdin (bus::SecretText), not the environment");
   CLI11_PARSE(app, argc, argv);
+  // User code never sees a bus credential: not in the environment a command inherits, not on
+  // stdin once read.
+  if (bus_secrets_on_stdin) {
+    Status applied = ApplySecretsFromStdin(&flags.bus);
+    if (!applied.ok()) {
+      WriteError(error_file, applied.message());
+      return 2;
+    }
+  }
+  for (const char* name : {"SERVE_NATS_USER", "SERVE_NATS_PASSWORD", "SERVE_NATS_TOKEN",
+                           "SERVE_WORKER_NATS_USER", "SERVE_WORKER_NATS_PASSWORD"}) {
+    unsetenv(name);
+  }
   // The readiness pipe must not reach user code (a command's child processes).
   if (ready_fd > 2) fcntl(ready_fd, F_SETFD, FD_CLOEXEC);
 
@@ -83,6 +125,7 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   flags.bus.name = "serve-replica " + replica_id;
+  flags.bus.inbox_prefix = bus::InboxPrefix(flags.ns, bus::Role::kWorker);
   auto bus = bus::Bus::Connect(&loop, flags.bus);
   if (!bus.ok()) {
     WriteError(error_file, bus.error());
@@ -176,6 +219,12 @@ int RunAgent(int argc, char** argv) {
       ->envname("SERVE_NODE_METRICS_PORT")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
+  std::string worker_user, worker_password;
+  app.add_option("--worker-nats-user", worker_user,
+                 "The NATS user workers connect as (the `worker` role); default: the agent's")
+      ->envname("SERVE_WORKER_NATS_USER");
+  app.add_option("--worker-nats-password", worker_password, "That user's password")
+      ->envname("SERVE_WORKER_NATS_PASSWORD");
   CLI11_PARSE(app, argc, argv);
 
   if (options.node_id.empty()) options.node_id = "node-" + service::RandomHex(6);
@@ -206,8 +255,22 @@ int RunAgent(int argc, char** argv) {
   }
   options.worker_exe = SelfExe();
   options.metrics_name_prefix = flags.metrics_name_prefix;
-  // Workers reach the same bus as their agent, however the agent was told about it.
-  options.worker_env = bus::EnvironmentFor(flags.bus);
+  // Workers reach the same bus as their agent, however the agent was told about it, but as
+  // their own user when one is given; the credentials go on their stdin, not in their
+  // environment.
+  bus::Options worker_bus = flags.bus;
+  if (!worker_user.empty()) {
+    worker_bus.user = worker_user;
+    worker_bus.password = worker_password;
+    worker_bus.token.clear();
+  }
+  auto worker_secrets = bus::SecretText(worker_bus);
+  if (!worker_secrets.ok()) {
+    fprintf(stderr, "serve-replica: %s\n", worker_secrets.error().c_str());
+    return 2;
+  }
+  options.worker_bus_secrets = *worker_secrets;
+  options.worker_env = bus::PublicEnvironmentFor(worker_bus);
   options.worker_env["SERVE_NAMESPACE"] = flags.ns;
   options.worker_env["SERVE_LOG_FORMAT"] = flags.log_format;
   options.worker_env["SERVE_LOG_LEVEL"] = flags.log_level;
@@ -215,6 +278,7 @@ int RunAgent(int argc, char** argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   flags.bus.name = "serve-replica " + options.node_id;
+  flags.bus.inbox_prefix = bus::InboxPrefix(flags.ns, bus::Role::kNode);
   auto bus = bus::Bus::Connect(&loop, flags.bus);
   if (!bus.ok()) {
     fprintf(stderr, "serve-replica: %s\n", bus.error().c_str());

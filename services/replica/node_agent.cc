@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "bus/bus.h"
 #include "service/descriptors.h"
 #include "wire/codec.h"
 
@@ -160,6 +161,7 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   args.insert(args.end(), {"--log-file", log_path, "--log-max-size-mb",
                            std::to_string(options_.replica_log_max_mb), "--log-max-files",
                            std::to_string(options_.replica_log_files)});
+  if (!options_.worker_bus_secrets.empty()) args.push_back("--bus-secrets-on-stdin");
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -168,17 +170,42 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry(*e);
     std::string key = entry.substr(0, entry.find('='));
-    if (options_.worker_env.count(key) == 0) env_strings.push_back(entry);
+    // The agent's own credentials stay with the agent; SERVE_ADDRESS may hold some too (the
+    // worker gets its address from worker_env, or with its secrets).
+    bool secret = bus::IsSecretVariable(key) || key == "SERVE_ADDRESS";
+    if (!secret && options_.worker_env.count(key) == 0) env_strings.push_back(entry);
   }
   for (auto& [key, value] : options_.worker_env) env_strings.push_back(key + "=" + value);
   std::vector<char*> envp;
   for (auto& entry : env_strings) envp.push_back(entry.data());
   envp.push_back(nullptr);
 
+  // Bus credentials go through a pipe on the worker's stdin, written in full before the worker
+  // starts (a few hundred bytes; a pipe holds 64 KiB), never through its environment.
+  int secrets_fd = -1;
+  if (!options_.worker_bus_secrets.empty()) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+      return Status::Error(std::string("cannot make a pipe for a worker: ") + strerror(errno));
+    }
+    ssize_t written =
+        write(fds[1], options_.worker_bus_secrets.data(), options_.worker_bus_secrets.size());
+    close(fds[1]);
+    if (written != static_cast<ssize_t>(options_.worker_bus_secrets.size())) {
+      close(fds[0]);
+      return Status::Error("cannot hand a worker its bus credentials");
+    }
+    secrets_fd = fds[0];
+  }
+
   uv_pipe_init(loop_, &worker->ready_pipe, 0);
   worker->ready_pipe.data = worker.get();
   uv_stdio_container_t stdio[4];
   stdio[0].flags = UV_IGNORE;
+  if (secrets_fd >= 0) {
+    stdio[0].flags = UV_INHERIT_FD;
+    stdio[0].data.fd = secrets_fd;
+  }
   // Appending, like the worker's logger, so neither overwrites the other's lines. Without the
   // file the worker keeps the agent's stdout and stderr.
   int log_fd = open(log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -204,6 +231,7 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   service::MarkDescriptorsCloseOnExec();  // a worker inherits stdio only; see descriptors.h
   int rc = uv_spawn(loop_, &worker->process, &spawn);
   if (log_fd >= 0) close(log_fd);  // the worker has its own copy
+  if (secrets_fd >= 0) close(secrets_fd);
   if (rc != 0) {
     // A failed spawn still initialised the handles; they must be closed before it is freed.
     CloseWorker(worker.release());

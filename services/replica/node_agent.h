@@ -28,8 +28,11 @@ struct NodeAgentOptions {
   std::string work_dir;       // replica specs and error files live here
   std::string worker_exe;     // this executable; workers run `<exe> worker ...`
   double heartbeat_period_s = 1;
-  // Extra environment for workers (bus address, namespace, credentials).
+  // Extra environment for workers (bus address, namespace, log settings): never a secret.
   std::map<std::string, std::string> worker_env;
+  // The workers' bus credentials (bus::SecretText), handed to each on its stdin so that no
+  // environment user code can read holds them. Empty: none.
+  std::string worker_bus_secrets;
   // Prometheus metrics of the node and its workers at GET /metrics (node_metrics.h); port 0:
   // none served.
   std::string metrics_host = "127.0.0.1";

@@ -14,10 +14,15 @@ namespace serve::testing {
 // for publishing what no Serve service would.
 class RawClient {
  public:
-  explicit RawClient(const std::string& url) {
+  explicit RawClient(const std::string& url)
+      : RawClient([&] {
+          bus::Options options;
+          options.url = url;
+          return options;
+        }()) {}
+  // As a given user, say (a role's user and its inbox prefix).
+  explicit RawClient(bus::Options options) {
     uv_loop_init(&loop_);
-    bus::Options options;
-    options.url = url;
     options.retry_initial_connect = false;
     auto bus = bus::Bus::Connect(&loop_, options);
     EXPECT_TRUE(bus.ok()) << bus.error();
@@ -34,6 +39,7 @@ class RawClient {
 
   Result<bus::Message> Request(const std::string& subject, const std::string& data,
                                double timeout_s = 10) {
+    if (bus_ == nullptr) return Status::Error("not connected");
     return bus::RequestAndWait(&loop_, *bus_, subject, data, timeout_s);
   }
   // Takes what `subject` carries and never answers (a service that hangs).

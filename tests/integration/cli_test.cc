@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -121,6 +122,65 @@ TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
   EXPECT_FALSE(PortOpen(http_port));
   // The replica workers are gone too.
   EXPECT_EQ(RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output, "");
+}
+
+// `serve start` runs nats-server with a user per role: the credentials are files only their
+// owner reads, never on a command line, each service has its own role's, and a client without
+// them is refused. --insecure-bus is the open mode, said loudly.
+TEST_F(CliTest, StartGivesEachServiceItsOwnBusUserAndKeepsSecretsOffCommandLines) {
+  int http_port = FreePort();
+  auto started = Serve({"start", "--http-port", std::to_string(http_port)});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  for (const char* file : {"/bus-credentials", "/nats.conf"}) {
+    auto perms = fs::status(run_dir_ + file).permissions();
+    EXPECT_EQ(perms & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write) << file;
+  }
+  std::string credentials = ReadFile(run_dir_ + "/bus-credentials");
+  std::istringstream lines(credentials);
+  std::map<std::string, std::string> passwords;
+  for (std::string role, user, password; lines >> role;) {
+    if (role[0] == '#') {
+      std::getline(lines, role);
+      continue;
+    }
+    lines >> user >> password;
+    passwords[role] = password;
+  }
+  ASSERT_EQ(passwords.size(), 6u) << credentials;
+  // No password on any command line; each service's environment holds its own role's only.
+  for (pid_t pid : RecordedPids()) {
+    std::string cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+    for (const auto& [role, password] : passwords) EXPECT_THAT(cmdline, Not(HasSubstr(password)));
+  }
+  auto environ_of = [&](const std::string& process) {
+    std::ifstream in(run_dir_ + "/pids/" + process + ".pid");
+    pid_t pid = 0;
+    in >> pid;
+    return ReadFile("/proc/" + std::to_string(pid) + "/environ");
+  };
+  EXPECT_THAT(environ_of("proxy"), HasSubstr("SERVE_NATS_USER=clitest-proxy"));
+  EXPECT_THAT(environ_of("proxy"), Not(HasSubstr(passwords["admin"])));
+  EXPECT_THAT(environ_of("controller"), HasSubstr("SERVE_NATS_USER=clitest-controller"));
+  EXPECT_THAT(environ_of("replica"), HasSubstr("SERVE_WORKER_NATS_USER=clitest-worker"));
+
+  // The CLI of the same user finds the admin's credentials; a client without them is refused.
+  auto deployed = Serve({"deploy", "examples/hello/serve.yaml"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
+  EXPECT_EQ(HttpGet(http_port, "/hello").status, 200);
+  auto elsewhere = RunCommand({BinDir() + "/serve", "--address", nats_url_, "--run-dir",
+                               dir_.path() + "/other", "--namespace", "clitest", "status"});
+  EXPECT_NE(elsewhere.exit_code, 0);
+  EXPECT_THAT(elsewhere.output, HasSubstr("Authorization"));
+  ASSERT_EQ(Serve({"shutdown"}).exit_code, 0);
+  for (pid_t pid : RecordedPids()) EXPECT_TRUE(WaitUntil([&] { return !ProcessAlive(pid); }));
+
+  auto open = Serve({"start", "--insecure-bus", "--http-port", std::to_string(http_port)});
+  ASSERT_EQ(open.exit_code, 0) << open.output;
+  EXPECT_THAT(open.output, HasSubstr("WARNING: --insecure-bus"));
+  EXPECT_FALSE(fs::exists(run_dir_ + "/bus-credentials"));
+  auto anyone = RunCommand({BinDir() + "/serve", "--address", nats_url_, "--run-dir",
+                            dir_.path() + "/other", "--namespace", "clitest", "status"});
+  EXPECT_EQ(anyone.exit_code, 0) << anyone.output;
 }
 
 // A shell that runs `x=$(serve start)`, or a CI step, waits until every holder of its pipe

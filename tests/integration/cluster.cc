@@ -3,14 +3,56 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cctype>
+#include <cstdio>
 #include <filesystem>
+#include <random>
 
 namespace serve::testing {
+
+namespace {
+
+const char* const kRoles[] = {"controller", "proxy", "node", "worker", "checkpointer", "admin"};
+
+std::map<std::string, std::string> MakePasswords(const Cluster::Options& options) {
+  std::map<std::string, std::string> out;
+  if (!options.secure_bus) return out;
+  std::random_device random;
+  for (const char* role : kRoles) {
+    char text[33];
+    snprintf(text, sizeof text, "%08x%08x%08x%08x", random(), random(), random(), random());
+    // nats-server reads a variable's value as a configuration value: "5e3..." would be a
+    // number. A leading letter keeps it a string (docs/security.md).
+    out[role] = std::string("pw") + text;
+  }
+  return out;
+}
+
+std::vector<std::string> NatsArgs(const Cluster::Options& options) {
+  if (!options.secure_bus) return {};
+  return {"-c", std::string(SERVE_SOURCE_DIR) + "/deploy/nats/nats-server.conf"};
+}
+
+// The shipped configuration reads each role's password from SERVE_NATS_PASSWORD_<ROLE>.
+std::map<std::string, std::string> NatsEnv(const std::map<std::string, std::string>& passwords) {
+  std::map<std::string, std::string> env;
+  for (const auto& [role, password] : passwords) {
+    std::string name = "SERVE_NATS_PASSWORD_";
+    for (char c : role) name += static_cast<char>(toupper(static_cast<unsigned char>(c)));
+    env[name] = password;
+  }
+  return env;
+}
+
+}  // namespace
 
 Cluster::Cluster() : Cluster(Options{}) {}
 
 Cluster::Cluster(Options options)
     : options_(options),
+      ns_(options.secure_bus ? "serve" : "itest"),
+      passwords_(MakePasswords(options)),
+      nats_(NatsArgs(options), NatsEnv(passwords_)),
       http_port_(FreePort()),
       api_port_(FreePort()),
       checkpointer_metrics_port_(FreePort()) {
@@ -25,7 +67,7 @@ Cluster::Cluster(Options options)
   StartCheckpointer();
   StartController();
   proxy_ = Process(with({bin + "/serve-proxy", "--http-port", std::to_string(http_port_)}),
-                   dir() + "/proxy.log", options_.env);
+                   dir() + "/proxy.log", EnvFor("proxy"));
   for (int i = 0; i < options_.nodes; ++i) {
     StartNode("node-" + std::to_string(i + 1), options_.node_cpus);
   }
@@ -48,7 +90,7 @@ void Cluster::StartCheckpointer() {
   auto flags = CommonFlags();
   argv.insert(argv.end(), flags.begin(), flags.end());
   // Appended, so a restart keeps the earlier run's lines for the test's messages.
-  checkpointer_ = Process(argv, dir() + "/checkpointer.log", options_.env);
+  checkpointer_ = Process(argv, dir() + "/checkpointer.log", EnvFor("checkpointer"));
 }
 
 void Cluster::StartController() {
@@ -57,7 +99,7 @@ void Cluster::StartController() {
                                    std::to_string(api_port_)};
   auto flags = CommonFlags();
   argv.insert(argv.end(), flags.begin(), flags.end());
-  controller_ = Process(argv, dir() + "/controller.log", options_.env);
+  controller_ = Process(argv, dir() + "/controller.log", EnvFor("controller"));
 }
 
 void Cluster::KillAll() {
@@ -78,7 +120,12 @@ void Cluster::StartNode(const std::string& node_id, double cpus) {
                                    dir() + "/" + node_id, "--metrics-port",
                                    std::to_string(metrics_port)};
   argv.insert(argv.end(), flags.begin(), flags.end());
-  nodes_.emplace_back(argv, dir() + "/" + node_id + ".log", options_.env);
+  auto env = EnvFor("node");
+  if (options_.secure_bus) {
+    env["SERVE_WORKER_NATS_USER"] = user_of("worker");
+    env["SERVE_WORKER_NATS_PASSWORD"] = password_of("worker");
+  }
+  nodes_.emplace_back(argv, dir() + "/" + node_id + ".log", env);
   log_names_.push_back(node_id);
   node_ids_.push_back(node_id);
 }
@@ -87,7 +134,7 @@ void Cluster::StartProxy(const std::string& name, int port) {
   auto flags = CommonFlags();
   std::vector<std::string> argv = {BinDir() + "/serve-proxy", "--http-port", std::to_string(port)};
   argv.insert(argv.end(), flags.begin(), flags.end());
-  extra_proxies_.emplace_back(argv, dir() + "/" + name + ".log");
+  extra_proxies_.emplace_back(argv, dir() + "/" + name + ".log", EnvFor("proxy"));
   log_names_.push_back(name);
 }
 
@@ -104,8 +151,24 @@ pid_t Cluster::WorkerPid(const std::string& replica_id) {
 }
 
 std::vector<std::string> Cluster::CommonFlags() const {
-  return {"--address", nats_.url(), "--namespace", "itest"};
+  return {"--address", nats_.url(), "--namespace", ns_};
 }
+
+std::string Cluster::password_of(const std::string& role) const {
+  auto it = passwords_.find(role);
+  return it == passwords_.end() ? "" : it->second;
+}
+
+std::map<std::string, std::string> Cluster::EnvFor(const std::string& role) const {
+  std::map<std::string, std::string> env = options_.env;
+  if (options_.secure_bus) {
+    env["SERVE_NATS_USER"] = user_of(role);
+    env["SERVE_NATS_PASSWORD"] = password_of(role);
+  }
+  return env;
+}
+
+std::map<std::string, std::string> Cluster::ServeEnvironment() const { return EnvFor("admin"); }
 
 Cluster::~Cluster() {
   for (auto& node : nodes_) node.Stop(std::chrono::seconds(30));
@@ -148,14 +211,15 @@ std::string Cluster::ReplicaLog(const std::string& node_id, const std::string& r
 }
 
 std::vector<std::string> Cluster::ServeCommand(const std::vector<std::string>& args) const {
-  std::vector<std::string> argv = {BinDir() + "/serve", "--address", nats_.url(), "--namespace",
-                                   "itest", "--run-dir", dir() + "/run"};
+  std::vector<std::string> argv = {BinDir() + "/serve", "--address", nats_.url(),
+                                   "--namespace",       ns_,         "--run-dir",
+                                   dir() + "/run"};
   argv.insert(argv.end(), args.begin(), args.end());
   return argv;
 }
 
 CommandResult Cluster::Serve(std::vector<std::string> args, std::chrono::milliseconds timeout) {
-  return RunCommand(ServeCommand(args), {}, timeout);
+  return RunCommand(ServeCommand(args), ServeEnvironment(), timeout);
 }
 
 nlohmann::json Cluster::Status() {

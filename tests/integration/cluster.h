@@ -25,6 +25,9 @@ class Cluster {
     std::map<std::string, std::string> env;
     // Wait in the constructor until the controller answers status with the nodes and a proxy.
     bool wait_until_ready = true;
+    // nats-server runs the shipped deploy/nats/nats-server.conf (namespace "serve", a user per
+    // role), and every service, worker and CLI call connects as its role's user.
+    bool secure_bus = false;
   };
   Cluster();
   explicit Cluster(Options options);
@@ -35,6 +38,12 @@ class Cluster {
   // The controller's REST API and dashboard.
   int api_port() const { return api_port_; }
   std::string nats_url() const { return nats_.url(); }
+  const std::string& ns() const { return ns_; }
+  // With secure_bus: the NATS user and password of `role` ("proxy", "worker", ...).
+  std::string user_of(const std::string& role) const { return ns_ + "-" + role; }
+  std::string password_of(const std::string& role) const;
+  // The environment of a `serve` command (the admin's credentials, with secure_bus).
+  std::map<std::string, std::string> ServeEnvironment() const;
   NatsServer& nats() { return nats_; }
 
   // The argv of the `serve` CLI against this instance, for a command left running.
@@ -77,10 +86,14 @@ class Cluster {
 
  private:
   std::vector<std::string> CommonFlags() const;
+  // options_.env, and the credentials of `role` with secure_bus.
+  std::map<std::string, std::string> EnvFor(const std::string& role) const;
   std::vector<int> node_metrics_ports_;
   void CheckLogsForSanitizerReports();
 
   Options options_;
+  std::string ns_;
+  std::map<std::string, std::string> passwords_;  // by role, with secure_bus
   TempDir dir_;
   NatsServer nats_;
   int http_port_;

@@ -13,7 +13,9 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
+#include "bus/roles.h"
 #include "integration/bus_client.h"
 #include "support/load.h"
 #include "support/process.h"
@@ -238,7 +240,18 @@ TEST_F(SupervisedInstanceTest, KilledCheckpointerIsBackWithoutAFailedRequest) {
 
   Clock::time_point killed_at;
   ASSERT_TRUE(KillAndWaitForNewPid("checkpointer", &killed_at));
-  RawClient bus(nats_url_);
+  // Checkpoint reads are the controller's: as its user, from the instance's credentials.
+  bus::Options as_controller;
+  as_controller.url = nats_url_;
+  std::istringstream credentials(ReadFile(run_dir_ + "/bus-credentials"));
+  for (std::string line; std::getline(credentials, line);) {
+    std::istringstream fields(line);
+    std::string role;
+    fields >> role;
+    if (role == "controller") fields >> as_controller.user >> as_controller.password;
+  }
+  as_controller.inbox_prefix = bus::InboxPrefix(kNamespace, bus::Role::kController);
+  RawClient bus(as_controller);
   wire::CheckpointGetT get;
   get.key = "controller/state";
   ASSERT_TRUE(WaitUntil(

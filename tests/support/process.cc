@@ -188,8 +188,8 @@ TempDir::~TempDir() {
   fs::remove_all(path_, ec);
 }
 
-NatsServer::NatsServer(std::vector<std::string> extra_args)
-    : port_(FreePort()), extra_args_(std::move(extra_args)) {
+NatsServer::NatsServer(std::vector<std::string> extra_args, std::map<std::string, std::string> env)
+    : port_(FreePort()), extra_args_(std::move(extra_args)), env_(std::move(env)) {
   Start();
 }
 
@@ -197,13 +197,15 @@ void NatsServer::Start() {
   std::vector<std::string> argv = {"nats-server", "-a", "127.0.0.1", "-p",
                                    std::to_string(port_)};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
-  process_ = Process(argv, dir_.path() + "/nats.log");
+  process_ = Process(argv, dir_.path() + "/nats.log", env_);
   if (!WaitUntil([this] { return PortOpen(port_); })) {
     throw std::runtime_error("nats-server did not start: " + ReadFile(dir_.path() + "/nats.log"));
   }
 }
 
 void NatsServer::Stop() { process_.Kill(); }
+
+std::string NatsServer::Log() const { return ReadFile(dir_.path() + "/nats.log"); }
 
 HttpResult HttpRequest(int port, const std::string& method, const std::string& target,
                        const std::string& body, std::chrono::milliseconds timeout,

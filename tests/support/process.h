@@ -64,15 +64,18 @@ class TempDir {
 // A real nats-server on a free port.
 class NatsServer {
  public:
-  explicit NatsServer(std::vector<std::string> extra_args = {});
+  explicit NatsServer(std::vector<std::string> extra_args = {},
+                      std::map<std::string, std::string> env = {});
   int port() const { return port_; }
   std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
   void Stop();
   void Start();  // again, on the same port
+  std::string Log() const;
 
  private:
   int port_;
   std::vector<std::string> extra_args_;
+  std::map<std::string, std::string> env_;
   TempDir dir_;
   Process process_;
 };
