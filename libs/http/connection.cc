@@ -32,6 +32,9 @@ constexpr size_t kInitialBodyReserve = 64 * 1024;
 // and dropped until the client closes, for at most this long. Closing at once with unread input
 // would make the kernel reset the connection, and the client could lose the response.
 constexpr uint64_t kLingerMs = 2000;
+// Chunk extensions are parsed and dropped, so they are not counted as body: without a limit a
+// client could send any amount of them with a tiny body.
+constexpr size_t kMaxChunkExtensionBytes = 4 * 1024;
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -150,8 +153,11 @@ const llhttp_settings_t* Connection::ParserSettings() {
     s.on_header_field = &Connection::OnHeaderField;
     s.on_header_field_complete = &Connection::OnHeaderFieldComplete;
     s.on_header_value = &Connection::OnHeaderValue;
+    s.on_header_value_complete = &Connection::OnHeaderValueComplete;
     s.on_headers_complete = &Connection::OnHeadersComplete;
     s.on_body = &Connection::OnBody;
+    s.on_chunk_extension_name = &Connection::OnChunkExtension;
+    s.on_chunk_extension_value = &Connection::OnChunkExtension;
     s.on_message_complete = &Connection::OnMessageComplete;
     return s;
   }();
@@ -264,6 +270,7 @@ void Connection::Parse(const char* data, size_t size) {
   const char* end = data + size;
   while (position < end) {
     segment_start_ = position;
+    segment_end_ = end;
     if (in_head_) {
       head_from_ = position;
     }
@@ -329,9 +336,11 @@ int Connection::OnMessageBegin(llhttp_t* parser) {
   c->in_message_ = true;
   c->in_head_ = true;
   c->in_header_field_ = false;
+  c->in_header_value_ = false;
   c->head_bytes_ = 0;
   c->head_from_ = c->segment_start_;
   c->trailer_bytes_ = 0;
+  c->chunk_extension_bytes_ = 0;
   c->declared_body_bytes_ = 0;
   // Whatever the last handler did not move out keeps its capacity for this request.
   Request& request = c->request_;
@@ -394,6 +403,19 @@ int Connection::OnHeaderFieldComplete(llhttp_t* parser) {
 
 int Connection::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
   auto* c = static_cast<Connection*>(parser->data);
+  // llhttp 8 accepts obs-fold (a line starting with whitespace continues the value before it)
+  // and hands the next line over as another piece of the same value. RFC 9112 lets a server
+  // reject it, and servers that unfold it disagree with those that do not on what the header
+  // says. A value may also come in pieces because it spans two reads: then one piece ends where
+  // the input ended and the next starts where the next input starts.
+  if (c->in_header_value_ && !(c->value_piece_reached_end_ && at == c->segment_start_)) {
+    c->error_description_ =
+        "obsolete line folding (a header line starting with whitespace); send each header on "
+        "one line";
+    return c->Fail(400);
+  }
+  c->in_header_value_ = true;
+  c->value_piece_reached_end_ = at + length == c->segment_end_;
   if (!c->in_head_) {
     c->trailer_bytes_ += length;
     return c->trailer_bytes_ > c->core_->limits().max_header_bytes ? c->Fail(431) : 0;
@@ -402,6 +424,11 @@ int Connection::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
     return c->Fail(431);
   }
   c->request_.headers.back().value.append(at, length);
+  return 0;
+}
+
+int Connection::OnHeaderValueComplete(llhttp_t* parser) {
+  static_cast<Connection*>(parser->data)->in_header_value_ = false;
   return 0;
 }
 
@@ -416,6 +443,27 @@ int Connection::OnHeadersComplete(llhttp_t* parser) {
   } else {
     request.path.assign(request.target, 0, question);
     request.query.assign(request.target, question + 1);
+  }
+  // llhttp reads "GET /" as HTTP/0.9 and HTTP/2.0 as a version like any other; neither is
+  // HTTP/1 (an HTTP/2 client starts with its preface, which is not a request).
+  if (parser->http_major != 1) {
+    c->error_description_ =
+        "unsupported HTTP version (this server speaks HTTP/1.0 and HTTP/1.1 only)";
+    return c->Fail(400);
+  }
+  // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; any request has at most one. Two
+  // servers may pick different ones and route the same request differently.
+  size_t hosts = 0;
+  for (const Header& header : request.headers) {
+    if (header.name.size() == 4 && EqualsIgnoreCase(header.name, "host")) ++hosts;
+  }
+  if (hosts > 1) {
+    c->error_description_ = "more than one Host header";
+    return c->Fail(400);
+  }
+  if (hosts == 0 && parser->http_minor >= 1) {
+    c->error_description_ = "no Host header (HTTP/1.1 requires one)";
+    return c->Fail(400);
   }
   c->is_head_ = parser->method == HTTP_HEAD;
   c->is_http10_ = parser->http_major == 1 && parser->http_minor == 0;
@@ -453,6 +501,16 @@ int Connection::OnBody(llhttp_t* parser, const char* at, size_t length) {
     body.reserve(c->declared_body_bytes_);  // the client is sending it: make room once
   }
   body.append(at, length);
+  return 0;
+}
+
+int Connection::OnChunkExtension(llhttp_t* parser, const char* /*at*/, size_t length) {
+  auto* c = static_cast<Connection*>(parser->data);
+  c->chunk_extension_bytes_ += length;
+  if (c->chunk_extension_bytes_ > kMaxChunkExtensionBytes) {
+    c->error_description_ = "chunk extensions longer than 4096 bytes in one request";
+    return c->Fail(400);
+  }
   return 0;
 }
 

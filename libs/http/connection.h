@@ -101,8 +101,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static int OnHeaderField(llhttp_t* parser, const char* at, size_t length);
   static int OnHeaderFieldComplete(llhttp_t* parser);
   static int OnHeaderValue(llhttp_t* parser, const char* at, size_t length);
+  static int OnHeaderValueComplete(llhttp_t* parser);
   static int OnHeadersComplete(llhttp_t* parser);
   static int OnBody(llhttp_t* parser, const char* at, size_t length);
+  static int OnChunkExtension(llhttp_t* parser, const char* at, size_t length);
   static int OnMessageComplete(llhttp_t* parser);
 
   static void OnAlloc(uv_handle_t* handle, size_t suggested_size, uv_buf_t* buf);
@@ -155,15 +157,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool in_message_ = false;
   bool in_head_ = false;
   bool in_header_field_ = false;
+  bool in_header_value_ = false;          // a piece of the current header's value came
+  bool value_piece_reached_end_ = false;  // ... and it ended where the input ended
   bool message_complete_ = false;
   bool is_head_ = false;
   bool is_http10_ = false;
   int error_status_ = 0;  // set by a callback that rejected the request (400, 413, 431)
   const char* error_description_ = "";  // for a 400 from a callback
-  const char* segment_start_ = nullptr;
+  const char* segment_start_ = nullptr;  // the input handed to llhttp_execute
+  const char* segment_end_ = nullptr;
   const char* head_from_ = nullptr;
   size_t head_bytes_ = 0;
   size_t trailer_bytes_ = 0;
+  size_t chunk_extension_bytes_ = 0;
   size_t declared_body_bytes_ = 0;  // Content-Length, 0 if none
   bool reading_ = false;
   bool read_paused_ = false;  // backpressure: too much unanswered or unwritten

@@ -456,7 +456,8 @@ TEST_F(HttpServerTest, RequestSentByteByByteIsParsed) {
   });
   Client client(port_);
   const std::string request =
-      "PUT /p?q HTTP/1.1\r\nHost: example\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "PUT /p?q HTTP/1.1\r\nHost: example\r\nX-Long: a value in many pieces\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n"
       "3\r\nabc\r\n0\r\n\r\n";
   for (char c : request) {
     client.Send(std::string_view(&c, 1));
@@ -563,6 +564,72 @@ TEST_F(HttpServerTest, GarbageIs400AndTheServerKeepsServing) {
   ASSERT_TRUE(response.has_value());
   EXPECT_EQ(response->status, 200);
   EXPECT_EQ(response->body, "/fine");
+}
+
+// Requests that servers (or a server behind this one) could read in more than one way are
+// refused, so that no request can be smuggled past the proxy inside another one.
+TEST_F(HttpServerTest, AmbiguousRequestsAre400AndClose) {
+  StartEchoServer();
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string many_extensions = chunked;
+  for (int i = 0; i < 100; ++i) {
+    many_extensions += "1;ext=" + std::string(60, 'e') + "\r\nx\r\n";
+  }
+  many_extensions += "0\r\n\r\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"other bytes than CRLF after chunk data", chunked + "5\r\nhelloXX0\r\n\r\n"},
+      {"bare LF after chunk data", chunked + "5\r\nhello\n0\r\n\r\n"},
+      {"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n"},
+      {"obs-fold with a tab", "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tfolded\r\n\r\n"},
+      {"no Host on HTTP/1.1", "GET / HTTP/1.1\r\nX-A: 1\r\n\r\n"},
+      {"two Hosts", "GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n"},
+      {"HTTP/2.0 on an HTTP/1 connection", "GET / HTTP/2.0\r\nHost: x\r\n\r\n"},
+      {"HTTP/3.0", "GET / HTTP/3.0\r\nHost: x\r\n\r\n"},
+      {"HTTP/0.9", "GET /\r\n\r\n"},
+      {"a long chunk extension",
+       chunked + "5;" + std::string(5000, 'a') + "\r\nhello\r\n0\r\n\r\n"},
+      {"many chunk extensions", many_extensions},
+  };
+  for (const auto& [what, bytes] : cases) {
+    SCOPED_TRACE(what);
+    Client client(port_);
+    client.Send(bytes);
+    std::optional<ClientResponse> response = client.Read();
+    ASSERT_TRUE(response.has_value());
+    EXPECT_EQ(response->status, 400);
+    EXPECT_EQ(response->body.rfind("bad request: ", 0), 0u) << response->body;
+    EXPECT_NE(response->Find("Connection"), nullptr);
+    EXPECT_TRUE(client.WaitClosed());
+  }
+  // A folded line is noticed also when the value arrives in pieces.
+  Client client(port_);
+  for (char c : std::string("GET / HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n")) {
+    client.Send(std::string_view(&c, 1));
+  }
+  std::optional<ClientResponse> response = client.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 400);
+  EXPECT_TRUE(Requests().empty());
+}
+
+TEST_F(HttpServerTest, StrictParsingAcceptsWhatIsWellFormed) {
+  StartEchoServer();
+  const std::vector<std::string> requests = {
+      "GET /1 HTTP/1.0\r\n\r\n",  // HTTP/1.0 needs no Host
+      "GET /2 HTTP/1.1\r\nhost: x\r\n\r\n",
+      "GET /3 HTTP/1.1\r\nHost:\r\n\r\n",  // empty, as RFC 9112 allows for a target without one
+      "POST /4 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5;name=value\r\nhello\r\n0\r\n\r\n",
+  };
+  for (const std::string& request : requests) {
+    SCOPED_TRACE(request);
+    Client client(port_);
+    client.Send(request);
+    std::optional<ClientResponse> response = client.Read();
+    ASSERT_TRUE(response.has_value());
+    EXPECT_EQ(response->status, 200) << response->body;
+  }
+  EXPECT_EQ(Requests().size(), requests.size());
 }
 
 TEST_F(HttpServerTest, IncompleteRequestTimesOutWith408) {
@@ -944,10 +1011,10 @@ TEST_F(HttpServerTest, RandomInputNeverBreaksTheServer) {
   const std::vector<std::string> seeds = {
       "GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n",
       "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
-      "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
       "HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
       "CONNECT host:443 HTTP/1.1\r\nHost: host:443\r\n\r\n",
-      "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxyz",
+      "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxyz",
   };
   std::mt19937 random(12345);
   for (int round = 0; round < 150; ++round) {
