@@ -60,9 +60,35 @@ bool HasToken(std::string_view value, std::string_view token) {
   return false;
 }
 
-bool HasLineBreak(std::string_view text) {
-  return std::memchr(text.data(), '\r', text.size()) != nullptr ||
-         std::memchr(text.data(), '\n', text.size()) != nullptr;
+// RFC 9110 5.1: a field name is a token. This rules out whitespace (a name starting with it
+// would read as an obs-fold continuing the previous header), colons and line breaks.
+bool IsToken(std::string_view text) {
+  if (text.empty()) return false;
+  for (char c : text) {
+    const bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    if (!alnum && std::strchr("!#$%&'*+-.^_`|~", c) == nullptr) return false;
+  }
+  return true;
+}
+
+// `text` with control characters and bytes past ASCII as \xNN, for a log line.
+std::string Printable(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte >= 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// A value with CR, LF (also a bare one, which many clients take for a line end) or NUL could end
+// the header early and smuggle in headers or a whole response of the sender's choosing.
+bool IsSafeFieldValue(std::string_view text) {
+  return text.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
 }
 
 bool IsDigits(std::string_view text) {
@@ -736,8 +762,8 @@ void Connection::Flush() {
 void Connection::Encode(Slot& slot, bool* close) {
   Response& response = slot.response;
   int status = response.status;
-  if (status < 200 || status > 999) {
-    // 1xx cannot be a final answer, and anything else is not a status code.
+  if (status < 200 || status > 599) {
+    // 1xx cannot be a final answer, and anything else is not a status code (RFC 9110 15).
     spdlog::warn("http: handler answered with status {}; sending 500 instead", status);
     status = 500;
   }
@@ -781,8 +807,11 @@ void Connection::Encode(Slot& slot, bool* close) {
     if (name.size() == 17 && EqualsIgnoreCase(name, "transfer-encoding")) {
       continue;
     }
-    if (name.empty() || HasLineBreak(name) || HasLineBreak(header.value)) {
-      spdlog::warn("http: dropping a response header with an empty name or a line break");
+    if (!IsToken(name) || !IsSafeFieldValue(header.value)) {
+      spdlog::warn(
+          "http: dropping response header \"{}\": a name must be a token (no whitespace, colon "
+          "or control character) and a value must not contain CR, LF or NUL",
+          Printable(std::string_view(name).substr(0, 64)));
       continue;
     }
     out->append(name);

@@ -897,12 +897,17 @@ TEST_F(HttpServerTest, UnusualStatusesGetReasonPhrases) {
     responder.Send(TextResponse(std::stoi(request.path.substr(1)), ""));
   });
   Client client(port_);
-  for (auto [status, reason] : std::vector<std::pair<int, std::string>>{
-           {404, "Not Found"}, {503, "Service Unavailable"}, {299, "Unknown"}, {101, ""}}) {
+  for (auto [status, reason] :
+       std::vector<std::pair<int, std::string>>{{404, "Not Found"},
+                                                {503, "Service Unavailable"},
+                                                {299, "Unknown"},
+                                                {101, ""},
+                                                {600, ""},
+                                                {999, ""}}) {
     client.Send("GET /" + std::to_string(status) + " HTTP/1.1\r\nHost: x\r\n\r\n");
     std::optional<ClientResponse> response = client.Read();
     ASSERT_TRUE(response.has_value());
-    if (status == 101) {  // not a final status: sent as 500
+    if (status == 101 || status >= 600) {  // not a final status: sent as 500
       EXPECT_EQ(response->status, 500);
     } else {
       EXPECT_EQ(response->status, status);
@@ -914,6 +919,40 @@ TEST_F(HttpServerTest, UnusualStatusesGetReasonPhrases) {
   ASSERT_TRUE(response.has_value());
   EXPECT_EQ(response->status, 204);
   EXPECT_EQ(response->Find("Content-Length"), nullptr);
+}
+
+// Headers from a handler (user code, behind the proxy) are written as given; ones that could end
+// the head early or be read as part of another header are dropped instead.
+TEST_F(HttpServerTest, ResponseHeadersThatCouldSplitTheResponseAreDropped) {
+  StartServer({}, [](Request&&, Responder responder) {
+    Response response = TextResponse(200, "body");
+    response.headers.push_back({"X-Bare-LF", "a\nInjected: 1"});
+    response.headers.push_back({"X-CRLF", "a\r\nInjected: 2"});
+    response.headers.push_back({"X-NUL", std::string("a\0b", 3)});
+    response.headers.push_back({" X-Leading-Space", "folded"});
+    response.headers.push_back({"\tX-Leading-Tab", "folded"});
+    response.headers.push_back({"X-Bad:Name", "v"});
+    response.headers.push_back({"X-Bad\nName", "v"});
+    response.headers.push_back({"", "v"});
+    response.headers.push_back({"X-Kept", "a value, with spaces\tand a tab"});
+    responder.Send(std::move(response));
+  });
+  Client client(port_);
+  client.Send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::optional<ClientResponse> response = client.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "body");
+  std::vector<std::string> names;
+  for (const Header& header : response->headers) names.push_back(header.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"Content-Type", "X-Kept", "Content-Length"}));
+  ASSERT_NE(response->Find("X-Kept"), nullptr);
+  EXPECT_EQ(*response->Find("X-Kept"), "a value, with spaces\tand a tab");
+  // Nothing else follows the answer on the connection.
+  client.Send("GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+  response = client.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 200);
 }
 
 TEST_F(HttpServerTest, ListenOnAPortInUseFails) {

@@ -425,7 +425,16 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
         if (r.error() != nullptr && r.error()->size() > 0) {
           log::Scope scope({call->deployment, replica_id, call->request_id});
           spdlog::warn("the replica failed the request: {}", r.error()->str());
-          Finish(call, TextResponse(r.status() >= 500 ? r.status() : 502, r.error()->str()));
+          Finish(call, TextResponse(r.status() >= 500 && r.status() <= 599 ? r.status() : 502,
+                                    r.error()->str()));
+          return;
+        }
+        if (r.status() < 200 || r.status() > 599) {
+          // User code chose it: a 1xx cannot end a request, and the rest are no HTTP status.
+          log::Scope scope({call->deployment, replica_id, call->request_id});
+          Finish(call, TextResponse(502, "replica " + replica_id + " of " + call->deployment +
+                                             " answered with status " + std::to_string(r.status()) +
+                                             ", which is not a final HTTP status (200-599)"));
           return;
         }
         http::Response response;

@@ -60,6 +60,8 @@ class ProxyBusTest : public ::testing::Test {
                                   wire::HttpResponseT answer;
                                   std::string body = "from r1";
                                   answer.body.assign(body.begin(), body.end());
+                                  auto request = wire::Unpack<wire::HttpRequest>(m.data);
+                                  if (request.ok()) Script(request->path, &answer);
                                   (void)replica_bus_->Respond(m, wire::Pack(answer));
                                 })
                     .ok());
@@ -111,6 +113,23 @@ class ProxyBusTest : public ::testing::Test {
   }
   static bool Ready(std::future<HttpResult>& answer) {
     return answer.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  }
+
+  // What the fake replica answers to some paths, as user code might: /a/status/<n> answers
+  // status n, /a/headers adds headers that could split the response.
+  static void Script(const std::string& path, wire::HttpResponseT* answer) {
+    if (path.starts_with("/a/status/")) answer->status = std::stoi(path.substr(10));
+    if (path == "/a/headers") {
+      auto add = [&](std::string name, std::string value) {
+        auto header = std::make_unique<wire::HeaderT>();
+        header->name = std::move(name);
+        header->value = std::move(value);
+        answer->headers.push_back(std::move(header));
+      };
+      add("X-Split", "a\nX-Injected: 1");
+      add(" X-Folded", "v");
+      add("X-Kept", "yes");
+    }
   }
 
   NatsServer nats_;
@@ -225,6 +244,28 @@ TEST_F(ProxyBusTest, ProxyThatNeverReachedTheBusAnswers503NotNoRoute) {
   nats_.Start();
   StartReplicaAndRoutes();
   EXPECT_EQ(Get("/a").body, "from r1");
+}
+
+// A replica's status and headers come from user code: the proxy answers 502 for a status that
+// is not a final HTTP one and drops headers that could split the response.
+TEST_F(ProxyBusTest, ReplicaStatusOutsideTheFinalRangeIs502AndUnsafeHeadersAreDropped) {
+  StartProxy(/*bus_wait_s=*/0.5);
+  StartReplicaAndRoutes();
+  for (int status : {0, 99, 100, 101, 199, 600, 1000, -1}) {
+    HttpResult result = Get("/a/status/" + std::to_string(status));
+    EXPECT_EQ(result.status, 502) << status;
+    EXPECT_THAT(result.body, HasSubstr("not a final HTTP status")) << status;
+  }
+  for (int status : {200, 204, 404, 599}) {
+    EXPECT_EQ(Get("/a/status/" + std::to_string(status)).status, status);
+  }
+  HttpResult result = Get("/a/headers");
+  EXPECT_EQ(result.status, 200);
+  EXPECT_EQ(result.headers["x-kept"], "yes");
+  EXPECT_EQ(result.headers.count("x-split"), 0u);
+  EXPECT_EQ(result.headers.count("x-injected"), 0u);
+  EXPECT_EQ(result.headers.count("x-folded"), 0u);
+  EXPECT_EQ(result.headers.count(" x-folded"), 0u);
 }
 
 }  // namespace
