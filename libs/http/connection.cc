@@ -19,9 +19,10 @@ using internal::AsciiToLower;
 using internal::EqualsIgnoreCase;
 
 // A client may have this many requests in flight (read but not yet answered and written)
-// before the server stops reading from it; the same for bytes waiting to be written.
+// before the server stops reading from it, whatever their size (ConnectionLimits bounds bytes).
 constexpr size_t kMaxPipelinedRequests = 64;
-constexpr size_t kMaxBufferedOutputBytes = 4 * 1024 * 1024;
+// A stream whose client lets more than this wait to be written is closed.
+constexpr size_t kMaxStreamBufferedBytes = 4 * 1024 * 1024;
 // Bodies at least this large are written from the Response's own string instead of being copied
 // next to the head.
 constexpr size_t kInlineBodyBytes = 8 * 1024;
@@ -101,6 +102,14 @@ void AppendNumber(uint64_t value, std::string* out) {
   auto [end, error] = std::to_chars(digits, digits + sizeof(digits), value);
   (void)error;  // 24 digits always suffice
   out->append(digits, end);
+}
+
+// About what an answer occupies until it is written.
+size_t ResponseBytes(const Response& response) {
+  size_t bytes = 64 + response.body.size();
+  for (const Header& header : response.headers)
+    bytes += header.name.size() + header.value.size() + 4;
+  return bytes;
 }
 
 // "HPE_INVALID_HEADER_TOKEN" -> "invalid header token".
@@ -336,7 +345,8 @@ void Connection::Parse(const char* data, size_t size) {
         EnterDraining();
         return;
       }
-      if (stop < end && OverBackpressureLimits()) {
+      // Also at the end of the input: the next read could hold many more requests.
+      if (OverBackpressureLimits()) {
         stash_.assign(stop, end);
         StopReading();
         read_paused_ = true;
@@ -555,6 +565,8 @@ bool Connection::Dispatch() {
   slot.head = is_head_;
   slot.keep_alive = request_.keep_alive;
   slot.http10 = is_http10_;
+  slot.bytes = head_bytes_ + request_.body.size();
+  slot_bytes_ += slot.bytes;
   ++unanswered_;
   SetDeadline(Deadline::kNone, 0);  // the handler owns the time from here
   const bool keep_alive = request_.keep_alive;
@@ -611,6 +623,8 @@ void Connection::AnswerError(int status, std::string body) {
   slot.response.status = status;
   slot.response.headers.push_back({"Content-Type", "text/plain; charset=utf-8"});
   slot.response.body = std::move(body);
+  slot.bytes = ResponseBytes(slot.response);
+  slot_bytes_ += slot.bytes;
   if (slots_head_ + 1 == slots_.size()) {
     core_->ScheduleFlush(this);
   }
@@ -633,8 +647,14 @@ void Connection::EnterDraining() {
 }
 
 bool Connection::OverBackpressureLimits() const {
+  // Unparsed input (stash_) is left out: it is parsed only once reading resumes, so counting it
+  // could keep the connection paused for good.
   return slots_.size() - slots_head_ >= kMaxPipelinedRequests ||
-         pending_.size() + in_flight_.size() >= kMaxBufferedOutputBytes;
+         slot_bytes_ + pending_.size() + in_flight_.size() >= core_->limits().max_buffered_bytes;
+}
+
+size_t Connection::BufferedBytes() const {
+  return slot_bytes_ + pending_.size() + in_flight_.size() + stash_.size() + request_.body.size();
 }
 
 void Connection::MaybeResumeReading() {
@@ -677,6 +697,9 @@ void Connection::Send(uint64_t sequence, Response&& response) {
   Slot& slot = slots_[sequence - slots_base_];
   slot.response = std::move(response);
   slot.ready = true;
+  slot_bytes_ -= slot.bytes;  // the handler is done with the request
+  slot.bytes = ResponseBytes(slot.response);
+  slot_bytes_ += slot.bytes;
   --unanswered_;
   if (sequence == slots_base_ + slots_head_) {
     core_->ScheduleFlush(this);
@@ -702,10 +725,13 @@ bool Connection::StreamWrite(uint64_t sequence, std::string&& data) {
   if (!Streams(sequence)) return false;
   if (!streaming_) {
     // The head waits behind earlier answers: the data joins its body.
-    slots_[sequence - slots_base_].response.body.append(data);
+    Slot& slot = slots_[sequence - slots_base_];
+    slot.response.body.append(data);
+    slot.bytes += data.size();
+    slot_bytes_ += data.size();
     return true;
   }
-  if (pending_.size() + in_flight_.size() + data.size() > kMaxBufferedOutputBytes) {
+  if (pending_.size() + in_flight_.size() + data.size() > kMaxStreamBufferedBytes) {
     Close("the client reads a stream too slowly");
     return false;
   }
@@ -733,6 +759,7 @@ void Connection::Flush() {
   }
   bool close = false;
   while (slots_head_ < slots_.size() && slots_[slots_head_].ready) {
+    slot_bytes_ -= slots_[slots_head_].bytes;  // now counted in pending_
     Encode(slots_[slots_head_], &close);
     slots_[slots_head_] = Slot();
     ++slots_head_;
@@ -746,6 +773,7 @@ void Connection::Flush() {
     slots_base_ += slots_.size();
     slots_.clear();
     slots_head_ = 0;
+    slot_bytes_ = 0;
     if (close) {
       unanswered_ = 0;
       close_after_write_ = true;

@@ -73,6 +73,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // ServerCore's side.
   void Flush();
+  // What the connection holds: output, answers and requests in its queue, unparsed input.
+  size_t BufferedBytes() const;
+  bool read_paused() const { return read_paused_; }
   size_t index = 0;              // in the core's connection list
   bool flush_scheduled = false;  // in the core's dirty list
 
@@ -93,6 +96,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     bool keep_alive = false;  // the request allows keeping the connection
     bool http10 = false;      // an HTTP/1.0 client needs "Connection: keep-alive" to keep it
     bool stream = false;      // a Stream's head: no length, the body follows, then close
+    size_t bytes = 0;         // the request's size until answered, then the answer's
   };
 
   static const llhttp_settings_t* ParserSettings();
@@ -173,6 +177,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   size_t declared_body_bytes_ = 0;  // Content-Length, 0 if none
   bool reading_ = false;
   bool read_paused_ = false;  // backpressure: too much unanswered or unwritten
+  size_t slot_bytes_ = 0;     // the sum of Slot::bytes from slots_head_ on
   std::string stash_;         // input not parsed yet while read_paused_
 
   // Answers: slots_[i] belongs to sequence slots_base_ + i; the ones before slots_head_ are

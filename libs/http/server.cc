@@ -194,6 +194,10 @@ void Server::Close(std::function<void()> on_closed) { core_->Close(std::move(on_
 
 size_t Server::connection_count() const { return core_->connection_count(); }
 
+size_t Server::buffered_bytes() const { return core_->buffered_bytes(); }
+
+size_t Server::paused_connection_count() const { return core_->paused_connection_count(); }
+
 Result<int> OpenListeningSocket(const std::string& host, int port, int backlog) {
   const std::string where = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
                                                                 : fmt::format("{}:{}", host, port);
@@ -271,6 +275,7 @@ ServerCore::ServerCore(uv_loop_t* loop, ServerOptions options, Handler handler)
       read_buffer_(new char[kReadBufferSize]) {
   limits_.max_header_bytes = options_.max_header_bytes;
   limits_.max_body_bytes = options_.max_body_bytes;
+  limits_.max_buffered_bytes = options_.max_connection_buffer_bytes;
   limits_.request_timeout_ms = ToMilliseconds(options_.request_timeout_s);
   limits_.idle_timeout_ms = ToMilliseconds(options_.idle_timeout_s);
   uint64_t step = 0;
@@ -346,6 +351,18 @@ void ServerCore::OnNewConnection(uv_stream_t* listener, int status) {
     return;
   }
   core->Accept();
+}
+
+size_t ServerCore::buffered_bytes() const {
+  size_t total = 0;
+  for (const auto& connection : connections_) total += connection->BufferedBytes();
+  return total;
+}
+
+size_t ServerCore::paused_connection_count() const {
+  return static_cast<size_t>(
+      std::count_if(connections_.begin(), connections_.end(),
+                    [](const auto& connection) { return connection->read_paused(); }));
 }
 
 void ServerCore::Accept() {

@@ -17,6 +17,7 @@ namespace serve::http::internal {
 struct ConnectionLimits {
   size_t max_header_bytes = 0;
   size_t max_body_bytes = 0;
+  size_t max_buffered_bytes = 0;
   uint64_t request_timeout_ms = 0;  // 0 = none
   uint64_t idle_timeout_ms = 0;     // 0 = none
   // How far ahead a connection's timer is armed at most: the shortest timeout (see Connection).
@@ -39,6 +40,8 @@ class ServerCore {
   int port() const { return port_; }
   void Close(std::function<void()> on_closed);
   size_t connection_count() const { return connections_.size(); }
+  size_t buffered_bytes() const;
+  size_t paused_connection_count() const;
   // Called by ~Server. May delete this.
   void Release();
 

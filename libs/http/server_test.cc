@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -414,6 +415,63 @@ TEST_F(HttpServerTest, ManyPipelinedRequestsAreAllAnswered) {
     ASSERT_TRUE(response.has_value()) << i;
     ASSERT_EQ(response->body, std::string("/").append(std::to_string(i)));
   }
+}
+
+// A client that pipelines requests and does not read the answers cannot make the server hold
+// more than about max_connection_buffer_bytes for it: the server stops reading until the client
+// has read what was written, and then every answer comes, in order.
+TEST_F(HttpServerTest, PipeliningWithoutReadingIsBoundedByTheConnectionBuffer) {
+  constexpr size_t kLimit = 64 * 1024;
+  constexpr size_t kAnswerBytes = 8 * 1024;
+  constexpr int kCount = 4000;  // 32 MiB of answers: more than the sockets' buffers take
+  ServerOptions options;
+  options.max_connection_buffer_bytes = kLimit;
+  StartServer(options, [](Request&& request, Responder responder) {
+    std::string body = request.target;
+    body.resize(kAnswerBytes, '.');
+    responder.Send(TextResponse(200, std::move(body)));
+  });
+  Client client(port_);
+  std::thread sender([&client] {
+    std::string batch;
+    for (int i = 0; i < kCount; ++i) {
+      batch.append("GET /").append(std::to_string(i)).append(" HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    client.Send(batch);  // blocks while the server does not read
+  });
+  // Over the limit by at most the request and answer that crossed it, and the rest of one read.
+  constexpr size_t kBound = kLimit + kAnswerBytes + 64 * 1024 + 1024;
+  size_t most = 0;
+  EXPECT_TRUE(WaitUntil([&] {
+    auto [buffered, paused] = loop_.Call([this] {
+      return std::make_pair(server_->buffered_bytes(), server_->paused_connection_count());
+    });
+    most = std::max(most, buffered);
+    return paused == 1;
+  })) << "the server never stopped reading";
+  for (int i = 0; i < 100; ++i) {  // stays paused and bounded while the client does not read
+    size_t buffered = loop_.Call([this] { return server_->buffered_bytes(); });
+    most = std::max(most, buffered);
+  }
+  EXPECT_LE(most, kBound);
+  EXPECT_GT(most, 0u);
+  for (int i = 0; i < kCount; ++i) {
+    std::optional<ClientResponse> response = client.Read();
+    ASSERT_TRUE(response.has_value()) << i;
+    std::string expected = "/" + std::to_string(i);
+    ASSERT_EQ(response->body.substr(0, expected.size()), expected);
+    ASSERT_EQ(response->body.size(), kAnswerBytes);
+    if (i % 64 == 0) {
+      most = std::max(most, loop_.Call([this] { return server_->buffered_bytes(); }));
+    }
+  }
+  sender.join();
+  EXPECT_LE(most, kBound);
+  EXPECT_TRUE(WaitUntil([this] {
+    return loop_.Call([this] {
+      return server_->buffered_bytes() == 0 && server_->paused_connection_count() == 0;
+    });
+  }));
 }
 
 TEST_F(HttpServerTest, ChunkedBodyIsReassembled) {

@@ -41,6 +41,11 @@ int main(int argc, char** argv) {
           0, 60, "requests hold a connection that long while NATS is away, so keep it short"));
   app.add_option("--max-body-bytes", options.http.max_body_bytes, "Largest request body (413)")
       ->capture_default_str();
+  app.add_option("--max-connection-buffer-bytes", options.http.max_connection_buffer_bytes,
+                 "What one client connection may hold (answers it has not read, requests not "
+                 "yet answered) before the proxy stops reading from it until the client reads")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{4096}, size_t{1} << 40));
   app.add_flag("--metrics,!--no-metrics", options.metrics,
                "Count requests and serve them in Prometheus' format at GET /-/metrics")
       ->capture_default_str();

@@ -581,6 +581,25 @@ std::vector<prometheus::MetricFamily> Proxy::CollectQueues() const {
   }
   std::vector<prometheus::MetricFamily> families;
   families.push_back(std::move(family));
+  if (server_ != nullptr) {
+    auto buffered = metrics::Family(
+        metrics_registry_.Name("proxy_connection_buffered_bytes"),
+        "Bytes the proxy holds for its client connections: answers not yet read by the client, "
+        "requests not yet answered (each connection is bounded by "
+        "--max-connection-buffer-bytes).",
+        prometheus::MetricType::Gauge);
+    buffered.metric.push_back(metrics::Sample({}, static_cast<double>(server_->buffered_bytes()),
+                                              prometheus::MetricType::Gauge));
+    families.push_back(std::move(buffered));
+    auto paused = metrics::Family(
+        metrics_registry_.Name("proxy_paused_connections"),
+        "Client connections the proxy stopped reading from until the client reads its answers.",
+        prometheus::MetricType::Gauge);
+    paused.metric.push_back(metrics::Sample({},
+                                            static_cast<double>(server_->paused_connection_count()),
+                                            prometheus::MetricType::Gauge));
+    families.push_back(std::move(paused));
+  }
   return families;
 }
 

@@ -66,6 +66,11 @@ class Proxy {
     return server_ != nullptr && server_->port() != 0 ? server_->port() : inherited_port_;
   }
   const Router& router() const { return router_; }
+  // What the client connections hold now (http::Server::buffered_bytes).
+  size_t buffered_bytes() const { return server_ != nullptr ? server_->buffered_bytes() : 0; }
+  size_t paused_connection_count() const {
+    return server_ != nullptr ? server_->paused_connection_count() : 0;
+  }
 
  private:
   struct Call;
@@ -86,7 +91,8 @@ class Proxy {
   bool InReconnectGrace();
   http::Response BusUnavailable() const;
   http::Response Health();
-  // What /-/metrics adds to the request figures: the requests waiting for a replica.
+  // What /-/metrics adds to the request figures: the requests waiting for a replica, and what
+  // client connections hold.
   std::vector<prometheus::MetricFamily> CollectQueues() const;
   void OnRouteTable(const std::string& bytes);
   // A worker process ended: what it was running will never be answered.
