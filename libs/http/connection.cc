@@ -2,6 +2,7 @@
 
 #include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -203,7 +204,7 @@ Connection::Connection(ServerCore* core) : core_(core) {}
 
 Connection::~Connection() = default;
 
-void Connection::Accept(uv_stream_t* listener) {
+void Connection::Open(int fd) {
   // Neither can fail: uv_tcp_init creates no socket, uv_timer_init only links the handle.
   uv_tcp_init(core_->loop(), &tcp_);
   uv_timer_init(core_->loop(), &timer_);
@@ -215,10 +216,11 @@ void Connection::Accept(uv_stream_t* listener) {
   llhttp_init(&parser_, HTTP_REQUEST, ParserSettings());
   parser_.data = this;
 
-  int rc = uv_accept(listener, stream());
+  int rc = uv_tcp_open(&tcp_, fd);
   if (rc < 0) {
-    spdlog::warn("http: cannot accept a connection: {}", uv_strerror(rc));
-    Close("accept failed");
+    close(fd);  // not the handle's
+    spdlog::warn("http: cannot use an accepted connection: {}", uv_strerror(rc));
+    Close("open failed");
     return;
   }
   uv_tcp_nodelay(&tcp_, 1);

@@ -54,9 +54,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Initializes the handles and accepts the pending connection on `listener`. On failure the
-  // connection closes itself.
-  void Accept(uv_stream_t* listener);
+  // Initializes the handles and takes over `fd`, a connection just accepted. On failure the
+  // connection closes itself (and the socket).
+  void Open(int fd);
   // Closes at once, dropping what is not written yet.
   void Close(const char* why);
 

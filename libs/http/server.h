@@ -181,6 +181,8 @@ class Server {
   size_t buffered_bytes() const;
   // Connections the server stopped reading from because they hold that much.
   size_t paused_connection_count() const;
+  // Connections that could not be accepted (e.g. out of file descriptors) since the start.
+  size_t accept_failure_count() const;
 
  private:
   // Owned. Frees itself once its handles are closed, which may be after ~Server.

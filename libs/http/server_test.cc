@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1011,6 +1012,47 @@ TEST_F(HttpServerTest, ResponseHeadersThatCouldSplitTheResponseAreDropped) {
   response = client.Read();
   ASSERT_TRUE(response.has_value());
   EXPECT_EQ(response->status, 200);
+}
+
+// Out of file descriptors, the server cannot accept: it says so in its log (at most once a
+// second), leaves the connection waiting in the backlog, and accepts it once it can.
+TEST_F(HttpServerTest, ConnectionsWaitWhileAcceptingFailsAndAreServedAfter) {
+  StartEchoServer();
+  int fd = socket(AF_INET, SOCK_STREAM, 0);  // made before the limit goes down
+  ASSERT_GE(fd, 0);
+  timeval timeout{static_cast<time_t>(kDeadline / 1s), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  int lowest_free = dup(fd);  // descriptors are handed out lowest first
+  ASSERT_GE(lowest_free, 0);
+  close(lowest_free);
+  rlimit lowered = saved;
+  lowered.rlim_cur = static_cast<rlim_t>(lowest_free);  // no new descriptor for anyone
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port_));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  bool failed = WaitUntil(
+      [this] { return loop_.Call([this] { return server_->accept_failure_count(); }) > 0; });
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_EQ(connected, 0) << strerror(errno);
+  EXPECT_TRUE(failed);
+  std::string request = "GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  std::string answer;
+  char chunk[4096];
+  while (answer.find("/after") == std::string::npos) {
+    ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n <= 0) break;
+    answer.append(chunk, static_cast<size_t>(n));
+  }
+  close(fd);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << answer;
+  EXPECT_NE(answer.find("/after"), std::string::npos) << answer;
 }
 
 TEST_F(HttpServerTest, ListenOnAPortInUseFails) {

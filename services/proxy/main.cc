@@ -62,6 +62,14 @@ int main(int argc, char** argv) {
   if (options.proxy_id.empty()) options.proxy_id = "proxy-" + service::RandomHex(6);
   options.metrics_name_prefix = flags.metrics_name_prefix;
 
+  auto open_files = proxy::RaiseOpenFileLimit();
+  if (open_files.ok()) {
+    spdlog::info("open file limit: {} (each client connection takes one)", *open_files);
+  } else {
+    spdlog::warn("{}; the proxy can hold fewer client connections than it could",
+                 open_files.error());
+  }
+
   uv_loop_t loop;
   uv_loop_init(&loop);
   flags.bus.name = "serve-proxy " + options.proxy_id;

@@ -2,8 +2,12 @@
 
 #include <arpa/inet.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "wire/codec.h"
 
@@ -50,6 +54,22 @@ std::string EncodeRequest(const http::Request& request, const std::string& reque
 }
 
 }  // namespace
+
+Result<uint64_t> RaiseOpenFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    return Status::Error(std::string("cannot read the open file limit: ") + strerror(errno));
+  }
+  if (limit.rlim_cur != limit.rlim_max) {
+    rlim_t wanted = limit.rlim_max;
+    limit.rlim_cur = wanted;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      return Status::Error(
+          fmt::format("cannot raise the open file limit to {}: {}", wanted, strerror(errno)));
+    }
+  }
+  return static_cast<uint64_t>(limit.rlim_cur);
+}
 
 // One HTTP request on its way through the proxy.
 struct Proxy::Call {

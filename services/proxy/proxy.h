@@ -47,6 +47,11 @@ struct ProxyOptions {
   bool access_log = true;
 };
 
+// Raises this process's soft limit on open files (RLIMIT_NOFILE) to its hard limit: every
+// client connection takes a descriptor, and the usual soft limit (1024) is far below what one
+// proxy serves. Returns the limit now in force.
+Result<uint64_t> RaiseOpenFileLimit();
+
 // HTTP ingress: routes each request by longest prefix to a replica of the matched deployment,
 // over the bus, and writes the replica's answer back.
 //

@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -369,6 +370,21 @@ TEST_F(ProxyBusTest, PipeliningClientThatDoesNotReadIsBoundedByTheConnectionBuff
       /*timeout_s=*/60));
   EXPECT_EQ(answered.get(), kCount);
   EXPECT_LE(most, kBound);
+}
+
+TEST(OpenFileLimit, IsRaisedToTheHardLimit) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit lowered = saved;
+  lowered.rlim_cur = std::min<rlim_t>(saved.rlim_max, 256);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  Result<uint64_t> raised = RaiseOpenFileLimit();
+  rlimit now{};
+  getrlimit(RLIMIT_NOFILE, &now);
+  setrlimit(RLIMIT_NOFILE, &saved);
+  ASSERT_TRUE(raised.ok()) << raised.error();
+  EXPECT_EQ(now.rlim_cur, saved.rlim_max);
+  EXPECT_EQ(*raised, static_cast<uint64_t>(saved.rlim_max));
 }
 
 }  // namespace
