@@ -68,7 +68,9 @@ bool IsToken(std::string_view text) {
   if (text.empty()) return false;
   for (char c : text) {
     const bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-    if (!alnum && std::strchr("!#$%&'*+-.^_`|~", c) == nullptr) return false;
+    if (!alnum && std::string_view("!#$%&'*+-.^_`|~").find(c) == std::string_view::npos) {
+      return false;
+    }
   }
   return true;
 }

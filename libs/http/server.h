@@ -149,7 +149,9 @@ struct ServerOptions {
 Result<int> OpenListeningSocket(const std::string& host, int port, int backlog = 1024);
 
 // An HTTP/1.1 server on a libuv loop: keep-alive, pipelining, chunked request bodies,
-// `Expect: 100-continue`, and the limits and timeouts of ServerOptions.
+// `Expect: 100-continue`, and the limits and timeouts of ServerOptions. Parsing is strict: a
+// request that servers could read in more than one way (obs-fold, a missing or repeated Host,
+// a version other than HTTP/1.x, ...) is a 400; docs/security.md lists the rules.
 //
 // Every method must be called on the loop thread (or before the loop runs). The handler runs on
 // the loop thread and must not block it.

@@ -992,6 +992,7 @@ TEST_F(HttpServerTest, ResponseHeadersThatCouldSplitTheResponseAreDropped) {
     response.headers.push_back({"\tX-Leading-Tab", "folded"});
     response.headers.push_back({"X-Bad:Name", "v"});
     response.headers.push_back({"X-Bad\nName", "v"});
+    response.headers.push_back({std::string("X-NUL\0Name", 11), "v"});
     response.headers.push_back({"", "v"});
     response.headers.push_back({"X-Kept", "a value, with spaces\tand a tab"});
     responder.Send(std::move(response));
