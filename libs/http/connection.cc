@@ -2,6 +2,7 @@
 
 #include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -19,9 +20,10 @@ using internal::AsciiToLower;
 using internal::EqualsIgnoreCase;
 
 // A client may have this many requests in flight (read but not yet answered and written)
-// before the server stops reading from it; the same for bytes waiting to be written.
+// before the server stops reading from it, whatever their size (ConnectionLimits bounds bytes).
 constexpr size_t kMaxPipelinedRequests = 64;
-constexpr size_t kMaxBufferedOutputBytes = 4 * 1024 * 1024;
+// A stream whose client lets more than this wait to be written is closed.
+constexpr size_t kMaxStreamBufferedBytes = 4 * 1024 * 1024;
 // Bodies at least this large are written from the Response's own string instead of being copied
 // next to the head.
 constexpr size_t kInlineBodyBytes = 8 * 1024;
@@ -32,6 +34,9 @@ constexpr size_t kInitialBodyReserve = 64 * 1024;
 // and dropped until the client closes, for at most this long. Closing at once with unread input
 // would make the kernel reset the connection, and the client could lose the response.
 constexpr uint64_t kLingerMs = 2000;
+// Chunk extensions are parsed and dropped, so they are not counted as body: without a limit a
+// client could send any amount of them with a tiny body.
+constexpr size_t kMaxChunkExtensionBytes = 4 * 1024;
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -57,9 +62,37 @@ bool HasToken(std::string_view value, std::string_view token) {
   return false;
 }
 
-bool HasLineBreak(std::string_view text) {
-  return std::memchr(text.data(), '\r', text.size()) != nullptr ||
-         std::memchr(text.data(), '\n', text.size()) != nullptr;
+// RFC 9110 5.1: a field name is a token. This rules out whitespace (a name starting with it
+// would read as an obs-fold continuing the previous header), colons and line breaks.
+bool IsToken(std::string_view text) {
+  if (text.empty()) return false;
+  for (char c : text) {
+    const bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    if (!alnum && std::string_view("!#$%&'*+-.^_`|~").find(c) == std::string_view::npos) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// `text` with control characters and bytes past ASCII as \xNN, for a log line.
+std::string Printable(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte >= 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// A value with CR, LF (also a bare one, which many clients take for a line end) or NUL could end
+// the header early and smuggle in headers or a whole response of the sender's choosing.
+bool IsSafeFieldValue(std::string_view text) {
+  return text.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
 }
 
 bool IsDigits(std::string_view text) {
@@ -72,6 +105,14 @@ void AppendNumber(uint64_t value, std::string* out) {
   auto [end, error] = std::to_chars(digits, digits + sizeof(digits), value);
   (void)error;  // 24 digits always suffice
   out->append(digits, end);
+}
+
+// About what an answer occupies until it is written.
+size_t ResponseBytes(const Response& response) {
+  size_t bytes = 64 + response.body.size();
+  for (const Header& header : response.headers)
+    bytes += header.name.size() + header.value.size() + 4;
+  return bytes;
 }
 
 // "HPE_INVALID_HEADER_TOKEN" -> "invalid header token".
@@ -150,8 +191,11 @@ const llhttp_settings_t* Connection::ParserSettings() {
     s.on_header_field = &Connection::OnHeaderField;
     s.on_header_field_complete = &Connection::OnHeaderFieldComplete;
     s.on_header_value = &Connection::OnHeaderValue;
+    s.on_header_value_complete = &Connection::OnHeaderValueComplete;
     s.on_headers_complete = &Connection::OnHeadersComplete;
     s.on_body = &Connection::OnBody;
+    s.on_chunk_extension_name = &Connection::OnChunkExtension;
+    s.on_chunk_extension_value = &Connection::OnChunkExtension;
     s.on_message_complete = &Connection::OnMessageComplete;
     return s;
   }();
@@ -162,7 +206,7 @@ Connection::Connection(ServerCore* core) : core_(core) {}
 
 Connection::~Connection() = default;
 
-void Connection::Accept(uv_stream_t* listener) {
+void Connection::Open(int fd) {
   // Neither can fail: uv_tcp_init creates no socket, uv_timer_init only links the handle.
   uv_tcp_init(core_->loop(), &tcp_);
   uv_timer_init(core_->loop(), &timer_);
@@ -174,10 +218,11 @@ void Connection::Accept(uv_stream_t* listener) {
   llhttp_init(&parser_, HTTP_REQUEST, ParserSettings());
   parser_.data = this;
 
-  int rc = uv_accept(listener, stream());
+  int rc = uv_tcp_open(&tcp_, fd);
   if (rc < 0) {
-    spdlog::warn("http: cannot accept a connection: {}", uv_strerror(rc));
-    Close("accept failed");
+    close(fd);  // not the handle's
+    spdlog::warn("http: cannot use an accepted connection: {}", uv_strerror(rc));
+    Close("open failed");
     return;
   }
   uv_tcp_nodelay(&tcp_, 1);
@@ -264,6 +309,7 @@ void Connection::Parse(const char* data, size_t size) {
   const char* end = data + size;
   while (position < end) {
     segment_start_ = position;
+    segment_end_ = end;
     if (in_head_) {
       head_from_ = position;
     }
@@ -303,7 +349,8 @@ void Connection::Parse(const char* data, size_t size) {
         EnterDraining();
         return;
       }
-      if (stop < end && OverBackpressureLimits()) {
+      // Also at the end of the input: the next read could hold many more requests.
+      if (OverBackpressureLimits()) {
         stash_.assign(stop, end);
         StopReading();
         read_paused_ = true;
@@ -329,9 +376,11 @@ int Connection::OnMessageBegin(llhttp_t* parser) {
   c->in_message_ = true;
   c->in_head_ = true;
   c->in_header_field_ = false;
+  c->in_header_value_ = false;
   c->head_bytes_ = 0;
   c->head_from_ = c->segment_start_;
   c->trailer_bytes_ = 0;
+  c->chunk_extension_bytes_ = 0;
   c->declared_body_bytes_ = 0;
   // Whatever the last handler did not move out keeps its capacity for this request.
   Request& request = c->request_;
@@ -394,6 +443,19 @@ int Connection::OnHeaderFieldComplete(llhttp_t* parser) {
 
 int Connection::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
   auto* c = static_cast<Connection*>(parser->data);
+  // llhttp 8 accepts obs-fold (a line starting with whitespace continues the value before it)
+  // and hands the next line over as another piece of the same value. RFC 9112 lets a server
+  // reject it, and servers that unfold it disagree with those that do not on what the header
+  // says. A value may also come in pieces because it spans two reads: then one piece ends where
+  // the input ended and the next starts where the next input starts.
+  if (c->in_header_value_ && !(c->value_piece_reached_end_ && at == c->segment_start_)) {
+    c->error_description_ =
+        "obsolete line folding (a header line starting with whitespace); send each header on "
+        "one line";
+    return c->Fail(400);
+  }
+  c->in_header_value_ = true;
+  c->value_piece_reached_end_ = at + length == c->segment_end_;
   if (!c->in_head_) {
     c->trailer_bytes_ += length;
     return c->trailer_bytes_ > c->core_->limits().max_header_bytes ? c->Fail(431) : 0;
@@ -402,6 +464,11 @@ int Connection::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
     return c->Fail(431);
   }
   c->request_.headers.back().value.append(at, length);
+  return 0;
+}
+
+int Connection::OnHeaderValueComplete(llhttp_t* parser) {
+  static_cast<Connection*>(parser->data)->in_header_value_ = false;
   return 0;
 }
 
@@ -416,6 +483,27 @@ int Connection::OnHeadersComplete(llhttp_t* parser) {
   } else {
     request.path.assign(request.target, 0, question);
     request.query.assign(request.target, question + 1);
+  }
+  // llhttp reads "GET /" as HTTP/0.9 and HTTP/2.0 as a version like any other; neither is
+  // HTTP/1 (an HTTP/2 client starts with its preface, which is not a request).
+  if (parser->http_major != 1) {
+    c->error_description_ =
+        "unsupported HTTP version (this server speaks HTTP/1.0 and HTTP/1.1 only)";
+    return c->Fail(400);
+  }
+  // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; any request has at most one. Two
+  // servers may pick different ones and route the same request differently.
+  size_t hosts = 0;
+  for (const Header& header : request.headers) {
+    if (header.name.size() == 4 && EqualsIgnoreCase(header.name, "host")) ++hosts;
+  }
+  if (hosts > 1) {
+    c->error_description_ = "more than one Host header";
+    return c->Fail(400);
+  }
+  if (hosts == 0 && parser->http_minor >= 1) {
+    c->error_description_ = "no Host header (HTTP/1.1 requires one)";
+    return c->Fail(400);
   }
   c->is_head_ = parser->method == HTTP_HEAD;
   c->is_http10_ = parser->http_major == 1 && parser->http_minor == 0;
@@ -456,6 +544,16 @@ int Connection::OnBody(llhttp_t* parser, const char* at, size_t length) {
   return 0;
 }
 
+int Connection::OnChunkExtension(llhttp_t* parser, const char* /*at*/, size_t length) {
+  auto* c = static_cast<Connection*>(parser->data);
+  c->chunk_extension_bytes_ += length;
+  if (c->chunk_extension_bytes_ > kMaxChunkExtensionBytes) {
+    c->error_description_ = "chunk extensions longer than 4096 bytes in one request";
+    return c->Fail(400);
+  }
+  return 0;
+}
+
 int Connection::OnMessageComplete(llhttp_t* parser) {
   auto* c = static_cast<Connection*>(parser->data);
   c->in_message_ = false;
@@ -471,6 +569,8 @@ bool Connection::Dispatch() {
   slot.head = is_head_;
   slot.keep_alive = request_.keep_alive;
   slot.http10 = is_http10_;
+  slot.bytes = head_bytes_ + request_.body.size();
+  slot_bytes_ += slot.bytes;
   ++unanswered_;
   SetDeadline(Deadline::kNone, 0);  // the handler owns the time from here
   const bool keep_alive = request_.keep_alive;
@@ -527,6 +627,8 @@ void Connection::AnswerError(int status, std::string body) {
   slot.response.status = status;
   slot.response.headers.push_back({"Content-Type", "text/plain; charset=utf-8"});
   slot.response.body = std::move(body);
+  slot.bytes = ResponseBytes(slot.response);
+  slot_bytes_ += slot.bytes;
   if (slots_head_ + 1 == slots_.size()) {
     core_->ScheduleFlush(this);
   }
@@ -549,8 +651,14 @@ void Connection::EnterDraining() {
 }
 
 bool Connection::OverBackpressureLimits() const {
+  // Unparsed input (stash_) is left out: it is parsed only once reading resumes, so counting it
+  // could keep the connection paused for good.
   return slots_.size() - slots_head_ >= kMaxPipelinedRequests ||
-         pending_.size() + in_flight_.size() >= kMaxBufferedOutputBytes;
+         slot_bytes_ + pending_.size() + in_flight_.size() >= core_->limits().max_buffered_bytes;
+}
+
+size_t Connection::BufferedBytes() const {
+  return slot_bytes_ + pending_.size() + in_flight_.size() + stash_.size() + request_.body.size();
 }
 
 void Connection::MaybeResumeReading() {
@@ -593,6 +701,9 @@ void Connection::Send(uint64_t sequence, Response&& response) {
   Slot& slot = slots_[sequence - slots_base_];
   slot.response = std::move(response);
   slot.ready = true;
+  slot_bytes_ -= slot.bytes;  // the handler is done with the request
+  slot.bytes = ResponseBytes(slot.response);
+  slot_bytes_ += slot.bytes;
   --unanswered_;
   if (sequence == slots_base_ + slots_head_) {
     core_->ScheduleFlush(this);
@@ -618,10 +729,13 @@ bool Connection::StreamWrite(uint64_t sequence, std::string&& data) {
   if (!Streams(sequence)) return false;
   if (!streaming_) {
     // The head waits behind earlier answers: the data joins its body.
-    slots_[sequence - slots_base_].response.body.append(data);
+    Slot& slot = slots_[sequence - slots_base_];
+    slot.response.body.append(data);
+    slot.bytes += data.size();
+    slot_bytes_ += data.size();
     return true;
   }
-  if (pending_.size() + in_flight_.size() + data.size() > kMaxBufferedOutputBytes) {
+  if (pending_.size() + in_flight_.size() + data.size() > kMaxStreamBufferedBytes) {
     Close("the client reads a stream too slowly");
     return false;
   }
@@ -649,6 +763,7 @@ void Connection::Flush() {
   }
   bool close = false;
   while (slots_head_ < slots_.size() && slots_[slots_head_].ready) {
+    slot_bytes_ -= slots_[slots_head_].bytes;  // now counted in pending_
     Encode(slots_[slots_head_], &close);
     slots_[slots_head_] = Slot();
     ++slots_head_;
@@ -662,6 +777,7 @@ void Connection::Flush() {
     slots_base_ += slots_.size();
     slots_.clear();
     slots_head_ = 0;
+    slot_bytes_ = 0;
     if (close) {
       unanswered_ = 0;
       close_after_write_ = true;
@@ -678,8 +794,8 @@ void Connection::Flush() {
 void Connection::Encode(Slot& slot, bool* close) {
   Response& response = slot.response;
   int status = response.status;
-  if (status < 200 || status > 999) {
-    // 1xx cannot be a final answer, and anything else is not a status code.
+  if (status < 200 || status > 599) {
+    // 1xx cannot be a final answer, and anything else is not a status code (RFC 9110 15).
     spdlog::warn("http: handler answered with status {}; sending 500 instead", status);
     status = 500;
   }
@@ -723,8 +839,11 @@ void Connection::Encode(Slot& slot, bool* close) {
     if (name.size() == 17 && EqualsIgnoreCase(name, "transfer-encoding")) {
       continue;
     }
-    if (name.empty() || HasLineBreak(name) || HasLineBreak(header.value)) {
-      spdlog::warn("http: dropping a response header with an empty name or a line break");
+    if (!IsToken(name) || !IsSafeFieldValue(header.value)) {
+      spdlog::warn(
+          "http: dropping response header \"{}\": a name must be a token (no whitespace, colon "
+          "or control character) and a value must not contain CR, LF or NUL",
+          Printable(std::string_view(name).substr(0, 64)));
       continue;
     }
     out->append(name);

@@ -54,9 +54,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Initializes the handles and accepts the pending connection on `listener`. On failure the
-  // connection closes itself.
-  void Accept(uv_stream_t* listener);
+  // Initializes the handles and takes over `fd`, a connection just accepted. On failure the
+  // connection closes itself (and the socket).
+  void Open(int fd);
   // Closes at once, dropping what is not written yet.
   void Close(const char* why);
 
@@ -73,6 +73,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // ServerCore's side.
   void Flush();
+  // What the connection holds: output, answers and requests in its queue, unparsed input.
+  size_t BufferedBytes() const;
+  bool read_paused() const { return read_paused_; }
   size_t index = 0;              // in the core's connection list
   bool flush_scheduled = false;  // in the core's dirty list
 
@@ -93,6 +96,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     bool keep_alive = false;  // the request allows keeping the connection
     bool http10 = false;      // an HTTP/1.0 client needs "Connection: keep-alive" to keep it
     bool stream = false;      // a Stream's head: no length, the body follows, then close
+    size_t bytes = 0;         // the request's size until answered, then the answer's
   };
 
   static const llhttp_settings_t* ParserSettings();
@@ -101,8 +105,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static int OnHeaderField(llhttp_t* parser, const char* at, size_t length);
   static int OnHeaderFieldComplete(llhttp_t* parser);
   static int OnHeaderValue(llhttp_t* parser, const char* at, size_t length);
+  static int OnHeaderValueComplete(llhttp_t* parser);
   static int OnHeadersComplete(llhttp_t* parser);
   static int OnBody(llhttp_t* parser, const char* at, size_t length);
+  static int OnChunkExtension(llhttp_t* parser, const char* at, size_t length);
   static int OnMessageComplete(llhttp_t* parser);
 
   static void OnAlloc(uv_handle_t* handle, size_t suggested_size, uv_buf_t* buf);
@@ -155,18 +161,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool in_message_ = false;
   bool in_head_ = false;
   bool in_header_field_ = false;
+  bool in_header_value_ = false;          // a piece of the current header's value came
+  bool value_piece_reached_end_ = false;  // ... and it ended where the input ended
   bool message_complete_ = false;
   bool is_head_ = false;
   bool is_http10_ = false;
   int error_status_ = 0;  // set by a callback that rejected the request (400, 413, 431)
   const char* error_description_ = "";  // for a 400 from a callback
-  const char* segment_start_ = nullptr;
+  const char* segment_start_ = nullptr;  // the input handed to llhttp_execute
+  const char* segment_end_ = nullptr;
   const char* head_from_ = nullptr;
   size_t head_bytes_ = 0;
   size_t trailer_bytes_ = 0;
+  size_t chunk_extension_bytes_ = 0;
   size_t declared_body_bytes_ = 0;  // Content-Length, 0 if none
   bool reading_ = false;
   bool read_paused_ = false;  // backpressure: too much unanswered or unwritten
+  size_t slot_bytes_ = 0;     // the sum of Slot::bytes from slots_head_ on
   std::string stash_;         // input not parsed yet while read_paused_
 
   // Answers: slots_[i] belongs to sequence slots_base_ + i; the ones before slots_head_ are

@@ -194,6 +194,12 @@ void Server::Close(std::function<void()> on_closed) { core_->Close(std::move(on_
 
 size_t Server::connection_count() const { return core_->connection_count(); }
 
+size_t Server::buffered_bytes() const { return core_->buffered_bytes(); }
+
+size_t Server::paused_connection_count() const { return core_->paused_connection_count(); }
+
+size_t Server::accept_failure_count() const { return core_->accept_failure_count(); }
+
 Result<int> OpenListeningSocket(const std::string& host, int port, int backlog) {
   const std::string where = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
                                                                 : fmt::format("{}:{}", host, port);
@@ -271,6 +277,7 @@ ServerCore::ServerCore(uv_loop_t* loop, ServerOptions options, Handler handler)
       read_buffer_(new char[kReadBufferSize]) {
   limits_.max_header_bytes = options_.max_header_bytes;
   limits_.max_body_bytes = options_.max_body_bytes;
+  limits_.max_buffered_bytes = options_.max_connection_buffer_bytes;
   limits_.request_timeout_ms = ToMilliseconds(options_.request_timeout_s);
   limits_.idle_timeout_ms = ToMilliseconds(options_.idle_timeout_s);
   uint64_t step = 0;
@@ -302,22 +309,25 @@ Status ServerCore::Listen() {
     }
     fd = *bound;
   }
-  uv_tcp_init(loop_, &listener_);  // cannot fail: creates no socket
-  listener_.data = this;
+  // The server accepts by itself rather than through uv_listen: on EMFILE libuv closes every
+  // waiting connection without telling its caller, so a proxy out of descriptors would drop
+  // clients without a word in its log.
   listener_used_ = true;
-  ++open_handles_;
-  int rc = uv_tcp_open(&listener_, fd);
+  // An inherited socket listens already; listening again only sets the backlog.
+  int rc = listen(fd, options_.backlog) == 0 ? 0 : uv_translate_sys_error(errno);
+  if (rc == 0) rc = uv_poll_init_socket(loop_, &listener_, fd);
   if (rc < 0) {
-    close(fd);  // not owned by the handle
-  } else {
-    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), options_.backlog,
-                   &ServerCore::OnNewConnection);
-  }
-  if (rc < 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ServerCore::OnHandleClosed);
+    close(fd);
     return Status::Error(
         fmt::format("cannot listen on {}:{}: {}", options_.host, options_.port, uv_strerror(rc)));
   }
+  listen_fd_ = fd;
+  listener_.data = this;
+  ++open_handles_;
+  uv_timer_init(loop_, &accept_retry_);
+  accept_retry_.data = this;
+  ++open_handles_;
+  uv_poll_start(&listener_, UV_READABLE, &ServerCore::OnAcceptable);
   uv_idle_init(loop_, &flush_idle_);
   uv_check_init(loop_, &flush_check_);
   flush_idle_.data = this;
@@ -326,8 +336,8 @@ Status ServerCore::Listen() {
   listening_ = true;
 
   sockaddr_storage bound_address{};
-  int length = sizeof(bound_address);
-  if (uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&bound_address), &length) == 0) {
+  socklen_t length = sizeof(bound_address);
+  if (getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound_address), &length) == 0) {
     if (bound_address.ss_family == AF_INET6) {
       port_ = ntohs(reinterpret_cast<sockaddr_in6*>(&bound_address)->sin6_port);
     } else {
@@ -338,22 +348,77 @@ Status ServerCore::Listen() {
   return Status::Ok();
 }
 
-void ServerCore::OnNewConnection(uv_stream_t* listener, int status) {
-  auto* core = static_cast<ServerCore*>(listener->data);
+void ServerCore::OnAcceptable(uv_poll_t* handle, int status, int /*events*/) {
+  auto* core = static_cast<ServerCore*>(handle->data);
   if (status < 0) {
-    spdlog::warn("http: cannot accept connections on port {}: {}", core->port_,
-                 uv_strerror(status));
+    core->OnAcceptFailed(status);
     return;
   }
-  core->Accept();
+  core->AcceptPending();
 }
 
-void ServerCore::Accept() {
+void ServerCore::OnAcceptRetry(uv_timer_t* timer) {
+  auto* core = static_cast<ServerCore*>(timer->data);
+  if (core->closing_) return;
+  uv_poll_start(&core->listener_, UV_READABLE, &ServerCore::OnAcceptable);
+}
+
+void ServerCore::AcceptPending() {
+  // A bounded batch, so that a flood of connections does not starve the ones already open.
+  for (int i = 0; i < kAcceptBatch && !closing_; ++i) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      Accept(fd);
+      continue;
+    }
+    int error = errno;
+    if (error == EAGAIN || error == EWOULDBLOCK) return;
+    if (error == EINTR || error == ECONNABORTED) continue;  // the client gave up; next one
+    OnAcceptFailed(uv_translate_sys_error(error));
+    return;
+  }
+}
+
+void ServerCore::OnAcceptFailed(int error) {
+  ++accept_failures_;
+  uint64_t suppressed = 0;
+  if (accept_log_.Allow(&suppressed)) {
+    std::string hint;
+    if (error == UV_EMFILE || error == UV_ENFILE) {
+      hint =
+          " (out of file descriptors: raise `ulimit -n` or the system's limit, or serve "
+          "fewer connections per process)";
+    }
+    std::string more;
+    if (suppressed > 0) more = fmt::format("; {} more failures since the last line", suppressed);
+    spdlog::warn(
+        "http: cannot accept connections on port {}: {}{}; connections wait in the "
+        "listen backlog and accepting is retried in {} ms{}",
+        port_, uv_strerror(error), hint, kAcceptRetryMs, more);
+  }
+  // The same failure would come back at once: pause instead of spinning on it.
+  uv_poll_stop(&listener_);
+  uv_timer_start(&accept_retry_, &ServerCore::OnAcceptRetry, kAcceptRetryMs, 0);
+}
+
+size_t ServerCore::buffered_bytes() const {
+  size_t total = 0;
+  for (const auto& connection : connections_) total += connection->BufferedBytes();
+  return total;
+}
+
+size_t ServerCore::paused_connection_count() const {
+  return static_cast<size_t>(
+      std::count_if(connections_.begin(), connections_.end(),
+                    [](const auto& connection) { return connection->read_paused(); }));
+}
+
+void ServerCore::Accept(int fd) {
   auto connection = std::make_shared<Connection>(this);
   connection->index = connections_.size();
   connections_.push_back(connection);
   ++open_handles_;
-  connection->Accept(reinterpret_cast<uv_stream_t*>(&listener_));
+  connection->Open(fd);
 }
 
 void ServerCore::OnConnectionClosed(Connection* connection) {
@@ -423,7 +488,11 @@ void ServerCore::Close(std::function<void()> on_closed) {
     closing_ = true;
     if (listening_) {
       StopFlushHandles();
+      // uv_close stops the poll at once, so the socket can be closed right after.
       uv_close(reinterpret_cast<uv_handle_t*>(&listener_), &ServerCore::OnHandleClosed);
+      close(listen_fd_);
+      listen_fd_ = -1;
+      uv_close(reinterpret_cast<uv_handle_t*>(&accept_retry_), &ServerCore::OnHandleClosed);
       uv_close(reinterpret_cast<uv_handle_t*>(&flush_idle_), &ServerCore::OnHandleClosed);
       uv_close(reinterpret_cast<uv_handle_t*>(&flush_check_), &ServerCore::OnHandleClosed);
     }

@@ -130,6 +130,12 @@ struct ServerOptions {
   size_t max_body_bytes = 16 * 1024 * 1024;  // over -> 413
   double request_timeout_s = 30;  // a started request not fully received in time -> 408; <= 0: none
   double idle_timeout_s = 75;     // an idle keep-alive connection is closed quietly; <= 0: never
+  // What one connection may hold before the server stops reading from it: answers not yet
+  // written (a client that pipelines requests and never reads its answers), answers waiting
+  // behind an earlier one, requests the handler has not answered yet, and read input not yet
+  // parsed. Reading resumes once the client has read what was written. A single request or
+  // answer larger than this still goes through; it is the pile-up that is bounded.
+  size_t max_connection_buffer_bytes = 1024 * 1024;
   int backlog = 1024;
   // A socket already bound and listening, to accept on instead of binding host:port. A
   // supervisor keeps it open across restarts of the server's process, so connections made
@@ -143,7 +149,9 @@ struct ServerOptions {
 Result<int> OpenListeningSocket(const std::string& host, int port, int backlog = 1024);
 
 // An HTTP/1.1 server on a libuv loop: keep-alive, pipelining, chunked request bodies,
-// `Expect: 100-continue`, and the limits and timeouts of ServerOptions.
+// `Expect: 100-continue`, and the limits and timeouts of ServerOptions. Parsing is strict: a
+// request that servers could read in more than one way (obs-fold, a missing or repeated Host,
+// a version other than HTTP/1.x, ...) is a 400; docs/security.md lists the rules.
 //
 // Every method must be called on the loop thread (or before the loop runs). The handler runs on
 // the loop thread and must not block it.
@@ -171,6 +179,12 @@ class Server {
 
   // Open connections, including those still closing.
   size_t connection_count() const;
+  // What the connections hold now (see ServerOptions::max_connection_buffer_bytes), in bytes.
+  size_t buffered_bytes() const;
+  // Connections the server stopped reading from because they hold that much.
+  size_t paused_connection_count() const;
+  // Connections that could not be accepted (e.g. out of file descriptors) since the start.
+  size_t accept_failure_count() const;
 
  private:
   // Owned. Frees itself once its handles are closed, which may be after ~Server.

@@ -10,6 +10,7 @@
 
 #include "base/status.h"
 #include "http/server.h"
+#include "log/log.h"
 
 namespace serve::http::internal {
 
@@ -17,6 +18,7 @@ namespace serve::http::internal {
 struct ConnectionLimits {
   size_t max_header_bytes = 0;
   size_t max_body_bytes = 0;
+  size_t max_buffered_bytes = 0;
   uint64_t request_timeout_ms = 0;  // 0 = none
   uint64_t idle_timeout_ms = 0;     // 0 = none
   // How far ahead a connection's timer is armed at most: the shortest timeout (see Connection).
@@ -39,6 +41,9 @@ class ServerCore {
   int port() const { return port_; }
   void Close(std::function<void()> on_closed);
   size_t connection_count() const { return connections_.size(); }
+  size_t buffered_bytes() const;
+  size_t paused_connection_count() const;
+  size_t accept_failure_count() const { return accept_failures_; }
   // Called by ~Server. May delete this.
   void Release();
 
@@ -61,11 +66,18 @@ class ServerCore {
 
   ~ServerCore();  // via Release() or the last close callback
 
-  static void OnNewConnection(uv_stream_t* listener, int status);
+  static constexpr int kAcceptBatch = 128;
+  static constexpr uint64_t kAcceptRetryMs = 100;
+
+  static void OnAcceptable(uv_poll_t* handle, int status, int events);
+  static void OnAcceptRetry(uv_timer_t* timer);
   static void OnFlushPhase(uv_idle_t* handle);
   static void OnFlushPhase(uv_check_t* handle);
   static void OnHandleClosed(uv_handle_t* handle);
-  void Accept();
+  void AcceptPending();
+  void Accept(int fd);
+  // Logs (at most once a second) and pauses accepting for kAcceptRetryMs.
+  void OnAcceptFailed(int error);
   void RunFlush();
   void StopFlushHandles();
   // Calls the on_closed callbacks once nothing is open. May delete this.
@@ -77,7 +89,11 @@ class ServerCore {
   ConnectionLimits limits_;
   std::unique_ptr<char[]> read_buffer_;
 
-  uv_tcp_t listener_;
+  uv_poll_t listener_;  // readable: connections wait to be accepted from listen_fd_
+  int listen_fd_ = -1;
+  uv_timer_t accept_retry_;
+  size_t accept_failures_ = 0;
+  log::RateLimit accept_log_;
   // Flushes run after the poll phase (check) for sends made by I/O callbacks, and early in the
   // next iteration (idle) for sends made anywhere else. An active idle handle also keeps the loop
   // from blocking in poll while a flush is due.

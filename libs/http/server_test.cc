@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -416,6 +418,63 @@ TEST_F(HttpServerTest, ManyPipelinedRequestsAreAllAnswered) {
   }
 }
 
+// A client that pipelines requests and does not read the answers cannot make the server hold
+// more than about max_connection_buffer_bytes for it: the server stops reading until the client
+// has read what was written, and then every answer comes, in order.
+TEST_F(HttpServerTest, PipeliningWithoutReadingIsBoundedByTheConnectionBuffer) {
+  constexpr size_t kLimit = 64 * 1024;
+  constexpr size_t kAnswerBytes = 8 * 1024;
+  constexpr int kCount = 4000;  // 32 MiB of answers: more than the sockets' buffers take
+  ServerOptions options;
+  options.max_connection_buffer_bytes = kLimit;
+  StartServer(options, [](Request&& request, Responder responder) {
+    std::string body = request.target;
+    body.resize(kAnswerBytes, '.');
+    responder.Send(TextResponse(200, std::move(body)));
+  });
+  Client client(port_);
+  std::thread sender([&client] {
+    std::string batch;
+    for (int i = 0; i < kCount; ++i) {
+      batch.append("GET /").append(std::to_string(i)).append(" HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    client.Send(batch);  // blocks while the server does not read
+  });
+  // Over the limit by at most the request and answer that crossed it, and the rest of one read.
+  constexpr size_t kBound = kLimit + kAnswerBytes + 64 * 1024 + 1024;
+  size_t most = 0;
+  EXPECT_TRUE(WaitUntil([&] {
+    auto [buffered, paused] = loop_.Call([this] {
+      return std::make_pair(server_->buffered_bytes(), server_->paused_connection_count());
+    });
+    most = std::max(most, buffered);
+    return paused == 1;
+  })) << "the server never stopped reading";
+  for (int i = 0; i < 100; ++i) {  // stays paused and bounded while the client does not read
+    size_t buffered = loop_.Call([this] { return server_->buffered_bytes(); });
+    most = std::max(most, buffered);
+  }
+  EXPECT_LE(most, kBound);
+  EXPECT_GT(most, 0u);
+  for (int i = 0; i < kCount; ++i) {
+    std::optional<ClientResponse> response = client.Read();
+    ASSERT_TRUE(response.has_value()) << i;
+    std::string expected = "/" + std::to_string(i);
+    ASSERT_EQ(response->body.substr(0, expected.size()), expected);
+    ASSERT_EQ(response->body.size(), kAnswerBytes);
+    if (i % 64 == 0) {
+      most = std::max(most, loop_.Call([this] { return server_->buffered_bytes(); }));
+    }
+  }
+  sender.join();
+  EXPECT_LE(most, kBound);
+  EXPECT_TRUE(WaitUntil([this] {
+    return loop_.Call([this] {
+      return server_->buffered_bytes() == 0 && server_->paused_connection_count() == 0;
+    });
+  }));
+}
+
 TEST_F(HttpServerTest, ChunkedBodyIsReassembled) {
   StartServer({}, [this](Request&& request, Responder responder) {
     std::string body = request.body;
@@ -456,7 +515,8 @@ TEST_F(HttpServerTest, RequestSentByteByByteIsParsed) {
   });
   Client client(port_);
   const std::string request =
-      "PUT /p?q HTTP/1.1\r\nHost: example\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "PUT /p?q HTTP/1.1\r\nHost: example\r\nX-Long: a value in many pieces\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n"
       "3\r\nabc\r\n0\r\n\r\n";
   for (char c : request) {
     client.Send(std::string_view(&c, 1));
@@ -563,6 +623,72 @@ TEST_F(HttpServerTest, GarbageIs400AndTheServerKeepsServing) {
   ASSERT_TRUE(response.has_value());
   EXPECT_EQ(response->status, 200);
   EXPECT_EQ(response->body, "/fine");
+}
+
+// Requests that servers (or a server behind this one) could read in more than one way are
+// refused, so that no request can be smuggled past the proxy inside another one.
+TEST_F(HttpServerTest, AmbiguousRequestsAre400AndClose) {
+  StartEchoServer();
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string many_extensions = chunked;
+  for (int i = 0; i < 100; ++i) {
+    many_extensions += "1;ext=" + std::string(60, 'e') + "\r\nx\r\n";
+  }
+  many_extensions += "0\r\n\r\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"other bytes than CRLF after chunk data", chunked + "5\r\nhelloXX0\r\n\r\n"},
+      {"bare LF after chunk data", chunked + "5\r\nhello\n0\r\n\r\n"},
+      {"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n"},
+      {"obs-fold with a tab", "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tfolded\r\n\r\n"},
+      {"no Host on HTTP/1.1", "GET / HTTP/1.1\r\nX-A: 1\r\n\r\n"},
+      {"two Hosts", "GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n"},
+      {"HTTP/2.0 on an HTTP/1 connection", "GET / HTTP/2.0\r\nHost: x\r\n\r\n"},
+      {"HTTP/3.0", "GET / HTTP/3.0\r\nHost: x\r\n\r\n"},
+      {"HTTP/0.9", "GET /\r\n\r\n"},
+      {"a long chunk extension",
+       chunked + "5;" + std::string(5000, 'a') + "\r\nhello\r\n0\r\n\r\n"},
+      {"many chunk extensions", many_extensions},
+  };
+  for (const auto& [what, bytes] : cases) {
+    SCOPED_TRACE(what);
+    Client client(port_);
+    client.Send(bytes);
+    std::optional<ClientResponse> response = client.Read();
+    ASSERT_TRUE(response.has_value());
+    EXPECT_EQ(response->status, 400);
+    EXPECT_EQ(response->body.rfind("bad request: ", 0), 0u) << response->body;
+    EXPECT_NE(response->Find("Connection"), nullptr);
+    EXPECT_TRUE(client.WaitClosed());
+  }
+  // A folded line is noticed also when the value arrives in pieces.
+  Client client(port_);
+  for (char c : std::string("GET / HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n")) {
+    client.Send(std::string_view(&c, 1));
+  }
+  std::optional<ClientResponse> response = client.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 400);
+  EXPECT_TRUE(Requests().empty());
+}
+
+TEST_F(HttpServerTest, StrictParsingAcceptsWhatIsWellFormed) {
+  StartEchoServer();
+  const std::vector<std::string> requests = {
+      "GET /1 HTTP/1.0\r\n\r\n",  // HTTP/1.0 needs no Host
+      "GET /2 HTTP/1.1\r\nhost: x\r\n\r\n",
+      "GET /3 HTTP/1.1\r\nHost:\r\n\r\n",  // empty, as RFC 9112 allows for a target without one
+      "POST /4 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5;name=value\r\nhello\r\n0\r\n\r\n",
+  };
+  for (const std::string& request : requests) {
+    SCOPED_TRACE(request);
+    Client client(port_);
+    client.Send(request);
+    std::optional<ClientResponse> response = client.Read();
+    ASSERT_TRUE(response.has_value());
+    EXPECT_EQ(response->status, 200) << response->body;
+  }
+  EXPECT_EQ(Requests().size(), requests.size());
 }
 
 TEST_F(HttpServerTest, IncompleteRequestTimesOutWith408) {
@@ -830,12 +956,17 @@ TEST_F(HttpServerTest, UnusualStatusesGetReasonPhrases) {
     responder.Send(TextResponse(std::stoi(request.path.substr(1)), ""));
   });
   Client client(port_);
-  for (auto [status, reason] : std::vector<std::pair<int, std::string>>{
-           {404, "Not Found"}, {503, "Service Unavailable"}, {299, "Unknown"}, {101, ""}}) {
+  for (auto [status, reason] :
+       std::vector<std::pair<int, std::string>>{{404, "Not Found"},
+                                                {503, "Service Unavailable"},
+                                                {299, "Unknown"},
+                                                {101, ""},
+                                                {600, ""},
+                                                {999, ""}}) {
     client.Send("GET /" + std::to_string(status) + " HTTP/1.1\r\nHost: x\r\n\r\n");
     std::optional<ClientResponse> response = client.Read();
     ASSERT_TRUE(response.has_value());
-    if (status == 101) {  // not a final status: sent as 500
+    if (status == 101 || status >= 600) {  // not a final status: sent as 500
       EXPECT_EQ(response->status, 500);
     } else {
       EXPECT_EQ(response->status, status);
@@ -847,6 +978,82 @@ TEST_F(HttpServerTest, UnusualStatusesGetReasonPhrases) {
   ASSERT_TRUE(response.has_value());
   EXPECT_EQ(response->status, 204);
   EXPECT_EQ(response->Find("Content-Length"), nullptr);
+}
+
+// Headers from a handler (user code, behind the proxy) are written as given; ones that could end
+// the head early or be read as part of another header are dropped instead.
+TEST_F(HttpServerTest, ResponseHeadersThatCouldSplitTheResponseAreDropped) {
+  StartServer({}, [](Request&&, Responder responder) {
+    Response response = TextResponse(200, "body");
+    response.headers.push_back({"X-Bare-LF", "a\nInjected: 1"});
+    response.headers.push_back({"X-CRLF", "a\r\nInjected: 2"});
+    response.headers.push_back({"X-NUL", std::string("a\0b", 3)});
+    response.headers.push_back({" X-Leading-Space", "folded"});
+    response.headers.push_back({"\tX-Leading-Tab", "folded"});
+    response.headers.push_back({"X-Bad:Name", "v"});
+    response.headers.push_back({"X-Bad\nName", "v"});
+    response.headers.push_back({std::string("X-NUL\0Name", 11), "v"});
+    response.headers.push_back({"", "v"});
+    response.headers.push_back({"X-Kept", "a value, with spaces\tand a tab"});
+    responder.Send(std::move(response));
+  });
+  Client client(port_);
+  client.Send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::optional<ClientResponse> response = client.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "body");
+  std::vector<std::string> names;
+  for (const Header& header : response->headers) names.push_back(header.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"Content-Type", "X-Kept", "Content-Length"}));
+  ASSERT_NE(response->Find("X-Kept"), nullptr);
+  EXPECT_EQ(*response->Find("X-Kept"), "a value, with spaces\tand a tab");
+  // Nothing else follows the answer on the connection.
+  client.Send("GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+  response = client.Read();
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 200);
+}
+
+// Out of file descriptors, the server cannot accept: it says so in its log (at most once a
+// second), leaves the connection waiting in the backlog, and accepts it once it can.
+TEST_F(HttpServerTest, ConnectionsWaitWhileAcceptingFailsAndAreServedAfter) {
+  StartEchoServer();
+  int fd = socket(AF_INET, SOCK_STREAM, 0);  // made before the limit goes down
+  ASSERT_GE(fd, 0);
+  timeval timeout{static_cast<time_t>(kDeadline / 1s), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  int lowest_free = dup(fd);  // descriptors are handed out lowest first
+  ASSERT_GE(lowest_free, 0);
+  close(lowest_free);
+  rlimit lowered = saved;
+  lowered.rlim_cur = static_cast<rlim_t>(lowest_free);  // no new descriptor for anyone
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port_));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  bool failed = WaitUntil(
+      [this] { return loop_.Call([this] { return server_->accept_failure_count(); }) > 0; });
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_EQ(connected, 0) << strerror(errno);
+  EXPECT_TRUE(failed);
+  std::string request = "GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  std::string answer;
+  char chunk[4096];
+  while (answer.find("/after") == std::string::npos) {
+    ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n <= 0) break;
+    answer.append(chunk, static_cast<size_t>(n));
+  }
+  close(fd);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << answer;
+  EXPECT_NE(answer.find("/after"), std::string::npos) << answer;
 }
 
 TEST_F(HttpServerTest, ListenOnAPortInUseFails) {
@@ -944,10 +1151,10 @@ TEST_F(HttpServerTest, RandomInputNeverBreaksTheServer) {
   const std::vector<std::string> seeds = {
       "GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n",
       "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
-      "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
       "HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
       "CONNECT host:443 HTTP/1.1\r\nHost: host:443\r\n\r\n",
-      "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxyz",
+      "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxyz",
   };
   std::mt19937 random(12345);
   for (int round = 0; round < 150; ++round) {

@@ -375,8 +375,12 @@ void RequestLog::Flush() {
 namespace serve::log {
 
 bool RateLimit::Allow(uint64_t* suppressed) {
-  double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-                   .count();
+  return Allow(
+      std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(),
+      suppressed);
+}
+
+bool RateLimit::Allow(double now, uint64_t* suppressed) {
   if (now - last_ < interval_s_) {
     ++held_;
     return false;

@@ -122,6 +122,8 @@ class RateLimit {
   // True if a line may be written now; `suppressed` is set to how many were held back since
   // the last one that was.
   bool Allow(uint64_t* suppressed);
+  // The same at `now_s` on a steady clock in seconds (for tests).
+  bool Allow(double now_s, uint64_t* suppressed);
 
  private:
   double interval_s_;

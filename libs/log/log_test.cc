@@ -179,4 +179,18 @@ TEST_F(LogTest, BadSettingsAreClearErrors) {
 }
 
 }  // namespace
+TEST(RateLimit, LetsOneLineThroughPerIntervalAndCountsTheRest) {
+  RateLimit limit(1.0);
+  uint64_t suppressed = 99;
+  EXPECT_TRUE(limit.Allow(100.0, &suppressed));
+  EXPECT_EQ(suppressed, 0u);
+  EXPECT_FALSE(limit.Allow(100.1, &suppressed));
+  EXPECT_FALSE(limit.Allow(100.5, &suppressed));
+  EXPECT_FALSE(limit.Allow(100.99, &suppressed));
+  EXPECT_TRUE(limit.Allow(101.0, &suppressed));
+  EXPECT_EQ(suppressed, 3u);  // the next line says how many were held back
+  EXPECT_TRUE(limit.Allow(205.0, &suppressed));
+  EXPECT_EQ(suppressed, 0u);
+}
+
 }  // namespace serve::log

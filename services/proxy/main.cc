@@ -42,6 +42,11 @@ int main(int argc, char** argv) {
           0, 60, "requests hold a connection that long while NATS is away, so keep it short"));
   app.add_option("--max-body-bytes", options.http.max_body_bytes, "Largest request body (413)")
       ->capture_default_str();
+  app.add_option("--max-connection-buffer-bytes", options.http.max_connection_buffer_bytes,
+                 "What one client connection may hold (answers it has not read, requests not "
+                 "yet answered) before the proxy stops reading from it until the client reads")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{4096}, size_t{1} << 40));
   app.add_flag("--metrics,!--no-metrics", options.metrics,
                "Count requests and serve them in Prometheus' format at GET /-/metrics")
       ->capture_default_str();
@@ -57,6 +62,14 @@ int main(int argc, char** argv) {
   }
   if (options.proxy_id.empty()) options.proxy_id = "proxy-" + service::RandomHex(6);
   options.metrics_name_prefix = flags.metrics_name_prefix;
+
+  auto open_files = proxy::RaiseOpenFileLimit();
+  if (open_files.ok()) {
+    spdlog::info("open file limit: {} (each client connection takes one)", *open_files);
+  } else {
+    spdlog::warn("{}; the proxy can hold fewer client connections than it could",
+                 open_files.error());
+  }
 
   uv_loop_t loop;
   uv_loop_init(&loop);

@@ -2,8 +2,12 @@
 
 #include <arpa/inet.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "wire/codec.h"
 
@@ -50,6 +54,22 @@ std::string EncodeRequest(const http::Request& request, const std::string& reque
 }
 
 }  // namespace
+
+Result<uint64_t> RaiseOpenFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    return Status::Error(std::string("cannot read the open file limit: ") + strerror(errno));
+  }
+  if (limit.rlim_cur != limit.rlim_max) {
+    rlim_t wanted = limit.rlim_max;
+    limit.rlim_cur = wanted;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      return Status::Error(
+          fmt::format("cannot raise the open file limit to {}: {}", wanted, strerror(errno)));
+    }
+  }
+  return static_cast<uint64_t>(limit.rlim_cur);
+}
 
 // One HTTP request on its way through the proxy.
 struct Proxy::Call {
@@ -425,7 +445,16 @@ void Proxy::Attempt(const std::shared_ptr<Call>& call) {
         if (r.error() != nullptr && r.error()->size() > 0) {
           log::Scope scope({call->deployment, replica_id, call->request_id});
           spdlog::warn("the replica failed the request: {}", r.error()->str());
-          Finish(call, TextResponse(r.status() >= 500 ? r.status() : 502, r.error()->str()));
+          Finish(call, TextResponse(r.status() >= 500 && r.status() <= 599 ? r.status() : 502,
+                                    r.error()->str()));
+          return;
+        }
+        if (r.status() < 200 || r.status() > 599) {
+          // User code chose it: a 1xx cannot end a request, and the rest are no HTTP status.
+          log::Scope scope({call->deployment, replica_id, call->request_id});
+          Finish(call, TextResponse(502, "replica " + replica_id + " of " + call->deployment +
+                                             " answered with status " + std::to_string(r.status()) +
+                                             ", which is not a final HTTP status (200-599)"));
           return;
         }
         http::Response response;
@@ -572,6 +601,25 @@ std::vector<prometheus::MetricFamily> Proxy::CollectQueues() const {
   }
   std::vector<prometheus::MetricFamily> families;
   families.push_back(std::move(family));
+  if (server_ != nullptr) {
+    auto buffered = metrics::Family(
+        metrics_registry_.Name("proxy_connection_buffered_bytes"),
+        "Bytes the proxy holds for its client connections: answers not yet read by the client, "
+        "requests not yet answered (each connection is bounded by "
+        "--max-connection-buffer-bytes).",
+        prometheus::MetricType::Gauge);
+    buffered.metric.push_back(metrics::Sample({}, static_cast<double>(server_->buffered_bytes()),
+                                              prometheus::MetricType::Gauge));
+    families.push_back(std::move(buffered));
+    auto paused = metrics::Family(
+        metrics_registry_.Name("proxy_paused_connections"),
+        "Client connections the proxy stopped reading from until the client reads its answers.",
+        prometheus::MetricType::Gauge);
+    paused.metric.push_back(metrics::Sample({},
+                                            static_cast<double>(server_->paused_connection_count()),
+                                            prometheus::MetricType::Gauge));
+    families.push_back(std::move(paused));
+  }
   return families;
 }
 

@@ -47,6 +47,11 @@ struct ProxyOptions {
   bool access_log = true;
 };
 
+// Raises this process's soft limit on open files (RLIMIT_NOFILE) to its hard limit: every
+// client connection takes a descriptor, and the usual soft limit (1024) is far below what one
+// proxy serves. Returns the limit now in force.
+Result<uint64_t> RaiseOpenFileLimit();
+
 // HTTP ingress: routes each request by longest prefix to a replica of the matched deployment,
 // over the bus, and writes the replica's answer back.
 //
@@ -66,6 +71,11 @@ class Proxy {
     return server_ != nullptr && server_->port() != 0 ? server_->port() : inherited_port_;
   }
   const Router& router() const { return router_; }
+  // What the client connections hold now (http::Server::buffered_bytes).
+  size_t buffered_bytes() const { return server_ != nullptr ? server_->buffered_bytes() : 0; }
+  size_t paused_connection_count() const {
+    return server_ != nullptr ? server_->paused_connection_count() : 0;
+  }
 
  private:
   struct Call;
@@ -86,7 +96,8 @@ class Proxy {
   bool InReconnectGrace();
   http::Response BusUnavailable() const;
   http::Response Health();
-  // What /-/metrics adds to the request figures: the requests waiting for a replica.
+  // What /-/metrics adds to the request figures: the requests waiting for a replica, and what
+  // client connections hold.
   std::vector<prometheus::MetricFamily> CollectQueues() const;
   void OnRouteTable(const std::string& bytes);
   // A worker process ended: what it was running will never be answered.

@@ -4,8 +4,15 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <future>
+#include <thread>
 
 #include "support/loop.h"
 #include "support/process.h"
@@ -60,6 +67,8 @@ class ProxyBusTest : public ::testing::Test {
                                   wire::HttpResponseT answer;
                                   std::string body = "from r1";
                                   answer.body.assign(body.begin(), body.end());
+                                  auto request = wire::Unpack<wire::HttpRequest>(m.data);
+                                  if (request.ok()) Script(request->path, &answer);
                                   (void)replica_bus_->Respond(m, wire::Pack(answer));
                                 })
                     .ok());
@@ -111,6 +120,28 @@ class ProxyBusTest : public ::testing::Test {
   }
   static bool Ready(std::future<HttpResult>& answer) {
     return answer.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  }
+
+  // What the fake replica answers to some paths, as user code might: /a/status/<n> answers
+  // status n, /a/headers adds headers that could split the response.
+  static void Script(const std::string& path, wire::HttpResponseT* answer) {
+    if (path.starts_with("/a/status/")) answer->status = std::stoi(path.substr(10));
+    if (path.starts_with("/a/big/")) {  // 8 KiB, starting with the path
+      std::string body = path;
+      body.resize(8 * 1024, '.');
+      answer->body.assign(body.begin(), body.end());
+    }
+    if (path == "/a/headers") {
+      auto add = [&](std::string name, std::string value) {
+        auto header = std::make_unique<wire::HeaderT>();
+        header->name = std::move(name);
+        header->value = std::move(value);
+        answer->headers.push_back(std::move(header));
+      };
+      add("X-Split", "a\nX-Injected: 1");
+      add(" X-Folded", "v");
+      add("X-Kept", "yes");
+    }
   }
 
   NatsServer nats_;
@@ -225,6 +256,135 @@ TEST_F(ProxyBusTest, ProxyThatNeverReachedTheBusAnswers503NotNoRoute) {
   nats_.Start();
   StartReplicaAndRoutes();
   EXPECT_EQ(Get("/a").body, "from r1");
+}
+
+// A replica's status and headers come from user code: the proxy answers 502 for a status that
+// is not a final HTTP one and drops headers that could split the response.
+TEST_F(ProxyBusTest, ReplicaStatusOutsideTheFinalRangeIs502AndUnsafeHeadersAreDropped) {
+  StartProxy(/*bus_wait_s=*/0.5);
+  StartReplicaAndRoutes();
+  for (int status : {0, 99, 100, 101, 199, 600, 1000, -1}) {
+    HttpResult result = Get("/a/status/" + std::to_string(status));
+    EXPECT_EQ(result.status, 502) << status;
+    EXPECT_THAT(result.body, HasSubstr("not a final HTTP status")) << status;
+  }
+  for (int status : {200, 204, 404, 599}) {
+    EXPECT_EQ(Get("/a/status/" + std::to_string(status)).status, status);
+  }
+  HttpResult result = Get("/a/headers");
+  EXPECT_EQ(result.status, 200);
+  EXPECT_EQ(result.headers["x-kept"], "yes");
+  EXPECT_EQ(result.headers.count("x-split"), 0u);
+  EXPECT_EQ(result.headers.count("x-injected"), 0u);
+  EXPECT_EQ(result.headers.count("x-folded"), 0u);
+  EXPECT_EQ(result.headers.count(" x-folded"), 0u);
+}
+
+// Pipelines `count` requests for /a/big/<i> on one connection without reading, until `read` is
+// set; then reads the answers and returns how many came complete and in order.
+int PipelineThenRead(int port, int count, const std::atomic<bool>& read) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int small = 16 * 1024;  // so that the proxy, not the client's socket, holds the answers
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  timeval timeout{30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    close(fd);
+    return -1;
+  }
+  std::string batch;
+  for (int i = 0; i < count; ++i) {
+    batch += "GET /a/big/" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  }
+  std::string_view rest = batch;
+  while (!rest.empty()) {  // blocks while the proxy does not read
+    ssize_t n = send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
+    if (n <= 0) break;
+    rest.remove_prefix(static_cast<size_t>(n));
+  }
+  while (!read) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::string input;
+  int answered = 0;
+  char chunk[64 * 1024];
+  while (answered < count) {
+    size_t head_end = input.find("\r\n\r\n");
+    size_t length_at = input.find("Content-Length: ");
+    if (head_end != std::string::npos && length_at < head_end) {
+      size_t length = std::stoul(input.substr(length_at + 16));
+      if (input.size() >= head_end + 4 + length) {
+        std::string expected = "/a/big/" + std::to_string(answered);
+        if (input.compare(head_end + 4, expected.size(), expected) != 0) break;  // out of order
+        input.erase(0, head_end + 4 + length);
+        ++answered;
+        continue;
+      }
+    }
+    ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n <= 0) break;
+    input.append(chunk, static_cast<size_t>(n));
+  }
+  close(fd);
+  return answered;
+}
+
+// A client that pipelines thousands of requests and reads none of the answers holds the proxy to
+// about --max-connection-buffer-bytes; once it reads, every answer comes, in order.
+TEST_F(ProxyBusTest, PipeliningClientThatDoesNotReadIsBoundedByTheConnectionBuffer) {
+  constexpr size_t kLimit = 64 * 1024;
+  constexpr int kCount = 3000;  // 24 MiB of answers
+  proxy_bus_ = Connect();
+  ASSERT_NE(proxy_bus_, nullptr);
+  ProxyOptions options;
+  options.proxy_id = "p1";
+  options.http.port = 0;
+  options.http.max_connection_buffer_bytes = kLimit;
+  options.access_log = false;
+  proxy_ = std::make_unique<Proxy>(&loop_, *proxy_bus_, subjects_, options);
+  ASSERT_TRUE(proxy_->Start().ok());
+  StartReplicaAndRoutes();
+
+  std::atomic<bool> read{false};
+  auto answered =
+      std::async(std::launch::async, PipelineThenRead, proxy_->port(), kCount, std::cref(read));
+  size_t most = 0;
+  auto sample = [&] {
+    most = std::max(most, proxy_->buffered_bytes());
+    return proxy_->paused_connection_count() == 1;
+  };
+  ASSERT_TRUE(RunUntil(&loop_, sample)) << "the proxy never stopped reading";
+  EXPECT_GT(most, 0u);
+  // The bound: the limit, plus the answer and request that crossed it and one read of input.
+  constexpr size_t kBound = kLimit + 8 * 1024 + 64 * 1024 + 1024;
+  EXPECT_LE(most, kBound);
+  read = true;
+  ASSERT_TRUE(RunUntil(
+      &loop_,
+      [&] {
+        most = std::max(most, proxy_->buffered_bytes());
+        return answered.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+      },
+      /*timeout_s=*/60));
+  EXPECT_EQ(answered.get(), kCount);
+  EXPECT_LE(most, kBound);
+}
+
+TEST(OpenFileLimit, IsRaisedToTheHardLimit) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit lowered = saved;
+  lowered.rlim_cur = std::min<rlim_t>(saved.rlim_max, 256);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  Result<uint64_t> raised = RaiseOpenFileLimit();
+  rlimit now{};
+  getrlimit(RLIMIT_NOFILE, &now);
+  setrlimit(RLIMIT_NOFILE, &saved);
+  ASSERT_TRUE(raised.ok()) << raised.error();
+  EXPECT_EQ(now.rlim_cur, saved.rlim_max);
+  EXPECT_EQ(*raised, static_cast<uint64_t>(saved.rlim_max));
 }
 
 }  // namespace
