@@ -190,6 +190,8 @@ int StartInstance(const GlobalOptions& global, const StartOptions& options) {
 int DeployFile(const GlobalOptions& global, const DeployOptions& options) {
   auto config = config::LoadConfigFile(options.file);
   if (!config.ok()) return Fail(config.error());
+  // Before connecting: code that cannot run is refused whether or not Serve is up.
+  if (Status code = CheckLocalCode(*config, options.file); !code.ok()) return Fail(code.message());
   auto client = ConnectOrExplain(global);
   if (!client.ok()) return Fail(client.error());
   Status status = UploadCode(**client, *config, options.file);
@@ -309,6 +311,9 @@ int RunForeground(const GlobalOptions& global, const RunOptions& options) {
   if (!config.ok()) return Fail(config.error());
   if (config->deployments.empty()) {
     return Fail(options.deploy.file + " lists no deployments; add them under `deployments:`");
+  }
+  if (Status code = CheckLocalCode(*config, options.deploy.file); !code.ok()) {
+    return Fail(code.message());
   }
   std::vector<std::string> names = DeploymentNames(*config);
 

@@ -59,25 +59,58 @@ struct TempFile {
 
 }  // namespace
 
+namespace {
+
+// The local path of `d`'s code, checked as CheckLocalCode says; an empty path when `d` names no
+// local code (a builtin, or a digest).
+Result<fs::path> LocalCode(const config::Deployment& d, const fs::path& base) {
+  const bool is_directory = !d.working_dir.empty();
+  const std::string& given = is_directory ? d.working_dir : d.artifact;
+  if (given.empty() || config::IsArtifactDigest(given)) return fs::path();
+  fs::path local = (base / given).lexically_normal();
+  if (local.filename().empty()) local = local.parent_path();  // "dir/" or "."
+  std::string label = "deployment '" + d.name + "': ";
+  std::error_code ec;
+  if (is_directory ? !fs::is_directory(local, ec) : !fs::is_regular_file(local, ec)) {
+    return Status::Error(label + (is_directory ? "working_dir " : "artifact ") + given + " (" +
+                         local.string() + ") " +
+                         (fs::exists(local, ec)
+                              ? (is_directory ? "is not a directory" : "is not a regular file")
+                              : "does not exist") +
+                         (is_directory ? ""
+                                       : "; build it first, or fix the path (it is "
+                                         "relative to the config file)"));
+  }
+  // A command deployment's artifact is unpacked on the nodes: a file they cannot unpack is
+  // refused now rather than when every replica fails to start.
+  if (!is_directory && d.runtime == "command") {
+    if (Status tar = artifact::CheckTar(local.string()); !tar.ok()) {
+      return Status::Error(label + "artifact " + given + ": " + tar.message());
+    }
+  }
+  return local;
+}
+
+}  // namespace
+
+Status CheckLocalCode(const config::ConfigFile& config, const std::string& config_path) {
+  fs::path base = fs::absolute(config_path).parent_path();
+  for (const auto& d : config.deployments) {
+    if (auto local = LocalCode(d, base); !local.ok()) return local.status();
+  }
+  return Status::Ok();
+}
+
 Status UploadCode(Client& client, config::ConfigFile& config, const std::string& config_path) {
   fs::path base = fs::absolute(config_path).parent_path();
   for (auto& d : config.deployments) {
+    auto checked = LocalCode(d, base);
+    if (!checked.ok()) return checked.status();
+    if (checked->empty()) continue;
+    const fs::path& local = *checked;
     const bool is_directory = !d.working_dir.empty();
-    const std::string& given = is_directory ? d.working_dir : d.artifact;
-    if (given.empty() || config::IsArtifactDigest(given)) continue;
-    fs::path local = (base / given).lexically_normal();
-    if (local.filename().empty()) local = local.parent_path();  // "dir/" or "."
+    const std::string given = is_directory ? d.working_dir : d.artifact;
     std::string label = "deployment '" + d.name + "': ";
-    std::error_code ec;
-    if (is_directory ? !fs::is_directory(local, ec) : !fs::is_regular_file(local, ec)) {
-      return Status::Error(label + (is_directory ? "working_dir " : "artifact ") + given +
-                           " (" + local.string() + ") " +
-                           (fs::exists(local, ec) ? (is_directory ? "is not a directory"
-                                                                  : "is not a regular file")
-                                                  : "does not exist") +
-                           (is_directory ? "" : "; build it first, or fix the path (it is "
-                                                "relative to the config file)"));
-    }
     TempFile tar;
     std::string upload_path = local.string();
     Result<std::string> digest = std::string();

@@ -14,6 +14,13 @@ namespace serve::cli {
 // The deployment steps `serve deploy`, `serve delete` and `serve run` are made of. Each prints
 // its progress on stdout and returns an error a person can act on.
 
+// Checks the local code `config`'s native and command deployments name, before anything is
+// started or uploaded: the file or directory exists and is of the right kind, and a command
+// deployment's `artifact` is a tar the nodes can unpack (not compressed: see
+// artifact::CheckTar). Paths are taken relative to `config_path`'s directory; digests are not
+// checked here.
+Status CheckLocalCode(const config::ConfigFile& config, const std::string& config_path);
+
 // Uploads the code of `config`'s native and command deployments to the checkpointer (once per
 // digest) and replaces their local paths with the digests, printing a line per artifact. Paths
 // are taken relative to `config_path`'s directory.

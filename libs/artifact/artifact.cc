@@ -2,8 +2,11 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -34,34 +37,38 @@ std::string Hex(const unsigned char* bytes, size_t size) {
 // libarchive is opened at first use (see base/shared_library.h): replica workers link this
 // library but only those with a packaged working directory unpack anything.
 #define SERVE_LIBARCHIVE_FUNCTIONS(X) \
-  X(archive_entry_free) \
-  X(archive_entry_new) \
-  X(archive_entry_pathname) \
-  X(archive_entry_set_filetype) \
-  X(archive_entry_set_gid) \
-  X(archive_entry_set_mtime) \
-  X(archive_entry_set_pathname) \
-  X(archive_entry_set_perm) \
-  X(archive_entry_set_size) \
-  X(archive_entry_set_symlink) \
-  X(archive_entry_set_uid) \
-  X(archive_error_string) \
-  X(archive_read_data_block) \
-  X(archive_read_free) \
-  X(archive_read_new) \
-  X(archive_read_next_header) \
-  X(archive_read_open_filename) \
-  X(archive_read_support_format_tar) \
-  X(archive_write_close) \
-  X(archive_write_data) \
-  X(archive_write_data_block) \
-  X(archive_write_disk_new) \
-  X(archive_write_disk_set_options) \
-  X(archive_write_finish_entry) \
-  X(archive_write_free) \
-  X(archive_write_header) \
-  X(archive_write_new) \
-  X(archive_write_open_filename) \
+  X(archive_entry_filetype)           \
+  X(archive_entry_free)               \
+  X(archive_entry_hardlink)           \
+  X(archive_entry_new)                \
+  X(archive_entry_pathname)           \
+  X(archive_entry_perm)               \
+  X(archive_entry_set_filetype)       \
+  X(archive_entry_set_gid)            \
+  X(archive_entry_set_mtime)          \
+  X(archive_entry_set_pathname)       \
+  X(archive_entry_set_perm)           \
+  X(archive_entry_set_size)           \
+  X(archive_entry_set_symlink)        \
+  X(archive_entry_set_uid)            \
+  X(archive_error_string)             \
+  X(archive_read_data_block)          \
+  X(archive_read_free)                \
+  X(archive_read_new)                 \
+  X(archive_read_next_header)         \
+  X(archive_read_open_fd)             \
+  X(archive_read_open_filename)       \
+  X(archive_read_support_format_tar)  \
+  X(archive_write_close)              \
+  X(archive_write_data)               \
+  X(archive_write_data_block)         \
+  X(archive_write_disk_new)           \
+  X(archive_write_disk_set_options)   \
+  X(archive_write_finish_entry)       \
+  X(archive_write_free)               \
+  X(archive_write_header)             \
+  X(archive_write_new)                \
+  X(archive_write_open_filename)      \
   X(archive_write_set_format_pax_restricted)
 
 struct LibArchive {
@@ -213,20 +220,93 @@ Result<std::string> PackDirectory(const std::string& directory, const std::strin
   return DigestFile(tar_path);
 }
 
-Status UnpackTar(const std::string& tar_path, const std::string& directory) {
-  std::error_code ec;
-  fs::create_directories(directory, ec);
-  if (ec) return Status::Error("cannot create " + directory + ": " + ec.message());
-  if (!LoadedLibArchive().ok()) return LoadedLibArchive().status();
+namespace {
+
+// Why `path`, a name from a tar, may not be used as a path inside the directory it is unpacked
+// into: empty when it may.
+std::string PathRefusal(const char* path) {
+  if (path == nullptr || *path == '\0') return "it has no name";
+  fs::path relative(path);
+  if (relative.is_absolute()) return "it is an absolute path";
+  for (const fs::path& part : relative) {
+    if (part == "..") return "it climbs out with \"..\"";
+  }
+  return "";
+}
+
+// The first symbolic link met walking `path` (relative to the working directory) component by
+// component, the last one included; empty when there is none. Components that do not exist
+// yet end the walk: nothing below them can be a link.
+std::string FirstSymlinkOn(const std::string& path) {
+  fs::path walked;
+  for (const fs::path& part : fs::path(path)) {
+    if (part.empty() || part == "." || part == "/") continue;
+    walked /= part;
+    struct stat st {};
+    if (lstat(walked.c_str(), &st) != 0) return "";
+    if (S_ISLNK(st.st_mode)) return walked.string();
+  }
+  return "";
+}
+
+// Why the entry may not be unpacked into the working directory: empty when it may. Only
+// regular files, directories, symbolic links (to anywhere: the code they belong to runs with
+// the rights it has anyway) and hard links to files already unpacked are allowed, and nothing
+// is written through a link.
+std::string EntryRefusal(archive_entry* entry) {
+  const char* name = Archive().archive_entry_pathname(entry);
+  if (std::string why = PathRefusal(name); !why.empty()) return why;
+  if (std::string link = FirstSymlinkOn(name); !link.empty()) {
+    return "it would be written through the symbolic link " + link;
+  }
+  if (const char* target = Archive().archive_entry_hardlink(entry); target != nullptr) {
+    if (std::string why = PathRefusal(target); !why.empty()) {
+      return std::string("it is a hard link to ") + target + " and " + why;
+    }
+    if (std::string link = FirstSymlinkOn(target); !link.empty()) {
+      return std::string("it is a hard link to ") + target +
+             ", which goes through the symbolic link " + link;
+    }
+    struct stat st {};
+    if (lstat(target, &st) != 0 || !S_ISREG(st.st_mode)) {
+      return std::string("it is a hard link to ") + target +
+             ", which is not a regular file unpacked before it";
+    }
+    return "";
+  }
+  switch (Archive().archive_entry_filetype(entry)) {
+    case AE_IFREG:
+    case AE_IFDIR:
+    case AE_IFLNK:
+      return "";
+    case AE_IFCHR:
+      return "it is a character device";
+    case AE_IFBLK:
+      return "it is a block device";
+    case AE_IFIFO:
+      return "it is a FIFO (named pipe)";
+    case AE_IFSOCK:
+      return "it is a socket";
+    default:
+      return "it is of an unknown file type";
+  }
+}
+
+// Unpacks the tar open on `tar_fd` into the working directory. Runs in the child UnpackTar
+// forks, whose working directory is the target.
+Status UnpackHere(int tar_fd, const std::string& tar_path) {
   std::unique_ptr<archive, ArchiveReader> in(Archive().archive_read_new());
   Archive().archive_read_support_format_tar(in.get());
-  if (Archive().archive_read_open_filename(in.get(), tar_path.c_str(), 1 << 16) != ARCHIVE_OK) {
+  if (Archive().archive_read_open_fd(in.get(), tar_fd, 1 << 16) != ARCHIVE_OK) {
     return Status::Error("cannot open " + tar_path + ": " + Archive().archive_error_string(in.get()));
   }
+  // libarchive's own checks as well as ours: either alone would do today; both guard against
+  // the other's bugs. PERM restores the (sanitised) mode bits; owners, ACLs, extended attributes
+  // and file flags from the tar are never applied.
   std::unique_ptr<archive, ArchiveWriter> out(Archive().archive_write_disk_new());
   Archive().archive_write_disk_set_options(
       out.get(), ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-                     ARCHIVE_EXTRACT_SECURE_SYMLINKS);
+                     ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS);
   archive_entry* entry = nullptr;
   while (true) {
     int rc = Archive().archive_read_next_header(in.get(), &entry);
@@ -234,16 +314,19 @@ Status UnpackTar(const std::string& tar_path, const std::string& directory) {
     if (rc != ARCHIVE_OK) {
       return Status::Error("cannot read " + tar_path + ": " + Archive().archive_error_string(in.get()));
     }
-    std::string name = Archive().archive_entry_pathname(entry);
-    // Checked here rather than by libarchive, which sees the prefixed, absolute path.
-    fs::path relative(name);
-    bool climbs = std::any_of(relative.begin(), relative.end(),
-                              [](const fs::path& part) { return part == ".."; });
-    if (relative.is_absolute() || climbs) {
-      return Status::Error("refusing " + name + " in " + tar_path +
-                           ": it would land outside the directory it is unpacked into");
+    const char* pathname = Archive().archive_entry_pathname(entry);
+    std::string name = pathname != nullptr ? pathname : "";
+    if (std::string why = EntryRefusal(entry); !why.empty()) {
+      return Status::Error("refusing the entry '" + name + "' in " + tar_path + ": " + why +
+                           "; a working directory holds only files, directories and links, "
+                           "inside it");
     }
-    Archive().archive_entry_set_pathname(entry, (fs::path(directory) / name).c_str());
+    // Code never needs setuid, setgid or sticky bits, and a setuid file in the cache would be
+    // a way up for whoever can run it. Directories stay searchable and writable by the node,
+    // so the cache can always remove them.
+    mode_t perm = Archive().archive_entry_perm(entry) & 0777;
+    if (Archive().archive_entry_filetype(entry) == AE_IFDIR) perm |= 0700;
+    Archive().archive_entry_set_perm(entry, perm);
     if (Archive().archive_write_header(out.get(), entry) != ARCHIVE_OK) {
       return Status::Error("cannot unpack " + name + " from " + tar_path + ": " +
                            Archive().archive_error_string(out.get()));
@@ -264,7 +347,130 @@ Status UnpackTar(const std::string& tar_path, const std::string& directory) {
       return Status::Error("cannot unpack " + name + ": " + Archive().archive_error_string(out.get()));
     }
   }
+  // Directory modes are applied here, after their contents.
+  if (Archive().archive_write_close(out.get()) != ARCHIVE_OK) {
+    return Status::Error("cannot finish unpacking " + tar_path + ": " +
+                         Archive().archive_error_string(out.get()));
+  }
   return Status::Ok();
+}
+
+// Closes a file descriptor when it goes out of scope.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+Status CheckTar(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Error("cannot read " + path + ": " + std::strerror(errno));
+  // A tar header is one 512-byte block; ustar and pax write "ustar" at offset 257.
+  std::string head(512, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(in.gcount()));
+  struct Compression {
+    std::string_view magic;
+    const char* name;
+    const char* decompress;
+  };
+  static constexpr Compression kCompressions[] = {
+      {"\x1f\x8b", "gzip", "gunzip"},
+      {"BZh", "bzip2", "bunzip2"},
+      {"\xfd"
+       "7zXZ",
+       "xz", "unxz"},
+      {"\x28\xb5\x2f\xfd", "zstd", "unzstd"},
+  };
+  for (const Compression& c : kCompressions) {
+    if (std::string_view(head).substr(0, c.magic.size()) == c.magic) {
+      return Status::Error(path + " is a " + c.name +
+                           "-compressed tar; Serve takes uncompressed tars only: run `" +
+                           c.decompress + "` on it, or give the directory as working_dir");
+    }
+  }
+  if (head.size() < 512 || head.compare(257, 5, "ustar") != 0) {
+    return Status::Error(path +
+                         " is not a tar archive (no ustar header); give a tar made by "
+                         "`tar --format=pax`, or the directory as working_dir");
+  }
+  return Status::Ok();
+}
+
+Status UnpackTar(const std::string& tar_path, const std::string& directory) {
+  std::error_code ec;
+  fs::create_directories(directory, ec);
+  if (ec) return Status::Error("cannot create " + directory + ": " + ec.message());
+  // Loaded before the fork, so the child only calls into it.
+  if (!LoadedLibArchive().ok()) return LoadedLibArchive().status();
+  if (Status checked = CheckTar(tar_path); !checked.ok()) return checked;
+  Fd tar{::open(tar_path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (tar.fd < 0) return Status::Error("cannot open " + tar_path + ": " + std::strerror(errno));
+  Fd target{::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (target.fd < 0) return Status::Error("cannot open " + directory + ": " + std::strerror(errno));
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    return Status::Error(std::string("cannot unpack ") + tar_path +
+                         ": pipe: " + std::strerror(errno));
+  }
+  Fd from_child{pipe_fds[0]};
+  Fd to_parent{pipe_fds[1]};
+
+  // The entries are unpacked by a child process whose working directory is the target, under
+  // names relative to it. Prefixing each name with the target instead (as a single process
+  // must) would make every name absolute, so libarchive's ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS
+  // could not be used, and a hard link's target, which libarchive resolves against the working
+  // directory, would have to be rewritten by hand. chdir(2) changes the directory of the whole
+  // process, and this one has other threads (the bus client's); a child has only this one. The
+  // child reports its error text through the pipe.
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    return Status::Error(std::string("cannot unpack ") + tar_path +
+                         ": fork: " + std::strerror(errno));
+  }
+  if (pid == 0) {
+    Status status = ::fchdir(target.fd) == 0
+                        ? UnpackHere(tar.fd, tar_path)
+                        : Status::Error("cannot enter " + directory + ": " + std::strerror(errno));
+    const std::string& text = status.message();
+    size_t written = 0;
+    while (written < text.size()) {
+      ssize_t n = ::write(to_parent.fd, text.data() + written, text.size() - written);
+      if (n <= 0 && errno != EINTR) break;
+      if (n > 0) written += static_cast<size_t>(n);
+    }
+    // _exit: the child must not run the parent's exit handlers or flush its buffers.
+    ::_exit(status.ok() ? 0 : 1);
+  }
+  ::close(to_parent.fd);
+  to_parent.fd = -1;
+  std::string error;
+  char buffer[4096];
+  while (true) {
+    ssize_t n = ::read(from_child.fd, buffer, sizeof(buffer));
+    if (n > 0) {
+      error.append(buffer, static_cast<size_t>(n));
+    } else if (n == 0 || errno != EINTR) {
+      break;
+    }
+  }
+  int wait_status = 0;
+  while (::waitpid(pid, &wait_status, 0) < 0) {
+    if (errno != EINTR) {
+      return Status::Error(std::string("cannot unpack ") + tar_path +
+                           ": waitpid: " + std::strerror(errno));
+    }
+  }
+  if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0) return Status::Ok();
+  if (!error.empty()) return Status::Error(error);
+  if (WIFSIGNALED(wait_status)) {
+    return Status::Error("unpacking " + tar_path + " was killed by signal " +
+                         std::to_string(WTERMSIG(wait_status)));
+  }
+  return Status::Error("unpacking " + tar_path + " failed without saying why");
 }
 
 }  // namespace serve::artifact

@@ -40,9 +40,22 @@ Result<std::string> DigestFile(const std::string& path);
 // changing. Anything else (a socket, a device) is an error that names it.
 Result<std::string> PackDirectory(const std::string& directory, const std::string& tar_path);
 
-// Unpacks the tar at `tar_path` into `directory` (created if missing). Refuses entries that
-// would land outside it (absolute paths, "..", writing through a link). Links themselves may
-// point anywhere, as a virtualenv's do: the code they belong to runs with the same rights.
+// Checks that the file at `path` is a tar as UnpackTar takes it: uncompressed, with a ustar
+// (or pax) header. A compressed tar (gzip, bzip2, xz, zstd, recognised by their first bytes) is
+// refused with the command that decompresses it: the node never runs a decompressor on uploaded
+// bytes, whose unpacked size nothing would bound. `serve deploy` checks a command deployment's
+// `artifact` with this, so a wrong file is refused when it is deployed, not when replicas start.
+Status CheckTar(const std::string& path);
+
+// Unpacks the tar at `tar_path` into `directory` (created if missing), in a child process whose
+// working directory it is. Only regular files, directories, symbolic links and hard links to
+// files unpacked before them are accepted; an entry that would land outside the directory (an
+// absolute path, "..", a path through a symbolic link), a hard link to anything outside it or
+// through a link, a device, a FIFO or a socket is refused with an error naming the entry, before
+// anything is written for it. setuid, setgid and sticky bits are dropped. Symbolic links
+// themselves may point anywhere, as a virtualenv's do: the code they belong to runs with the
+// same rights. On an error, entries before the refused one stay in `directory`: unpack into a
+// fresh directory and remove it on failure.
 Status UnpackTar(const std::string& tar_path, const std::string& directory);
 
 }  // namespace serve::artifact

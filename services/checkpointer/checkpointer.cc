@@ -1,7 +1,9 @@
 #include "checkpointer/checkpointer.h"
 
+#include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 
@@ -18,7 +20,59 @@ constexpr uint64_t kSlowStoreMs = 1000;
 
 constexpr char kStopping[] = "the checkpointer is shutting down; retry against its replacement";
 
+constexpr char kStagedSuffix[] = ".upload";
+
+// Removes the staged uploads in `dir`: only files this class names, in case --staging-dir
+// points at a directory that holds other things too.
+int RemoveStagedFiles(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  int removed = 0;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > sizeof(kStagedSuffix) - 1 &&
+        name.compare(name.size() - (sizeof(kStagedSuffix) - 1), std::string::npos, kStagedSuffix) ==
+            0 &&
+        fs::remove(it->path(), ec)) {
+      ++removed;
+    }
+  }
+  return removed;
+}
+
 }  // namespace
+
+std::string ClientOf(const std::string& reply_subject) {
+  size_t last_dot = reply_subject.rfind('.');
+  return last_dot == std::string::npos ? reply_subject : reply_subject.substr(0, last_dot + 1);
+}
+
+int RemoveDeadStagingDirs(const std::string& parent, const std::string& prefix) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  int removed = 0;
+  for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string pid_text = name.substr(prefix.size());
+    if (pid_text.size() > 9 || pid_text.find_first_not_of("0123456789") != std::string::npos ||
+        !it->is_directory(ec) || it->is_symlink(ec)) {
+      continue;
+    }
+    // ESRCH only: EPERM means the process lives, under another user.
+    pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (pid <= 0 || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::error_code removing;
+    fs::remove_all(it->path(), removing);
+    if (removing) {
+      spdlog::warn("cannot remove the staging directory {} of a stopped checkpointer: {}",
+                   it->path().string(), removing.message());
+    } else {
+      ++removed;
+    }
+  }
+  return removed;
+}
 
 Checkpointer::Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
                            CheckpointStore& store, std::string staging_dir,
@@ -31,12 +85,25 @@ Checkpointer::Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& 
       metrics_registry_(std::move(metrics_prefix)),
       metrics_(metrics_registry_) {}
 
+Checkpointer::~Checkpointer() {
+  std::error_code ec;
+  for (const auto& [key, upload] : uploads_) std::filesystem::remove(upload.path, ec);
+  RemoveStagedFiles(staging_dir_);
+  // Only when empty: it may be a directory the operator named that holds other things.
+  std::filesystem::remove(staging_dir_, ec);
+}
+
 Status Checkpointer::Start() {
   std::error_code ec;
   std::filesystem::create_directories(staging_dir_, ec);
   if (ec) {
     return Status::Error("cannot create the upload staging directory " + staging_dir_ + ": " +
                          ec.message());
+  }
+  // Uploads do not survive a restart (their clients start again from offset 0), so what an
+  // earlier run left is garbage.
+  if (int removed = RemoveStagedFiles(staging_dir_); removed > 0) {
+    spdlog::info("removed {} unfinished uploads an earlier run left in {}", removed, staging_dir_);
   }
   struct Route {
     const std::string& subject;
@@ -231,20 +298,54 @@ void Checkpointer::DropAbandonedUploads() {
   }
 }
 
-wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put, bool* failed) {
+std::string Checkpointer::UploadRefusal(const wire::BlobPutT& put, const std::string& client,
+                                        const std::string& upload_key) const {
+  int in_progress = 0;
+  for (const auto& [key, upload] : uploads_) {
+    // Starting an upload over does not make it another one.
+    if (upload.client == client && key != upload_key) ++in_progress;
+  }
+  if (in_progress >= limits_.max_uploads_per_client) {
+    return "cannot start uploading " + put.digest + ": this client has " +
+           std::to_string(in_progress) + " uploads in progress, the most the checkpointer takes " +
+           "(--max-uploads-per-client " + std::to_string(limits_.max_uploads_per_client) +
+           "); finish them first (an upload idle for 10 minutes is dropped)";
+  }
+  return "";
+}
+
+wire::BlobPutReplyT Checkpointer::ReceiveChunk(const wire::BlobPutT& put, const std::string& client,
+                                               bool* failed) {
   wire::BlobPutReplyT reply;
   if (!config::IsArtifactDigest(put.digest)) {
     reply.error = "'" + put.digest + "' is not an artifact digest (sha256:<64 hex digits>)";
     return reply;
   }
+  if (put.data.size() > artifact::kChunkBytes) {
+    reply.error = "chunk of " + put.digest + " at offset " + std::to_string(put.offset) +
+                  " holds " + std::to_string(put.data.size()) + " bytes; a chunk holds at most " +
+                  std::to_string(artifact::kChunkBytes) + " (512 KiB): send smaller chunks";
+    return reply;
+  }
+  if (put.total_size > limits_.max_artifact_bytes) {
+    reply.error = "artifact " + put.digest + " is " + std::to_string(put.total_size) +
+                  " bytes, more than the checkpointer takes (--max-artifact-bytes " +
+                  std::to_string(limits_.max_artifact_bytes) +
+                  "); leave data out of the working directory or raise the limit";
+    return reply;
+  }
   DropAbandonedUploads();
   const std::string upload_key = put.digest + "/" + put.upload_id;
   if (put.offset == 0) {
+    if (std::string why = UploadRefusal(put, client, upload_key); !why.empty()) {
+      reply.error = why;
+      return reply;
+    }
     // A first chunk starts the upload over, whatever an earlier attempt left.
     std::string hex = put.digest.substr(put.digest.find(':') + 1);
     std::string name = hex + "-" + std::to_string(std::hash<std::string>{}(put.upload_id));
     auto& upload = uploads_[upload_key];
-    upload = Upload{staging_dir_ + "/" + name + ".upload", 0, put.total_size, 0};
+    upload = Upload{staging_dir_ + "/" + name + kStagedSuffix, client, 0, put.total_size, 0};
   }
   auto it = uploads_.find(upload_key);
   if (it == uploads_.end() || it->second.received != put.offset ||
@@ -311,7 +412,7 @@ void Checkpointer::OnBlobPut(const bus::Message& message) {
   if (stopped_) {
     reply.error = kStopping;
   } else {
-    reply = ReceiveChunk(request->value, &failed);
+    reply = ReceiveChunk(request->value, ClientOf(message.reply), &failed);
   }
   metrics_.SetUploads(uploads_.size());
   metrics_.Answered("blob_put", reply.error.empty() ? "ok" : failed ? "error" : "refused");

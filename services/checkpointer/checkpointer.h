@@ -18,6 +18,14 @@
 
 namespace serve::checkpointer {
 
+// The client a request came from, for UploadLimits: its reply subject without the last token.
+std::string ClientOf(const std::string& reply_subject);
+
+// Removes the staging directories `<parent>/<prefix><pid>` whose checkpointer process is gone
+// (killed before it could clean up), so they do not pile up across restarts. Directories of
+// live processes and anything not named so are left alone. Returns how many it removed.
+int RemoveDeadStagingDirs(const std::string& parent, const std::string& prefix);
+
 // Serves a CheckpointStore on the bus:
 //   <ns>.ckpt.put  CheckpointPut -> CheckpointPutReply (fenced by generation)
 //   <ns>.ckpt.get  CheckpointGet -> CheckpointGetReply
@@ -39,8 +47,22 @@ class Checkpointer {
   Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
                CheckpointStore& store, std::string staging_dir,
                std::string metrics_prefix = std::string(metrics::kDefaultPrefix));
+  // Removes the staging files of uploads still in progress.
+  ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
+
+  // What one client may make the checkpointer hold for uploads (docs/security.md, "Artifacts").
+  // A chunk is at most artifact::kChunkBytes whatever these say.
+  struct UploadLimits {
+    // The largest artifact (`total_size`) accepted: --max-artifact-bytes.
+    uint64_t max_artifact_bytes = uint64_t{2} << 30;
+    // Uploads in progress at once per client: --max-uploads-per-client. A client is the reply
+    // inbox its requests carry without the last token ("_INBOX.<id>." for a Serve bus
+    // connection), the one identity every request has: BlobPut carries none of its own.
+    int max_uploads_per_client = 4;
+  };
+  void SetUploadLimits(UploadLimits limits) { limits_ = limits; }
 
   // The --checkpoint-path this checkpointer was started with. A put or get naming another
   // store (its `store` field) is refused; one naming none is served.
@@ -52,7 +74,8 @@ class Checkpointer {
   // The figures of checkpointer_metrics.h and of this process, for a /metrics endpoint.
   const metrics::Registry& metrics() const { return metrics_registry_; }
 
-  // Subscribes to the subjects above.
+  // Removes what earlier runs left in the staging directory, then subscribes to the subjects
+  // above.
   Status Start();
   // From now on requests are answered with an error instead of touching the store, until the
   // bus owner closes the bus.
@@ -68,7 +91,12 @@ class Checkpointer {
   void OnBlobGet(const bus::Message& message);
   // Applies one chunk of an upload; the reply says how far the upload got. `failed` is set when
   // the error is the staging disk's or the store's, not the request's.
-  wire::BlobPutReplyT ReceiveChunk(const wire::BlobPutT& put, bool* failed);
+  // `client` is who sent it (see UploadLimits).
+  wire::BlobPutReplyT ReceiveChunk(const wire::BlobPutT& put, const std::string& client,
+                                   bool* failed);
+  // Why a first chunk from `client` may not start an upload: empty when it may.
+  std::string UploadRefusal(const wire::BlobPutT& put, const std::string& client,
+                            const std::string& upload_key) const;
   void Reply(const bus::Message& request, const std::string& bytes);
   // Decodes a request of table T. When it does not decode, answers a ReplyT table carrying why (in
   // JSON when the request looked like JSON) and returns nullopt.
@@ -113,6 +141,7 @@ class Checkpointer {
   // and when the last chunk came (loop time), so abandoned ones are dropped.
   struct Upload {
     std::string path;
+    std::string client;
     uint64_t received = 0;
     uint64_t total_size = 0;
     uint64_t last_chunk_ms = 0;
@@ -121,6 +150,7 @@ class Checkpointer {
   std::string staging_dir_;
   std::string store_uri_;
   std::map<std::string, Upload> uploads_;
+  UploadLimits limits_;
 
   metrics::Registry metrics_registry_;
   CheckpointerMetrics metrics_;

@@ -1,14 +1,15 @@
 #include "checkpointer/checkpointer.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "artifact/artifact.h"
 #include "artifact/transfer.h"
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "checkpointer/file_store.h"
 #include "support/loop.h"
 #include "support/process.h"
@@ -417,6 +418,136 @@ TEST_F(CheckpointerTest, ChunkThatDoesNotContinueAnUploadIsRefused) {
   put.digest = "md5:abc";
   reply = Reply<wire::BlobPutReply>(Send(subjects_.ckpt_blob_put, wire::Pack(put)));
   EXPECT_THAT(reply.error, HasSubstr("not an artifact digest"));
+}
+
+// One chunk of an upload of `bytes`.
+wire::BlobPutT Chunk(const std::string& bytes, const std::string& id, uint64_t offset,
+                     uint64_t length) {
+  wire::BlobPutT put;
+  put.digest = artifact::DigestOf(bytes);
+  put.total_size = bytes.size();
+  put.offset = offset;
+  put.upload_id = id;
+  put.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(offset),
+                  bytes.begin() + static_cast<std::ptrdiff_t>(offset + length));
+  return put;
+}
+
+TEST_F(CheckpointerTest, ChunkLargerThan512KiBIsRefused) {
+  std::string bytes(artifact::kChunkBytes + 1, 'x');
+  auto reply = Reply<wire::BlobPutReply>(
+      Send(subjects_.ckpt_blob_put, wire::Pack(Chunk(bytes, "big", 0, bytes.size()))));
+  EXPECT_THAT(reply.error, HasSubstr("at most 524288 (512 KiB)"));
+  EXPECT_FALSE(reply.stored);
+  EXPECT_TRUE(std::filesystem::is_empty(staging_.path()));
+  // The same bytes in chunks of the documented size are taken.
+  std::string source = tmp_.path() + "/big.so";
+  std::ofstream(source, std::ios::binary) << bytes;
+  auto upload =
+      artifact::Upload(&loop_, *client_, subjects_, source, artifact::DigestOf(bytes), 10);
+  EXPECT_TRUE(upload.ok()) << upload.error();
+}
+
+TEST_F(CheckpointerTest, ArtifactLargerThanTheLimitIsRefusedAtItsFirstChunk) {
+  checkpointer_->SetUploadLimits({.max_artifact_bytes = 100, .max_uploads_per_client = 4});
+  std::string bytes(101, 'x');
+  auto reply = Reply<wire::BlobPutReply>(
+      Send(subjects_.ckpt_blob_put, wire::Pack(Chunk(bytes, "u", 0, 10))));
+  EXPECT_THAT(reply.error, HasSubstr("is 101 bytes"));
+  EXPECT_THAT(reply.error, HasSubstr("--max-artifact-bytes 100"));
+  EXPECT_TRUE(std::filesystem::is_empty(staging_.path())) << "nothing is staged";
+  // What the CLI says.
+  std::string source = tmp_.path() + "/lib.so";
+  std::ofstream(source, std::ios::binary) << bytes;
+  auto upload =
+      artifact::Upload(&loop_, *client_, subjects_, source, artifact::DigestOf(bytes), 10);
+  ASSERT_FALSE(upload.ok());
+  EXPECT_THAT(upload.error(), HasSubstr("--max-artifact-bytes"));
+  // At the limit is fine.
+  bytes.pop_back();
+  auto at_limit = Reply<wire::BlobPutReply>(
+      Send(subjects_.ckpt_blob_put, wire::Pack(Chunk(bytes, "u", 0, bytes.size()))));
+  EXPECT_EQ(at_limit.error, "");
+  EXPECT_TRUE(at_limit.stored);
+}
+
+TEST_F(CheckpointerTest, UploadsInProgressAreBoundedPerClient) {
+  checkpointer_->SetUploadLimits({.max_artifact_bytes = 1000, .max_uploads_per_client = 2});
+  auto send = [&](bus::Bus& from, const wire::BlobPutT& put) {
+    return Reply<wire::BlobPutReply>(
+        bus::RequestAndWait(&loop_, from, subjects_.ckpt_blob_put, wire::Pack(put), 10));
+  };
+  std::string a = "aaaaaaaaaa", b = "bbbbbbbbbb", c = "cccccccccc";
+  EXPECT_EQ(send(*client_, Chunk(a, "1", 0, 4)).error, "");
+  EXPECT_EQ(send(*client_, Chunk(b, "2", 0, 4)).error, "");
+  auto third = send(*client_, Chunk(c, "3", 0, 4));
+  EXPECT_THAT(third.error, HasSubstr("2 uploads in progress"));
+  EXPECT_THAT(third.error, HasSubstr("--max-uploads-per-client 2"));
+  // Starting one of its own uploads over is not another upload.
+  EXPECT_EQ(send(*client_, Chunk(a, "1", 0, 4)).error, "");
+  // Another client is not held back by this one.
+  auto other = Connect();
+  ASSERT_TRUE(other);
+  EXPECT_EQ(send(*other, Chunk(c, "4", 0, 10)).error, "");
+  // A finished upload makes room.
+  auto finished = send(*client_, Chunk(a, "1", 4, 6));
+  EXPECT_TRUE(finished.stored) << finished.error;
+  EXPECT_EQ(send(*client_, Chunk(c, "3", 0, 4)).error, "");
+}
+
+TEST_F(CheckpointerTest, StagingFilesAreRemovedAtStartAndAtExit) {
+  namespace fs = std::filesystem;
+  // What a killed checkpointer left, and a file that is not ours.
+  std::ofstream(staging_.path() + "/deadbeef-1.upload") << "half an upload";
+  std::ofstream(staging_.path() + "/notes.txt") << "someone else's";
+  // A new checkpointer, on a new connection: the old one's subscriptions go with its bus.
+  checkpointer_.reset();
+  server_ = Connect();
+  ASSERT_TRUE(server_);
+  checkpointer_ =
+      std::make_unique<Checkpointer>(&loop_, *server_, subjects_, *store_, staging_.path());
+  ASSERT_TRUE(checkpointer_->Start().ok());
+  EXPECT_FALSE(fs::exists(staging_.path() + "/deadbeef-1.upload"));
+  EXPECT_TRUE(fs::exists(staging_.path() + "/notes.txt"));
+
+  std::string bytes = "0123456789";
+  // The new subscriptions go live asynchronously: poll until the chunk is answered.
+  auto answered = RequestWhenAnswered(&loop_, *client_, subjects_.ckpt_blob_put,
+                                      wire::Pack(Chunk(bytes, "u", 0, 4)));
+  ASSERT_TRUE(answered.ok()) << answered.error();
+  EXPECT_EQ(Reply<wire::BlobPutReply>(answered).error, "");
+  int staged = 0;
+  for (const auto& entry : fs::directory_iterator(staging_.path())) {
+    staged += entry.path().extension() == ".upload";
+  }
+  EXPECT_EQ(staged, 1);
+  checkpointer_.reset();
+  EXPECT_EQ(std::distance(fs::directory_iterator(staging_.path()), fs::directory_iterator()), 1)
+      << "only notes.txt is left";
+}
+
+TEST(StagingDirsTest, OnlyThoseOfDeadCheckpointersAreRemoved) {
+  namespace fs = std::filesystem;
+  testing::TempDir tmp;
+  const std::string prefix = "serve-uploads-ns-";
+  fs::create_directories(tmp.path() + "/" + prefix + std::to_string(getpid()));
+  // Beyond any pid_max, so no such process.
+  fs::create_directories(tmp.path() + "/" + prefix + "999999999");
+  std::ofstream(tmp.path() + "/" + prefix + "999999999/x.upload") << "left";
+  fs::create_directories(tmp.path() + "/" + prefix + "1-999999999");  // namespace "ns-1"
+  fs::create_directories(tmp.path() + "/" + prefix + "abc");
+  EXPECT_EQ(RemoveDeadStagingDirs(tmp.path(), prefix), 1);
+  EXPECT_FALSE(fs::exists(tmp.path() + "/" + prefix + "999999999"));
+  EXPECT_TRUE(fs::exists(tmp.path() + "/" + prefix + std::to_string(getpid())));
+  EXPECT_TRUE(fs::exists(tmp.path() + "/" + prefix + "1-999999999"));
+  EXPECT_TRUE(fs::exists(tmp.path() + "/" + prefix + "abc"));
+}
+
+TEST(ClientOfTest, IsTheReplyInboxWithoutItsLastToken) {
+  EXPECT_EQ(ClientOf("_INBOX.abc123.7"), "_INBOX.abc123.");
+  EXPECT_EQ(ClientOf("_INBOX.abc123.8"), ClientOf("_INBOX.abc123.7"));
+  EXPECT_NE(ClientOf("_INBOX.other.7"), ClientOf("_INBOX.abc123.7"));
+  EXPECT_EQ(ClientOf(""), "");
 }
 
 TEST_F(CheckpointerTest, GarbageOnBlobSubjectsGetsAnError) {

@@ -38,6 +38,19 @@ int main(int argc, char** argv) {
   app.add_option("--staging-dir", staging_dir,
                  "Where artifact uploads are assembled before they are stored "
                  "(default: $TMPDIR/serve-uploads-<namespace>-<pid>)");
+  checkpointer::Checkpointer::UploadLimits limits;
+  app.add_option("--max-artifact-bytes", limits.max_artifact_bytes,
+                 "The largest code artifact (a shared library or a working directory's tar) an "
+                 "upload may declare; larger ones are refused at their first chunk")
+      ->envname("SERVE_MAX_ARTIFACT_BYTES")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 50));
+  app.add_option("--max-uploads-per-client", limits.max_uploads_per_client,
+                 "Artifact uploads one client (one bus connection's reply inbox) may have in "
+                 "progress at once")
+      ->envname("SERVE_MAX_UPLOADS_PER_CLIENT")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   app.add_option("--checkpoint-path", checkpoint_path,
                  "Where checkpoints live: file:///dir (default "
                  "file://$HOME/.serve/<namespace>/checkpoint)")
@@ -75,12 +88,17 @@ int main(int argc, char** argv) {
   bus::Subjects subjects(flags.ns);
   if (staging_dir.empty()) {
     const char* tmp = getenv("TMPDIR");
-    staging_dir = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
-                  "/serve-uploads-" + flags.ns + "-" + std::to_string(getpid());
+    std::string parent = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+    std::string prefix = "serve-uploads-" + flags.ns + "-";
+    // The default directory is per process; those of checkpointers killed before they could
+    // remove theirs go here.
+    checkpointer::RemoveDeadStagingDirs(parent, prefix);
+    staging_dir = parent + "/" + prefix + std::to_string(getpid());
   }
   checkpointer::Checkpointer checkpointer(&loop, **bus, subjects, **store, staging_dir,
                                           flags.metrics_name_prefix);
   checkpointer.SetStoreUri(checkpoint_path);
+  checkpointer.SetUploadLimits(limits);
   metrics::Endpoint metrics_endpoint(&loop, checkpointer.metrics(), "the checkpointer");
   std::unique_ptr<service::SignalWatcher> signals;
   auto shutdown = [&](const std::string& why) {

@@ -2,11 +2,14 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "artifact/artifact.h"
 #include "artifact/transfer.h"
@@ -45,6 +48,10 @@ class FileLock {
   int fd_;
 };
 
+bool IsDigestHex(const std::string& name) {
+  return name.size() == 64 && name.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
 }  // namespace
 
 Result<std::string> EnsureArtifact(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
@@ -60,6 +67,8 @@ Result<std::string> EnsureArtifact(uv_loop_t* loop, bus::Bus& bus, const bus::Su
   std::string file = cache_dir + "/" + hex;
   auto lock = FileLock::Acquire(file + ".lock");
   if (!lock.ok()) return lock.status();
+  // The lock file's time is the artifact's last use, for PruneArtifactCache.
+  ::utimensat(AT_FDCWD, (file + ".lock").c_str(), nullptr, 0);
 
   if (!fs::exists(file)) {
     Status fetched = artifact::Fetch(loop, bus, subjects, spec.artifact, spec.artifact_name, file,
@@ -88,6 +97,49 @@ Result<std::string> EnsureArtifact(uv_loop_t* loop, bus::Bus& bus, const bus::Su
     }
   }
   return directory;
+}
+
+size_t PruneArtifactCache(const std::string& cache_dir,
+                          const std::function<bool(const std::string& hex)>& in_use,
+                          double keep_unused_s) {
+  std::error_code ec;
+  auto now = fs::file_time_type::clock::now();
+  auto keep = std::chrono::duration_cast<fs::file_time_type::duration>(
+      std::chrono::duration<double>(keep_unused_s));
+  std::vector<std::string> unused;
+  for (fs::directory_iterator it(cache_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (!IsDigestHex(name) || in_use(name)) continue;
+    // The lock file's time is the last use; an artifact fetched by an agent that did not touch
+    // it has only its own.
+    std::error_code time_ec;
+    auto used = fs::last_write_time(it->path().string() + ".lock", time_ec);
+    if (time_ec) used = fs::last_write_time(it->path(), time_ec);
+    if (!time_ec && now - used > keep) unused.push_back(name);
+  }
+  size_t removed = 0;
+  for (const std::string& hex : unused) {
+    std::string lock_path = cache_dir + "/" + hex + ".lock";
+    int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) continue;
+    // Not waiting: a worker holding it is fetching or unpacking this artifact to run it.
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      // Under the lock nobody fetches or unpacks this artifact, so what its partial files and
+      // directories hold is what crashed workers left.
+      std::vector<fs::path> entries;
+      for (fs::directory_iterator it(cache_dir, ec), end; !ec && it != end; it.increment(ec)) {
+        std::string name = it->path().filename().string();
+        if (name.rfind(hex, 0) == 0 && name != hex + ".lock") entries.push_back(it->path());
+      }
+      for (const fs::path& entry : entries) {
+        std::error_code remove_ec;
+        fs::remove_all(entry, remove_ec);
+      }
+      ++removed;
+    }
+    ::close(fd);
+  }
+  return removed;
 }
 
 }  // namespace serve::replica

@@ -207,6 +207,12 @@ int RunAgent(int argc, char** argv) {
   app.add_option("--work-dir", options.work_dir,
                  "Where replica specs live (default: ~/.serve/<namespace>/nodes/<node-id>)")
       ->envname("SERVE_NODE_WORK_DIR");
+  app.add_option("--artifact-cache-keep-s", options.artifact_cache_keep_s,
+                 "Remove cached code no replica of this node runs and none has started with "
+                 "for this many seconds (0: keep it)")
+      ->envname("SERVE_ARTIFACT_CACHE_KEEP_S")
+      ->capture_default_str()
+      ->check(service::NumberIn(0, 1e9));
   app.add_option("--heartbeat-period-s", options.heartbeat_period_s)
       ->capture_default_str()
       ->check(service::NumberIn(0.05, 60));  // the range the controller accepts from a heartbeat

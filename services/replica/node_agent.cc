@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "bus/bus.h"
+#include "replica/artifact_cache.h"
 #include "service/descriptors.h"
 #include "wire/codec.h"
 
@@ -79,6 +80,20 @@ Status NodeAgent::Start() {
   auto prune = [this] {
     size_t removed = logs_.Prune([this](const std::string& id) { return workers_.count(id) > 0; });
     if (removed > 0) spdlog::info("removed {} log files of replicas that exited", removed);
+    if (options_.artifact_cache_keep_s > 0) {
+      auto in_use = [this](const std::string& hex) {
+        std::string digest = "sha256:";
+        digest.append(hex);
+        return std::any_of(workers_.begin(), workers_.end(),
+                           [&](const auto& entry) { return entry.second->artifact == digest; });
+      };
+      size_t pruned = PruneArtifactCache((fs::path(options_.work_dir) / "artifacts").string(),
+                                         in_use, options_.artifact_cache_keep_s);
+      if (pruned > 0) {
+        spdlog::info("removed {} artifacts unused for {} s from the node's cache", pruned,
+                     options_.artifact_cache_keep_s);
+      }
+    }
   };
   prune();
   prune_logs_ = std::make_unique<service::RepeatingTimer>(loop_, 60, prune);
@@ -144,6 +159,7 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   worker->version = order.spec->version;
   worker->fingerprint = order.fingerprint;
   worker->config_hash = order.config_hash;
+  worker->artifact = order.spec->artifact;
   worker->error_file = base + ".error";
   worker->graceful_timeout_s = order.spec->graceful_shutdown_timeout_s;
   fs::remove(worker->error_file);

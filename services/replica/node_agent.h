@@ -48,6 +48,9 @@ struct NodeAgentOptions {
   int replica_log_files = 2;
   double keep_replica_logs_s = 3600;
   size_t keep_replica_logs = 200;
+  // Artifacts in <work_dir>/artifacts that no worker of the node runs and none has started
+  // with for this long are removed (0: kept until removed by hand). See PruneArtifactCache.
+  double artifact_cache_keep_s = 86400;
 };
 
 // The node agent: registers the node (its heartbeat carries its resources), starts one worker
@@ -76,6 +79,7 @@ class NodeAgent {
     std::string version;
     std::string fingerprint;
     std::string config_hash;
+    std::string artifact;  // the digest of its code; empty for builtins
     std::string error_file;
     std::string scratch_dir;  // removed when the worker exits
     double graceful_timeout_s = 20;

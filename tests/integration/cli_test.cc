@@ -220,6 +220,26 @@ TEST_F(CliTest, DeployWithoutAnInstanceSaysHowToStartOne) {
   EXPECT_THAT(watch.output, HasSubstr("serve start"));
 }
 
+TEST_F(CliTest, DeployOfACompressedTarIsRefusedBeforeAnythingRuns) {
+  WriteFile(dir_.path() + "/code.tar.gz", std::string("\x1f\x8b\x08\x00", 4) + "rest");
+  std::string config = WriteConfig(
+      "deployments:\n"
+      "  - name: app\n"
+      "    runtime: command\n"
+      "    artifact: code.tar.gz\n"
+      "    command: [\"python3\", \"server.py\"]\n");
+  // No instance runs: the file is refused before the CLI looks for one.
+  auto result = Serve({"deploy", config});
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_THAT(result.output, HasSubstr("gzip-compressed tar"));
+  EXPECT_THAT(result.output, HasSubstr("gunzip"));
+  EXPECT_THAT(result.output, Not(HasSubstr("serve start")));
+  auto run = Serve({"run", config});
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.output, HasSubstr("gzip-compressed tar"));
+  EXPECT_FALSE(fs::exists(run_dir_ + "/pids")) << "nothing was started";
+}
+
 TEST_F(CliTest, RunStartsServesAndOnSigtermUndoesEverythingItDid) {
   int http_port = FreePort();
   LoggedProcess run =

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <future>
 #include <set>
@@ -144,6 +145,22 @@ TEST(UserCodeTest, BadCodeEndsInDeployFailedWithItsCause) {
   yaml += "  - name: never-listens\n    runtime: command\n    working_dir: " + commands +
           "\n    command: [\"/usr/bin/python3\", \"never_listens.py\"]\n"
           "    startup_timeout_s: 1\n";
+  // A tar whose hard link reaches a file outside the cache: the node refuses to unpack it.
+  std::string victim = cluster.dir() + "/victim.txt";
+  WriteFile(victim, "original");
+  std::string hostile = cluster.dir() + "/hostile.tar";
+  WriteFile(cluster.dir() + "/make_tar.py",
+            "import io, tarfile\n"
+            "t = tarfile.open('" +
+                hostile +
+                "', 'w')\n"
+                "i = tarfile.TarInfo('escape'); i.type = tarfile.LNKTYPE; i.linkname = '" +
+                victim +
+                "'\n"
+                "t.addfile(i); t.close()\n");
+  ASSERT_EQ(std::system(("python3 " + cluster.dir() + "/make_tar.py").c_str()), 0);
+  yaml += "  - name: hostile-tar\n    runtime: command\n    artifact: " + hostile +
+          "\n    command: [\"/bin/sh\", \"-c\", \"echo owned > escape\"]\n";
   std::string path = cluster.dir() + "/bad.yaml";
   WriteFile(path, yaml);
   auto submitted = cluster.Serve({"deploy", "--no-wait", path});
@@ -156,6 +173,7 @@ TEST(UserCodeTest, BadCodeEndsInDeployFailedWithItsCause) {
       {"ctor-throws", {"model file missing on purpose"}},
       {"exits-at-once", {"exited with code 3"}},
       {"never-listens", {"did not answer on port", "startup_timeout_s"}},
+      {"hostile-tar", {"refusing the entry 'escape'", "hard link to " + victim}},
   };
   bool all_failed = WaitUntil(
       [&] {
@@ -170,6 +188,7 @@ TEST(UserCodeTest, BadCodeEndsInDeployFailedWithItsCause) {
     std::string message = cluster.Deployment(name)["message"].get<std::string>();
     for (const auto& word : words) EXPECT_THAT(message, HasSubstr(word)) << name;
   }
+  EXPECT_EQ(ReadFile(victim), "original");
   std::cout << "DEPLOY_FAILED messages:\n";
   for (const auto& [name, words] : expected) {
     std::cout << "  " << name << ": " << cluster.Deployment(name)["message"] << "\n";
