@@ -107,7 +107,7 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec,
   if (spec.route_prefix.empty() && !spec.name.empty()) spec.route_prefix = "/" + spec.name;
   if (spec.resources == nullptr) spec.resources = std::make_unique<wire::ResourcesT>();
   config::Deployment deployment = config::FromSpec(spec);
-  Status valid = config::ValidateDeployment(deployment);
+  Status valid = config::ValidateDeployment(deployment, options_.limits);
   if (valid.ok()) valid = config::ValidateArtifactReference(deployment);
   if (!valid.ok()) return valid;
   for (const auto& [name, other] : deployments_) {
@@ -136,6 +136,29 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec,
   }
   if (spec.version.empty()) spec.version = DerivedVersion(spec);
   return Status::Ok();
+}
+
+Status Reconciler::CheckNamespaceReplicas(const std::vector<wire::DeploymentSpecT>& specs,
+                                          const std::set<std::string>& leaving) const {
+  // What the namespace asks for once this request is applied: the request's deployments at
+  // their new counts, the others as they are, those leaving not at all.
+  std::map<std::string, int64_t> wanted;
+  int64_t now = 0;
+  for (const auto& [name, d] : deployments_) {
+    now += d.spec.num_replicas;
+    if (leaving.count(name) == 0) wanted[name] = d.spec.num_replicas;
+  }
+  for (const auto& spec : specs) wanted[spec.name] = spec.num_replicas;
+  int64_t total = 0;
+  for (const auto& [name, count] : wanted) total += count;
+  if (total <= options_.max_replicas_per_namespace || total <= now) return Status::Ok();
+  std::string names;
+  for (const auto& spec : specs) names += (names.empty() ? "'" : ", '") + spec.name + "'";
+  return Status::Error("num_replicas: deploying " + names + " would make " + std::to_string(total) +
+                       " replicas in the namespace, more than " +
+                       std::to_string(options_.max_replicas_per_namespace) +
+                       " (serve-controller --max-replicas-per-namespace); ask for fewer "
+                       "replicas or delete a deployment first");
 }
 
 std::string Reconciler::TargetVersion(const std::string& name) const {
@@ -191,6 +214,7 @@ Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::Deployment
                            ErrorKind::kConflict);
     }
   }
+  if (Status total = CheckNamespaceReplicas(specs, leaving); !total.ok()) return total;
   std::vector<std::string> results;
   for (auto& spec : specs) {
     std::string fingerprint = Fingerprint(spec);
@@ -280,7 +304,7 @@ std::vector<std::string> Reconciler::Restore(const std::vector<wire::DeploymentS
   for (const auto& spec : specs) {
     // The store is not trusted more than the bus: a deployment that breaks today's rules
     // (tampered with, or admitted under looser ones) is left out rather than acted on.
-    Status valid = config::ValidateDeployment(config::FromSpec(spec));
+    Status valid = config::ValidateDeployment(config::FromSpec(spec), options_.limits);
     if (!valid.ok()) {
       skipped.push_back(valid.message());
       continue;

@@ -62,6 +62,11 @@ struct ReconcilerOptions {
   double forget_lost_nodes_after_s = 600;
   // A stop for a worker the controller does not want is sent again only after this long.
   double orphan_stop_resend_s = 30;
+  // What one deployment may ask for (--max-replicas-per-deployment, ...).
+  config::Limits limits;
+  // The replicas all deployments of the namespace may ask for together: each is tracked, placed
+  // and reported, so the sum bounds the controller's memory and the work of every step.
+  int max_replicas_per_namespace = 10'000;
 };
 
 // How a start order ended, as the node agent answered it.
@@ -154,6 +159,10 @@ class Reconciler {
  private:
   Result<std::vector<std::string>> Deploy(std::vector<wire::DeploymentSpecT> specs,
                                           const std::set<std::string>& leaving);
+  // Refuses a request that would take the namespace past max_replicas_per_namespace (one that
+  // shrinks it is let through, so a namespace over a lowered limit can still scale down).
+  Status CheckNamespaceReplicas(const std::vector<wire::DeploymentSpecT>& specs,
+                                const std::set<std::string>& leaving) const;
   struct Replica {
     std::string id;
     std::string deployment;

@@ -738,6 +738,61 @@ TEST_F(ReconcilerTest, RoutePrefixUsedByAnotherDeploymentIsRefused) {
   EXPECT_THAT(DeployOk(std::move(a2)), ElementsAre("a: scaled from 1 to 2 replicas"));
 }
 
+// Bounded inputs: the replicas of a namespace are capped as a whole, and a request past the cap
+// changes nothing.
+TEST_F(ReconcilerTest, NamespaceReplicaCapRefusesWhatWouldExceedItAndChangesNothing) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 10;
+  Recreate(options);
+  DeployOk(Spec("a", 6));
+  DeployOk(Spec("b", 4));
+  cluster_.ClearCalls();
+  std::string error = DeployError(Spec("c", 1));
+  EXPECT_THAT(error, HasSubstr("num_replicas"));
+  EXPECT_THAT(error, HasSubstr("would make 11 replicas in the namespace, more than 10 "
+                               "(serve-controller --max-replicas-per-namespace)"));
+  EXPECT_EQ(r().Desired().size(), 2u);
+  EXPECT_THAT(DeployError(Spec("a", 7)), HasSubstr("would make 11 replicas"));
+  EXPECT_EQ(r().Desired()[0].num_replicas, 6);
+  EXPECT_TRUE(cluster_.events.empty());
+
+  // What fits once another deployment shrinks (or leaves) is let through.
+  std::vector<wire::DeploymentSpecT> both;
+  both.push_back(Spec("a", 2));
+  both.push_back(Spec("c", 4));
+  EXPECT_TRUE(r().Deploy(std::move(both)).ok());
+  std::vector<wire::DeploymentSpecT> only_c;
+  only_c.push_back(Spec("c", 10));
+  EXPECT_TRUE(r().Apply(std::move(only_c)).ok()) << "a and b leave";
+}
+
+TEST_F(ReconcilerTest, NamespaceOverALoweredCapMayStillShrink) {
+  DeployOk(Spec("a", 8));
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 5;
+  auto desired = r().Desired();
+  Recreate(options);
+  r().Restore(desired);
+  EXPECT_THAT(DeployError(Spec("a", 9)), HasSubstr("more than 5"));
+  DeployOk(Spec("a", 7));
+}
+
+TEST_F(ReconcilerTest, DeploymentLimitsComeFromTheOptions) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 30'000;
+  options.limits.max_replicas = 20'000;
+  options.limits.max_concurrent_queries = 200;
+  Recreate(options);
+  DeployOk(Spec("big", 20'000));
+  EXPECT_THAT(DeployError(Spec("bigger", 20'001)),
+              HasSubstr("num_replicas must be at most 20000 (serve-controller "
+                        "--max-replicas-per-deployment)"));
+  auto spec = Spec("busy");
+  spec.max_concurrent_queries = 201;
+  EXPECT_THAT(DeployError(std::move(spec)),
+              HasSubstr("max_concurrent_queries must be at most 200"));
+}
+
 TEST_F(ReconcilerTest, ConflictsWithinOneRequestAreRefused) {
   std::vector<wire::DeploymentSpecT> same_route;
   same_route.push_back(Spec("x"));
