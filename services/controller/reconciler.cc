@@ -924,6 +924,10 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
   // Too few: add pending replicas, unless start failures are backing off or gave up.
   if (static_cast<int>(current.size()) < target && !failed && now >= d.next_start_after) {
     int missing = target - static_cast<int>(current.size());
+    if (missing > kMaxNewReplicasPerStep) {
+      missing = kMaxNewReplicasPerStep;
+      MarkDirty(d.spec.name);  // the rest at the next step
+    }
     for (int i = 0; i < missing; ++i) {
       Replica& replica = AddReplica(NewReplicaId(d.spec.name), d.spec.name);
       replica.fingerprint = d.fingerprint;
@@ -993,11 +997,23 @@ void Reconciler::PlacePending() {
     }
     starting[node_id] = std::max(own, node.reported_starting);
   }
+  // Replicas of one deployment and spec need the same resources: once one of them finds no
+  // node, the others of this pass find none either (placing only takes resources), so they
+  // get its reason without the search. This keeps a pass over 20,000 replicas waiting for
+  // resources to a few string comparisons each.
+  std::map<std::string, std::string> unplaceable;  // deployment + fingerprint -> why
   std::vector<std::string> ids(pending_.begin(), pending_.end());
   for (const auto& id : ids) {
     Replica& replica = replicas_.at(id);
     auto d = deployments_.find(replica.deployment);
     if (d == deployments_.end()) continue;
+    const std::string kind = replica.deployment + "\n" + replica.fingerprint;
+    if (auto known = unplaceable.find(kind); known != unplaceable.end()) {
+      if (replica.message != known->second) {
+        SetReplicaState(replica, ReplicaState::PENDING, known->second);
+      }
+      continue;
+    }
     Node* best = nullptr;
     int best_same = 0;
     double best_free = 0;
@@ -1024,6 +1040,7 @@ void Reconciler::PlacePending() {
                              : Shortfall(replica.resources);
       if (!busy) d->second.pending_reason = why;
       if (replica.message != why) SetReplicaState(replica, ReplicaState::PENDING, why);
+      unplaceable.emplace(kind, std::move(why));
       continue;
     }
     AssignNode(replica, best->id);
@@ -1168,8 +1185,14 @@ wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) con
     status->route_prefix = d.spec.route_prefix;
     status->runtime = d.spec.runtime;
     status->num_replicas = d.spec.num_replicas;
+    int pending_listed = 0;
+    int pending_not_listed = 0;
     for (const auto& id : ReplicasOf(name)) {
       const Replica& r = replicas_.at(id);
+      if (r.state == ReplicaState::PENDING && pending_listed++ >= kMaxListedPending) {
+        ++pending_not_listed;
+        continue;
+      }
       auto replica = std::make_unique<wire::ReplicaStatusT>();
       replica->id = id;
       replica->state = r.state;
@@ -1177,6 +1200,10 @@ wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) con
       replica->version = r.version;
       replica->message = r.message;
       status->replicas.push_back(std::move(replica));
+    }
+    if (pending_not_listed > 0) {
+      status->message.append(status->message.empty() ? "" : "; ")
+          .append(std::to_string(pending_not_listed) + " more PENDING replicas not listed");
     }
     reply.deployments.push_back(std::move(status));
   }

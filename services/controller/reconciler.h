@@ -96,6 +96,14 @@ class Reconciler {
   static constexpr double kMinReportedPeriod_s = 0.05;
   static constexpr double kMaxReportedPeriod_s = 60;
   static double SanePeriod(double reported_s);
+  // Status lists at most this many PENDING replicas of a deployment and counts the rest in the
+  // deployment's message: a deploy the cluster cannot run (20,000 replicas pending for
+  // resources) must not make the status answer larger than a bus message may be.
+  static constexpr int kMaxListedPending = 100;
+  // A step creates at most this many replicas per deployment; a larger deploy goes on at the
+  // next steps (every 100 ms). So no one turn of the controller's loop, which heartbeats and
+  // status requests share, grows with the size of a request.
+  static constexpr int kMaxNewReplicasPerStep = 1000;
 
   Reconciler(const Clock& clock, ReconcilerActions& actions, ReconcilerOptions options = {});
 
@@ -134,6 +142,7 @@ class Reconciler {
   // Acts on everything that changed: timeouts, placement, scaling, replacement, statuses.
   void Step();
 
+  // Every replica but PENDING ones beyond kMaxListedPending per deployment.
   wire::StatusReplyT Report(const std::vector<std::string>& names) const;
   // Routes to RUNNING replicas; generation and controller id are the caller's.
   wire::RouteTableT Routes() const;

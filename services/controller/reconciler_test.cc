@@ -793,6 +793,50 @@ TEST_F(ReconcilerTest, DeploymentLimitsComeFromTheOptions) {
               HasSubstr("max_concurrent_queries must be at most 200"));
 }
 
+// Status stays small however many replicas wait: a hundred PENDING ones are listed, the rest
+// counted.
+TEST_F(ReconcilerTest, StatusListsAHundredPendingReplicasAndCountsTheRest) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 20'000;
+  options.limits.max_replicas = 20'000;
+  Recreate(options);
+  AddNode("n1", 1);
+  DeployOk(Spec("big", 20'000));
+  for (int i = 0; i < 20; ++i) r().Step();  // a step creates at most kMaxNewReplicasPerStep
+  auto report = r().Report({"big"});
+  ASSERT_EQ(report.deployments.size(), 1u);
+  const auto& d = *report.deployments[0];
+  ASSERT_EQ(d.replicas.size(), 101u);
+  int pending = 0;
+  for (const auto& replica : d.replicas) pending += replica->state == wire::ReplicaState::PENDING;
+  EXPECT_EQ(pending, 100);
+  EXPECT_THAT(d.message, HasSubstr("19899 more PENDING replicas not listed"));
+}
+
+// A large deploy is taken in over several steps, so no one step grows with the request.
+TEST_F(ReconcilerTest, LargeDeployCreatesReplicasOverSeveralSteps) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 2'500;
+  Recreate(options);
+  auto created = [&] {
+    std::set<std::string> ids;
+    for (const auto& e : cluster_.events) {
+      if (e.kind == "replica" && e.state == "PENDING") ids.insert(e.name);
+    }
+    return ids.size();
+  };
+  DeployOk(Spec("big", 2'500));
+  EXPECT_EQ(created(), static_cast<size_t>(Reconciler::kMaxNewReplicasPerStep));
+  r().Step();
+  EXPECT_EQ(created(), 2u * Reconciler::kMaxNewReplicasPerStep);
+  r().Step();
+  EXPECT_EQ(created(), 2'500u);
+  r().Step();
+  EXPECT_EQ(created(), 2'500u);
+  EXPECT_THAT(r().Report({"big"}).deployments[0]->message,
+              HasSubstr("2400 more PENDING replicas not listed"));
+}
+
 TEST_F(ReconcilerTest, ConflictsWithinOneRequestAreRefused) {
   std::vector<wire::DeploymentSpecT> same_route;
   same_route.push_back(Spec("x"));
