@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-user-config-bytes", limits.max_user_config_bytes,
                  "The largest user_config (as JSON) a deployment may carry")
       ->capture_default_str()
-      ->check(service::NumberIn(2, static_cast<double>(widest.max_user_config_bytes)));
+      ->check(CLI::Range(size_t{2}, widest.max_user_config_bytes));
   std::string dashboard_host = "127.0.0.1";
   int dashboard_port = 8265;
   app.add_option("--dashboard-host", dashboard_host, "Address of the REST API and dashboard")
