@@ -453,23 +453,28 @@ std::string KnownRuntimesText() {
   return out;
 }
 
-// Upper bounds: beyond them a value is a typo or an attack, and honouring it would stall the
-// controller (two billion replicas to track) or a worker (a thread per concurrent query).
-constexpr int kMaxReplicas = 10000;
-constexpr int kMaxConcurrentQueries = 10000;
-constexpr double kMaxDurationS = 86400;  // a day
+// Fixed bounds (the configurable ones are in Limits). A day is the longest duration: services
+// turn durations into milliseconds and nanoseconds (8.64e13 ns fits in 63 bits, 8.64e7 ms in 31),
+// so no timeout can overflow into an instant kill.
+constexpr double kMaxDurationS = 86400;
 constexpr double kMaxResourceAmount = 1e6;
+// Replicas heartbeat every health_check_period_s: more often would have every replica flood the
+// controller, and a check deadline shorter than a scheduler tick fails healthy replicas.
+constexpr double kMinHealthCheckPeriodS = 0.05;
+constexpr double kMinHealthCheckTimeoutS = 0.05;
+// The proxy answers paths under /-/ itself (/-/healthz, /-/metrics, /-/routes).
+constexpr std::string_view kReservedRoutePrefix = "/-";
 
 // `value` must be a finite number, at least `minimum` (above it, when `strict`) and at most
 // `maximum`.
 std::optional<Problem> CheckNumber(const std::string& option, double value, double minimum,
-                                   bool strict, double maximum) {
+                                   bool strict, double maximum, const std::string& why = "") {
   if (std::isnan(value) || std::isinf(value)) {
     return Problem{option, option + " must be a finite number, got " + FormatNumber(value)};
   }
   if (!(strict ? value > minimum : value >= minimum)) {
-    return Problem{option, option + " must be " + (strict ? "> " : ">= ") +
-                               FormatNumber(minimum) + ", got " + FormatNumber(value)};
+    return Problem{option, option + " must be " + (strict ? "> " : ">= ") + FormatNumber(minimum) +
+                               ", got " + FormatNumber(value) + why};
   }
   if (value > maximum) {
     return Problem{option, option + " must be at most " + FormatNumber(maximum) + ", got " +
@@ -478,7 +483,7 @@ std::optional<Problem> CheckNumber(const std::string& option, double value, doub
   return std::nullopt;
 }
 
-std::optional<Problem> FindProblem(const Deployment& d) {
+std::optional<Problem> FindProblem(const Deployment& d, const Limits& limits) {
   // name
   if (d.name.empty()) {
     return Problem{"name",
@@ -520,6 +525,12 @@ std::optional<Problem> FindProblem(const Deployment& d) {
     return Problem{
         "route_prefix",
         "route_prefix must be a URL path without whitespace, '?' or '#', got " + Quote(route)};
+  }
+  if (route == kReservedRoutePrefix ||
+      route.rfind(std::string(kReservedRoutePrefix) + "/", 0) == 0) {
+    return Problem{"route_prefix", "route_prefix " + Quote(route) +
+                                       " is reserved: the proxy serves paths under /-/ itself "
+                                       "(/-/healthz, /-/metrics, /-/routes); choose another"};
   }
   // runtime
   if (d.runtime.empty()) {
@@ -587,31 +598,52 @@ std::optional<Problem> FindProblem(const Deployment& d) {
     return Problem{"num_replicas",
                    "num_replicas must be >= 0, got " + std::to_string(d.num_replicas)};
   }
-  if (d.num_replicas > kMaxReplicas) {
-    return Problem{"num_replicas", "num_replicas must be at most " + std::to_string(kMaxReplicas) +
-                                       ", got " + std::to_string(d.num_replicas)};
+  if (d.num_replicas > limits.max_replicas) {
+    return Problem{"num_replicas", "num_replicas must be at most " +
+                                       std::to_string(limits.max_replicas) +
+                                       " (serve-controller --max-replicas-per-deployment), got " +
+                                       std::to_string(d.num_replicas)};
   }
   if (d.max_concurrent_queries < 1) {
     return Problem{"max_concurrent_queries", "max_concurrent_queries must be >= 1, got " +
                                                  std::to_string(d.max_concurrent_queries)};
   }
-  if (d.max_concurrent_queries > kMaxConcurrentQueries) {
-    return Problem{"max_concurrent_queries", "max_concurrent_queries must be at most " +
-                                                 std::to_string(kMaxConcurrentQueries) + ", got " +
-                                                 std::to_string(d.max_concurrent_queries)};
+  if (d.max_concurrent_queries > limits.max_concurrent_queries) {
+    return Problem{"max_concurrent_queries",
+                   "max_concurrent_queries must be at most " +
+                       std::to_string(limits.max_concurrent_queries) +
+                       " (serve-controller --max-concurrent-queries), got " +
+                       std::to_string(d.max_concurrent_queries)};
   }
   // user_config: text from the bus must be JSON too, since replicas parse it.
+  // Its size first: a huge text is refused before it is parsed.
+  if (d.user_config_json.size() > limits.max_user_config_bytes) {
+    return Problem{"user_config", "user_config must be at most " +
+                                      std::to_string(limits.max_user_config_bytes) +
+                                      " bytes as JSON (serve-controller --max-user-config-bytes), "
+                                      "got " +
+                                      std::to_string(d.user_config_json.size())};
+  }
+  if (d.runtime == "command" && d.user_config_json.size() > kMaxCommandUserConfigBytes) {
+    return Problem{"user_config",
+                   "user_config must be at most " + std::to_string(kMaxCommandUserConfigBytes) +
+                       " bytes as JSON for runtime command, got " +
+                       std::to_string(d.user_config_json.size()) +
+                       ": the command receives it in the environment variable "
+                       "SERVE_USER_CONFIG, which Linux limits to 128 KiB; pass larger data as a "
+                       "file in working_dir"};
+  }
   if (!d.user_config_json.empty() && !nlohmann::json::accept(d.user_config_json)) {
     return Problem{"user_config",
                    "user_config must be JSON text, got " + Quote(d.user_config_json)};
   }
   // Durations.
-  if (auto p =
-          CheckNumber("health_check_period_s", d.health_check_period_s, 0, true, kMaxDurationS)) {
+  if (auto p = CheckNumber("health_check_period_s", d.health_check_period_s, kMinHealthCheckPeriodS,
+                           false, kMaxDurationS, " (every replica heartbeats this often)")) {
     return p;
   }
-  if (auto p =
-          CheckNumber("health_check_timeout_s", d.health_check_timeout_s, 0, true, kMaxDurationS)) {
+  if (auto p = CheckNumber("health_check_timeout_s", d.health_check_timeout_s,
+                           kMinHealthCheckTimeoutS, false, kMaxDurationS)) {
     return p;
   }
   if (auto p = CheckNumber("graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s, 0,
@@ -870,7 +902,7 @@ class Parser {
       Origin origin;
       origin.line = LineOf(item) > 0 ? LineOf(item) : deployments_line;
       if (Status s = ParseDeployment(item, index, &d, &origin); !s.ok()) return s;
-      if (std::optional<Problem> p = FindProblem(d)) {
+      if (std::optional<Problem> p = FindProblem(d, options_.limits)) {
         return Fail(origin.Line(p->option), Label(d.name, index) + ": " + p->detail);
       }
       file.deployments.push_back(std::move(d));
@@ -1185,7 +1217,15 @@ Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& so
   return Parser(source_name, options).Parse(yaml_text);
 }
 
-Result<ConfigFile> LoadConfigFile(const std::string& path) {
+Limits Limits::Widest() {
+  Limits widest;
+  widest.max_replicas = 1'000'000;
+  widest.max_concurrent_queries = 1'000'000;
+  widest.max_user_config_bytes = 64 << 20;
+  return widest;
+}
+
+Result<ConfigFile> LoadConfigFile(const std::string& path, ParseOptions options) {
   auto error = [&path](const std::string& why) {
     return Status::Error("cannot read config file '" + path + "': " + why);
   };
@@ -1205,19 +1245,19 @@ Result<ConfigFile> LoadConfigFile(const std::string& path) {
     }
   }
   if (std::ferror(file.get())) return error(std::generic_category().message(errno));
-  return ParseConfig(text, path);
+  return ParseConfig(text, path, options);
 }
 
-Status ValidateDeployment(const Deployment& d) {
-  if (std::optional<Problem> p = FindProblem(d)) {
+Status ValidateDeployment(const Deployment& d, const Limits& limits) {
+  if (std::optional<Problem> p = FindProblem(d, limits)) {
     return Status::Error(DeploymentLabel(d.name) + ": " + p->detail);
   }
   return Status::Ok();
 }
 
-Status ValidateDeployments(const std::vector<Deployment>& ds) {
+Status ValidateDeployments(const std::vector<Deployment>& ds, const Limits& limits) {
   for (const Deployment& d : ds) {
-    if (Status s = ValidateDeployment(d); !s.ok()) return s;
+    if (Status s = ValidateDeployment(d, limits); !s.ok()) return s;
   }
   return CheckUnique(ds, nullptr, "");
 }

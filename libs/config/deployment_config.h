@@ -65,6 +65,25 @@ struct ConfigFile {
   std::vector<Deployment> deployments;
 };
 
+// Upper bounds on what a deployment may ask for: beyond them a value is a typo or an attack, and
+// honouring it would make the controller track replicas without end or a worker hold
+// megabytes per request. The defaults are the controller's; its flags (named in each message)
+// change them. Widest() is the most any controller accepts: what a file is checked against
+// before it is known which controller it goes to.
+struct Limits {
+  int max_replicas = 10'000;               // per deployment (--max-replicas-per-deployment)
+  int max_concurrent_queries = 10'000;     // --max-concurrent-queries
+  size_t max_user_config_bytes = 1 << 20;  // as compact JSON (--max-user-config-bytes)
+
+  static Limits Widest();
+};
+
+// The most bytes of user_config (as JSON) runtime `command` can pass: it hands user_config to
+// the command in the environment variable SERVE_USER_CONFIG, and Linux refuses to start a
+// program with any one environment string longer than 128 KiB (MAX_ARG_STRLEN, counting the
+// name, '=' and the terminating NUL).
+inline constexpr size_t kMaxCommandUserConfigBytes = (128 << 10) - sizeof("SERVE_USER_CONFIG=");
+
 // Parses a config file's text and checks it: every deployment with ValidateDeployment and the
 // set with ValidateDeployments. `source_name` (normally the file's path) starts every error
 // message. Never throws.
@@ -76,6 +95,7 @@ struct ParseOptions {
   // An empty `deployments` list is a config of nothing (the REST API's "delete everything")
   // rather than an error.
   bool allow_empty = false;
+  Limits limits;
 };
 Result<ConfigFile> ParseConfig(std::string_view yaml_text, const std::string& source_name,
                                ParseOptions options = {});
@@ -89,17 +109,20 @@ std::string ConfigToJson(const ConfigFile& config, int indent = -1);
 std::string ConfigToYaml(const ConfigFile& config);
 
 // Reads the file at `path` and parses it with ParseConfig. An unreadable file is an error that
-// names the path and the reason (e.g. "No such file or directory").
-Result<ConfigFile> LoadConfigFile(const std::string& path);
+// names the path and the reason (e.g. "No such file or directory"). The CLI reads files with
+// this before it knows the controller's limits, so it checks against Limits::Widest() unless
+// told otherwise; the controller applies its own.
+Result<ConfigFile> LoadConfigFile(const std::string& path,
+                                  ParseOptions options = {.limits = Limits::Widest()});
 
 // Checks one deployment's values. The controller also calls this for deployments that arrive
 // over the bus, so messages make sense without a file:
 // "deployment 'x': num_replicas must be >= 0, got -1".
-Status ValidateDeployment(const Deployment& d);
+Status ValidateDeployment(const Deployment& d, const Limits& limits = {});
 
 // Checks each deployment with ValidateDeployment, then the set as a whole: no two deployments
 // may share a name or a route_prefix. An empty set is valid.
-Status ValidateDeployments(const std::vector<Deployment>& ds);
+Status ValidateDeployments(const std::vector<Deployment>& ds, const Limits& limits = {});
 
 // The runtimes this build knows, in the order messages list them.
 const std::vector<std::string>& KnownRuntimes();

@@ -724,9 +724,10 @@ TEST(ParseConfig, CountRules) {
 
 TEST(ParseConfig, DurationRules) {
   EXPECT_EQ(ParseError(OneDeployment("    health_check_period_s: 0\n")),
-            "config.yaml:4: deployment 'app': health_check_period_s must be > 0, got 0");
+            "config.yaml:4: deployment 'app': health_check_period_s must be >= 0.05, got 0 "
+            "(every replica heartbeats this often)");
   EXPECT_EQ(ParseError(OneDeployment("    _health_check_timeout_s: -1\n")),
-            "config.yaml:4: deployment 'app': health_check_timeout_s must be > 0, got -1");
+            "config.yaml:4: deployment 'app': health_check_timeout_s must be >= 0.05, got -1");
   EXPECT_EQ(ParseError(OneDeployment("    graceful_shutdown_wait_loop_s: -0.5\n")),
             "config.yaml:4: deployment 'app': graceful_shutdown_wait_loop_s must be >= 0, got "
             "-0.5");
@@ -851,7 +852,7 @@ TEST(ValidateDeployment, EachRule) {
       {"user_config", [](Deployment& d) { d.user_config_json = "{nope"; },
        "user_config must be JSON text, got '{nope'"},
       {"period", [](Deployment& d) { d.health_check_period_s = 0; },
-       "health_check_period_s must be > 0, got 0"},
+       "health_check_period_s must be >= 0.05, got 0"},
       {"period nan", [](Deployment& d) { d.health_check_period_s = std::nan(""); },
        "health_check_period_s must be a finite number, got nan"},
       {"timeout inf",
@@ -886,7 +887,8 @@ TEST(ValidateDeployment, BoundaryValuesAreOk) {
   d.num_replicas = 0;
   d.max_concurrent_queries = 1;
   d.user_config_json = "null";
-  d.health_check_period_s = 0.001;
+  d.health_check_period_s = 0.05;
+  d.health_check_timeout_s = 0.05;
   d.graceful_shutdown_wait_loop_s = 0;
   d.graceful_shutdown_timeout_s = 0;
   d.resources.num_cpus = 0;
@@ -916,9 +918,11 @@ TEST(ValidateDeployment, UpperBoundsAreOkAndBeyondThemIsAnError) {
   };
   const std::vector<Case> cases = {
       {[](Deployment& x) { x.num_replicas = 2000000000; },
-       "num_replicas must be at most 10000, got 2000000000"},
+       "num_replicas must be at most 10000 (serve-controller --max-replicas-per-deployment), "
+       "got 2000000000"},
       {[](Deployment& x) { x.max_concurrent_queries = 10001; },
-       "max_concurrent_queries must be at most 10000, got 10001"},
+       "max_concurrent_queries must be at most 10000 (serve-controller "
+       "--max-concurrent-queries), got 10001"},
       {[](Deployment& x) { x.startup_timeout_s = 1e300; }, "startup_timeout_s must be at most"},
       {[](Deployment& x) { x.health_check_timeout_s = 86401; },
        "health_check_timeout_s must be at most"},
@@ -934,6 +938,134 @@ TEST(ValidateDeployment, UpperBoundsAreOkAndBeyondThemIsAnError) {
     c.change(changed);
     EXPECT_THAT(ValidateDeployment(changed).message(), HasSubstr(c.error));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded inputs (docs/security.md): every bound is refused with a message naming the field.
+
+TEST(BoundedInputs, HealthChecksAreNoMoreFrequentThanTwentyTimesASecond) {
+  Deployment d = ValidDeployment();
+  d.health_check_period_s = 0.049;
+  EXPECT_EQ(ValidateDeployment(d).message(),
+            "deployment 'app': health_check_period_s must be >= 0.05, got 0.049 (every replica "
+            "heartbeats this often)");
+  d = ValidDeployment();
+  d.health_check_timeout_s = 0.01;
+  EXPECT_EQ(ValidateDeployment(d).message(),
+            "deployment 'app': health_check_timeout_s must be >= 0.05, got 0.01");
+}
+
+// A day is the longest duration, so none can overflow when a service turns it into
+// milliseconds or nanoseconds (which would make a timeout fire at once).
+TEST(BoundedInputs, EveryDurationIsAtMostADay) {
+  for (double Deployment::*field :
+       {&Deployment::health_check_period_s, &Deployment::health_check_timeout_s,
+        &Deployment::graceful_shutdown_wait_loop_s, &Deployment::graceful_shutdown_timeout_s,
+        &Deployment::startup_timeout_s}) {
+    Deployment d = ValidDeployment();
+    d.*field = 86400;
+    EXPECT_TRUE(ValidateDeployment(d).ok());
+    for (double huge : {86400.5, 9.3e12, 1e300}) {
+      d.*field = huge;
+      Status status = ValidateDeployment(d);
+      EXPECT_FALSE(status.ok()) << huge;
+      EXPECT_THAT(status.message(), HasSubstr("_s must be at most 86400, got "));
+    }
+  }
+}
+
+TEST(BoundedInputs, CountsFollowTheLimitsGiven) {
+  Limits limits;
+  limits.max_replicas = 20'000;
+  limits.max_concurrent_queries = 200;
+  Deployment d = ValidDeployment();
+  d.num_replicas = 20'000;
+  EXPECT_FALSE(ValidateDeployment(d).ok()) << "the default limit is 10000";
+  EXPECT_TRUE(ValidateDeployment(d, limits).ok());
+  d.num_replicas = 20'001;
+  EXPECT_EQ(ValidateDeployment(d, limits).message(),
+            "deployment 'app': num_replicas must be at most 20000 (serve-controller "
+            "--max-replicas-per-deployment), got 20001");
+  d = ValidDeployment();
+  d.max_concurrent_queries = 201;
+  EXPECT_EQ(ValidateDeployment(d, limits).message(),
+            "deployment 'app': max_concurrent_queries must be at most 200 (serve-controller "
+            "--max-concurrent-queries), got 201");
+}
+
+// `"x...x"`: JSON text of exactly `bytes` bytes.
+std::string JsonStringOfSize(size_t bytes) {
+  std::string text = "\"";
+  text.append(bytes - 2, 'x');
+  return text.append("\"");
+}
+
+TEST(BoundedInputs, UserConfigSizeIsLimited) {
+  Deployment d = ValidDeployment();
+  d.user_config_json = JsonStringOfSize(1 << 20);
+  EXPECT_TRUE(ValidateDeployment(d).ok());
+  d.user_config_json = JsonStringOfSize((1 << 20) + 1);
+  EXPECT_EQ(ValidateDeployment(d).message(),
+            "deployment 'app': user_config must be at most 1048576 bytes as JSON "
+            "(serve-controller --max-user-config-bytes), got 1048577");
+  Limits small;
+  small.max_user_config_bytes = 100;
+  d.user_config_json = JsonStringOfSize(101);
+  EXPECT_THAT(ValidateDeployment(d, small).message(),
+              HasSubstr("user_config must be at most 100 bytes as JSON"));
+  d.user_config_json = JsonStringOfSize(100);
+  EXPECT_TRUE(ValidateDeployment(d, small).ok());
+}
+
+// Runtime command passes user_config in one environment variable, which Linux limits to
+// 128 KiB: what it could not pass is refused at deploy, not at the replica's start.
+TEST(BoundedInputs, CommandUserConfigMustFitInTheEnvironment) {
+  Deployment d = ValidDeployment();
+  d.runtime = "command";
+  d.command = {"python3", "server.py"};
+  d.artifact = "sha256:" + std::string(64, '0');
+  EXPECT_EQ(kMaxCommandUserConfigBytes, 131072u - 19u);
+  d.user_config_json = JsonStringOfSize(kMaxCommandUserConfigBytes);
+  EXPECT_TRUE(ValidateDeployment(d).ok());
+  d.user_config_json = JsonStringOfSize(kMaxCommandUserConfigBytes + 1);
+  Status status = ValidateDeployment(d);
+  EXPECT_THAT(status.message(),
+              HasSubstr("deployment 'app': user_config must be at most 131053 bytes as JSON "
+                        "for runtime command, got 131054"));
+  EXPECT_THAT(status.message(), HasSubstr("SERVE_USER_CONFIG"));
+  // Other runtimes take it over the bus: the general limit applies.
+  d = ValidDeployment();
+  d.user_config_json = JsonStringOfSize(kMaxCommandUserConfigBytes + 1);
+  EXPECT_TRUE(ValidateDeployment(d).ok());
+}
+
+TEST(BoundedInputs, RoutesUnderTheProxysOwnPrefixAreRefused) {
+  for (const char* route : {"/-", "/-/", "/-/healthz", "/-/routes/x", "/-/app"}) {
+    Deployment d = ValidDeployment();
+    d.route_prefix = route;
+    Status status = ValidateDeployment(d);
+    EXPECT_FALSE(status.ok()) << route;
+    if (std::string(route) != "/-/") {  // that one ends in '/', refused for it first
+      std::string expected = "route_prefix '";
+      expected.append(route).append("' is reserved: the proxy serves paths under /-/");
+      EXPECT_THAT(status.message(), HasSubstr(expected));
+    }
+  }
+  for (const char* route : {"/-a", "/a/-/b", "/--", "/x-"}) {
+    Deployment d = ValidDeployment();
+    d.route_prefix = route;
+    EXPECT_TRUE(ValidateDeployment(d).ok()) << route;
+  }
+  EXPECT_THAT(ParseError(OneDeployment("    route_prefix: /-/metrics\n")),
+              HasSubstr("config.yaml:4: deployment 'app': route_prefix '/-/metrics' is reserved"));
+}
+
+// A file is read before the controller is known: it is checked against the widest limits, and
+// the controller applies its own.
+TEST(BoundedInputs, FilesAreCheckedAgainstTheLimitsGiven) {
+  const std::string text = OneDeployment("    num_replicas: 20000\n");
+  EXPECT_THAT(ParseError(text), HasSubstr("num_replicas must be at most 10000"));
+  EXPECT_TRUE(ParseConfig(text, "config.yaml", {.limits = Limits::Widest()}).ok());
 }
 
 // What ConfigToJson and ConfigToYaml write, ParseConfig reads back to the same deployments:

@@ -262,7 +262,8 @@ http::Response Api::Deployments(const http::Request& request) {
   // Asked first, so a caller waiting for the controller is told to wait, not that its body is
   // fine or not.
   if (Status available = controller_.Available(); !available.ok()) return Error(available);
-  auto parsed = config::ParseConfig(request.body, "request body", {.allow_empty = true});
+  auto parsed = config::ParseConfig(request.body, "request body",
+                                    {.allow_empty = true, .limits = controller_.limits()});
   if (!parsed.ok()) return Error(parsed.status());
   std::vector<wire::DeploymentSpecT> specs;
   std::vector<std::string> names;

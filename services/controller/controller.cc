@@ -431,7 +431,20 @@ void Controller::OnStatus(bus::Message& message) {
   }
   reply.namespace_ = subjects_.ns;
   reply.route_generation = route_generation_;
-  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
+  const bool json = request.ok() && request->json;
+  std::string encoded = wire::EncodeReply(json_, reply, json);
+  const uint64_t limit = bus_.max_payload();
+  if (limit > 0 && encoded.size() > limit) {
+    // Unsent, the asker would only see a timeout; an answer that says why lets it act.
+    wire::StatusReplyT too_large;
+    too_large.namespace_ = subjects_.ns;
+    too_large.error = "the status is " + std::to_string(encoded.size()) +
+                      " bytes, more than the bus carries in one message (" + std::to_string(limit) +
+                      "); ask for fewer deployments by name, or raise the NATS server's "
+                      "max_payload";
+    encoded = wire::EncodeReply(json_, too_large, json);
+  }
+  (void)bus_.Respond(message, encoded);
 }
 
 void Controller::OnConfig(bus::Message& message) {

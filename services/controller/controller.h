@@ -67,6 +67,8 @@ class Controller : public ReconcilerActions {
   std::string TargetVersion(const std::string& name) const {
     return reconciler_.TargetVersion(name);
   }
+  // What one deployment may ask for; the REST API parses request bodies against it.
+  const config::Limits& limits() const { return options_.reconciler.limits; }
   // This run of the controller (StatusReply.controller_run).
   const std::string& run() const { return run_; }
   // GET /metrics on the dashboard port: the control loop, the deployments, nodes and proxies as

@@ -38,6 +38,26 @@ int main(int argc, char** argv) {
                  "Drop a lost node, proxy or supervisor from status after this long")
       ->capture_default_str()
       ->check(service::NumberIn(1, 1e7));
+  // Bounds on deploy requests: each protects the controller (replicas to track and place) or
+  // the workers (threads, memory) from a request that asks too much.
+  config::Limits& limits = options.reconciler.limits;
+  const config::Limits widest = config::Limits::Widest();
+  app.add_option("--max-replicas-per-deployment", limits.max_replicas,
+                 "The most num_replicas one deployment may ask for")
+      ->capture_default_str()
+      ->check(service::NumberIn(1, widest.max_replicas));
+  app.add_option("--max-replicas-per-namespace", options.reconciler.max_replicas_per_namespace,
+                 "The most replicas all deployments of the namespace may ask for together")
+      ->capture_default_str()
+      ->check(service::NumberIn(1, widest.max_replicas));
+  app.add_option("--max-concurrent-queries", limits.max_concurrent_queries,
+                 "The most max_concurrent_queries a deployment may ask for")
+      ->capture_default_str()
+      ->check(service::NumberIn(1, widest.max_concurrent_queries));
+  app.add_option("--max-user-config-bytes", limits.max_user_config_bytes,
+                 "The largest user_config (as JSON) a deployment may carry")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{2}, widest.max_user_config_bytes));
   std::string dashboard_host = "127.0.0.1";
   int dashboard_port = 8265;
   app.add_option("--dashboard-host", dashboard_host, "Address of the REST API and dashboard")

@@ -107,7 +107,7 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec,
   if (spec.route_prefix.empty() && !spec.name.empty()) spec.route_prefix = "/" + spec.name;
   if (spec.resources == nullptr) spec.resources = std::make_unique<wire::ResourcesT>();
   config::Deployment deployment = config::FromSpec(spec);
-  Status valid = config::ValidateDeployment(deployment);
+  Status valid = config::ValidateDeployment(deployment, options_.limits);
   if (valid.ok()) valid = config::ValidateArtifactReference(deployment);
   if (!valid.ok()) return valid;
   for (const auto& [name, other] : deployments_) {
@@ -136,6 +136,29 @@ Status Reconciler::Admit(wire::DeploymentSpecT& spec,
   }
   if (spec.version.empty()) spec.version = DerivedVersion(spec);
   return Status::Ok();
+}
+
+Status Reconciler::CheckNamespaceReplicas(const std::vector<wire::DeploymentSpecT>& specs,
+                                          const std::set<std::string>& leaving) const {
+  // What the namespace asks for once this request is applied: the request's deployments at
+  // their new counts, the others as they are, those leaving not at all.
+  std::map<std::string, int64_t> wanted;
+  int64_t now = 0;
+  for (const auto& [name, d] : deployments_) {
+    now += d.spec.num_replicas;
+    if (leaving.count(name) == 0) wanted[name] = d.spec.num_replicas;
+  }
+  for (const auto& spec : specs) wanted[spec.name] = spec.num_replicas;
+  int64_t total = 0;
+  for (const auto& [name, count] : wanted) total += count;
+  if (total <= options_.max_replicas_per_namespace || total <= now) return Status::Ok();
+  std::string names;
+  for (const auto& spec : specs) names += (names.empty() ? "'" : ", '") + spec.name + "'";
+  return Status::Error("num_replicas: deploying " + names + " would make " + std::to_string(total) +
+                       " replicas in the namespace, more than " +
+                       std::to_string(options_.max_replicas_per_namespace) +
+                       " (serve-controller --max-replicas-per-namespace); ask for fewer "
+                       "replicas or delete a deployment first");
 }
 
 std::string Reconciler::TargetVersion(const std::string& name) const {
@@ -191,6 +214,7 @@ Result<std::vector<std::string>> Reconciler::Deploy(std::vector<wire::Deployment
                            ErrorKind::kConflict);
     }
   }
+  if (Status total = CheckNamespaceReplicas(specs, leaving); !total.ok()) return total;
   std::vector<std::string> results;
   for (auto& spec : specs) {
     std::string fingerprint = Fingerprint(spec);
@@ -280,7 +304,7 @@ std::vector<std::string> Reconciler::Restore(const std::vector<wire::DeploymentS
   for (const auto& spec : specs) {
     // The store is not trusted more than the bus: a deployment that breaks today's rules
     // (tampered with, or admitted under looser ones) is left out rather than acted on.
-    Status valid = config::ValidateDeployment(config::FromSpec(spec));
+    Status valid = config::ValidateDeployment(config::FromSpec(spec), options_.limits);
     if (!valid.ok()) {
       skipped.push_back(valid.message());
       continue;
@@ -900,6 +924,10 @@ void Reconciler::ReconcileDeployment(Deployment& d) {
   // Too few: add pending replicas, unless start failures are backing off or gave up.
   if (static_cast<int>(current.size()) < target && !failed && now >= d.next_start_after) {
     int missing = target - static_cast<int>(current.size());
+    if (missing > kMaxNewReplicasPerStep) {
+      missing = kMaxNewReplicasPerStep;
+      MarkDirty(d.spec.name);  // the rest at the next step
+    }
     for (int i = 0; i < missing; ++i) {
       Replica& replica = AddReplica(NewReplicaId(d.spec.name), d.spec.name);
       replica.fingerprint = d.fingerprint;
@@ -969,11 +997,23 @@ void Reconciler::PlacePending() {
     }
     starting[node_id] = std::max(own, node.reported_starting);
   }
+  // Replicas of one deployment and spec need the same resources: once one of them finds no
+  // node, the others of this pass find none either (placing only takes resources), so they
+  // get its reason without the search. This keeps a pass over 20,000 replicas waiting for
+  // resources to a few string comparisons each.
+  std::map<std::string, std::string> unplaceable;  // deployment + fingerprint -> why
   std::vector<std::string> ids(pending_.begin(), pending_.end());
   for (const auto& id : ids) {
     Replica& replica = replicas_.at(id);
     auto d = deployments_.find(replica.deployment);
     if (d == deployments_.end()) continue;
+    const std::string kind = replica.deployment + "\n" + replica.fingerprint;
+    if (auto known = unplaceable.find(kind); known != unplaceable.end()) {
+      if (replica.message != known->second) {
+        SetReplicaState(replica, ReplicaState::PENDING, known->second);
+      }
+      continue;
+    }
     Node* best = nullptr;
     int best_same = 0;
     double best_free = 0;
@@ -1000,6 +1040,7 @@ void Reconciler::PlacePending() {
                              : Shortfall(replica.resources);
       if (!busy) d->second.pending_reason = why;
       if (replica.message != why) SetReplicaState(replica, ReplicaState::PENDING, why);
+      unplaceable.emplace(kind, std::move(why));
       continue;
     }
     AssignNode(replica, best->id);
@@ -1144,8 +1185,14 @@ wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) con
     status->route_prefix = d.spec.route_prefix;
     status->runtime = d.spec.runtime;
     status->num_replicas = d.spec.num_replicas;
+    int pending_listed = 0;
+    int pending_not_listed = 0;
     for (const auto& id : ReplicasOf(name)) {
       const Replica& r = replicas_.at(id);
+      if (r.state == ReplicaState::PENDING && pending_listed++ >= kMaxListedPending) {
+        ++pending_not_listed;
+        continue;
+      }
       auto replica = std::make_unique<wire::ReplicaStatusT>();
       replica->id = id;
       replica->state = r.state;
@@ -1153,6 +1200,10 @@ wire::StatusReplyT Reconciler::Report(const std::vector<std::string>& names) con
       replica->version = r.version;
       replica->message = r.message;
       status->replicas.push_back(std::move(replica));
+    }
+    if (pending_not_listed > 0) {
+      status->message.append(status->message.empty() ? "" : "; ")
+          .append(std::to_string(pending_not_listed) + " more PENDING replicas not listed");
     }
     reply.deployments.push_back(std::move(status));
   }

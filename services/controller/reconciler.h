@@ -62,6 +62,11 @@ struct ReconcilerOptions {
   double forget_lost_nodes_after_s = 600;
   // A stop for a worker the controller does not want is sent again only after this long.
   double orphan_stop_resend_s = 30;
+  // What one deployment may ask for (--max-replicas-per-deployment, ...).
+  config::Limits limits;
+  // The replicas all deployments of the namespace may ask for together: each is tracked, placed
+  // and reported, so the sum bounds the controller's memory and the work of every step.
+  int max_replicas_per_namespace = 10'000;
 };
 
 // How a start order ended, as the node agent answered it.
@@ -91,6 +96,14 @@ class Reconciler {
   static constexpr double kMinReportedPeriod_s = 0.05;
   static constexpr double kMaxReportedPeriod_s = 60;
   static double SanePeriod(double reported_s);
+  // Status lists at most this many PENDING replicas of a deployment and counts the rest in the
+  // deployment's message: a deploy the cluster cannot run (20,000 replicas pending for
+  // resources) must not make the status answer larger than a bus message may be.
+  static constexpr int kMaxListedPending = 100;
+  // A step creates at most this many replicas per deployment; a larger deploy goes on at the
+  // next steps (every 100 ms). So no one turn of the controller's loop, which heartbeats and
+  // status requests share, grows with the size of a request.
+  static constexpr int kMaxNewReplicasPerStep = 1000;
 
   Reconciler(const Clock& clock, ReconcilerActions& actions, ReconcilerOptions options = {});
 
@@ -129,6 +142,7 @@ class Reconciler {
   // Acts on everything that changed: timeouts, placement, scaling, replacement, statuses.
   void Step();
 
+  // Every replica but PENDING ones beyond kMaxListedPending per deployment.
   wire::StatusReplyT Report(const std::vector<std::string>& names) const;
   // Routes to RUNNING replicas; generation and controller id are the caller's.
   wire::RouteTableT Routes() const;
@@ -154,6 +168,10 @@ class Reconciler {
  private:
   Result<std::vector<std::string>> Deploy(std::vector<wire::DeploymentSpecT> specs,
                                           const std::set<std::string>& leaving);
+  // Refuses a request that would take the namespace past max_replicas_per_namespace (one that
+  // shrinks it is let through, so a namespace over a lowered limit can still scale down).
+  Status CheckNamespaceReplicas(const std::vector<wire::DeploymentSpecT>& specs,
+                                const std::set<std::string>& leaving) const;
   struct Replica {
     std::string id;
     std::string deployment;

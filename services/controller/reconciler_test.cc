@@ -738,6 +738,105 @@ TEST_F(ReconcilerTest, RoutePrefixUsedByAnotherDeploymentIsRefused) {
   EXPECT_THAT(DeployOk(std::move(a2)), ElementsAre("a: scaled from 1 to 2 replicas"));
 }
 
+// Bounded inputs: the replicas of a namespace are capped as a whole, and a request past the cap
+// changes nothing.
+TEST_F(ReconcilerTest, NamespaceReplicaCapRefusesWhatWouldExceedItAndChangesNothing) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 10;
+  Recreate(options);
+  DeployOk(Spec("a", 6));
+  DeployOk(Spec("b", 4));
+  cluster_.ClearCalls();
+  std::string error = DeployError(Spec("c", 1));
+  EXPECT_THAT(error, HasSubstr("num_replicas"));
+  EXPECT_THAT(error, HasSubstr("would make 11 replicas in the namespace, more than 10 "
+                               "(serve-controller --max-replicas-per-namespace)"));
+  EXPECT_EQ(r().Desired().size(), 2u);
+  EXPECT_THAT(DeployError(Spec("a", 7)), HasSubstr("would make 11 replicas"));
+  EXPECT_EQ(r().Desired()[0].num_replicas, 6);
+  EXPECT_TRUE(cluster_.events.empty());
+
+  // What fits once another deployment shrinks (or leaves) is let through.
+  std::vector<wire::DeploymentSpecT> both;
+  both.push_back(Spec("a", 2));
+  both.push_back(Spec("c", 4));
+  EXPECT_TRUE(r().Deploy(std::move(both)).ok());
+  std::vector<wire::DeploymentSpecT> only_c;
+  only_c.push_back(Spec("c", 10));
+  EXPECT_TRUE(r().Apply(std::move(only_c)).ok()) << "a and b leave";
+}
+
+TEST_F(ReconcilerTest, NamespaceOverALoweredCapMayStillShrink) {
+  DeployOk(Spec("a", 8));
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 5;
+  auto desired = r().Desired();
+  Recreate(options);
+  r().Restore(desired);
+  EXPECT_THAT(DeployError(Spec("a", 9)), HasSubstr("more than 5"));
+  DeployOk(Spec("a", 7));
+}
+
+TEST_F(ReconcilerTest, DeploymentLimitsComeFromTheOptions) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 30'000;
+  options.limits.max_replicas = 20'000;
+  options.limits.max_concurrent_queries = 200;
+  Recreate(options);
+  DeployOk(Spec("big", 20'000));
+  EXPECT_THAT(DeployError(Spec("bigger", 20'001)),
+              HasSubstr("num_replicas must be at most 20000 (serve-controller "
+                        "--max-replicas-per-deployment)"));
+  auto spec = Spec("busy");
+  spec.max_concurrent_queries = 201;
+  EXPECT_THAT(DeployError(std::move(spec)),
+              HasSubstr("max_concurrent_queries must be at most 200"));
+}
+
+// Status stays small however many replicas wait: a hundred PENDING ones are listed, the rest
+// counted.
+TEST_F(ReconcilerTest, StatusListsAHundredPendingReplicasAndCountsTheRest) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 20'000;
+  options.limits.max_replicas = 20'000;
+  Recreate(options);
+  AddNode("n1", 1);
+  DeployOk(Spec("big", 20'000));
+  for (int i = 0; i < 20; ++i) r().Step();  // a step creates at most kMaxNewReplicasPerStep
+  auto report = r().Report({"big"});
+  ASSERT_EQ(report.deployments.size(), 1u);
+  const auto& d = *report.deployments[0];
+  ASSERT_EQ(d.replicas.size(), 101u);
+  int pending = 0;
+  for (const auto& replica : d.replicas) pending += replica->state == wire::ReplicaState::PENDING;
+  EXPECT_EQ(pending, 100);
+  EXPECT_THAT(d.message, HasSubstr("19899 more PENDING replicas not listed"));
+}
+
+// A large deploy is taken in over several steps, so no one step grows with the request.
+TEST_F(ReconcilerTest, LargeDeployCreatesReplicasOverSeveralSteps) {
+  ReconcilerOptions options;
+  options.max_replicas_per_namespace = 2'500;
+  Recreate(options);
+  auto created = [&] {
+    std::set<std::string> ids;
+    for (const auto& e : cluster_.events) {
+      if (e.kind == "replica" && e.state == "PENDING") ids.insert(e.name);
+    }
+    return ids.size();
+  };
+  DeployOk(Spec("big", 2'500));
+  EXPECT_EQ(created(), static_cast<size_t>(Reconciler::kMaxNewReplicasPerStep));
+  r().Step();
+  EXPECT_EQ(created(), 2u * Reconciler::kMaxNewReplicasPerStep);
+  r().Step();
+  EXPECT_EQ(created(), 2'500u);
+  r().Step();
+  EXPECT_EQ(created(), 2'500u);
+  EXPECT_THAT(r().Report({"big"}).deployments[0]->message,
+              HasSubstr("2400 more PENDING replicas not listed"));
+}
+
 TEST_F(ReconcilerTest, ConflictsWithinOneRequestAreRefused) {
   std::vector<wire::DeploymentSpecT> same_route;
   same_route.push_back(Spec("x"));

@@ -68,6 +68,10 @@ std::string Seconds(double s) {
 
 }  // namespace
 
+size_t HandlerThreads(int concurrency, int cap) {
+  return static_cast<size_t>(std::clamp(concurrency, 1, std::max(1, cap)));
+}
+
 ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
                              WorkerOptions options, std::unique_ptr<Runtime> runtime)
     : loop_(loop),
@@ -81,7 +85,7 @@ ReplicaWorker::ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects
       inbox_(loop),
       latency_counts_(metrics::LatencyBucketsMs().size() + 1, 0) {
   if (runtime_->Concurrency() > 0) {
-    handlers_ = std::make_unique<service::ThreadPool>(runtime_->Concurrency());
+    handlers_ = std::make_unique<service::ThreadPool>(HandlerThreads(runtime_->Concurrency()));
   }
   // A small queue: a node runs hundreds of workers, each allocating its queue up front.
   if (options_.request_log) request_log_ = std::make_unique<log::RequestLog>(16);
@@ -300,7 +304,7 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
         if (new_config->max_concurrent_queries > 0) {
           options_.spec.max_concurrent_queries = new_config->max_concurrent_queries;
           if (handlers_ != nullptr && runtime_->ScalesWithLimit()) {
-            handlers_->SetMaxThreads(static_cast<size_t>(new_config->max_concurrent_queries));
+            handlers_->SetMaxThreads(HandlerThreads(new_config->max_concurrent_queries));
           }
         }
         double period = new_config->health_check_period_s;

@@ -17,6 +17,16 @@
 
 namespace serve::replica {
 
+// The most handler threads a worker runs, whatever max_concurrent_queries allows: requests
+// beyond them wait in the pool's queue, in order, and still count against
+// max_concurrent_queries. Ten thousand threads would cost their stacks and the scheduler more
+// than they bring, and a deploy request alone must not decide how many a node runs.
+inline constexpr int kMaxHandlerThreads = 256;
+
+// The handler threads for a runtime that runs `concurrency` (Runtime::Concurrency(), > 0)
+// requests at once: at least 1, at most `cap`.
+size_t HandlerThreads(int concurrency, int cap = kMaxHandlerThreads);
+
 struct WorkerOptions {
   std::string replica_id;
   std::string node_id;
@@ -33,8 +43,9 @@ struct WorkerOptions {
 //
 // Threads: the loop thread owns the bus and every counter. Requests run on the loop thread for
 // runtimes that never block (Concurrency() == 0), otherwise on a handler pool of
-// Concurrency() threads; check_health and reconfigure run on a control thread of their own,
-// so a busy or stuck handler never delays them. Results come back to the loop via an inbox.
+// HandlerThreads(Concurrency()) threads; check_health and reconfigure run on a control thread of
+// their own, so a busy or stuck handler never delays them. Results come back to the loop via an
+// inbox.
 class ReplicaWorker {
  public:
   ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,

@@ -99,6 +99,7 @@ void Cluster::StartController() {
                                    std::to_string(api_port_)};
   auto flags = CommonFlags();
   argv.insert(argv.end(), flags.begin(), flags.end());
+  argv.insert(argv.end(), options_.controller_flags.begin(), options_.controller_flags.end());
   controller_ = Process(argv, dir() + "/controller.log", EnvFor("controller"));
 }
 

@@ -23,6 +23,8 @@ class Cluster {
     std::string checkpoint_uri;
     // Extra environment for every service (store credentials, say).
     std::map<std::string, std::string> env;
+    // More flags for serve-controller (--max-replicas-per-namespace, say).
+    std::vector<std::string> controller_flags;
     // Wait in the constructor until the controller answers status with the nodes and a proxy.
     bool wait_until_ready = true;
     // nats-server runs the shipped deploy/nats/nats-server.conf (namespace "serve", a user per
