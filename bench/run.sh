@@ -71,6 +71,9 @@ start_proxy() {
   shift
   local port
   port=$(free_port)
+  # As the proxy role's NATS user, from the credentials `serve start` wrote.
+  SERVE_NATS_USER=$(awk '$1 == "proxy" {print $2}' "$WORK/run/bus-credentials") \
+  SERVE_NATS_PASSWORD=$(awk '$1 == "proxy" {print $3}' "$WORK/run/bus-credentials") \
   "$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve-proxy" --address "nats://127.0.0.1:$NATS_PORT" \
     --namespace bench --http-port "$port" "$@" >"$WORK/$name.log" 2>&1 &
   echo $! > "$WORK/$name.pid"
