@@ -228,16 +228,6 @@ Status PrepareBusCredentials(GlobalOptions& global, const StartOptions& options,
   return Status::Ok();
 }
 
-// A string for nats-server's configuration: double-quoted, with '\\' and '"' escaped.
-std::string NatsConfigString(const std::string& value) {
-  std::string out = "\"";
-  for (char c : value) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out + "\"";
-}
-
 }  // namespace
 
 std::string RunDirPath(const GlobalOptions& global) {
@@ -360,10 +350,10 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
     } else {
       text = "# Written by serve start.\nmax_payload: 8388608\n";
       if (!global.bus.user.empty()) {
-        text += "authorization {\n  user: " + NatsConfigString(global.bus.user) +
-                "\n  password: " + NatsConfigString(global.bus.password) + "\n}\n";
+        text += "authorization {\n  user: " + bus::QuotedPassword(global.bus.user) +
+                "\n  password: " + bus::QuotedPassword(global.bus.password) + "\n}\n";
       } else if (!global.bus.token.empty()) {
-        text += "authorization {\n  token: " + NatsConfigString(global.bus.token) + "\n}\n";
+        text += "authorization {\n  token: " + bus::QuotedPassword(global.bus.token) + "\n}\n";
       }
     }
     Status written = WritePrivateFile(config, text);

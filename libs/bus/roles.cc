@@ -121,7 +121,11 @@ std::string NatsServerConfigText(const std::string& ns,
 
 std::string QuotedPassword(std::string_view password) {
   std::string quoted = "\"";
-  return quoted.append(password).append("\"");
+  for (char c : password) {
+    if (c == '"' || c == '\\') quoted.push_back('\\');
+    quoted.push_back(c);
+  }
+  return quoted.append("\"");
 }
 
 }  // namespace serve::bus

@@ -57,7 +57,8 @@ std::string NatsServerConfig(const std::string& ns, PasswordOf password_of) {
   return NatsServerConfigText(ns, passwords);
 }
 
-// A password for a generated configuration: 32 random hex digits, quoted for the file.
+// `password` (or a user or token) as a double-quoted string of nats-server's configuration,
+// with '\\' and '"' escaped.
 std::string QuotedPassword(std::string_view password);
 
 }  // namespace serve::bus

@@ -11,7 +11,9 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "bus/roles.h"
 #include "replica/artifact_cache.h"
@@ -20,6 +22,8 @@
 #include "service/descriptors.h"
 #include "service/flags.h"
 #include "wire/codec.h"
+
+extern char** environ;
 
 namespace {
 
@@ -95,10 +99,13 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
       return 2;
     }
   }
-  for (const char* name : {"SERVE_NATS_USER", "SERVE_NATS_PASSWORD", "SERVE_NATS_TOKEN",
-                           "SERVE_WORKER_NATS_USER", "SERVE_WORKER_NATS_PASSWORD"}) {
-    unsetenv(name);
+  std::vector<std::string> secrets;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    std::string_view text(*entry);
+    std::string_view name = text.substr(0, text.find('='));
+    if (bus::IsSecretVariable(name)) secrets.emplace_back(name);
   }
+  for (const std::string& name : secrets) unsetenv(name.c_str());
   // The readiness pipe must not reach user code (a command's child processes).
   if (ready_fd > 2) fcntl(ready_fd, F_SETFD, FD_CLOEXEC);
 
