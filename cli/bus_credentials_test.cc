@@ -1,0 +1,53 @@
+#include "cli/bus_credentials.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "support/process.h"
+
+namespace serve::cli {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(BusCredentialsTest, WrittenPrivatelyAndReadBack) {
+  testing::TempDir dir;
+  std::string path = BusCredentialsPath(dir.path());
+  auto none = ReadBusCredentials(path);
+  ASSERT_TRUE(none.ok()) << none.error();
+  EXPECT_FALSE(none->has_value()) << "no file is not an error";
+
+  auto generated = BusCredentials::Generate("ns");
+  ASSERT_TRUE(generated.ok());
+  EXPECT_EQ(generated->Of(bus::Role::kProxy).user, "ns-proxy");
+  EXPECT_EQ(generated->Of(bus::Role::kProxy).password.size(), 32u);
+  EXPECT_NE(generated->Of(bus::Role::kProxy).password, generated->Of(bus::Role::kAdmin).password);
+  ASSERT_TRUE(WriteBusCredentials(path, *generated).ok());
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  auto read = ReadBusCredentials(path);
+  ASSERT_TRUE(read.ok() && read->has_value());
+  EXPECT_EQ((*read)->Of(bus::Role::kAdmin).password, generated->Of(bus::Role::kAdmin).password);
+}
+
+TEST(BusCredentialsTest, MalformedFilesAreRefusedWithTheFix) {
+  testing::TempDir dir;
+  std::string path = BusCredentialsPath(dir.path());
+  for (const char* text : {"garbage\n", "chef ns-chef pw\n", "admin ns-admin\n",
+                           "proxy ns-proxy pw\n", "\x01\x02\xff\n"}) {
+    testing::WriteFile(path, text);
+    auto read = ReadBusCredentials(path);
+    ASSERT_FALSE(read.ok()) << text;
+    EXPECT_THAT(read.error(), HasSubstr(path));
+    EXPECT_THAT(read.error(), HasSubstr("serve start"));
+  }
+}
+
+TEST(BusCredentialsTest, QuotedForTheServerConfiguration) {
+  EXPECT_EQ(bus::QuotedPassword("a\"b\\c"), "\"a\\\"b\\\\c\"");
+}
+
+}  // namespace
+}  // namespace serve::cli
