@@ -51,12 +51,16 @@ nginx -c "$WORK/nginx.conf" -p "$WORK" 2>/dev/null
 sed "s#../../build/examples#$ROOT/${SERVE_BUILD_DIR:-build}/examples#" examples/counter/serve.yaml \
   > "$WORK/counter.yaml"
 "${SERVE[@]}" deploy "$WORK/counter.yaml" >/dev/null
+# The same hello in Python: a class in the worker's interpreter (runtime: python) and an
+# http.server behind the command runtime.
+"${SERVE[@]}" deploy bench/python-hello/serve.yaml >/dev/null
 
-# Prints "requests/s p50 p99" for one wrk run.
+# Prints "requests/s p50 p99 non-2xx" for one wrk run (with $2 connections, default
+# $CONNECTIONS).
 measure() {
-  local url=$1
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >/dev/null  # warm-up
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" |
+  local url=$1 connections=${2:-$CONNECTIONS}
+  wrk -t"$THREADS" -c"$connections" -d"${DURATION}s" --latency "$url" >/dev/null  # warm-up
+  wrk -t"$THREADS" -c"$connections" -d"${DURATION}s" --latency "$url" |
     awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$NF}
          END {printf "%s %s %s %s\n", rps, p50, p99, bad ? bad : 0}'
 }
@@ -64,6 +68,10 @@ measure() {
 read -r nginx_rps nginx_p50 nginx_p99 nginx_bad < <(measure "http://127.0.0.1:$NGINX_PORT/hello")
 read -r serve_rps serve_p50 serve_p99 serve_bad < <(measure "http://127.0.0.1:$HTTP_PORT/hello")
 read -r native_rps native_p50 native_p99 native_bad < <(measure "http://127.0.0.1:$HTTP_PORT/counter")
+# Python at 32 connections, with builtin:hello at 32 in the same run to compare against.
+read -r hello32_rps hello32_p50 hello32_p99 hello32_bad < <(measure "http://127.0.0.1:$HTTP_PORT/hello" 32)
+read -r py_rps py_p50 py_p99 py_bad < <(measure "http://127.0.0.1:$HTTP_PORT/py-hello" 32)
+read -r pyhttp_rps pyhttp_p50 pyhttp_p99 pyhttp_bad < <(measure "http://127.0.0.1:$HTTP_PORT/py-http-hello" 32)
 
 # Starts a second proxy of the same instance with extra flags; prints its port.
 start_proxy() {
@@ -72,8 +80,7 @@ start_proxy() {
   local port
   port=$(free_port)
   # As the proxy role's NATS user, from the credentials `serve start` wrote.
-  SERVE_NATS_USER=$(awk '$1 == "proxy" {print $2}' "$WORK/run/bus-credentials") \
-  SERVE_NATS_PASSWORD=$(awk '$1 == "proxy" {print $3}' "$WORK/run/bus-credentials") \
+  SERVE_NATS_CREDS="$WORK/run/creds/proxy.creds" \
   "$ROOT/${SERVE_BUILD_DIR:-build}/bin/serve-proxy" --address "nats://127.0.0.1:$NATS_PORT" \
     --namespace bench --http-port "$port" "$@" >"$WORK/$name.log" 2>&1 &
   echo $! > "$WORK/$name.pid"
@@ -102,14 +109,21 @@ read -r log1 log2 nolog1 nolog2 access_log_cost < <(in_turn "$(start_proxy proxy
 
 ratio=$(awk -v a="$serve_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
 native_ratio=$(awk -v a="$native_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
+python_vs_command=$(awk -v a="$py_rps" -v b="$pyhttp_rps" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
+builtin_vs_python=$(awk -v a="$hello32_rps" -v b="$py_rps" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
 
 echo "| target | requests/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
 echo "| nginx, fixed body (baseline) | $nginx_rps | $nginx_p50 | $nginx_p99 | $nginx_bad |"
 echo "| serve: proxy -> NATS -> builtin:hello replica | $serve_rps | $serve_p50 | $serve_p99 | $serve_bad |"
 echo "| serve: proxy -> NATS -> native C++ counter, 2 replicas | $native_rps | $native_p50 | $native_p99 | $native_bad |"
+echo "| serve, c32: builtin:hello | $hello32_rps | $hello32_p50 | $hello32_p99 | $hello32_bad |"
+echo "| serve, c32: python runtime, hello class | $py_rps | $py_p50 | $py_p99 | $py_bad |"
+echo "| serve, c32: command runtime, Python http.server hello | $pyhttp_rps | $pyhttp_p50 | $pyhttp_p99 | $pyhttp_bad |"
 echo
 echo "metrics on vs off (builtin:hello, requests/s): on $on1, $on2; off $off1, $off2; on - off: $metrics_cost%"
 echo "access log on vs off (builtin:hello, requests/s): on $log1, $log2; off $nolog1, $nolog2; on - off: $access_log_cost%"
 echo
+echo "python runtime / command runtime (c32, requests/s): $python_vs_command (issue 15 asks >= 3)"
+echo "builtin:hello / python runtime (c32, requests/s): $builtin_vs_python (issue 15 asks <= 2)"
 echo "serve / nginx throughput ratio: builtin $ratio, native $native_ratio ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(date -u +%Y-%m-%d))"

@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -114,9 +116,51 @@ Result<std::optional<BusCredentials>> ReadBusCredentials(const std::string& path
   return std::optional<BusCredentials>(std::move(out));
 }
 
+std::string CredsDir(const std::string& run_dir) { return run_dir + "/creds"; }
+
+std::string RoleCredsPath(const std::string& run_dir, bus::Role role) {
+  return CredsDir(run_dir) + "/" + std::string(bus::RoleName(role)) + ".creds";
+}
+
+std::string WorkerSigningKeyPath(const std::string& run_dir) {
+  return CredsDir(run_dir) + "/worker-signing.key";
+}
+
+std::string NatsOperatorConfigPath(const std::string& run_dir) {
+  return CredsDir(run_dir) + "/nats-operator.conf";
+}
+
+Status WriteOperatorCredentials(const std::string& run_dir, const bus::OperatorSetup& setup) {
+  std::string dir = CredsDir(run_dir);
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Status::Error("cannot create " + dir + ": " + strerror(errno));
+  }
+  // An earlier directory of another mode keeps it under mkdir: set it.
+  if (chmod(dir.c_str(), 0700) != 0) {
+    return Status::Error("cannot make " + dir + " private: " + strerror(errno));
+  }
+  for (const auto& [role, text] : setup.creds) {
+    Status written = WritePrivateFile(RoleCredsPath(run_dir, role), text);
+    if (!written.ok()) return written;
+  }
+  Status written = WritePrivateFile(WorkerSigningKeyPath(run_dir), setup.worker_signing_key);
+  if (!written.ok()) return written;
+  written = WritePrivateFile(NatsOperatorConfigPath(run_dir), setup.NatsServerConfigText());
+  if (!written.ok()) return written;
+  // Password mode's file from an earlier start would name users that exist no more.
+  std::error_code ec;
+  std::filesystem::remove(BusCredentialsPath(run_dir), ec);
+  return Status::Ok();
+}
+
+void RemoveOperatorCredentials(const std::string& run_dir) {
+  std::error_code ec;
+  std::filesystem::remove_all(CredsDir(run_dir), ec);
+}
+
 bool HasBusCredentials(const bus::Options& options) {
   return !options.user.empty() || !options.password.empty() || !options.token.empty() ||
-         !options.creds_file.empty();
+         !options.creds_file.empty() || !options.user_jwt.empty();
 }
 
 }  // namespace serve::cli

@@ -12,6 +12,7 @@
 
 #include "base/status.h"
 #include "bus/bus.h"
+#include "bus/jwt.h"
 #include "bus/roles.h"
 
 namespace serve::cli {
@@ -39,6 +40,19 @@ Result<std::optional<BusCredentials>> ReadBusCredentials(const std::string& path
 
 // Writes `text` to `path` with mode 0600, atomically: for nats-server's configuration.
 Status WritePrivateFile(const std::string& path, const std::string& text);
+
+// Operator mode (the default): <run dir>/creds holds a .creds file per role but the worker
+// (<role>.creds), the scoped signing key node agents mint worker users with
+// (worker-signing.key), and the operator and account JWTs for nats-server (nats-operator.conf).
+// The directory is 0700, its files 0600.
+std::string CredsDir(const std::string& run_dir);
+std::string RoleCredsPath(const std::string& run_dir, bus::Role role);
+std::string WorkerSigningKeyPath(const std::string& run_dir);
+std::string NatsOperatorConfigPath(const std::string& run_dir);
+// Writes a fresh operator setup's files to CredsDir(run_dir), replacing any earlier ones.
+Status WriteOperatorCredentials(const std::string& run_dir, const bus::OperatorSetup& setup);
+// Removes CredsDir(run_dir): for a start in another mode.
+void RemoveOperatorCredentials(const std::string& run_dir);
 
 // True when `options` carries credentials of its own (flags or environment).
 bool HasBusCredentials(const bus::Options& options);

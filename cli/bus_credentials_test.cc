@@ -32,6 +32,35 @@ TEST(BusCredentialsTest, WrittenPrivatelyAndReadBack) {
   EXPECT_EQ((*read)->Of(bus::Role::kAdmin).password, generated->Of(bus::Role::kAdmin).password);
 }
 
+TEST(BusCredentialsTest, OperatorModeFilesArePrivateAndReplacePasswordMode) {
+  testing::TempDir dir;
+  auto passwords = BusCredentials::Generate("ns");
+  ASSERT_TRUE(passwords.ok());
+  ASSERT_TRUE(WriteBusCredentials(BusCredentialsPath(dir.path()), *passwords).ok());
+  // A directory left group-readable by something else is made private again.
+  ASSERT_EQ(mkdir(CredsDir(dir.path()).c_str(), 0755), 0);
+
+  auto setup = bus::GenerateOperatorSetup("ns");
+  ASSERT_TRUE(setup.ok()) << setup.error();
+  ASSERT_TRUE(WriteOperatorCredentials(dir.path(), *setup).ok());
+  struct stat st {};
+  ASSERT_EQ(stat(CredsDir(dir.path()).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  for (const std::string& path :
+       {RoleCredsPath(dir.path(), bus::Role::kAdmin), RoleCredsPath(dir.path(), bus::Role::kNode),
+        WorkerSigningKeyPath(dir.path()), NatsOperatorConfigPath(dir.path())}) {
+    ASSERT_EQ(stat(path.c_str(), &st), 0) << path;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << path;
+  }
+  EXPECT_NE(stat(RoleCredsPath(dir.path(), bus::Role::kWorker).c_str(), &st), 0);
+  EXPECT_NE(stat(BusCredentialsPath(dir.path()).c_str(), &st), 0) << "password mode's file stays";
+  auto admin = bus::ParseCreds(testing::ReadFile(RoleCredsPath(dir.path(), bus::Role::kAdmin)));
+  EXPECT_TRUE(admin.ok()) << admin.error();
+
+  RemoveOperatorCredentials(dir.path());
+  EXPECT_NE(stat(CredsDir(dir.path()).c_str(), &st), 0);
+}
+
 TEST(BusCredentialsTest, MalformedFilesAreRefusedWithTheFix) {
   testing::TempDir dir;
   std::string path = BusCredentialsPath(dir.path());

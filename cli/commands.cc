@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include "cli/client.h"
 #include "cli/deployments.h"
 #include "cli/events.h"
+#include "cli/instance.h"
 #include "cli/lifecycle.h"
 #include "cli/stop_signals.h"
 #include "cli/supervisor.h"
@@ -171,9 +173,49 @@ Status DeleteIfPresent(Client& client, const std::vector<std::string>& names) {
   return WaitUntilUnrouted(client, present, 10);
 }
 
+// `serve start --foreground`: what a service manager runs. The instance lives as long as this
+// process: a stop signal stops it, and a supervisor that ends by itself (killed, or every
+// restart failed) ends this process with an error, so that the manager restarts the whole.
+int StartInForeground(const GlobalOptions& global, const StartOptions& options) {
+  StopSignals stop;
+  auto instance = StartOrFindInstance(global, options, &stop);
+  if (!instance.ok()) {
+    if (!stop.requested()) return Fail(instance.error());
+    std::cout << "Stopped: " << instance.error() << std::endl;
+    return 0;
+  }
+  if (!instance->started()) {
+    // Watching an instance someone else started would stop it on our signal, and a manager
+    // restarting this command would find it again and again.
+    return Fail("Serve already runs in namespace '" + global.ns + "' (" +
+                *instance->already_running +
+                "); --foreground runs an instance of its own. Stop that one with `serve "
+                "shutdown`, or give this one another --namespace.");
+  }
+  PrintStartedInstance(global, options, *instance);
+  std::cout << "Running in the foreground; SIGTERM or Ctrl-C stops it." << std::endl;
+  // The bus client is not needed while waiting; holding it would keep a connection nobody reads.
+  instance->client.reset();
+  while (!stop.requested() && ProcessAlive(instance->supervisor)) {
+    pollfd signal_fd{stop.fd(), POLLIN, 0};
+    (void)poll(&signal_fd, 1, 200);
+  }
+  if (!stop.requested()) {
+    RunDir run(RunDirPath(global));
+    StopInstance(global);  // whatever the supervisor left behind
+    return Fail("serve supervise (pid " + std::to_string(instance->supervisor) +
+                ") ended by itself; its log is " + run.LogPath("supervisor"));
+  }
+  std::cout << "Stopping." << std::endl;
+  StopInstance(global);
+  std::cout << "Stopped the Serve instance in namespace '" << global.ns << "'." << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int StartInstance(const GlobalOptions& global, const StartOptions& options) {
+  if (options.foreground) return StartInForeground(global, options);
   auto instance = StartOrFindInstance(global, options);
   if (!instance.ok()) return Fail(instance.error());
   if (!instance->started()) {
@@ -192,6 +234,9 @@ int DeployFile(const GlobalOptions& global, const DeployOptions& options) {
   if (!config.ok()) return Fail(config.error());
   // Before connecting: code that cannot run is refused whether or not Serve is up.
   if (Status code = CheckLocalCode(*config, options.file); !code.ok()) return Fail(code.message());
+  if (Status read = ApplyDecoratorOptions(*config, options.file); !read.ok()) {
+    return Fail(read.message());
+  }
   auto client = ConnectOrExplain(global);
   if (!client.ok()) return Fail(client.error());
   Status status = UploadCode(**client, *config, options.file);
@@ -314,6 +359,9 @@ int RunForeground(const GlobalOptions& global, const RunOptions& options) {
   }
   if (Status code = CheckLocalCode(*config, options.deploy.file); !code.ok()) {
     return Fail(code.message());
+  }
+  if (Status read = ApplyDecoratorOptions(*config, options.deploy.file); !read.ok()) {
+    return Fail(read.message());
   }
   std::vector<std::string> names = DeploymentNames(*config);
 

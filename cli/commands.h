@@ -32,6 +32,14 @@ struct StartOptions {
   double timeout_s = 30;
   // Run the nats-server it starts without users: anyone who reaches it may do anything.
   bool insecure_bus = false;
+  // Stay in the foreground until told to stop (SIGTERM, SIGINT), then stop the instance; exit
+  // with an error when its supervisor ends by itself. For service managers such as systemd.
+  bool foreground = false;
+  // How the nats-server it starts tells users apart: "operator" (JWTs, a user per role and one
+  // per worker) or "password" (a password per role).
+  std::string bus_auth = "operator";
+  // nats-server's monitoring port (/connz, /varz), on the NATS host; 0: none.
+  int nats_monitor_port = 0;
 };
 
 struct DeployOptions {

@@ -1,14 +1,20 @@
 #include "cli/deployments.h"
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <thread>
-
-#include <filesystem>
-#include <unistd.h>
 
 #include "artifact/artifact.h"
 #include "artifact/transfer.h"
@@ -81,9 +87,9 @@ Result<fs::path> LocalCode(const config::Deployment& d, const fs::path& base) {
                                        : "; build it first, or fix the path (it is "
                                          "relative to the config file)"));
   }
-  // A command deployment's artifact is unpacked on the nodes: a file they cannot unpack is
-  // refused now rather than when every replica fails to start.
-  if (!is_directory && d.runtime == "command") {
+  // A command or python deployment's artifact is unpacked on the nodes: a file they cannot
+  // unpack is refused now rather than when every replica fails to start.
+  if (!is_directory && (d.runtime == "command" || d.runtime == "python")) {
     if (Status tar = artifact::CheckTar(local.string()); !tar.ok()) {
       return Status::Error(label + "artifact " + given + ": " + tar.message());
     }
@@ -92,6 +98,146 @@ Result<fs::path> LocalCode(const config::Deployment& d, const fs::path& base) {
 }
 
 }  // namespace
+
+namespace {
+
+// Prints, as JSON, the literal keyword arguments of the @deployment(...) (or
+// @serve.deployment(...)) call decorating the top-level class or function argv[2] of the module
+// file argv[1]; {} when there is none. Reads the file with ast: nothing of it runs.
+constexpr const char* kReadDecoratorScript = R"PY(
+import ast, json, sys
+path, name = sys.argv[1], sys.argv[2]
+found = {}
+try:
+    with open(path, encoding="utf-8") as source:
+        tree = ast.parse(source.read(), path)
+except (OSError, SyntaxError, ValueError):
+    tree = ast.Module(body=[], type_ignores=[])
+for node in tree.body:
+    if getattr(node, "name", None) != name:
+        continue
+    for decorator in getattr(node, "decorator_list", []):
+        if not isinstance(decorator, ast.Call):
+            continue
+        callee = decorator.func
+        called = getattr(callee, "id", None) or getattr(callee, "attr", None)
+        if called != "deployment":
+            continue
+        for keyword in decorator.keywords:
+            if keyword.arg is None:
+                continue
+            try:
+                found[keyword.arg] = ast.literal_eval(keyword.value)
+            except ValueError:
+                found[keyword.arg] = None
+print(json.dumps(found))
+)PY";
+
+// Runs argv (no shell) and returns what it printed on stdout; an error when it cannot start or
+// does not exit with 0.
+Result<std::string> OutputOf(const std::vector<std::string>& argv) {
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0)
+    return Status::Error(std::string("pipe: ") + strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 1);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  int spawned = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(pipe_fds[1]);
+  if (spawned != 0) {
+    close(pipe_fds[0]);
+    return Status::Error(argv[0] + ": " + strerror(spawned));
+  }
+  std::string output;
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = read(pipe_fds[0], buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (output.size() < (1 << 20)) output.append(buffer, static_cast<size_t>(n));
+  }
+  close(pipe_fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return Status::Error(argv[0] + " did not exit cleanly");
+  }
+  return output;
+}
+
+// What @deployment(...) may set, and whether it is a whole number.
+struct DecoratorOption {
+  const char* name;
+  int config::Deployment::*whole = nullptr;
+  double config::Deployment::*number = nullptr;
+};
+constexpr DecoratorOption kDecoratorOptions[] = {
+    {"num_replicas", &config::Deployment::num_replicas},
+    {"max_concurrent_queries", &config::Deployment::max_concurrent_queries},
+    {"health_check_period_s", nullptr, &config::Deployment::health_check_period_s},
+    {"health_check_timeout_s", nullptr, &config::Deployment::health_check_timeout_s},
+    {"graceful_shutdown_wait_loop_s", nullptr, &config::Deployment::graceful_shutdown_wait_loop_s},
+    {"graceful_shutdown_timeout_s", nullptr, &config::Deployment::graceful_shutdown_timeout_s},
+};
+
+}  // namespace
+
+Status ApplyDecoratorOptions(config::ConfigFile& config, const std::string& config_path) {
+  const fs::path base = fs::absolute(config_path).parent_path();
+  const std::string python = "/usr/bin/python3";
+  for (config::Deployment& d : config.deployments) {
+    if (d.runtime != "python" || d.working_dir.empty() || d.import_path.empty()) continue;
+    const size_t colon = d.import_path.find(':');
+    std::string module = d.import_path.substr(0, colon);
+    const std::string attribute = d.import_path.substr(colon + 1);
+    std::replace(module.begin(), module.end(), '.', '/');
+    const fs::path dir = (base / d.working_dir).lexically_normal();
+    std::error_code ec;
+    fs::path file = dir / (module + ".py");
+    if (!fs::is_regular_file(file, ec)) file = dir / module / "__init__.py";
+    if (!fs::is_regular_file(file, ec) || access(python.c_str(), X_OK) != 0) continue;
+    auto printed = OutputOf({python, "-I", "-c", kReadDecoratorScript, file.string(), attribute});
+    if (!printed.ok()) continue;  // the node reports what is wrong with the module
+    auto options = nlohmann::json::parse(*printed, nullptr, /*allow_exceptions=*/false);
+    if (!options.is_object()) continue;
+    const std::string shown = file.lexically_relative(dir).string();
+    const std::string where =
+        "deployment '" + d.name + "': @deployment(...) of " + d.import_path + " in " + shown;
+    std::string applied;
+    for (const DecoratorOption& option : kDecoratorOptions) {
+      if (!options.contains(option.name)) continue;
+      if (std::find(d.given.begin(), d.given.end(), option.name) != d.given.end()) continue;
+      const nlohmann::json& value = options[option.name];
+      const bool whole = option.whole != nullptr;
+      if (whole ? !value.is_number_integer() : (!value.is_number() || value.is_boolean())) {
+        return Status::Error(
+            where + ": " + option.name + " must be " + (whole ? "a whole number" : "a number") +
+            " written as a literal, got " + (value.is_null() ? "an expression" : value.dump()));
+      }
+      if (whole) {
+        d.*option.whole = value.get<int>();
+      } else {
+        d.*option.number = value.get<double>();
+      }
+      applied += std::string(applied.empty() ? "" : ", ") + option.name + " " + value.dump();
+    }
+    if (applied.empty()) continue;
+    if (Status valid = config::ValidateDeployment(d, config::Limits::Widest()); !valid.ok()) {
+      return Status::Error(where + " gives a value the rules refuse: " + valid.message());
+    }
+    std::cout << d.name << ": " << applied << " from @deployment in " << shown
+              << " (the config file does not set them)\n";
+  }
+  std::cout.flush();
+  return Status::Ok();
+}
 
 Status CheckLocalCode(const config::ConfigFile& config, const std::string& config_path) {
   fs::path base = fs::absolute(config_path).parent_path();

@@ -14,16 +14,25 @@ namespace serve::cli {
 // The deployment steps `serve deploy`, `serve delete` and `serve run` are made of. Each prints
 // its progress on stdout and returns an error a person can act on.
 
-// Checks the local code `config`'s native and command deployments name, before anything is
-// started or uploaded: the file or directory exists and is of the right kind, and a command
-// deployment's `artifact` is a tar the nodes can unpack (not compressed: see
-// artifact::CheckTar). Paths are taken relative to `config_path`'s directory; digests are not
-// checked here.
+// Checks the local code `config`'s native, command and python deployments name, before
+// anything is started or uploaded: the file or directory exists and is of the right kind, and
+// a command or python deployment's `artifact` is a tar the nodes can unpack (not compressed:
+// see artifact::CheckTar). Paths are taken relative to `config_path`'s directory; digests are
+// not checked here.
 Status CheckLocalCode(const config::ConfigFile& config, const std::string& config_path);
 
-// Uploads the code of `config`'s native and command deployments to the checkpointer (once per
-// digest) and replaces their local paths with the digests, printing a line per artifact. Paths
-// are taken relative to `config_path`'s directory.
+// Applies what a python deployment's class asks for in its @deployment(...) decorator
+// (num_replicas, max_concurrent_queries, the health-check and shutdown durations, as literal
+// numbers) to the options the config file leaves out, printing a line per deployment it
+// changes. The class's module is read from the local working_dir with Python's ast module
+// (/usr/bin/python3; the code never runs), so a class whose module is elsewhere, or a machine
+// without that interpreter, keeps Serve's defaults. Values the rules refuse are an error naming the
+// decorator.
+Status ApplyDecoratorOptions(config::ConfigFile& config, const std::string& config_path);
+
+// Uploads the code of `config`'s native, command and python deployments to the checkpointer
+// (once per digest) and replaces their local paths with the digests, printing a line per
+// artifact. Paths are taken relative to `config_path`'s directory.
 Status UploadCode(Client& client, config::ConfigFile& config, const std::string& config_path);
 
 // What the controller accepted: the version each deployment is headed for, and which run of the

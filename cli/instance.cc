@@ -51,6 +51,9 @@ int ConnectTcp(const std::string& host, int port, int timeout_ms) {
 RunDir::RunDir(std::string path) : path_(std::move(path)) {}
 
 std::string RunDir::DefaultPath(const std::string& ns) {
+  // Root's workers run as an unprivileged user (--worker-user), which cannot reach into root's
+  // home: root keeps its instances where a system service does.
+  if (geteuid() == 0) return "/var/lib/serve/" + ns;
   const char* home = getenv("HOME");
   if (home != nullptr && *home != '\0') return std::string(home) + "/.serve/" + ns;
   return "/tmp/serve-" + std::to_string(getuid()) + "/" + ns;

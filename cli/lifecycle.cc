@@ -114,6 +114,9 @@ Result<pid_t> SpawnSupervisor(const GlobalOptions& global, const StartOptions& o
   if (options.num_cpus > 0) {
     argv.insert(argv.end(), {"--num-cpus", std::to_string(options.num_cpus)});
   }
+  if (options.nats_monitor_port > 0) {
+    argv.insert(argv.end(), {"--nats-monitor-port", std::to_string(options.nats_monitor_port)});
+  }
   if (nats.has_value()) {
     argv.insert(argv.end(), {"--nats-host", nats->host, "--nats-port", std::to_string(nats->port)});
   }
@@ -196,19 +199,24 @@ Status WaitUntilReady(Client& client, const StartOptions& options, const RunDir&
   return Status::Ok();
 }
 
-// Before the nats-server of a new local instance starts: fresh users for every role (the admin's
-// become `global`'s), the user's own credentials as given, or none with --insecure-bus.
+// Before the nats-server of a new local instance starts: fresh credentials for every role (the
+// admin's become `global`'s), in operator mode (a JWT user per role, and per worker) or
+// password mode; the user's own credentials as given; or none with --insecure-bus.
 Status PrepareBusCredentials(GlobalOptions& global, const StartOptions& options,
                              const RunDir& run) {
   std::string path = BusCredentialsPath(run.path());
+  auto forget_run_dir_credentials = [&] {
+    if (!global.bus_credentials_from_run_dir) return;
+    global.bus.user.clear();
+    global.bus.password.clear();
+    global.bus.creds_file.clear();
+    global.bus_credentials_from_run_dir = false;
+  };
   if (options.insecure_bus) {
     std::error_code ec;
     std::filesystem::remove(path, ec);
-    if (global.bus_credentials_from_run_dir) {
-      global.bus.user.clear();
-      global.bus.password.clear();
-      global.bus_credentials_from_run_dir = false;
-    }
+    RemoveOperatorCredentials(run.path());
+    forget_run_dir_credentials();
     std::cerr << "WARNING: --insecure-bus: nats-server runs without users or permissions. Any "
                  "process that reaches "
               << RedactUrl(global.bus.url)
@@ -218,6 +226,17 @@ Status PrepareBusCredentials(GlobalOptions& global, const StartOptions& options,
     return Status::Ok();
   }
   if (HasBusCredentials(global.bus) && !global.bus_credentials_from_run_dir) return Status::Ok();
+  forget_run_dir_credentials();
+  if (options.bus_auth == "operator") {
+    auto setup = bus::GenerateOperatorSetup(global.ns);
+    if (!setup.ok()) return setup.status();
+    Status written = WriteOperatorCredentials(run.path(), *setup);
+    if (!written.ok()) return written;
+    global.bus.creds_file = RoleCredsPath(run.path(), bus::Role::kAdmin);
+    global.bus_credentials_from_run_dir = true;
+    return Status::Ok();
+  }
+  RemoveOperatorCredentials(run.path());
   auto generated = BusCredentials::Generate(global.ns);
   if (!generated.ok()) return generated.status();
   Status written = WriteBusCredentials(path, *generated);
@@ -296,6 +315,7 @@ Result<LocalInstance> StartOrFindInstance(const GlobalOptions& global, const Sta
   }
   auto supervisor = SpawnSupervisor(launch, options, run, instance.checkpoint, nats);
   if (!supervisor.ok()) return supervisor.status();
+  instance.supervisor = *supervisor;
   std::cout << "Starting Serve in namespace '" << global.ns << "' (logs in " << run.path()
             << "/logs)..." << std::endl;
   Status ready = Status::Ok();
@@ -335,8 +355,13 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
       roles = std::move(**stored);
     }
   }
-  out.env =
-      roles.has_value() ? bus::PublicEnvironmentFor(global.bus) : bus::EnvironmentFor(global.bus);
+  // Operator mode: `serve start` made the operator, the account and a user per role, and passed
+  // the admin's .creds file on.
+  bool operator_mode = !roles.has_value() && global.bus.user.empty() &&
+                       global.bus.creds_file == RoleCredsPath(run.path(), bus::Role::kAdmin) &&
+                       std::filesystem::exists(NatsOperatorConfigPath(run.path()));
+  out.env = roles.has_value() || operator_mode ? bus::PublicEnvironmentFor(global.bus)
+                                               : bus::EnvironmentFor(global.bus);
   out.env["SERVE_NAMESPACE"] = global.ns;
   if (options.nats_port > 0) {
     // Requests and answers travel as single NATS messages: allow 8 MiB instead of NATS's 1 MiB
@@ -344,7 +369,18 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
     // in the file (mode 0600), never on nats-server's command line.
     std::string config = run.path() + "/nats.conf";
     std::string text;
-    if (roles.has_value()) {
+    if (operator_mode) {
+      std::ifstream in(NatsOperatorConfigPath(run.path()));
+      std::string resolver((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (!in || resolver.empty()) {
+        return Status::Error("cannot read " + NatsOperatorConfigPath(run.path()) +
+                             "; `serve shutdown` and `serve start` write it anew");
+      }
+      text =
+          "# Written by serve start: operator mode, a JWT user per role and per worker, each\n"
+          "# allowed only what it needs (docs/security.md).\nmax_payload: 8388608\n" +
+          resolver;
+    } else if (roles.has_value()) {
       text = bus::NatsServerConfig(
           global.ns, [&](bus::Role role) { return bus::QuotedPassword(roles->Of(role).password); });
     } else {
@@ -360,6 +396,10 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
     if (!written.ok()) return written;
     std::vector<std::string> argv = {"nats-server", "-c", config, "-a", options.nats_host};
     argv.insert(argv.end(), {"-p", std::to_string(options.nats_port)});
+    if (options.instance.nats_monitor_port > 0) {
+      // nats-server's monitoring (/connz, /varz) on localhost only: it names every client.
+      argv.insert(argv.end(), {"-m", std::to_string(options.instance.nats_monitor_port)});
+    }
     out.processes.push_back({"nats", "nats-server", argv, -1, /*infrastructure=*/true});
   }
   const StartOptions& instance = options.instance;
@@ -394,6 +434,23 @@ Result<SupervisorOptions> LocalInstanceProcesses(const GlobalOptions& global,
         "--http-port", std::to_string(instance.http_port), "--http-listen-fd", "3"},
        *socket});
   out.processes.push_back({"replica", "serve-replica", replica});
+  if (operator_mode) {
+    auto as = [&](bus::Role role, std::map<std::string, std::string>& env) {
+      env["SERVE_NATS_CREDS"] = RoleCredsPath(run.path(), role);
+    };
+    for (auto& process : out.processes) {
+      if (process.name == "checkpointer") {
+        as(bus::Role::kCheckpointer, process.env);
+      } else if (process.name == "controller") {
+        as(bus::Role::kController, process.env);
+      } else if (process.name == "proxy") {
+        as(bus::Role::kProxy, process.env);
+      } else if (process.name == "replica") {
+        as(bus::Role::kNode, process.env);
+        process.env["SERVE_WORKER_SIGNING_KEY_FILE"] = WorkerSigningKeyPath(run.path());
+      }
+    }
+  }
   if (roles.has_value()) {
     auto as = [&](bus::Role role, const char* user_variable, const char* password_variable,
                   std::map<std::string, std::string>& env) {

@@ -26,6 +26,7 @@ struct LocalInstance {
   std::optional<std::string> already_running;
   bool started_nats = false;
   std::string checkpoint;  // the recovery store of a started instance
+  pid_t supervisor = 0;    // the `serve supervise` of a started instance
 
   bool started() const { return !already_running.has_value(); }
 };

@@ -1,5 +1,7 @@
 // serve: the command line for a Serve instance.
 
+#include <unistd.h>
+
 #include <iostream>
 
 #include "bus/flags.h"
@@ -44,6 +46,17 @@ static void AddInstanceOptions(CLI::App* command, cli::StartOptions& options) {
                     "Start nats-server without users or permissions: anyone who reaches it can "
                     "deploy code and read every request (default: a user per role, "
                     "docs/security.md)");
+  command
+      ->add_option("--bus-auth", options.bus_auth,
+                   "How nats-server tells users apart: operator (JWTs: a user per role and one "
+                   "per worker, limited to its replica) or password (a password per role)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"operator", "password"}));
+  command
+      ->add_option("--nats-monitor-port", options.nats_monitor_port,
+                   "Serve nats-server's monitoring (/connz, /varz) on this port (0: none)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
 }
 
 int main(int argc, char** argv) {
@@ -52,7 +65,8 @@ int main(int argc, char** argv) {
   cli::GlobalOptions global;
   bus::AddBusFlags(app, global.bus, global.ns);
   app.add_option("--run-dir", global.run_dir,
-                 "Pid and log files of the local instance (default: ~/.serve/<namespace>)")
+                 "Pid and log files of the local instance (default: ~/.serve/<namespace>; "
+                 "/var/lib/serve/<namespace> for root)")
       ->envname("SERVE_RUN_DIR");
 
   cli::StartOptions start;
@@ -64,6 +78,9 @@ int main(int argc, char** argv) {
   start_cmd->add_option("--timeout-s", start.timeout_s, "How long to wait for readiness")
       ->capture_default_str()
       ->check(service::NumberIn(0, 86400));
+  start_cmd->add_flag("--foreground", start.foreground,
+                      "Stay until SIGTERM or Ctrl-C, then stop the instance; exit non-zero if it "
+                      "ends otherwise (for systemd: deploy/systemd)");
 
   cli::DeployOptions deploy;
   bool no_wait = false;
@@ -131,6 +148,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   // A local instance's admin credentials, unless flags or the environment give some.
+  if (!cli::HasBusCredentials(global.bus)) {
+    std::string admin_creds = cli::RoleCredsPath(cli::RunDirPath(global), bus::Role::kAdmin);
+    if (access(admin_creds.c_str(), F_OK) == 0) {
+      global.bus.creds_file = admin_creds;
+      global.bus_credentials_from_run_dir = true;
+    }
+  }
   if (!cli::HasBusCredentials(global.bus)) {
     auto stored = cli::ReadBusCredentials(cli::BusCredentialsPath(cli::RunDirPath(global)));
     if (!stored.ok()) {

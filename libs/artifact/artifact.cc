@@ -88,6 +88,15 @@ const Result<LibArchive>& LoadedLibArchive() {
 // Only after LoadedLibArchive() succeeded.
 const LibArchive& Archive() { return *LoadedLibArchive(); }
 
+// libarchive's description of the last error on `a`. It has none for some failures (and for
+// warnings), and a null pointer must not reach a std::string.
+std::string ErrorOf(archive* a) {
+  const char* text = Archive().archive_error_string(a);
+  return text != nullptr && *text != '\0'
+             ? text
+             : "libarchive gave no reason (is the file cut short or damaged?)";
+}
+
 struct ArchiveWriter {
   void operator()(archive* a) const { Archive().archive_write_free(a); }
 };
@@ -164,7 +173,7 @@ Result<std::string> PackDirectory(const std::string& directory, const std::strin
   std::unique_ptr<archive, ArchiveWriter> out(Archive().archive_write_new());
   Archive().archive_write_set_format_pax_restricted(out.get());
   if (Archive().archive_write_open_filename(out.get(), tar_path.c_str()) != ARCHIVE_OK) {
-    return Status::Error("cannot write " + tar_path + ": " + Archive().archive_error_string(out.get()));
+    return Status::Error("cannot write " + tar_path + ": " + ErrorOf(out.get()));
   }
   std::vector<char> buffer(1 << 16);
   for (const fs::path& relative : entries) {
@@ -198,7 +207,7 @@ Result<std::string> PackDirectory(const std::string& directory, const std::strin
     }
     if (Archive().archive_write_header(out.get(), entry.get()) != ARCHIVE_OK) {
       return Status::Error("cannot add " + full.string() + " to " + tar_path + ": " +
-                           Archive().archive_error_string(out.get()));
+                           ErrorOf(out.get()));
     }
     if (S_ISREG(st.st_mode)) {
       std::ifstream in(full, std::ios::binary);
@@ -207,14 +216,13 @@ Result<std::string> PackDirectory(const std::string& directory, const std::strin
         in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
         auto n = static_cast<size_t>(in.gcount());
         if (n > 0 && Archive().archive_write_data(out.get(), buffer.data(), n) < 0) {
-          return Status::Error("cannot write " + tar_path + ": " +
-                               Archive().archive_error_string(out.get()));
+          return Status::Error("cannot write " + tar_path + ": " + ErrorOf(out.get()));
         }
       }
     }
   }
   if (Archive().archive_write_close(out.get()) != ARCHIVE_OK) {
-    return Status::Error("cannot finish " + tar_path + ": " + Archive().archive_error_string(out.get()));
+    return Status::Error("cannot finish " + tar_path + ": " + ErrorOf(out.get()));
   }
   out.reset();
   return DigestFile(tar_path);
@@ -298,7 +306,7 @@ Status UnpackHere(int tar_fd, const std::string& tar_path) {
   std::unique_ptr<archive, ArchiveReader> in(Archive().archive_read_new());
   Archive().archive_read_support_format_tar(in.get());
   if (Archive().archive_read_open_fd(in.get(), tar_fd, 1 << 16) != ARCHIVE_OK) {
-    return Status::Error("cannot open " + tar_path + ": " + Archive().archive_error_string(in.get()));
+    return Status::Error("cannot open " + tar_path + ": " + ErrorOf(in.get()));
   }
   // libarchive's own checks as well as ours: either alone would do today; both guard against
   // the other's bugs. PERM restores the (sanitised) mode bits; owners, ACLs, extended attributes
@@ -312,7 +320,7 @@ Status UnpackHere(int tar_fd, const std::string& tar_path) {
     int rc = Archive().archive_read_next_header(in.get(), &entry);
     if (rc == ARCHIVE_EOF) break;
     if (rc != ARCHIVE_OK) {
-      return Status::Error("cannot read " + tar_path + ": " + Archive().archive_error_string(in.get()));
+      return Status::Error("cannot read " + tar_path + ": " + ErrorOf(in.get()));
     }
     const char* pathname = Archive().archive_entry_pathname(entry);
     std::string name = pathname != nullptr ? pathname : "";
@@ -329,28 +337,26 @@ Status UnpackHere(int tar_fd, const std::string& tar_path) {
     Archive().archive_entry_set_perm(entry, perm);
     if (Archive().archive_write_header(out.get(), entry) != ARCHIVE_OK) {
       return Status::Error("cannot unpack " + name + " from " + tar_path + ": " +
-                           Archive().archive_error_string(out.get()));
+                           ErrorOf(out.get()));
     }
     const void* block = nullptr;
     size_t size = 0;
     la_int64_t offset = 0;
     while ((rc = Archive().archive_read_data_block(in.get(), &block, &size, &offset)) == ARCHIVE_OK) {
       if (Archive().archive_write_data_block(out.get(), block, size, offset) != ARCHIVE_OK) {
-        return Status::Error("cannot unpack " + name + ": " + Archive().archive_error_string(out.get()));
+        return Status::Error("cannot unpack " + name + ": " + ErrorOf(out.get()));
       }
     }
     if (rc != ARCHIVE_EOF) {
-      return Status::Error("cannot read " + name + " from " + tar_path + ": " +
-                           Archive().archive_error_string(in.get()));
+      return Status::Error("cannot read " + name + " from " + tar_path + ": " + ErrorOf(in.get()));
     }
     if (Archive().archive_write_finish_entry(out.get()) != ARCHIVE_OK) {
-      return Status::Error("cannot unpack " + name + ": " + Archive().archive_error_string(out.get()));
+      return Status::Error("cannot unpack " + name + ": " + ErrorOf(out.get()));
     }
   }
   // Directory modes are applied here, after their contents.
   if (Archive().archive_write_close(out.get()) != ARCHIVE_OK) {
-    return Status::Error("cannot finish unpacking " + tar_path + ": " +
-                         Archive().archive_error_string(out.get()));
+    return Status::Error("cannot finish unpacking " + tar_path + ": " + ErrorOf(out.get()));
   }
   return Status::Ok();
 }
@@ -364,6 +370,15 @@ struct Fd {
 };
 
 }  // namespace
+
+namespace internal {
+
+Status UnpackIntoWorkingDirectory(int tar_fd, const std::string& tar_path) {
+  if (!LoadedLibArchive().ok()) return LoadedLibArchive().status();
+  return UnpackHere(tar_fd, tar_path);
+}
+
+}  // namespace internal
 
 Status CheckTar(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -58,4 +58,14 @@ Status CheckTar(const std::string& path);
 // fresh directory and remove it on failure.
 Status UnpackTar(const std::string& tar_path, const std::string& directory);
 
+namespace internal {
+
+// What UnpackTar's child process does: unpacks the tar open on `tar_fd` into the working
+// directory with every check above, without CheckTar. The fuzzer (fuzz/tar_unpack.cc) calls it
+// in its own process, where it sees the code's coverage and its crashes; a service never does,
+// as changing the working directory of a process with other threads is unsafe.
+Status UnpackIntoWorkingDirectory(int tar_fd, const std::string& tar_path);
+
+}  // namespace internal
+
 }  // namespace serve::artifact

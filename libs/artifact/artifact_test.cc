@@ -118,9 +118,15 @@ class TarBuilder {
   }
   // '3' character device, '4' block device, '6' FIFO.
   TarBuilder& Special(const std::string& name, char type) { return Add(name, type, 0666); }
+  // A pax extended header ("27 path=some/long/name\n" records) for the entry after it.
+  TarBuilder& Pax(const std::string& records) { return Add("././@PaxHeader", 'x', 0644, records); }
 
   void WriteTo(const fs::path& path) const {
     std::ofstream(path, std::ios::binary) << bytes_ << std::string(1024, '\0');
+  }
+  // Only the first `size` bytes, without the end-of-archive blocks: a tar cut short.
+  void WriteCutTo(const fs::path& path, size_t size) const {
+    std::ofstream(path, std::ios::binary) << bytes_.substr(0, size);
   }
 
  private:
@@ -309,6 +315,19 @@ TEST_F(UnpackTest, RefusesCompressedTarsNamingTheCompression) {
   EXPECT_NE(zst.message().find("zstd-compressed"), std::string::npos) << zst.message();
   TarBuilder().File("a", "b").WriteTo(tar_);
   EXPECT_TRUE(CheckTar(tar_.string()).ok());
+}
+
+// Found by fuzz/tar_unpack.cc: libarchive gives no error text when a tar ends inside a pax
+// header's data, and the unpacker built its message from that null pointer.
+TEST_F(UnpackTest, TarCutShortInsideAPaxHeaderIsAClearError) {
+  TarBuilder tar;
+  tar.Pax("131 path=" + std::string(121, 'a') + "\n").File("a", "b");
+  tar.WriteCutTo(tar_, 512);
+  Status unpacked = UnpackTar(tar_.string(), out_.string());
+  ASSERT_FALSE(unpacked.ok());
+  EXPECT_EQ(unpacked.message(), "cannot read " + tar_.string() +
+                                    ": libarchive gave no reason (is the file cut short or "
+                                    "damaged?)");
 }
 
 TEST(UnpackFileTest, NotATarIsAClearError) {

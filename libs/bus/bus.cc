@@ -1,14 +1,23 @@
 #include "bus/bus.h"
 
+// Defines functions: included in this one file of the project.
+#include <nats/adapters/libuv.h>
 #include <nats/nats.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <variant>
+
+#include "bus/jwt.h"
+#include "bus/nkeys.h"
 
 namespace serve::bus {
 namespace {
@@ -94,7 +103,69 @@ void OnSubscriptionComplete(void* closure) {
 // state alive until "closed", the last callback of a connection.
 struct ConnectionClosure {
   std::shared_ptr<BusShared> shared;
+  // The user's JWT and nkey: from memory (a worker's), or read from a .creds file at each
+  // connect, so a file rewritten with new credentials takes effect at the next reconnect.
+  std::string creds_file;
+  std::mutex credentials_mutex;  // nats.c calls back on its own threads
+  std::string user_jwt;
+  std::optional<Nkey> user_key;
 };
+
+// Serve reads .creds files and signs the server's nonce itself rather than leave it to nats.c:
+// the same ed25519 code for every user, and errors that name the file and the fix.
+Status ReadCredsFile(ConnectionClosure* credentials) {
+  std::ifstream in(credentials->creds_file);
+  if (!in) {
+    return Status::Error("cannot read the NATS creds file " + credentials->creds_file + ": " +
+                         strerror(errno));
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto creds = ParseCreds(text);
+  Result<Nkey> key = creds.ok() ? Nkey::FromSeed(creds->seed, NkeyType::kUser) : creds.status();
+  if (!key.ok()) {
+    return Status::Error("the NATS creds file " + credentials->creds_file +
+                         " is malformed: " + key.error() +
+                         " (write it anew: `serve start` does, or `nsc generate creds`)");
+  }
+  std::lock_guard<std::mutex> lock(credentials->credentials_mutex);
+  credentials->user_jwt = creds->jwt;
+  credentials->user_key = std::move(*key);
+  return Status::Ok();
+}
+
+// nats.c asks for the user's JWT and a signature of the server's nonce at every (re)connect.
+natsStatus UserJwtCallback(char** user_jwt, char** error_text, void* closure) {
+  auto* credentials = static_cast<ConnectionClosure*>(closure);
+  if (!credentials->creds_file.empty()) {
+    Status read = ReadCredsFile(credentials);
+    if (!read.ok()) {
+      *error_text = strdup(read.message().c_str());
+      return NATS_ERR;
+    }
+  }
+  std::lock_guard<std::mutex> lock(credentials->credentials_mutex);
+  *user_jwt = strdup(credentials->user_jwt.c_str());
+  return *user_jwt == nullptr ? NATS_NO_MEMORY : NATS_OK;
+}
+
+natsStatus SignNonceCallback(char** error_text, unsigned char** signature, int* signature_length,
+                             const char* nonce, void* closure) {
+  auto* credentials = static_cast<ConnectionClosure*>(closure);
+  Result<std::string> signed_nonce = Status::Error("no NATS user key");
+  {
+    std::lock_guard<std::mutex> lock(credentials->credentials_mutex);
+    if (credentials->user_key.has_value()) signed_nonce = credentials->user_key->Sign(nonce);
+  }
+  if (!signed_nonce.ok()) {
+    *error_text = strdup(signed_nonce.error().c_str());
+    return NATS_ERR;
+  }
+  *signature = static_cast<unsigned char*>(malloc(signed_nonce->size()));
+  if (*signature == nullptr) return NATS_NO_MEMORY;
+  memcpy(*signature, signed_nonce->data(), signed_nonce->size());
+  *signature_length = static_cast<int>(signed_nonce->size());
+  return NATS_OK;
+}
 
 void OnDisconnected(natsConnection*, void* closure) {
   static_cast<ConnectionClosure*>(closure)->shared->Push(BusShared::ConnectionChange{false});
@@ -146,7 +217,7 @@ Status Bus::Open() {
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
   // Freed by OnClosed once a connection exists, here otherwise.
-  auto* closure = new ConnectionClosure{shared_};
+  auto* closure = new ConnectionClosure{shared_, {}, {}, {}, std::nullopt};
   auto fail = [&](const std::string& what) {
     natsOptions_Destroy(opts);
     delete closure;
@@ -174,6 +245,15 @@ Status Bus::Open() {
   natsOptions_SetReconnectedCB(opts, OnConnected, closure);
   natsOptions_SetClosedCB(opts, OnClosed, closure);
   natsOptions_SetErrorHandler(opts, OnAsyncError, nullptr);
+  if (options_.io_on_loop) {
+    // The adapter tells the loop's own thread from others by this thread-local, so it acts at
+    // once on the loop and schedules through an async handle from nats.c's threads (reconnect).
+    natsLibuv_Init();
+    natsLibuv_SetThreadLocalLoop(loop_);
+    s = natsOptions_SetEventLoop(opts, loop_, natsLibuv_Attach, natsLibuv_Read, natsLibuv_Write,
+                                 natsLibuv_Detach);
+    if (s != NATS_OK) return fail("cannot run the NATS connection on the service's loop");
+  }
   if (options_.retry_initial_connect) {
     natsOptions_SetRetryOnFailedConnect(opts, true, OnConnected, closure);
   }
@@ -185,9 +265,26 @@ Status Bus::Open() {
     s = natsOptions_SetToken(opts, options_.token.c_str());
     if (s != NATS_OK) return fail("cannot use the NATS token");
   }
-  if (!options_.creds_file.empty()) {
-    s = natsOptions_SetUserCredentialsFromFiles(opts, options_.creds_file.c_str(), nullptr);
-    if (s != NATS_OK) return fail("cannot use the NATS creds file " + options_.creds_file);
+  if (!options_.user_jwt.empty()) {
+    auto key = Nkey::FromSeed(options_.user_seed, NkeyType::kUser);
+    if (!key.ok()) {
+      s = NATS_INVALID_ARG;
+      return fail("cannot use the NATS user credentials given: " + key.error());
+    }
+    closure->user_jwt = options_.user_jwt;
+    closure->user_key = std::move(*key);
+  } else if (!options_.creds_file.empty()) {
+    closure->creds_file = options_.creds_file;
+    Status read = ReadCredsFile(closure);
+    if (!read.ok()) {
+      s = NATS_INVALID_ARG;
+      return fail(read.message());
+    }
+  }
+  if (!options_.user_jwt.empty() || !options_.creds_file.empty()) {
+    s = natsOptions_SetUserCredentialsCallbacks(opts, UserJwtCallback, closure, SignNonceCallback,
+                                                closure);
+    if (s != NATS_OK) return fail("cannot use the NATS user credentials");
   }
   bool tls = options_.url.rfind("tls://", 0) == 0 || !options_.tls_ca.empty() ||
              !options_.tls_cert.empty();
@@ -237,7 +334,10 @@ void Bus::Close(double flush_timeout_s) {
     shared_->queue.clear();
   }
   if (connection_ != nullptr) {
-    if (flush_timeout_s > 0 && connected()) {
+    if (options_.io_on_loop) {
+      // The server's PONG would be read by this very loop: write, do not wait for it.
+      if (connected()) WriteOutBuffered();
+    } else if (flush_timeout_s > 0 && connected()) {
       natsConnection_FlushTimeout(connection_, static_cast<int64_t>(flush_timeout_s * 1000));
     }
     // Subscriptions are closed with the connection; each frees its closure when nats.c says
@@ -274,8 +374,24 @@ uint64_t Bus::max_payload() const {
   return limit > 0 ? static_cast<uint64_t>(limit) : 0;
 }
 
+bool Bus::WriteOutBuffered() {
+  // Each call writes what the socket takes without blocking; a full socket buffer stops it.
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    int buffered = natsConnection_Buffered(connection_);
+    if (buffered <= 0) return true;
+    natsConnection_ProcessWriteEvent(connection_);
+    if (natsConnection_Buffered(connection_) == buffered) break;  // no progress
+  }
+  return natsConnection_Buffered(connection_) <= 0;
+}
+
 Status Bus::Flush(double timeout_s) {
   if (connection_ == nullptr) return Status::Error("bus is closed");
+  if (options_.io_on_loop) {
+    if (!connected()) return Status::Error("cannot flush to NATS: not connected");
+    if (!WriteOutBuffered()) return Status::Error("cannot flush to NATS: the socket is full");
+    return Status::Ok();
+  }
   natsStatus s = natsConnection_FlushTimeout(connection_, static_cast<int64_t>(timeout_s * 1000));
   if (s != NATS_OK) return Status::Error("cannot flush to NATS: " + NatsError(s));
   return Status::Ok();
@@ -294,7 +410,16 @@ Status Bus::Subscribe(const std::string& subject, Handler handler) {
                                           closure);
   if (s != NATS_OK) {
     delete closure;
-    return Status::Error("cannot subscribe to " + subject + ": " + NatsError(s));
+    std::string why = NatsError(s);
+    // A closed connection says why it was closed (an authorization violation, say) only when
+    // asked; the subscribe status alone reads "Connection Closed".
+    const char* closed_because = nullptr;
+    if (s == NATS_CONNECTION_CLOSED &&
+        natsConnection_GetLastError(connection_, &closed_because) != NATS_OK &&
+        closed_because != nullptr && *closed_because != '\0') {
+      why += "; NATS closed the connection: " + std::string(closed_because);
+    }
+    return Status::Error("cannot subscribe to " + subject + ": " + why);
   }
   natsSubscription_SetOnCompleteCB(sub, OnSubscriptionComplete, closure);
   // Control messages are small; a generous limit keeps a burst from being dropped as a slow
@@ -532,6 +657,7 @@ bool HasUserInfo(const std::string& url) { return RedactUrl(url) != url; }
 bool IsSecretVariable(std::string_view name) {
   return name == "SERVE_NATS_PASSWORD" || name == "SERVE_NATS_TOKEN" || name == "SERVE_NATS_USER" ||
          name == "SERVE_WORKER_NATS_USER" || name == "SERVE_WORKER_NATS_PASSWORD" ||
+         name == "SERVE_WORKER_SIGNING_KEY_FILE" || name == "SERVE_NATS_CREDS" ||
          name.rfind("SERVE_NATS_PASSWORD_", 0) == 0;
 }
 
@@ -558,6 +684,9 @@ Result<std::string> SecretText(const Options& options) {
   Status status = add("user", options.user);
   if (status.ok()) status = add("password", options.password);
   if (status.ok()) status = add("token", options.token);
+  if (status.ok()) status = add("creds", options.creds_file);
+  if (status.ok()) status = add("jwt", options.user_jwt);
+  if (status.ok()) status = add("seed", options.user_seed);
   if (status.ok() && HasUserInfo(options.url)) status = add("address", options.url);
   if (!status.ok()) return status;
   return text;
@@ -578,11 +707,17 @@ Status ApplySecretText(std::string_view text, Options* options) {
       options->password = value;
     } else if (name == "token") {
       options->token = value;
+    } else if (name == "creds") {
+      options->creds_file = value;
+    } else if (name == "jwt") {
+      options->user_jwt = value;
+    } else if (name == "seed") {
+      options->user_seed = value;
     } else if (name == "address") {
       options->url = value;
     } else {
       return Status::Error("unknown bus secret '" + name.substr(0, 32) +
-                           "' (expected user, password, token or address)");
+                           "' (expected user, password, token, creds, jwt, seed or address)");
     }
   }
   return Status::Ok();

@@ -36,6 +36,10 @@ struct Options {
   std::string password;
   std::string token;
   std::string creds_file;  // a .creds file (JWT + NKey seed)
+  // A user JWT and its nkey seed held in memory: what a node agent hands each worker, which
+  // has no file of its own. Taken before `creds_file`.
+  std::string user_jwt;
+  std::string user_seed;
   std::string tls_ca;      // CA bundle that signs the server's certificate
   std::string tls_cert;    // client certificate, for servers that verify clients
   std::string tls_key;
@@ -46,6 +50,12 @@ struct Options {
   bool retry_initial_connect = true;
   double connect_timeout_s = 2;
   double reconnect_wait_s = 0.25;
+  // nats.c reads and writes the socket on the Bus's loop (its libuv adapter) instead of on a
+  // reader thread of its own: one thread fewer to wake for every message, which the request
+  // path of the proxy and the workers pays per request. Every call to the Bus is then on the
+  // loop thread, as it must be anyway; Flush and Close write what is buffered without waiting
+  // for the server's answer, which only the loop could read.
+  bool io_on_loop = false;
 };
 
 // A message as a handler sees it. The data is a private copy, aligned for FlatBuffers.
@@ -112,6 +122,9 @@ class Bus {
   void Close(double flush_timeout_s = 1.0);
 
  private:
+  // With io_on_loop: writes what nats.c holds for the socket, as far as the socket takes it.
+  // True when nothing is left.
+  bool WriteOutBuffered();
   struct PendingRequest {
     std::string subject;
     ReplyCallback callback;
@@ -161,7 +174,8 @@ std::string RedactUrl(const std::string& url);
 std::map<std::string, std::string> EnvironmentFor(const Options& options);
 
 // The variables of EnvironmentFor() that carry a secret (a password, a token, an address with
-// user:password@ in it), and the names a node agent keeps from its workers' environment.
+// user:password@ in it) or point at one (a .creds file, the worker signing key), and the names
+// a node agent keeps from its workers' environment.
 bool IsSecretVariable(std::string_view name);
 // EnvironmentFor() without the secrets: for a process that gets them another way.
 std::map<std::string, std::string> PublicEnvironmentFor(const Options& options);

@@ -278,6 +278,19 @@ TEST(BusSecretsTest, SecretsTravelApartFromThePublicEnvironment) {
   EXPECT_EQ(received.password, "pw1");
   EXPECT_EQ(received.url, options.url);
 
+  // A worker's own user in operator mode, and a .creds file's path, travel the same way.
+  Options jwt_user;
+  jwt_user.user_jwt = "eyJ.a.b";
+  jwt_user.user_seed = "SUAB";
+  jwt_user.creds_file = "/run/node.creds";
+  EXPECT_EQ(PublicEnvironmentFor(jwt_user).count("SERVE_NATS_CREDS"), 0u);
+  Options jwt_received;
+  ASSERT_TRUE(ApplySecretText(*SecretText(jwt_user), &jwt_received).ok());
+  EXPECT_EQ(jwt_received.user_jwt, "eyJ.a.b");
+  EXPECT_EQ(jwt_received.user_seed, "SUAB");
+  EXPECT_EQ(jwt_received.creds_file, "/run/node.creds");
+  EXPECT_TRUE(IsSecretVariable("SERVE_WORKER_SIGNING_KEY_FILE"));
+
   options.password = "two\nlines";
   EXPECT_FALSE(SecretText(options).ok());
   Status unknown = ApplySecretText("shell=/bin/sh\n", &received);

@@ -69,6 +69,17 @@ Permissions PermissionsOf(const std::string& ns, Role role) {
   return {};
 }
 
+Permissions WorkerTemplatePermissions(const std::string& ns) {
+  Permissions p = PermissionsOf(ns, Role::kWorker);
+  const std::string own = ns + ".replica.{{name()}}";
+  p.subscribe = {own, own + ".ctl", WorkerInboxPrefix(ns, "{{name()}}") + ".>"};
+  return p;
+}
+
+std::string WorkerInboxPrefix(const std::string& ns, const std::string& replica_id) {
+  return InboxPrefix(ns, Role::kWorker).append(".").append(replica_id);
+}
+
 std::string PasswordVariable(Role role) {
   std::string name = "SERVE_NATS_PASSWORD_";
   for (char c : RoleName(role))

@@ -38,6 +38,14 @@ struct Permissions {
 
 Permissions PermissionsOf(const std::string& ns, Role role);
 
+// The permissions of one worker's own user (operator mode): the worker role's, narrowed to its
+// replica. A template of nats-server's: `{{name()}}` is the user's name, the replica id.
+Permissions WorkerTemplatePermissions(const std::string& ns);
+
+// Where a worker's replies arrive: "_INBOX.<ns>.worker.<replica id>", below the worker role's
+// inbox, so it suits both a per-worker user and the worker role's shared one.
+std::string WorkerInboxPrefix(const std::string& ns, const std::string& replica_id);
+
 // The environment variable a shipped configuration reads `role`'s password from:
 // SERVE_NATS_PASSWORD_<ROLE>.
 std::string PasswordVariable(Role role);

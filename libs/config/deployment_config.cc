@@ -28,6 +28,12 @@ constexpr size_t kMaxVersionLength = 128;
 // converting that to JSON must stop with an error instead of exhausting the stack or memory.
 constexpr int kMaxUserConfigDepth = 64;
 constexpr size_t kMaxUserConfigValues = 100'000;
+// YAML reads a key in flow style ({"key": ...}, as JSON writes it) only up to 1024 bytes with
+// its quotes: a longer user_config key would make ConfigToJson's text (the REST API's answers,
+// what `serve config --json` prints) unreadable to ParseConfig.
+constexpr size_t kMaxUserConfigKeyJsonBytes = 1024;
+// Custom resource names are keys in the same text; this bound keeps them well under that.
+constexpr size_t kMaxResourceNameLength = 253;
 // A config file is a few kilobytes; the cap keeps a mistaken path (/dev/zero, a model file)
 // from being read into memory whole.
 constexpr size_t kMaxConfigFileBytes = 16 << 20;
@@ -322,7 +328,15 @@ TypedScalar Resolve(const YAML::Node& node) {
 // The options a deployment may set, as one table: adding an option is adding a row here, a
 // field in Deployment and, if it has rules, a check in FindProblem.
 
-enum class OptionKind { kText, kWholeNumber, kNumber, kUserConfig, kResources, kCommand };
+enum class OptionKind {
+  kText,
+  kWholeNumber,
+  kNumber,
+  kUserConfig,
+  kResources,
+  kCommand,
+  kPythonPath,
+};
 
 struct OptionSpec {
   std::string_view name;
@@ -364,6 +378,8 @@ constexpr OptionSpec kOptions[] = {
     {.name = "startup_timeout_s",
      .kind = OptionKind::kNumber,
      .number_field = &Deployment::startup_timeout_s},
+    {.name = "import_path", .kind = OptionKind::kText, .text_field = &Deployment::import_path},
+    {.name = "python_path", .kind = OptionKind::kPythonPath},
 };
 
 // Ray Serve spells the health-check options with a leading underscore; accepting both lets a
@@ -465,6 +481,34 @@ constexpr double kMinHealthCheckTimeoutS = 0.05;
 // The proxy answers paths under /-/ itself (/-/healthz, /-/metrics, /-/routes).
 constexpr std::string_view kReservedRoutePrefix = "/-";
 
+// Reads user_config's JSON text without building it, and stops at the first key too long for
+// YAML to read back (kMaxUserConfigKeyJsonBytes). Iterative: any depth is safe.
+struct UserConfigKeyCheck : nlohmann::json_sax<nlohmann::json> {
+  std::string overlong_key;
+
+  bool key(string_t& key) override {
+    size_t json_bytes =
+        nlohmann::json(key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size();
+    if (json_bytes <= kMaxUserConfigKeyJsonBytes) return true;
+    overlong_key = key;
+    return false;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;
+  }
+};
+
 // `value` must be a finite number, at least `minimum` (above it, when `strict`) and at most
 // `maximum`.
 std::optional<Problem> CheckNumber(const std::string& option, double value, double minimum,
@@ -479,6 +523,73 @@ std::optional<Problem> CheckNumber(const std::string& option, double value, doub
   if (value > maximum) {
     return Problem{option, option + " must be at most " + FormatNumber(maximum) + ", got " +
                                FormatNumber(value)};
+  }
+  return std::nullopt;
+}
+
+// A dotted Python name: "model", "pkg.model", "Iris", "Outer.Inner".
+bool IsDottedIdentifier(std::string_view text) {
+  if (text.empty()) return false;
+  bool at_start = true;
+  for (char c : text) {
+    if (c == '.') {
+      if (at_start) return false;
+      at_start = true;
+      continue;
+    }
+    const auto u = static_cast<unsigned char>(c);
+    if (!(std::isalpha(u) != 0 || c == '_' || (!at_start && std::isdigit(u) != 0))) return false;
+    at_start = false;
+  }
+  return !at_start;
+}
+
+// runtime python: import_path names what to import, python_path where else to look.
+std::optional<Problem> CheckPython(const Deployment& d) {
+  if (d.import_path.empty()) {
+    return Problem{"runtime",
+                   "runtime python needs 'import_path:', the module and class to serve as "
+                   "module:Class, e.g. import_path: \"model:Iris\" for class Iris in model.py "
+                   "of working_dir"};
+  }
+  const size_t colon = d.import_path.find(':');
+  if (colon == std::string::npos || !IsDottedIdentifier(d.import_path.substr(0, colon)) ||
+      !IsDottedIdentifier(d.import_path.substr(colon + 1))) {
+    return Problem{"import_path",
+                   "import_path must be module:attribute with Python names, e.g. "
+                   "\"model:Iris\" or \"app.models:Iris\", got " +
+                       Quote(d.import_path)};
+  }
+  if (!d.command.empty() || !d.health_path.empty()) {
+    return Problem{!d.command.empty() ? "command" : "health_path",
+                   std::string(!d.command.empty() ? "command" : "health_path") +
+                       " is for runtime command; runtime python runs import_path in the "
+                       "replica itself"};
+  }
+  if (!d.artifact.empty() && !d.working_dir.empty()) {
+    return Problem{"working_dir",
+                   "give runtime python its code as 'working_dir' (a directory), not also "
+                   "'artifact'"};
+  }
+  for (const std::string& entry : d.python_path) {
+    if (entry.empty() || entry.find('\0') != std::string::npos || !IsValidUtf8(entry)) {
+      return Problem{"python_path",
+                     "python_path entries must be non-empty UTF-8 text without NUL bytes, got " +
+                         Quote(entry)};
+    }
+    // Relative entries are inside the working directory, and stay there.
+    if (entry[0] != '/') {
+      const std::string_view path(entry);
+      for (size_t start = 0; start <= path.size();) {
+        size_t end = std::min(path.find('/', start), path.size());
+        if (path.substr(start, end - start) == "..") {
+          return Problem{"python_path", "python_path entry " + Quote(entry) +
+                                            " leaves working_dir ('..'); give a path inside it, "
+                                            "or an absolute path on the nodes"};
+        }
+        start = end + 1;
+      }
+    }
   }
   return std::nullopt;
 }
@@ -548,12 +659,27 @@ std::optional<Problem> FindProblem(const Deployment& d, const Limits& limits) {
          {std::pair<const char*, bool>{"artifact", !d.artifact.empty()},
           {"working_dir", !d.working_dir.empty()},
           {"command", !d.command.empty()},
-          {"health_path", !d.health_path.empty()}}) {
+          {"health_path", !d.health_path.empty()},
+          {"import_path", !d.import_path.empty()},
+          {"python_path", !d.python_path.empty()}}) {
       if (given) {
-        return Problem{option, std::string(option) + " is for runtime native or command; " +
+        return Problem{option, std::string(option) + " is for runtime native, command or python; " +
                                    d.runtime + " runs code built into Serve"};
       }
     }
+  }
+  if (d.runtime != "python") {
+    for (const auto& [option, given] :
+         {std::pair<const char*, bool>{"import_path", !d.import_path.empty()},
+          {"python_path", !d.python_path.empty()}}) {
+      if (given) {
+        return Problem{option, std::string(option) + " is for runtime python; runtime " +
+                                   d.runtime + " does not import Python modules"};
+      }
+    }
+  }
+  if (d.runtime == "python") {
+    if (auto p = CheckPython(d)) return p;
   }
   if (d.runtime == "native") {
     if (d.artifact.empty()) {
@@ -566,7 +692,8 @@ std::optional<Problem> FindProblem(const Deployment& d, const Limits& limits) {
     }
     if (!d.working_dir.empty()) {
       return Problem{"working_dir",
-                     "working_dir is for runtime command; runtime native loads 'artifact'"};
+                     "working_dir is for runtime command or python; runtime native loads "
+                     "'artifact'"};
     }
   }
   if (d.runtime == "command") {
@@ -633,9 +760,19 @@ std::optional<Problem> FindProblem(const Deployment& d, const Limits& limits) {
                        "SERVE_USER_CONFIG, which Linux limits to 128 KiB; pass larger data as a "
                        "file in working_dir"};
   }
-  if (!d.user_config_json.empty() && !nlohmann::json::accept(d.user_config_json)) {
-    return Problem{"user_config",
-                   "user_config must be JSON text, got " + Quote(d.user_config_json)};
+  if (!d.user_config_json.empty()) {
+    UserConfigKeyCheck check;
+    if (!nlohmann::json::sax_parse(d.user_config_json, &check) && check.overlong_key.empty()) {
+      return Problem{"user_config",
+                     "user_config must be JSON text, got " + Quote(d.user_config_json)};
+    }
+    if (!check.overlong_key.empty()) {
+      return Problem{"user_config", "user_config keys may have at most " +
+                                        std::to_string(kMaxUserConfigKeyJsonBytes) +
+                                        " bytes as JSON text (YAML reads no longer key back), "
+                                        "got " +
+                                        Quote(check.overlong_key)};
+    }
   }
   // Durations.
   if (auto p = CheckNumber("health_check_period_s", d.health_check_period_s, kMinHealthCheckPeriodS,
@@ -645,6 +782,17 @@ std::optional<Problem> FindProblem(const Deployment& d, const Limits& limits) {
   if (auto p = CheckNumber("health_check_timeout_s", d.health_check_timeout_s,
                            kMinHealthCheckTimeoutS, false, kMaxDurationS)) {
     return p;
+  }
+  // A replica heartbeats once a period: a deadline no longer than that passes between two
+  // heartbeats of a healthy replica, and every replica would be restarted over and over.
+  if (d.health_check_timeout_s <= d.health_check_period_s) {
+    return Problem{"health_check_timeout_s",
+                   "health_check_timeout_s must be longer than health_check_period_s (got " +
+                       FormatNumber(d.health_check_timeout_s) + " and " +
+                       FormatNumber(d.health_check_period_s) +
+                       "): a replica heartbeats once a period, so a shorter deadline declares "
+                       "healthy replicas unhealthy; use at least twice the period, e.g. " +
+                       FormatNumber(2 * d.health_check_period_s)};
   }
   if (auto p = CheckNumber("graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s, 0,
                            false, kMaxDurationS)) {
@@ -669,6 +817,11 @@ std::optional<Problem> FindProblem(const Deployment& d, const Limits& limits) {
                      "resource names must be non-empty UTF-8 text without "
                      "whitespace, got " +
                          Quote(name)};
+    }
+    if (name.size() > kMaxResourceNameLength) {
+      return Problem{"resources", "resource names must be at most " +
+                                      std::to_string(kMaxResourceNameLength) + " bytes, got " +
+                                      std::to_string(name.size()) + " bytes in " + Quote(name)};
     }
     if (auto p = CheckNumber("resources." + name, amount, 0, false, kMaxResourceAmount)) return p;
   }
@@ -961,6 +1114,7 @@ class Parser {
                               std::to_string(line) + "; keep one");
       }
       origin->option_lines[option_name] = line;
+      d->given.push_back(option_name);
       const std::string where = label + ": " + option_name;
 
       switch (option->kind) {
@@ -999,6 +1153,20 @@ class Parser {
               return Fail(line, where + ": every argument must be text, got " + Describe(arg));
             }
             d->command.push_back(arg.Scalar());
+          }
+          break;
+        case OptionKind::kPythonPath:
+          if (!value.IsSequence()) {
+            return Fail(line, where +
+                                  " must be a list of directories, e.g. "
+                                  "[\"venv/lib/python3.11/site-packages\"], got " +
+                                  Describe(value));
+          }
+          for (const auto& entry : value) {
+            if (!entry.IsScalar()) {
+              return Fail(line, where + ": every entry must be text, got " + Describe(entry));
+            }
+            d->python_path.push_back(entry.Scalar());
           }
           break;
       }
@@ -1138,6 +1306,18 @@ class Parser {
                                     std::to_string(previous->second) + " and " +
                                     std::to_string(key_line) + "; keep one");
         }
+        const size_t key_json_bytes =
+            nlohmann::ordered_json(key.Scalar())
+                .dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+                .size();
+        if (key_json_bytes > kMaxUserConfigKeyJsonBytes) {
+          return Fail(key_line, where + " has a key of " + std::to_string(key_json_bytes) +
+                                    " bytes as JSON text, " + Quote(key.Scalar()) +
+                                    "; keys may have at most " +
+                                    std::to_string(kMaxUserConfigKeyJsonBytes) +
+                                    " (YAML reads no longer key back): shorten it, or make the "
+                                    "long text a value");
+        }
         nlohmann::ordered_json element;
         if (Status s = ToJson(entry.second, depth + 1, key_line, where, values, &element);
             !s.ok()) {
@@ -1185,7 +1365,7 @@ class Parser {
 const std::vector<std::string>& KnownRuntimes() {
   // Adding a runtime is adding its name here (and its implementation in the replica).
   static const std::vector<std::string> kRuntimes = {"builtin:hello", "builtin:echo", "native",
-                                                      "command"};
+                                                     "command", "python"};
   return kRuntimes;
 }
 
@@ -1294,6 +1474,9 @@ std::string ConfigToJson(const ConfigFile& config, int indent) {
         }
         case OptionKind::kCommand:
           if (!d.command.empty()) item[name] = d.command;
+          break;
+        case OptionKind::kPythonPath:
+          if (!d.python_path.empty()) item[name] = d.python_path;
           break;
       }
     }

@@ -48,8 +48,8 @@ struct Deployment {
   double graceful_shutdown_wait_loop_s = 2;
   double graceful_shutdown_timeout_s = 20;
   Resources resources;
-  // The code, for `native` and `command`. In a config file `artifact` is the path of a shared
-  // library and `working_dir` a directory, both relative to the file, uploaded by `serve
+  // The code, for `native`, `command` and `python`. In a config file `artifact` is the path of a
+  // shared library and `working_dir` a directory, both relative to the file, uploaded by `serve
   // deploy`; on the bus `artifact` is the stored content's digest ("sha256:<64 hex>") and
   // `working_dir` is empty.
   std::string artifact;
@@ -59,6 +59,13 @@ struct Deployment {
   std::vector<std::string> command;
   std::string health_path;  // "" = any answer on PORT counts as healthy
   double startup_timeout_s = 60;
+  // `python`: the class to serve, "module:attribute" as in Ray ("model:Iris"), and more
+  // directories for sys.path (a virtualenv's site-packages; relative ones inside working_dir).
+  std::string import_path;
+  std::vector<std::string> python_path;
+  // The options a config file gave for this deployment, by name (ParseConfig fills it in; it
+  // does not travel on the bus): what a python class's @deployment(...) may not override.
+  std::vector<std::string> given;
 };
 
 struct ConfigFile {

@@ -2,17 +2,18 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <random>
 #include <string>
+
+#include "config/spec.h"
 
 namespace serve::config {
 namespace {
@@ -196,11 +197,11 @@ TEST(ParseConfig, WholeNumbersMayBeHexOrExplicitlyPositive) {
 
 TEST(ParseConfig, NumbersMayBeIntegersOrFloats) {
   ConfigFile file =
-      ParseOk(OneDeployment("    health_check_period_s: 5\n"
-                            "    health_check_timeout_s: .5\n"
+      ParseOk(OneDeployment("    health_check_period_s: .5\n"
+                            "    health_check_timeout_s: 5\n"
                             "    graceful_shutdown_timeout_s: 1e2\n"));
-  EXPECT_EQ(file.deployments[0].health_check_period_s, 5);
-  EXPECT_EQ(file.deployments[0].health_check_timeout_s, 0.5);
+  EXPECT_EQ(file.deployments[0].health_check_period_s, 0.5);
+  EXPECT_EQ(file.deployments[0].health_check_timeout_s, 5);
   EXPECT_EQ(file.deployments[0].graceful_shutdown_timeout_s, 100);
 }
 
@@ -338,6 +339,34 @@ TEST(UserConfig, ExponentialAliasExpansionIsAnError) {
 TEST(UserConfig, InvalidUtf8IsAnError) {
   EXPECT_THAT(ParseError(OneDeployment("    user_config: {a: \"\xff\xfe\"}\n")),
               AllOf(StartsWith("config.yaml:4: "), HasSubstr("not valid UTF-8")));
+}
+
+// Found by fuzz/deployment_config.cc: a key over 1024 bytes, written as an explicit YAML key,
+// made the config's JSON form (the REST API's answers) unreadable by ParseConfig.
+TEST(UserConfig, KeysLongerThanYamlReadsBackAreAnError) {
+  const std::string longest(1022, 'k');  // 1024 bytes as JSON, with its quotes
+  ConfigFile parsed =
+      ParseOk(OneDeployment("    user_config:\n      ? " + longest + "\n      : 1\n"));
+  ASSERT_EQ(parsed.deployments.size(), 1u);
+  auto again = ParseConfig(ConfigToJson(parsed), "again.json");
+  ASSERT_TRUE(again.ok()) << again.error();
+  EXPECT_EQ(ConfigToJson(*again), ConfigToJson(parsed));
+
+  EXPECT_THAT(ParseError(OneDeployment("    user_config:\n      ? " + longest + "k\n      : 1\n")),
+              AllOf(StartsWith("config.yaml:5: deployment 'app': user_config has a key of 1025 "
+                               "bytes as JSON text"),
+                    HasSubstr("keys may have at most 1024")));
+  // Escapes count: 200 control bytes are 1200 bytes of JSON.
+  EXPECT_THAT(
+      ParseError(OneDeployment("    user_config: {\"" + std::string(200, '\x01') + "\": 1}\n")),
+      HasSubstr("has a key of 1202 bytes as JSON text"));
+  // From the bus, user_config is JSON text already.
+  Deployment d = parsed.deployments[0];
+  d.user_config_json = R"({"a": [{"b": {")" + longest + R"(k": 1}}]})";
+  EXPECT_THAT(ValidateDeployment(d).message(),
+              HasSubstr("user_config keys may have at most 1024 bytes as JSON text"));
+  d.user_config_json = R"({"a": [{"b": {")" + longest + R"(": 1}}]})";
+  EXPECT_TRUE(ValidateDeployment(d).ok()) << ValidateDeployment(d).message();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -535,7 +564,7 @@ TEST(ParseConfig, UnknownOptionFarFromAnyListsTheKnownOptions) {
             "version, route_prefix, runtime, num_replicas, max_concurrent_queries, user_config, "
             "health_check_period_s, health_check_timeout_s, graceful_shutdown_wait_loop_s, "
             "graceful_shutdown_timeout_s, resources, artifact, working_dir, command, health_path, "
-            "startup_timeout_s");
+            "startup_timeout_s, import_path, python_path");
 }
 
 TEST(ParseConfig, UnknownOptionsFamiliarFromRayServeGetAdvice) {
@@ -687,12 +716,12 @@ TEST(ParseConfig, RuntimeRules) {
   EXPECT_EQ(ParseError("deployments:\n"
                        "  - name: app\n"),
             "config.yaml:2: deployment 'app': runtime is required; known runtimes: "
-            "builtin:hello, builtin:echo, native, command");
+            "builtin:hello, builtin:echo, native, command, python");
   EXPECT_EQ(ParseError("deployments:\n"
                        "  - name: app\n"
                        "    runtime: builtin:helo\n"),
             "config.yaml:3: deployment 'app': runtime 'builtin:helo' is not known; known "
-            "runtimes: builtin:hello, builtin:echo, native, command");
+            "runtimes: builtin:hello, builtin:echo, native, command, python");
 }
 
 TEST(ParseConfig, RoutePrefixRules) {
@@ -745,6 +774,14 @@ TEST(ParseConfig, ResourceRules) {
                                      "      num_cpus: 1\n"
                                      "      my_accel: -0.5\n")),
             "config.yaml:6: deployment 'app': resources.my_accel must be >= 0, got -0.5");
+  // Found by fuzz/deployment_config.cc: a name too long to read back from the JSON form.
+  EXPECT_EQ(ParseOk(OneDeployment("    resources: {" + std::string(253, 'r') + ": 1}\n"))
+                .deployments[0]
+                .resources.custom.size(),
+            1u);
+  EXPECT_THAT(ParseError(OneDeployment("    resources:\n      ? " + std::string(1100, 'r') +
+                                       "\n      : 1\n")),
+              HasSubstr("deployment 'app': resource names must be at most 253 bytes, got 1100"));
 }
 
 TEST(ParseConfig, VersionRules) {
@@ -818,7 +855,7 @@ TEST(ValidateDeployment, MessagesMakeSenseWithoutAFile) {
   d.runtime = "builtin:helo";
   EXPECT_EQ(ValidateDeployment(d).message(),
             "deployment 'x': runtime 'builtin:helo' is not known; known runtimes: "
-            "builtin:hello, builtin:echo, native, command");
+            "builtin:hello, builtin:echo, native, command, python");
 
   EXPECT_EQ(ValidateDeployment(Deployment{}).message(),
             "unnamed deployment: name is required; add e.g. 'name: my-app' (1 to 63 letters, "
@@ -888,7 +925,7 @@ TEST(ValidateDeployment, BoundaryValuesAreOk) {
   d.max_concurrent_queries = 1;
   d.user_config_json = "null";
   d.health_check_period_s = 0.05;
-  d.health_check_timeout_s = 0.05;
+  d.health_check_timeout_s = 0.051;  // longer than the period, the tighter bound
   d.graceful_shutdown_wait_loop_s = 0;
   d.graceful_shutdown_timeout_s = 0;
   d.resources.num_cpus = 0;
@@ -902,7 +939,7 @@ TEST(ValidateDeployment, UpperBoundsAreOkAndBeyondThemIsAnError) {
   d.num_replicas = 10000;
   d.max_concurrent_queries = 10000;
   d.startup_timeout_s = 86400;
-  d.health_check_period_s = 86400;
+  d.health_check_period_s = 43200;  // shorter than the timeout, the tighter bound
   d.health_check_timeout_s = 86400;
   d.graceful_shutdown_wait_loop_s = 86400;
   d.graceful_shutdown_timeout_s = 86400;
@@ -955,6 +992,24 @@ TEST(BoundedInputs, HealthChecksAreNoMoreFrequentThanTwentyTimesASecond) {
             "deployment 'app': health_check_timeout_s must be >= 0.05, got 0.01");
 }
 
+TEST(BoundedInputs, HealthCheckTimeoutIsLongerThanThePeriod) {
+  Deployment d = ValidDeployment();
+  d.health_check_period_s = 2;
+  d.health_check_timeout_s = 1;
+  EXPECT_EQ(ValidateDeployment(d).message(),
+            "deployment 'app': health_check_timeout_s must be longer than health_check_period_s "
+            "(got 1 and 2): a replica heartbeats once a period, so a shorter deadline declares "
+            "healthy replicas unhealthy; use at least twice the period, e.g. 4");
+  d.health_check_timeout_s = 2;
+  EXPECT_THAT(ValidateDeployment(d).message(),
+              HasSubstr("health_check_timeout_s must be longer than health_check_period_s"));
+  d.health_check_timeout_s = 2.5;
+  EXPECT_TRUE(ValidateDeployment(d).ok());
+  // Ray's default period (10 s) with a timeout of 5 s is refused in a file too, at its line.
+  EXPECT_THAT(ParseError(OneDeployment("    health_check_timeout_s: 5\n")),
+              HasSubstr("config.yaml:4: deployment 'app': health_check_timeout_s must be longer"));
+}
+
 // A day is the longest duration, so none can overflow when a service turns it into
 // milliseconds or nanoseconds (which would make a timeout fire at once).
 TEST(BoundedInputs, EveryDurationIsAtMostADay) {
@@ -963,8 +1018,11 @@ TEST(BoundedInputs, EveryDurationIsAtMostADay) {
         &Deployment::graceful_shutdown_wait_loop_s, &Deployment::graceful_shutdown_timeout_s,
         &Deployment::startup_timeout_s}) {
     Deployment d = ValidDeployment();
+    d.health_check_period_s = 1;  // shorter than any timeout below a day
     d.*field = 86400;
-    EXPECT_TRUE(ValidateDeployment(d).ok());
+    if (field == &Deployment::health_check_period_s) d.health_check_timeout_s = 86400;
+    EXPECT_EQ(ValidateDeployment(d).ok(), field != &Deployment::health_check_period_s)
+        << "a period of a day leaves no longer timeout";
     for (double huge : {86400.5, 9.3e12, 1e300}) {
       d.*field = huge;
       Status status = ValidateDeployment(d);
@@ -1123,7 +1181,8 @@ TEST(ValidateDeployments, DuplicateRoutePrefixes) {
 }
 
 TEST(KnownRuntimes, ListsTheBuiltinsThenUserCode) {
-  EXPECT_THAT(KnownRuntimes(), ElementsAre("builtin:hello", "builtin:echo", "native", "command"));
+  EXPECT_THAT(KnownRuntimes(),
+              ElementsAre("builtin:hello", "builtin:echo", "native", "command", "python"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1137,13 +1196,13 @@ TEST(ParseConfig, NativeAndCommandDeployments) {
       "    artifact: ./build/examples/libcounter.so\n"
       "  - name: model\n"
       "    runtime: command\n"
-      "    working_dir: ./examples/python-model\n"
+      "    working_dir: ./examples/python-http\n"
       "    command: [\"/usr/bin/python3\", \"server.py\"]\n"
       "    health_path: /healthz\n"
       "    startup_timeout_s: 90\n");
   ASSERT_EQ(file.deployments.size(), 2u);
   EXPECT_EQ(file.deployments[0].artifact, "./build/examples/libcounter.so");
-  EXPECT_EQ(file.deployments[1].working_dir, "./examples/python-model");
+  EXPECT_EQ(file.deployments[1].working_dir, "./examples/python-http");
   EXPECT_THAT(file.deployments[1].command, ElementsAre("/usr/bin/python3", "server.py"));
   EXPECT_EQ(file.deployments[1].health_path, "/healthz");
   EXPECT_EQ(file.deployments[1].startup_timeout_s, 90);
@@ -1160,7 +1219,7 @@ TEST(ParseConfig, CodeOptionRules) {
   EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: builtin:hello\n"
                          "    artifact: x.so\n"),
               AllOf(StartsWith("config.yaml:4: "),
-                    HasSubstr("artifact is for runtime native or command")));
+                    HasSubstr("artifact is for runtime native, command or python")));
   EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: native\n"
                          "    artifact: x.so\n    command: [x]\n"),
               AllOf(StartsWith("config.yaml:5: "), HasSubstr("command is for runtime command")));
@@ -1170,6 +1229,67 @@ TEST(ParseConfig, CodeOptionRules) {
   EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: command\n"
                          "    command: [x]\n    startup_timeout_s: 0\n"),
               HasSubstr("startup_timeout_s must be > 0"));
+}
+
+TEST(ParseConfig, PythonDeployments) {
+  ConfigFile file = ParseOk(
+      "deployments:\n"
+      "  - name: iris\n"
+      "    runtime: python\n"
+      "    import_path: \"model:Iris\"\n"
+      "    working_dir: ./examples/python-http\n"
+      "    python_path: [venv/lib/python3.11/site-packages, /opt/shared]\n"
+      "    user_config: {threshold: 0.5}\n");
+  ASSERT_EQ(file.deployments.size(), 1u);
+  const Deployment& d = file.deployments[0];
+  EXPECT_EQ(d.import_path, "model:Iris");
+  EXPECT_THAT(d.python_path, ElementsAre("venv/lib/python3.11/site-packages", "/opt/shared"));
+  // Through the bus and back, and through `serve config`.
+  Deployment back = FromSpec(ToSpec(d));
+  EXPECT_EQ(back.import_path, "model:Iris");
+  EXPECT_EQ(back.python_path, d.python_path);
+  ConfigFile again = ParseOk(ConfigToYaml(file));
+  EXPECT_EQ(again.deployments[0].import_path, "model:Iris");
+  EXPECT_EQ(again.deployments[0].python_path, d.python_path);
+  EXPECT_EQ(ParseOk(ConfigToJson(file)).deployments[0].python_path, d.python_path);
+  // A class in a package, a nested class.
+  EXPECT_EQ(ParseOk("deployments:\n  - name: a\n    runtime: python\n"
+                    "    import_path: app.models:Outer.Iris\n")
+                .deployments[0]
+                .import_path,
+            "app.models:Outer.Iris");
+}
+
+TEST(ParseConfig, PythonOptionRules) {
+  const std::string head = "deployments:\n  - name: a\n    runtime: python\n";
+  EXPECT_THAT(ParseError(head),
+              AllOf(StartsWith("config.yaml:3: "), HasSubstr("runtime python needs 'import_path:'"),
+                    HasSubstr("\"model:Iris\"")));
+  for (const char* bad : {"model", "model.Iris", "model:", ":Iris", "1model:Iris", "model:Ir-is",
+                          "a..b:C", "model:Iris.", "model:Iris:X"}) {
+    EXPECT_THAT(ParseError(head + "    import_path: \"" + bad + "\"\n"),
+                AllOf(StartsWith("config.yaml:4: "),
+                      HasSubstr("import_path must be module:attribute with Python names")))
+        << bad;
+  }
+  EXPECT_THAT(ParseError(head + "    import_path: m:C\n    command: [python3]\n"),
+              AllOf(StartsWith("config.yaml:5: "), HasSubstr("command is for runtime command")));
+  EXPECT_THAT(ParseError(head + "    import_path: m:C\n    health_path: /healthz\n"),
+              HasSubstr("health_path is for runtime command"));
+  EXPECT_THAT(ParseError(head + "    import_path: m:C\n    python_path: venv\n"),
+              AllOf(StartsWith("config.yaml:5: "), HasSubstr("must be a list of directories")));
+  EXPECT_THAT(ParseError(head + "    import_path: m:C\n    python_path: [../elsewhere]\n"),
+              HasSubstr("leaves working_dir ('..')"));
+  EXPECT_THAT(ParseError(head + "    import_path: m:C\n    python_path: [\"a/../../b\"]\n"),
+              HasSubstr("leaves working_dir"));
+  EXPECT_THAT(ParseError(head + "    import_path: m:C\n    python_path: [\"\"]\n"),
+              HasSubstr("python_path entries must be non-empty"));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: command\n"
+                         "    command: [x]\n    import_path: m:C\n"),
+              AllOf(StartsWith("config.yaml:5: "), HasSubstr("import_path is for runtime python")));
+  EXPECT_THAT(ParseError("deployments:\n  - name: a\n    runtime: builtin:hello\n"
+                         "    python_path: [x]\n"),
+              HasSubstr("python_path is for runtime native, command or python"));
 }
 
 TEST(ValidateArtifactReference, OnlyDigestsReachTheController) {

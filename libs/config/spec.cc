@@ -20,6 +20,8 @@ wire::DeploymentSpecT ToSpec(const Deployment& d) {
   spec.command = d.command;
   spec.health_path = d.health_path;
   spec.startup_timeout_s = d.startup_timeout_s;
+  spec.import_path = d.import_path;
+  spec.python_path = d.python_path;
   spec.resources = std::make_unique<wire::ResourcesT>();
   spec.resources->num_cpus = d.resources.num_cpus;
   spec.resources->num_gpus = d.resources.num_gpus;
@@ -50,6 +52,8 @@ Deployment FromSpec(const wire::DeploymentSpecT& spec) {
   d.command = spec.command;
   d.health_path = spec.health_path;
   d.startup_timeout_s = spec.startup_timeout_s;
+  d.import_path = spec.import_path;
+  d.python_path = spec.python_path;
   if (spec.resources != nullptr) {
     d.resources.num_cpus = spec.resources->num_cpus;
     d.resources.num_gpus = spec.resources->num_gpus;

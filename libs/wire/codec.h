@@ -3,6 +3,7 @@
 #include <flatbuffers/flatbuffers.h>
 #include <flatbuffers/idl.h>
 
+#include <set>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -82,8 +83,16 @@ Result<typename T::NativeTableType> Unpack(std::string_view bytes) {
   return value;
 }
 
+// Standard base64 with padding, as JSON replies write `[ubyte]` fields.
+std::string Base64Encode(std::string_view bytes);
+// Decodes base64 in the standard or the url-safe alphabet, padded or not; the error says what
+// is wrong with `text`.
+Result<std::string> Base64Decode(std::string_view text);
+
 // Converts between JSON text and FlatBuffers for any table in schemas/serve.fbs, using the
 // schema compiled into the binary, so that any NATS client can talk to the control plane.
+// `[ubyte]` fields are written in base64 (an array of numbers would triple their size) and are
+// read from base64 (standard or url-safe, padded or not) or from an array of numbers.
 // Not thread-safe: one per loop.
 class JsonCodec {
  public:
@@ -106,44 +115,64 @@ class JsonCodec {
   }
 
  private:
-  flatbuffers::Parser printer_;
-};
+  // Whether `table` or a table it holds has a [ubyte] field.
+  bool HoldsBytes(const flatbuffers::StructDef* table) const {
+    return holding_bytes_.count(table) > 0;
+  }
 
-// A control-plane request as it arrived: a FlatBuffer or JSON of the same table.
-template <typename NativeT>
-struct Decoded {
-  NativeT value;
-  bool json = false;  // answer in JSON too
+  flatbuffers::Parser printer_;
+  std::set<const flatbuffers::StructDef*> holding_bytes_;
 };
 
 // True when `bytes` starts (after white space) with '{' and does not carry a table's identifier.
 bool LooksLikeJson(std::string_view bytes);
 
+// A request as it arrived on a subject that answers: its value when it decoded, and whether its
+// bytes looked like JSON. The latter holds even when decoding failed, so that the error goes back
+// in JSON to a client that speaks JSON, not as a FlatBuffer it cannot read.
+template <typename NativeT>
+class Request {
+ public:
+  Request(Result<NativeT> value, bool looked_like_json)
+      : value_(std::move(value)), looked_like_json_(looked_like_json) {}
+
+  bool ok() const { return value_.ok(); }
+  const Status& status() const { return value_.status(); }
+  const std::string& error() const { return value_.error(); }
+  // Only when ok().
+  NativeT& value() { return *value_; }
+  const NativeT& value() const { return *value_; }
+  NativeT& operator*() { return *value_; }
+  const NativeT& operator*() const { return *value_; }
+  NativeT* operator->() { return &*value_; }
+  const NativeT* operator->() const { return &*value_; }
+
+  // Answer in JSON.
+  bool looked_like_json() const { return looked_like_json_; }
+
+ private:
+  Result<NativeT> value_;
+  bool looked_like_json_;
+};
+
 // Decodes a request of table T in either encoding. The error says what was wrong and what the
-// subject expects, e.g. "expected a serve.wire.DeployRequest as FlatBuffers or JSON: ...".
+// subject expects.
 template <typename T>
-Result<Decoded<typename T::NativeTableType>> DecodeRequest(JsonCodec& codec,
-                                                           std::string_view bytes) {
-  Decoded<typename T::NativeTableType> decoded;
+Request<typename T::NativeTableType> DecodeRequest(JsonCodec& codec, std::string_view bytes) {
+  using NativeT = typename T::NativeTableType;
   if (LooksLikeJson(bytes)) {
     auto binary = codec.FromJson<T>(bytes);
-    if (!binary.ok()) return binary.status();
-    auto value = Unpack<T>(*binary);
-    if (!value.ok()) return value.status();
-    decoded.value = std::move(*value);
-    decoded.json = true;
-    return decoded;
+    if (!binary.ok()) return Request<NativeT>(binary.status(), true);
+    return Request<NativeT>(Unpack<T>(*binary), true);
   }
-  auto value = Unpack<T>(bytes);
-  if (!value.ok()) return value.status();
-  decoded.value = std::move(*value);
-  return decoded;
+  return Request<NativeT>(Unpack<T>(bytes), false);
 }
 
-// Encodes a reply in the encoding its request used.
-template <typename NativeT>
-std::string EncodeReply(JsonCodec& codec, const NativeT& reply, bool json) {
-  return json ? codec.ToJson(reply) : Pack(reply);
+// Encodes a reply in the encoding its request used (or looked like it used, when it did not
+// decode): JSON for JSON, a FlatBuffer otherwise.
+template <typename RequestT, typename NativeT>
+std::string EncodeReply(JsonCodec& codec, const Request<RequestT>& request, const NativeT& reply) {
+  return request.looked_like_json() ? codec.ToJson(reply) : Pack(reply);
 }
 
 }  // namespace serve::wire

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cctype>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "wire/schema_text.h"
@@ -181,19 +182,119 @@ TEST(Codec, DecodeRequestAcceptsBothEncodings) {
   JsonCodec codec;
   auto from_binary = DecodeRequest<DeleteRequest>(codec, Pack([] { DeleteRequestT r; r.names = {"a", "b"}; return r; }()));
   ASSERT_TRUE(from_binary.ok()) << from_binary.error();
-  EXPECT_FALSE(from_binary->json);
-  EXPECT_EQ(from_binary->value.names.size(), 2u);
+  EXPECT_FALSE(from_binary.looked_like_json());
+  EXPECT_EQ(from_binary->names.size(), 2u);
 
   auto from_json = DecodeRequest<DeleteRequest>(codec, R"(  {"names":["a"]})");
   ASSERT_TRUE(from_json.ok()) << from_json.error();
-  EXPECT_TRUE(from_json->json);
-  EXPECT_EQ(from_json->value.names, std::vector<std::string>{"a"});
+  EXPECT_TRUE(from_json.looked_like_json());
+  EXPECT_EQ(from_json->names, std::vector<std::string>{"a"});
 
   auto empty_json = DecodeRequest<StatusRequest>(codec, "{}");
   EXPECT_TRUE(empty_json.ok()) << empty_json.error();
 
   EXPECT_FALSE(DecodeRequest<StatusRequest>(codec, "hello").ok());
   EXPECT_FALSE(DecodeRequest<StatusRequest>(codec, "").ok());
+}
+
+TEST(Codec, ARequestThatLooksLikeJsonButDoesNotDecodeIsAnsweredInJson) {
+  JsonCodec codec;
+  auto malformed = DecodeRequest<DeleteRequest>(codec, R"({"names": [)");
+  ASSERT_FALSE(malformed.ok());
+  EXPECT_TRUE(malformed.looked_like_json());
+  EXPECT_THAT(malformed.error(), HasSubstr("DeleteRequest"));
+  DeleteReplyT reply;
+  reply.error = malformed.error();
+  std::string answer = EncodeReply(codec, malformed, reply);
+  auto parsed = nlohmann::json::parse(answer, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(parsed.is_object()) << answer;
+  EXPECT_EQ(parsed["error"], malformed.error());
+
+  auto unknown_field = DecodeRequest<DeleteRequest>(codec, R"({"nmes": ["a"]})");
+  ASSERT_FALSE(unknown_field.ok());
+  EXPECT_TRUE(unknown_field.looked_like_json());
+  EXPECT_THAT(unknown_field.error(), HasSubstr("nmes"));
+
+  // Bytes that are neither: the error goes back as a FlatBuffer.
+  auto garbage = DecodeRequest<DeleteRequest>(codec, "hello");
+  ASSERT_FALSE(garbage.ok());
+  EXPECT_FALSE(garbage.looked_like_json());
+  auto binary = Unpack<DeleteReply>(EncodeReply(codec, garbage, reply));
+  EXPECT_TRUE(binary.ok()) << binary.error();
+}
+
+TEST(Codec, Base64BothWays) {
+  std::string all;
+  for (int i = 0; i < 256; ++i) all.push_back(static_cast<char>(i));
+  for (size_t size : {0u, 1u, 2u, 3u, 4u, 5u, 255u, 256u}) {
+    std::string bytes = all.substr(0, size);
+    std::string text = Base64Encode(bytes);
+    EXPECT_EQ(text.size() % 4, 0u);
+    auto back = Base64Decode(text);
+    ASSERT_TRUE(back.ok()) << back.error();
+    EXPECT_EQ(*back, bytes) << size;
+  }
+  EXPECT_EQ(Base64Encode("hello"), "aGVsbG8=");
+  EXPECT_EQ(*Base64Decode("aGVsbG8="), "hello");
+  EXPECT_EQ(*Base64Decode("aGVsbG8"), "hello");  // unpadded
+  EXPECT_EQ(*Base64Decode("+/8="), std::string("\xfb\xff"));
+  EXPECT_EQ(*Base64Decode("-_8"), std::string("\xfb\xff"));  // url-safe, unpadded
+  EXPECT_EQ(*Base64Decode(""), "");
+  EXPECT_THAT(Base64Decode("aGV*").error(), HasSubstr("character 3"));
+  EXPECT_FALSE(Base64Decode("aGVsb").ok());      // 5 characters encode no whole bytes
+  EXPECT_FALSE(Base64Decode("aG=Vs").ok());      // padding in the middle
+  EXPECT_FALSE(Base64Decode("aGVsbG8==").ok());  // one '=' too many
+}
+
+TEST(Codec, BytesFieldsAreBase64InJson) {
+  JsonCodec codec;
+  BlobPutT put;
+  put.digest = "sha256:00";
+  put.data = {'h', 'e', 'l', 'l', 'o', 0, 255};
+  auto json = codec.ToJson(Pack(put), BlobPut::GetFullyQualifiedName());
+  ASSERT_TRUE(json.ok()) << json.error();
+  auto parsed = nlohmann::json::parse(*json);
+  EXPECT_EQ(parsed["data"], "aGVsbG8A/w==") << *json;
+  EXPECT_EQ(parsed["digest"], "sha256:00");
+
+  for (const char* data :
+       {R"("aGVsbG8A/w==")", R"("aGVsbG8A_w")", R"([104,101,108,108,111,0,255])"}) {
+    std::string text = std::string(R"({"digest": "sha256:00", "data": )") + data + "}";
+    auto back = DecodeRequest<BlobPut>(codec, text);
+    ASSERT_TRUE(back.ok()) << data << ": " << back.error();
+    EXPECT_EQ(back->data, put.data) << data;
+    EXPECT_EQ(back->digest, put.digest);
+  }
+
+  // Nested: an HttpResponse's body, and a table held in a vector of tables.
+  HttpResponseT response;
+  response.status = 200;
+  response.body = {'o', 'k'};
+  auto printed = codec.ToJson(Pack(response), HttpResponse::GetFullyQualifiedName());
+  ASSERT_TRUE(printed.ok()) << printed.error();
+  EXPECT_EQ(nlohmann::json::parse(*printed)["body"], "b2s=");
+}
+
+TEST(Codec, BadBase64IsRefusedNamingTheField) {
+  JsonCodec codec;
+  auto bad = DecodeRequest<BlobPut>(codec, R"({"digest": "sha256:00", "data": "not base64!"})");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(bad.looked_like_json());
+  EXPECT_THAT(bad.error(), HasSubstr("field data"));
+  EXPECT_THAT(bad.error(), HasSubstr("base64"));
+
+  auto request = DecodeRequest<HttpRequest>(codec, R"({"method": "GET", "body": "a"})");
+  ASSERT_FALSE(request.ok());
+  EXPECT_THAT(request.error(), HasSubstr("field body"));
+}
+
+TEST(Codec, DeeplyNestedJsonIsRefusedWithoutCrashing) {
+  JsonCodec codec;
+  std::string deep =
+      R"({"digest": "x", "data": )" + std::string(200000, '[') + std::string(200000, ']') + "}";
+  auto refused = DecodeRequest<BlobPut>(codec, deep);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_TRUE(refused.looked_like_json());
 }
 
 TEST(Codec, LooksLikeJson) {

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -86,6 +87,7 @@ Checkpointer::Checkpointer(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& 
       metrics_(metrics_registry_) {}
 
 Checkpointer::~Checkpointer() {
+  Stop();  // closes the collection timer; the loop's owner runs it to the end
   std::error_code ec;
   for (const auto& [key, upload] : uploads_) std::filesystem::remove(upload.path, ec);
   RemoveStagedFiles(staging_dir_);
@@ -119,11 +121,66 @@ Status Checkpointer::Start() {
         bus_.Subscribe(route.subject, [this, handler](bus::Message& m) { (this->*handler)(m); });
     if (!status.ok()) return status;
   }
+  if (blob_keep_s_ > 0) {
+    auto keep_ms = static_cast<uint64_t>(blob_keep_s_ * 1000);
+    collector_ = std::make_unique<BlobCollector>(keep_ms);
+    uint64_t every_ms = std::clamp<uint64_t>(keep_ms / 4, 100, 600'000);
+    collect_timer_ = new uv_timer_t;
+    uv_timer_init(loop_, collect_timer_);
+    collect_timer_->data = this;
+    uv_timer_start(
+        collect_timer_,
+        [](uv_timer_t* timer) { static_cast<Checkpointer*>(timer->data)->CollectBlobs(); },
+        every_ms, every_ms);
+    uv_unref(reinterpret_cast<uv_handle_t*>(collect_timer_));  // never what keeps the loop up
+  }
   return service::OnShutdownNotice(bus_, subjects_,
                                    [this](const std::string& reason) { OnShutdown(reason); });
 }
 
-void Checkpointer::Stop() { stopped_ = true; }
+void Checkpointer::Stop() {
+  stopped_ = true;
+  if (collect_timer_ != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(collect_timer_),
+             [](uv_handle_t* handle) { delete reinterpret_cast<uv_timer_t*>(handle); });
+    collect_timer_ = nullptr;
+  }
+}
+
+void Checkpointer::CollectBlobs() {
+  if (stopped_) return;
+  // The controller's stored state is the evidence: without one that reads, nothing is judged
+  // unused.
+  auto state = CallStore("get", [&] { return store_.Get("controller/state"); });
+  if (!state.ok()) {
+    spdlog::warn("blob collection skipped: {}", state.error());
+    return;
+  }
+  if (!state->has_value()) return;  // no controller has stored a state yet
+  auto referenced = ReferencedArtifacts((*state)->data);
+  if (!referenced.ok()) {
+    spdlog::warn("blob collection skipped: the stored controller state does not read: {}",
+                 referenced.error());
+    return;
+  }
+  auto stored = CallStore("list_blobs", [&] { return store_.ListBlobs(); });
+  if (!stored.ok()) {
+    spdlog::warn("blob collection skipped: {}", stored.error());
+    return;
+  }
+  for (const std::string& digest : collector_->Pass(*referenced, *stored, NowMs())) {
+    bool uploading = false;
+    for (const auto& [key, upload] : uploads_) uploading = uploading || key.rfind(digest, 0) == 0;
+    if (uploading) continue;  // being uploaded again, for a deploy on its way
+    Status removed = CallStore("delete_blob", [&] { return store_.DeleteBlob(digest); });
+    if (!removed.ok()) {
+      spdlog::warn("cannot remove the unused blob {}: {}", digest, removed.message());
+      continue;
+    }
+    metrics_.BlobRemoved();
+    spdlog::info("removed blob {}: no deployment has used it for {} s", digest, blob_keep_s_);
+  }
+}
 
 uint64_t Checkpointer::NowMs() {
   uv_update_time(loop_);
@@ -168,13 +225,13 @@ void Checkpointer::OnPut(const bus::Message& message) {
   wire::CheckpointPutReplyT reply;
   auto request = DecodeOrRefuse<wire::CheckpointPut, wire::CheckpointPutReply>("put", message);
   if (!request) return;
-  const wire::CheckpointPutT& put = request->value;
+  const wire::CheckpointPutT& put = request->value();
   // A bad key is the request's fault: refused here, so the store's figures count only the store.
   Status key = ValidateKey(put.key);
   if (stopped_ || !WrongStore(put.store).empty() || !key.ok()) {
     reply.error = stopped_ ? kStopping : !key.ok() ? key.message() : WrongStore(put.store);
     metrics_.Answered("put", "refused");
-    Reply(message, wire::EncodeReply(codec_, reply, request->json));
+    Reply(message, wire::EncodeReply(codec_, *request, reply));
     return;
   }
 
@@ -206,7 +263,7 @@ void Checkpointer::OnPut(const bus::Message& message) {
     spdlog::warn("storing '{}' in {} took {} ms; requests waited behind it", put.key,
                  store_.Describe(), elapsed_ms);
   }
-  Reply(message, wire::EncodeReply(codec_, reply, request->json));
+  Reply(message, wire::EncodeReply(codec_, *request, reply));
 }
 
 void Checkpointer::OnGet(const bus::Message& message) {
@@ -217,12 +274,12 @@ void Checkpointer::OnGet(const bus::Message& message) {
     spdlog::debug("get on {} had no reply subject; nothing to answer", message.subject);
     return;
   }
-  const wire::CheckpointGetT& get = request->value;
+  const wire::CheckpointGetT& get = request->value();
   Status key = ValidateKey(get.key);
   if (stopped_ || !WrongStore(get.store).empty() || !key.ok()) {
     reply.error = stopped_ ? kStopping : !key.ok() ? key.message() : WrongStore(get.store);
     metrics_.Answered("get", "refused");
-    Reply(message, wire::EncodeReply(codec_, reply, request->json));
+    Reply(message, wire::EncodeReply(codec_, *request, reply));
     return;
   }
 
@@ -248,7 +305,7 @@ void Checkpointer::OnGet(const bus::Message& message) {
     spdlog::warn("reading '{}' from {} took {} ms; requests waited behind it", get.key,
                  store_.Describe(), elapsed_ms);
   }
-  Reply(message, wire::EncodeReply(codec_, reply, request->json));
+  Reply(message, wire::EncodeReply(codec_, *request, reply));
 }
 
 void Checkpointer::OnShutdown(const std::string& reason) {
@@ -267,7 +324,7 @@ void Checkpointer::OnBlobStat(const bus::Message& message) {
   if (stopped_) {
     reply.error = kStopping;
   } else if (auto size =
-                 CallStore("blob_size", [&] { return store_.BlobSize(request->value.digest); });
+                 CallStore("blob_size", [&] { return store_.BlobSize(request->value().digest); });
              !size.ok()) {
     reply.error = size.error();
     outcome = "error";
@@ -279,7 +336,7 @@ void Checkpointer::OnBlobStat(const bus::Message& message) {
     outcome = "not_found";
   }
   metrics_.Answered("blob_stat", outcome);
-  Reply(message, wire::EncodeReply(codec_, reply, request->json));
+  Reply(message, wire::EncodeReply(codec_, *request, reply));
 }
 
 void Checkpointer::DropAbandonedUploads() {
@@ -412,19 +469,19 @@ void Checkpointer::OnBlobPut(const bus::Message& message) {
   if (stopped_) {
     reply.error = kStopping;
   } else {
-    reply = ReceiveChunk(request->value, ClientOf(message.reply), &failed);
+    reply = ReceiveChunk(request->value(), ClientOf(message.reply), &failed);
   }
   metrics_.SetUploads(uploads_.size());
   metrics_.Answered("blob_put", reply.error.empty() ? "ok" : failed ? "error" : "refused");
   if (!reply.error.empty()) spdlog::warn("blob put: {}", reply.error);
-  Reply(message, wire::EncodeReply(codec_, reply, request->json));
+  Reply(message, wire::EncodeReply(codec_, *request, reply));
 }
 
 void Checkpointer::OnBlobGet(const bus::Message& message) {
   wire::BlobGetReplyT reply;
   auto request = DecodeOrRefuse<wire::BlobGet, wire::BlobGetReply>("blob_get", message);
   if (!request) return;
-  const wire::BlobGetT& get = request->value;
+  const wire::BlobGetT& get = request->value();
   const char* outcome = "refused";
   if (stopped_) {
     reply.error = kStopping;
@@ -453,7 +510,7 @@ void Checkpointer::OnBlobGet(const bus::Message& message) {
     outcome = "not_found";
   }
   metrics_.Answered("blob_get", outcome);
-  Reply(message, wire::EncodeReply(codec_, reply, request->json));
+  Reply(message, wire::EncodeReply(codec_, *request, reply));
 }
 
 }  // namespace serve::checkpointer

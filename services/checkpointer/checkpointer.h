@@ -5,12 +5,14 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "base/status.h"
 #include "bus/bus.h"
 #include "bus/subjects.h"
+#include "checkpointer/blob_collector.h"
 #include "checkpointer/checkpointer_metrics.h"
 #include "checkpointer/store.h"
 #include "metrics/metrics.h"
@@ -68,6 +70,11 @@ class Checkpointer {
   // store (its `store` field) is refused; one naming none is served.
   void SetStoreUri(std::string uri) { store_uri_ = std::move(uri); }
 
+  // Removes the blobs no deployment of the stored controller state has named for `keep_s`
+  // (docs/security.md, "Artifacts"), checking every keep_s / 4 (at most every 10 minutes).
+  // 0 keeps every blob. Call before Start().
+  void SetBlobCollection(double keep_s) { blob_keep_s_ = keep_s; }
+
   // Called once on <ns>.shutdown; the process should close its handles and let the loop end.
   void SetShutdownHandler(ShutdownHandler handler) { on_shutdown_ = std::move(handler); }
 
@@ -101,15 +108,15 @@ class Checkpointer {
   // Decodes a request of table T. When it does not decode, answers a ReplyT table carrying why (in
   // JSON when the request looked like JSON) and returns nullopt.
   template <typename T, typename ReplyT>
-  std::optional<wire::Decoded<typename T::NativeTableType>> DecodeOrRefuse(
+  std::optional<wire::Request<typename T::NativeTableType>> DecodeOrRefuse(
       const char* operation, const bus::Message& message) {
     auto request = wire::DecodeRequest<T>(codec_, message.data);
-    if (request.ok()) return std::move(*request);
+    if (request.ok()) return request;
     spdlog::warn("bad request on {}: {}", message.subject, request.error());
     metrics_.Answered(operation, "refused");
     typename ReplyT::NativeTableType reply;
     reply.error = request.error();
-    Reply(message, wire::EncodeReply(codec_, reply, wire::LooksLikeJson(message.data)));
+    Reply(message, wire::EncodeReply(codec_, request, reply));
     return std::nullopt;
   }
   // Empty when `requested` (a request's `store`) is empty or names this checkpointer's store;
@@ -147,6 +154,11 @@ class Checkpointer {
     uint64_t last_chunk_ms = 0;
   };
   void DropAbandonedUploads();
+  // One garbage-collection pass over the store's blobs (BlobCollector).
+  void CollectBlobs();
+  double blob_keep_s_ = 0;
+  std::unique_ptr<BlobCollector> collector_;
+  uv_timer_t* collect_timer_ = nullptr;  // closed by Stop()
   std::string staging_dir_;
   std::string store_uri_;
   std::map<std::string, Upload> uploads_;

@@ -45,7 +45,13 @@ CheckpointerMetrics::CheckpointerMetrics(metrics::Registry& registry)
                     .Name(registry.Name("checkpointer_uploads_in_progress"))
                     .Help("Artifact uploads being assembled.")
                     .Register(registry.registry())
-                    .Add({})) {
+                    .Add({})),
+      blobs_removed_(&prometheus::BuildCounter()
+                          .Name(registry.Name("checkpointer_blobs_removed_total"))
+                          .Help("Artifacts removed from the recovery store because no "
+                                "deployment had used them for --blob-keep-s.")
+                          .Register(registry.registry())
+                          .Add({})) {
   // Healthy until a call says otherwise: a checkpointer starts only once its store opened.
   store_healthy_->Set(1);
 }

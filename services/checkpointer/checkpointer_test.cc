@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
 
 #include "artifact/artifact.h"
 #include "artifact/transfer.h"
@@ -524,6 +525,76 @@ TEST_F(CheckpointerTest, StagingFilesAreRemovedAtStartAndAtExit) {
   checkpointer_.reset();
   EXPECT_EQ(std::distance(fs::directory_iterator(staging_.path()), fs::directory_iterator()), 1)
       << "only notes.txt is left";
+}
+
+// Blob garbage collection (docs/security.md, "Artifacts"): what the stored controller state
+// names stays; what it has not named for --blob-keep-s goes.
+TEST_F(CheckpointerTest, BlobsNoDeploymentUsesAreRemovedAndUsedOnesKept) {
+  auto put_blob = [&](const std::string& bytes) {
+    std::string path = staging_.path() + "/blob-source";
+    std::ofstream(path, std::ios::binary) << bytes;
+    std::string digest = artifact::DigestOf(bytes);
+    EXPECT_TRUE(store_->PutBlob(digest, path).ok());
+    return digest;
+  };
+  std::string used = put_blob("the artifact a deployment runs");
+  std::string unused = put_blob("an artifact nothing runs any more");
+  wire::ControllerStateT state;
+  state.generation = 1;
+  auto spec = std::make_unique<wire::DeploymentSpecT>();
+  spec->name = "app";
+  spec->artifact = used;
+  state.deployments.push_back(std::move(spec));
+  ASSERT_EQ(Put("controller/state", 1, wire::Pack(state)).error, "");
+
+  checkpointer_.reset();
+  server_ = Connect();
+  ASSERT_TRUE(server_);
+  checkpointer_ =
+      std::make_unique<Checkpointer>(&loop_, *server_, subjects_, *store_, staging_.path());
+  checkpointer_->SetBlobCollection(0.2);
+  ASSERT_TRUE(checkpointer_->Start().ok());
+  ASSERT_TRUE(RunUntil(&loop_, [&] {
+    auto size = store_->BlobSize(unused);
+    return size.ok() && !size->has_value();
+  })) << "the unused blob is still stored";
+  auto size = store_->BlobSize(used);
+  ASSERT_TRUE(size.ok()) << size.error();
+  EXPECT_TRUE(size->has_value()) << "the blob the stored state names was removed";
+}
+
+TEST(BlobCollectorTest, RemovesOnlyWhatStayedUnnamedForTheWholeKeepTime) {
+  BlobCollector collector(1000);
+  const std::set<std::string> named = {"sha256:a"};
+  // First seen unnamed at 0: nothing goes at once, however old the blob itself is.
+  EXPECT_TRUE(collector.Pass(named, {"sha256:a", "sha256:b"}, 0).empty());
+  EXPECT_EQ(collector.waiting(), 1u);
+  EXPECT_TRUE(collector.Pass(named, {"sha256:a", "sha256:b", "sha256:c"}, 999).empty());
+  // b has been unnamed for 1000 ms; c, first seen at 999, has not.
+  EXPECT_EQ(collector.Pass(named, {"sha256:a", "sha256:b", "sha256:c"}, 1000),
+            std::vector<std::string>{"sha256:b"});
+  // c is named again before its time: its clock starts over when it is unnamed later.
+  EXPECT_TRUE(collector.Pass({"sha256:a", "sha256:c"}, {"sha256:a", "sha256:c"}, 1500).empty());
+  EXPECT_TRUE(collector.Pass(named, {"sha256:a", "sha256:c"}, 2000).empty());
+  EXPECT_TRUE(collector.Pass(named, {"sha256:a", "sha256:c"}, 2999).empty());
+  EXPECT_EQ(collector.Pass(named, {"sha256:a", "sha256:c"}, 3000),
+            std::vector<std::string>{"sha256:c"});
+  EXPECT_EQ(collector.waiting(), 0u);
+}
+
+TEST(BlobCollectorTest, ReferencedArtifactsReadsTheStoredStateAndRefusesAnythingElse) {
+  wire::ControllerStateT state;
+  for (const char* artifact : {"sha256:1", "", "sha256:2", "sha256:1"}) {
+    auto spec = std::make_unique<wire::DeploymentSpecT>();
+    spec->artifact = artifact;
+    state.deployments.push_back(std::move(spec));
+  }
+  auto referenced = ReferencedArtifacts(wire::Pack(state));
+  ASSERT_TRUE(referenced.ok()) << referenced.error();
+  EXPECT_EQ(*referenced, (std::set<std::string>{"sha256:1", "sha256:2"}));
+  EXPECT_FALSE(ReferencedArtifacts("desired state").ok()) << "not a ControllerState";
+  wire::CheckpointGetT other;
+  EXPECT_FALSE(ReferencedArtifacts(wire::Pack(other)).ok()) << "another table";
 }
 
 TEST(StagingDirsTest, OnlyThoseOfDeadCheckpointersAreRemoved) {

@@ -87,6 +87,8 @@ class CustomStore : public CheckpointStore {
   Status PutBlob(const std::string& digest, const std::string& path) override;
   Result<std::string> ReadBlob(const std::string& digest, uint64_t offset,
                                uint64_t length) override;
+  Result<std::vector<std::string>> ListBlobs() override;
+  Status DeleteBlob(const std::string& digest) override;
 
  private:
   static std::string BlobKey(const std::string& digest) {
@@ -150,6 +152,41 @@ Result<bool> CustomStore::PluginHas(const std::string& plugin_key) {
                          "': " + error.message());
   }
   return search.found;
+}
+
+Result<std::vector<std::string>> CustomStore::ListBlobs() {
+  static const std::string kFolder = "blobs/sha256/";
+  std::vector<std::string> digests;
+  auto on_key = [](void* context, const char* key) -> int {
+    std::string_view name(key);
+    if (name.substr(0, kFolder.size()) != kFolder) return 0;
+    std::string digest = "sha256:" + std::string(name.substr(kFolder.size()));
+    if (config::IsArtifactDigest(digest)) {
+      static_cast<std::vector<std::string>*>(context)->push_back(std::move(digest));
+    }
+    return 0;
+  };
+  PluginError error;
+  if (api_.list(store_, kFolder.c_str(), on_key, &digests, error.data(), error.size()) != 0) {
+    return Status::Error("the store plugin " + library_path_ + " could not list '" + kFolder +
+                         "': " + error.message());
+  }
+  return digests;
+}
+
+Status CustomStore::DeleteBlob(const std::string& digest) {
+  if (!config::IsArtifactDigest(digest)) return BadDigest(digest);
+  std::string key = BlobKey(digest);
+  PluginError error;
+  if (api_.remove(store_, key.c_str(), error.data(), error.size()) != 0) {
+    return Status::Error("the store plugin " + library_path_ + " could not delete '" + key +
+                         "': " + error.message());
+  }
+  if (cached_digest_ == digest) {
+    cached_digest_.clear();
+    cached_blob_.clear();
+  }
+  return Status::Ok();
 }
 
 Result<std::optional<Record>> CustomStore::Get(const std::string& key) {

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "config/deployment_config.h"
 #include "service/service.h"
@@ -323,6 +324,30 @@ Result<std::string> FileStore::ReadBlob(const std::string& digest, uint64_t offs
   }
   bytes.resize(filled);
   return bytes;
+}
+
+Result<std::vector<std::string>> FileStore::ListBlobs() {
+  std::vector<std::string> digests;
+  std::string folder = (directory_ == "/" ? "" : directory_) + "/blobs/sha256";
+  std::error_code error;
+  std::filesystem::directory_iterator entries(folder, error);
+  if (error == std::errc::no_such_file_or_directory) return digests;
+  if (error) return Status::Error("cannot list " + folder + ": " + error.message());
+  for (const auto& entry : entries) {
+    // Temporary files of puts in progress (".tmp-*") and anything else are not blobs.
+    std::string digest = "sha256:" + entry.path().filename().string();
+    if (config::IsArtifactDigest(digest)) digests.push_back(std::move(digest));
+  }
+  return digests;
+}
+
+Status FileStore::DeleteBlob(const std::string& digest) {
+  if (!config::IsArtifactDigest(digest)) return BadDigest(digest);
+  std::string path = BlobPathFor(digest);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return Status::Error("cannot remove " + path + ": " + ErrnoText(errno));
+  }
+  return SyncDirectory(ParentOf(path));
 }
 
 }  // namespace serve::checkpointer

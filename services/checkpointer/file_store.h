@@ -31,6 +31,8 @@ class FileStore : public CheckpointStore {
   Status PutBlob(const std::string& digest, const std::string& path) override;
   Result<std::string> ReadBlob(const std::string& digest, uint64_t offset,
                                uint64_t length) override;
+  Result<std::vector<std::string>> ListBlobs() override;
+  Status DeleteBlob(const std::string& digest) override;
 
   const std::string& directory() const { return directory_; }
   // The file that holds `key`.

@@ -51,6 +51,13 @@ int main(int argc, char** argv) {
       ->envname("SERVE_MAX_UPLOADS_PER_CLIENT")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
+  double blob_keep_s = 86400;
+  app.add_option("--blob-keep-s", blob_keep_s,
+                 "Remove a stored code artifact once no deployment of the stored controller state "
+                 "has used it for this long (0: keep every artifact)")
+      ->envname("SERVE_BLOB_KEEP_S")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e9));
   app.add_option("--checkpoint-path", checkpoint_path,
                  "Where checkpoints live: file:///dir (default "
                  "file://$HOME/.serve/<namespace>/checkpoint)")
@@ -99,6 +106,7 @@ int main(int argc, char** argv) {
                                           flags.metrics_name_prefix);
   checkpointer.SetStoreUri(checkpoint_path);
   checkpointer.SetUploadLimits(limits);
+  checkpointer.SetBlobCollection(blob_keep_s);
   metrics::Endpoint metrics_endpoint(&loop, checkpointer.metrics(), "the checkpointer");
   std::unique_ptr<service::SignalWatcher> signals;
   auto shutdown = [&](const std::string& why) {

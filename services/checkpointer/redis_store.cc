@@ -9,6 +9,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -285,6 +286,8 @@ class RedisStore : public CheckpointStore {
   Status PutBlob(const std::string& digest, const std::string& path) override;
   Result<std::string> ReadBlob(const std::string& digest, uint64_t offset,
                                uint64_t length) override;
+  Result<std::vector<std::string>> ListBlobs() override;
+  Status DeleteBlob(const std::string& digest) override;
 
  private:
   // host:port as a person would type it.
@@ -552,6 +555,55 @@ Result<std::string> RedisStore::ReadBlob(const std::string& digest, uint64_t off
     if (!*exists) return Status::Error(digest + " is not stored in " + Describe());
   }
   return bytes;
+}
+
+// `text` as a SCAN MATCH pattern that matches only itself.
+std::string GlobEscaped(const std::string& text) {
+  std::string escaped;
+  for (char c : text) {
+    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') escaped.push_back('\\');
+    escaped.push_back(c);
+  }
+  return escaped;
+}
+
+Result<std::vector<std::string>> RedisStore::ListBlobs() {
+  const std::string folder = BlobKey("sha256:");
+  const std::string pattern = GlobEscaped(folder) + "*";
+  std::vector<std::string> digests;
+  // SCAN, not KEYS: it walks the keyspace in steps and never blocks the server for long.
+  std::string cursor = "0";
+  do {
+    auto reply = Call({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"});
+    if (!reply.ok()) return reply.status().WithContext("cannot list the blobs of " + Describe());
+    const redisReply& r = **reply;
+    if (r.type != REDIS_REPLY_ARRAY || r.elements != 2 ||
+        r.element[0]->type != REDIS_REPLY_STRING || r.element[1]->type != REDIS_REPLY_ARRAY) {
+      return Status::Error("SCAN at " + Where() +
+                           " answered something other than a cursor and "
+                           "a list of keys");
+    }
+    cursor.assign(Text(*r.element[0]));
+    for (size_t i = 0; i < r.element[1]->elements; ++i) {
+      const redisReply* key = r.element[1]->element[i];
+      if (key->type != REDIS_REPLY_STRING) continue;
+      std::string_view name = Text(*key);
+      if (name.size() <= folder.size()) continue;
+      // SCAN may return a key twice; a set of digests is what the caller wants.
+      std::string digest = "sha256:" + std::string(name.substr(folder.size()));
+      if (config::IsArtifactDigest(digest)) digests.push_back(std::move(digest));
+    }
+  } while (cursor != "0");
+  std::sort(digests.begin(), digests.end());
+  digests.erase(std::unique(digests.begin(), digests.end()), digests.end());
+  return digests;
+}
+
+Status RedisStore::DeleteBlob(const std::string& digest) {
+  if (!config::IsArtifactDigest(digest)) return BadDigest(digest);
+  auto reply = Call({"DEL", BlobKey(digest)});
+  if (!reply.ok()) return reply.status().WithContext("cannot remove " + digest);
+  return Status::Ok();
 }
 
 }  // namespace

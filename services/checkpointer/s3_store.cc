@@ -17,6 +17,7 @@
 #include <optional>
 #include <vector>
 
+#include "checkpointer/s3_answers.h"
 #include "config/deployment_config.h"
 #include "service/service.h"
 #include "wire/codec.h"
@@ -32,7 +33,8 @@ constexpr uint64_t kMaxParts = 10000;
 // How often a put re-reads and re-checks after losing a conditional write to another writer.
 constexpr int kPutAttempts = 5;
 
-constexpr char kKnownParams[] = "endpoint, region, addressing, multipart_threshold, part_size";
+constexpr char kKnownParams[] =
+    "endpoint, region, addressing, multipart_threshold, part_size, list_page_keys";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration: the URI, the environment, ~/.aws
@@ -275,24 +277,7 @@ std::string Lower(std::string text) {
   return text;
 }
 
-// The text of the first <tag>...</tag> in an S3 XML document, unescaped; "" when absent.
-std::string XmlText(const std::string& xml, const std::string& tag) {
-  std::string open = "<" + tag + ">";
-  size_t begin = xml.find(open);
-  if (begin == std::string::npos) return "";
-  begin += open.size();
-  size_t end = xml.find("</" + tag + ">", begin);
-  if (end == std::string::npos) return "";
-  std::string text = xml.substr(begin, end - begin);
-  static const std::pair<const char*, const char*> kEntities[] = {
-      {"&quot;", "\""}, {"&apos;", "'"}, {"&lt;", "<"}, {"&gt;", ">"}, {"&amp;", "&"}};
-  for (const auto& [entity, replacement] : kEntities) {
-    for (size_t at = text.find(entity); at != std::string::npos; at = text.find(entity, at + 1)) {
-      text.replace(at, std::strlen(entity), replacement);
-    }
-  }
-  return text;
-}
+using s3::XmlText;
 
 struct HttpRequest {
   std::string method = {};
@@ -358,13 +343,8 @@ size_t WriteBody(char* data, size_t size, size_t count, void* user) {
 }
 
 size_t ReadHeader(char* data, size_t size, size_t count, void* user) {
-  auto* response = static_cast<Transfer*>(user)->response;
-  std::string_view line(data, size * count);
-  if (line.rfind("HTTP/", 0) == 0) {
-    response->headers.clear();  // a new response (after 100 Continue or a redirect)
-  } else if (size_t colon = line.find(':'); colon != std::string_view::npos) {
-    response->headers[Lower(Trim(line.substr(0, colon)))] = Trim(line.substr(colon + 1));
-  }
+  s3::AddHeaderLine(std::string_view(data, size * count),
+                    &static_cast<Transfer*>(user)->response->headers);
   return size * count;
 }
 
@@ -401,6 +381,8 @@ class S3Store : public CheckpointStore {
   Status PutBlob(const std::string& digest, const std::string& path) override;
   Result<std::string> ReadBlob(const std::string& digest, uint64_t offset,
                                uint64_t length) override;
+  Result<std::vector<std::string>> ListBlobs() override;
+  Status DeleteBlob(const std::string& digest) override;
 
  private:
   std::string RecordObject(const std::string& key) const {
@@ -626,12 +608,12 @@ Result<std::optional<uint64_t>> S3Store::BlobSize(const std::string& digest) {
   if (!response.ok()) return response.status();
   if (response->status == 404) return std::optional<uint64_t>();
   if (response->status != 200) return Unexpected(request, *response);
-  std::string length = response->Header("content-length");
-  if (length.empty() || !std::all_of(length.begin(), length.end(), ::isdigit)) {
+  auto length = s3::ParseContentLength(response->Header("content-length"));
+  if (!length.ok()) {
     return Status::Error("HEAD " + Name(request.object) + " at " + config_.endpoint +
-                         " answered without a Content-Length");
+                         " answered with " + length.error());
   }
-  return std::optional<uint64_t>(std::stoull(length));
+  return std::optional<uint64_t>(*length);
 }
 
 Status S3Store::PutBlob(const std::string& digest, const std::string& path) {
@@ -723,6 +705,52 @@ Status S3Store::PutMultipart(const std::string& object, int fd, uint64_t size) c
   // S3 may answer 200 and still report an error in the body.
   if (finished->status != 200 || !finished->ErrorCode().empty()) {
     return abort(Unexpected(finish, *finished));
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<std::string>> S3Store::ListBlobs() {
+  const std::string folder = (config_.prefix.empty() ? "" : config_.prefix + "/") + "blobs/sha256/";
+  std::vector<std::string> digests;
+  std::string token;
+  // ListObjectsV2 answers up to 1000 keys a page; a truncated page names the next one.
+  for (int page = 0;; ++page) {
+    HttpRequest request{
+        .method = "GET", .object = "", .query = {{"list-type", "2"}, {"prefix", folder}}};
+    if (!token.empty()) request.query.emplace_back("continuation-token", token);
+    if (config_.list_page_keys != 1000) {
+      request.query.emplace_back("max-keys", std::to_string(config_.list_page_keys));
+    }
+    auto response = Send(request);
+    if (!response.ok())
+      return response.status().WithContext("cannot list the blobs of " + Describe());
+    if (response->status != 200) {
+      return Unexpected(request, *response).WithContext("cannot list the blobs of " + Describe());
+    }
+    s3::ListObjectsPage listed = s3::ParseListObjectsPage(response->body);
+    for (const std::string& key : listed.keys) {
+      if (key.size() <= folder.size() || key.compare(0, folder.size(), folder) != 0) continue;
+      std::string digest = "sha256:" + key.substr(folder.size());
+      if (config::IsArtifactDigest(digest)) digests.push_back(std::move(digest));
+    }
+    if (!listed.truncated) break;
+    token = std::move(listed.next_token);
+    if (token.empty() || page >= 100000) {
+      return Status::Error("listing the blobs of " + Describe() +
+                           ": a truncated page named no next one");
+    }
+  }
+  return digests;
+}
+
+Status S3Store::DeleteBlob(const std::string& digest) {
+  if (!config::IsArtifactDigest(digest)) return BadDigest(digest);
+  HttpRequest request{.method = "DELETE", .object = BlobObject(digest)};
+  auto response = Send(request);
+  if (!response.ok()) return response.status().WithContext("cannot remove " + digest);
+  // 204 No Content is S3's answer, also for a key that is not there; 404 from others.
+  if (response->status != 204 && response->status != 200 && response->status != 404) {
+    return Unexpected(request, *response).WithContext("cannot remove " + digest);
   }
   return Status::Ok();
 }
@@ -826,7 +854,7 @@ Result<S3StoreConfig> ResolveS3StoreConfig(const std::string& uri) {
       size_t equals = pair.find('=');
       std::string name = pair.substr(0, equals);
       if (name != "endpoint" && name != "region" && name != "addressing" &&
-          name != "multipart_threshold" && name != "part_size") {
+          name != "multipart_threshold" && name != "part_size" && name != "list_page_keys") {
         return bad("has the unknown parameter '" + name + "'; known: " + kKnownParams);
       }
       if (equals == std::string::npos || equals + 1 == pair.size()) {
@@ -901,6 +929,13 @@ Result<S3StoreConfig> ResolveS3StoreConfig(const std::string& uri) {
                  std::to_string(kMinAwsPartSize) + ")");
     }
     config.part_size = *bytes;
+  }
+  if (auto it = params.find("list_page_keys"); it != params.end()) {
+    auto keys = ParseBytes("list_page_keys", it->second);
+    if (!keys.ok() || *keys == 0 || *keys > 1000) {
+      return bad("has list_page_keys=" + it->second + "; use 1 to 1000 (S3 answers at most 1000)");
+    }
+    config.list_page_keys = static_cast<int>(*keys);
   }
 
   Status credentials = ResolveCredentials(&config);

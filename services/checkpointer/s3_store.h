@@ -49,6 +49,8 @@ struct S3StoreConfig {
   bool path_style = false;  // http://endpoint/bucket/key rather than http://bucket.endpoint/key
   uint64_t multipart_threshold = 16ull << 20;
   uint64_t part_size = 8ull << 20;
+  // Keys per page when listing blobs (ListObjectsV2 max-keys; S3's own limit is 1000).
+  int list_page_keys = 1000;
   sigv4::Credentials credentials;
   // Where the credentials came from, for errors: "environment (AWS_ACCESS_KEY_ID)" or
   // "/home/x/.aws/credentials [default]".
@@ -69,7 +71,8 @@ struct S3StoreConfig {
 // uses "auto"); addressing=path|virtual (default: virtual on AWS, path when the endpoint is
 // overridden, for gs, and for bucket names with dots); multipart_threshold= and part_size= in
 // bytes (defaults 16 MiB and 8 MiB; S3 wants parts of at least 5 MiB, smaller ones are accepted
-// only when asked for explicitly).
+// only when asked for explicitly); list_page_keys= (1 to 1000, default 1000) keys per page when
+// the checkpointer lists blobs to garbage-collect them.
 //
 // Credentials: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY and $AWS_SESSION_TOKEN, else the
 // profile $AWS_PROFILE (default "default") of ~/.aws/credentials ($AWS_SHARED_CREDENTIALS_FILE);

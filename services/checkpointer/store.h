@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/status.h"
 
@@ -56,6 +57,10 @@ class CheckpointStore {
   // does not exist.
   virtual Result<std::string> ReadBlob(const std::string& digest, uint64_t offset,
                                        uint64_t length) = 0;
+  // The digests of every stored blob, in any order, for garbage collection (BlobCollector).
+  virtual Result<std::vector<std::string>> ListBlobs() = 0;
+  // Removes a blob; removing one that is not stored succeeds.
+  virtual Status DeleteBlob(const std::string& digest) = 0;
 };
 
 // Checks a key against the rules above; the error names the key and the rule it breaks.

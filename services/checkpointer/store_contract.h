@@ -10,9 +10,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -126,6 +126,37 @@ TEST_P(StoreContractTest, BlobsByDigest) {
   ASSERT_TRUE(tail.ok()) << tail.error();
   EXPECT_EQ(*tail, bytes.substr(bytes.size() - 10));
   EXPECT_FALSE(store_->BlobSize("md5:abc").ok()) << "not a digest";
+}
+
+TEST_P(StoreContractTest, BlobsAreListedAndDeleted) {
+  auto none = store_->ListBlobs();
+  ASSERT_TRUE(none.ok()) << none.error();
+  EXPECT_TRUE(none->empty());
+  std::vector<std::string> digests;
+  for (const char* bytes : {"one", "two", "three"}) {
+    digests.push_back(artifact::DigestOf(bytes));
+    ASSERT_TRUE(store_->PutBlob(digests.back(), WriteTempFile(bytes)).ok());
+  }
+  ASSERT_TRUE(store_->Put("controller/state", 1, "records are not blobs").ok());
+  auto listed = store_->ListBlobs();
+  ASSERT_TRUE(listed.ok()) << listed.error();
+  std::sort(listed->begin(), listed->end());
+  std::vector<std::string> expected = digests;
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(*listed, expected);
+
+  ASSERT_TRUE(store_->DeleteBlob(digests[1]).ok());
+  ASSERT_TRUE(store_->DeleteBlob(digests[1]).ok()) << "deleting what is gone succeeds";
+  auto size = store_->BlobSize(digests[1]);
+  ASSERT_TRUE(size.ok()) << size.error();
+  EXPECT_FALSE(size->has_value());
+  EXPECT_FALSE(store_->ReadBlob(digests[1], 0, 10).ok());
+  listed = store_->ListBlobs();
+  ASSERT_TRUE(listed.ok()) << listed.error();
+  EXPECT_EQ(listed->size(), 2u);
+  EXPECT_EQ(std::count(listed->begin(), listed->end(), digests[1]), 0);
+  EXPECT_EQ(*store_->ReadBlob(digests[0], 0, 10), "one") << "the others are untouched";
+  EXPECT_FALSE(store_->DeleteBlob("md5:abc").ok()) << "not a digest";
 }
 
 TEST_P(StoreContractTest, DescribeNamesAUri) {

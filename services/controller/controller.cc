@@ -314,7 +314,7 @@ void Controller::OnPing(bus::Message& message) {
   reply.pid = getpid();
   reply.version = kVersion;
   reply.started_ms = started_ms_;
-  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
+  (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
 }
 
 Status Controller::Available() const {
@@ -376,13 +376,12 @@ Result<std::vector<config::Deployment>> Controller::DesiredConfig() const {
 void Controller::OnDeploy(bus::Message& message) {
   auto request = wire::DecodeRequest<wire::DeployRequest>(json_, message.data);
   wire::DeployReplyT reply;
-  bool json = request.ok() && request->json;
   if (!request.ok()) {
     reply.error = request.error();
   } else {
     std::vector<wire::DeploymentSpecT> specs;
     std::vector<std::string> names;
-    for (auto& spec : request->value.deployments) {
+    for (auto& spec : request->deployments) {
       if (spec == nullptr) continue;
       names.push_back(spec->name);
       specs.push_back(std::move(*spec));
@@ -396,24 +395,23 @@ void Controller::OnDeploy(bus::Message& message) {
       reply.error = results.error();
     }
   }
-  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, json));
+  (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
 }
 
 void Controller::OnDelete(bus::Message& message) {
   auto request = wire::DecodeRequest<wire::DeleteRequest>(json_, message.data);
   wire::DeleteReplyT reply;
-  bool json = request.ok() && request->json;
   if (!request.ok()) {
     reply.error = request.error();
   } else {
-    auto deleted = Delete(request->value.names);
+    auto deleted = Delete(request->names);
     if (deleted.ok()) {
       reply.deleted = std::move(*deleted);
     } else {
       reply.error = deleted.error();
     }
   }
-  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, json));
+  (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
 }
 
 void Controller::OnStatus(bus::Message& message) {
@@ -422,7 +420,7 @@ void Controller::OnStatus(bus::Message& message) {
   if (!request.ok()) {
     reply.error = request.error();
   } else {
-    auto status = Report(request->value.names);
+    auto status = Report(request->names);
     if (status.ok()) {
       reply = std::move(*status);
     } else {
@@ -431,8 +429,7 @@ void Controller::OnStatus(bus::Message& message) {
   }
   reply.namespace_ = subjects_.ns;
   reply.route_generation = route_generation_;
-  const bool json = request.ok() && request->json;
-  std::string encoded = wire::EncodeReply(json_, reply, json);
+  std::string encoded = wire::EncodeReply(json_, request, reply);
   const uint64_t limit = bus_.max_payload();
   if (limit > 0 && encoded.size() > limit) {
     // Unsent, the asker would only see a timeout; an answer that says why lets it act.
@@ -442,7 +439,7 @@ void Controller::OnStatus(bus::Message& message) {
                       " bytes, more than the bus carries in one message (" + std::to_string(limit) +
                       "); ask for fewer deployments by name, or raise the NATS server's "
                       "max_payload";
-    encoded = wire::EncodeReply(json_, too_large, json);
+    encoded = wire::EncodeReply(json_, request, too_large);
   }
   (void)bus_.Respond(message, encoded);
 }
@@ -463,7 +460,7 @@ void Controller::OnConfig(bus::Message& message) {
       reply.error = desired.error();
     }
   }
-  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request.ok() && request->json));
+  (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
 }
 
 void Controller::OnShutdown(bus::Message& message) {
@@ -471,35 +468,41 @@ void Controller::OnShutdown(bus::Message& message) {
   wire::ShutdownReplyT reply;
   if (!request.ok()) {
     reply.error = request.error();
-    (void)bus_.Respond(message, wire::EncodeReply(json_, reply, false));
+    (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
     return;
   }
   spdlog::info("shutdown requested: telling every service of namespace {}", subjects_.ns);
   wire::ShutdownNoticeT notice;
   notice.reason = "serve shutdown";
   (void)bus_.Publish(subjects_.shutdown, wire::Pack(notice));
-  (void)bus_.Respond(message, wire::EncodeReply(json_, reply, request->json));
+  (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
   if (on_shutdown_) on_shutdown_();
 }
 
 void Controller::OnRoutesRequest(bus::Message& message) {
   // An empty request is fine: asking is all a proxy needs to say.
-  if (!message.data.empty()) {
-    auto request = wire::DecodeRequest<wire::RouteTableRequest>(json_, message.data);
-    if (!request.ok()) {
-      wire::RouteTableT reply;
-      reply.error = request.error();
-      (void)bus_.Respond(message, wire::Pack(reply));
-      return;
-    }
-  }
-  if (!loaded_ || reconciler_.Recovering()) {
+  auto request = message.data.empty()
+                     ? wire::Request<wire::RouteTableRequestT>(wire::RouteTableRequestT{}, false)
+                     : wire::DecodeRequest<wire::RouteTableRequest>(json_, message.data);
+  if (!request.ok() || !loaded_ || reconciler_.Recovering()) {
     wire::RouteTableT reply;
-    reply.error = "the controller is recovering its state; keep the routes you have";
-    (void)bus_.Respond(message, wire::Pack(reply));
+    reply.error = request.ok() ? "the controller is recovering its state; keep the routes you have"
+                               : request.error();
+    (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
     return;
   }
-  (void)bus_.Respond(message, RouteTableBytes());
+  if (!request.looked_like_json()) {
+    (void)bus_.Respond(message, RouteTableBytes());
+    return;
+  }
+  auto json = json_.ToJson(RouteTableBytes(), wire::RouteTable::GetFullyQualifiedName());
+  if (!json.ok()) {
+    wire::RouteTableT reply;
+    reply.error = json.error();
+    (void)bus_.Respond(message, wire::EncodeReply(json_, request, reply));
+    return;
+  }
+  (void)bus_.Respond(message, *json);
 }
 
 void Controller::OnNodeHeartbeat(bus::Message& message) {

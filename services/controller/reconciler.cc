@@ -60,10 +60,13 @@ std::string ConfigHash(const wire::DeploymentSpecT& spec) {
 }
 
 // What a derived version covers: the code. Options that change in place do not count.
-// What the code of a deployment is: its runtime, its artifact's digest and its command line.
+// What the code of a deployment is: its runtime, its artifact's digest, its command line and
+// what a python deployment imports from where.
 std::string CodeOf(const wire::DeploymentSpecT& spec) {
   std::string code = spec.runtime + "\n" + spec.artifact;
   for (const std::string& arg : spec.command) code += "\n" + arg;
+  if (!spec.import_path.empty()) code += "\nimport " + spec.import_path;
+  for (const std::string& entry : spec.python_path) code += "\npath " + entry;
   return code;
 }
 

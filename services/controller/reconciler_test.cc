@@ -1342,6 +1342,7 @@ TEST_F(ReconcilerTest, LostNodeIsUnhealthyAndItsReplicasMoveElsewhere) {
 TEST_F(ReconcilerTest, RunningReplicaWithoutHeartbeatIsStoppedAndReplaced) {
   AddNode("n1", 4);
   auto spec = Spec("hello");
+  spec.health_check_period_s = 1;
   spec.health_check_timeout_s = 5;
   auto ids = DeployHealthy(std::move(spec));
   cluster_.ClearCalls();
@@ -1379,6 +1380,7 @@ TEST_F(ReconcilerTest, ReplicaFailingHealthChecksIsStoppedAndReplaced) {
 TEST_F(ReconcilerTest, StalledReplicaIsStoppedAndReplaced) {
   AddNode("n1", 4);
   auto spec = Spec("hello");
+  spec.health_check_period_s = 1;
   spec.health_check_timeout_s = 5;
   auto ids = DeployHealthy(std::move(spec));
   cluster_.ClearCalls();

@@ -211,7 +211,9 @@ void Proxy::Stop(std::function<void()> on_closed) {
 }
 
 void Proxy::RequestRoutes() {
-  bus_.Request(subjects_.ctl_routes, "{}", 2.0, [this](Result<bus::Message> reply) {
+  // A FlatBuffer request, so that the table comes back as one (a JSON request gets JSON).
+  static const std::string kRequest = wire::Pack(wire::RouteTableRequestT{});
+  bus_.Request(subjects_.ctl_routes, kRequest, 2.0, [this](Result<bus::Message> reply) {
     if (reply.ok()) {
       OnRouteTable(reply->data);
       return;

@@ -75,7 +75,8 @@ Result<std::string> EnsureArtifact(uv_loop_t* loop, bus::Bus& bus, const bus::Su
                                      kChunkTimeoutS);
     if (!fetched.ok()) return fetched;
   }
-  if (spec.runtime != "command") return file;
+  // A command or python deployment's artifact is its working directory, packed.
+  if (spec.runtime != "command" && spec.runtime != "python") return file;
 
   std::string directory = file + ".d";
   if (!fs::exists(directory)) {

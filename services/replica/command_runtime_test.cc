@@ -510,7 +510,7 @@ TEST(CommandRuntime, PythonModelExampleAnswersAPrediction) {
     GTEST_SKIP() << kPython << " cannot import sklearn (apt-get install python3-sklearn)";
   }
   RuntimeContext context =
-      CommandContext({kPython, "server.py"}, kSourceDir + "/examples/python-model");
+      CommandContext({kPython, "server.py"}, kSourceDir + "/examples/python-http");
   context.spec.name = "model";
   context.spec.startup_timeout_s = 60;
   auto runtime = StartOrFail(context);

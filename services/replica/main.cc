@@ -9,16 +9,21 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string_view>
 #include <thread>
 #include <vector>
 
+#include "bus/jwt.h"
 #include "bus/roles.h"
 #include "replica/artifact_cache.h"
 #include "replica/node_agent.h"
 #include "replica/worker.h"
+#include "replica/worker_user.h"
 #include "service/descriptors.h"
 #include "service/flags.h"
 #include "wire/codec.h"
@@ -64,6 +69,22 @@ Status ApplySecretsFromStdin(bus::Options* options) {
   return bus::ApplySecretText(text, options);
 }
 
+// The scoped signing key a node agent mints its workers' users with.
+Result<bus::WorkerSigningKey> ReadWorkerSigningKey(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return Status::Error("cannot read the worker signing key " + path + ": " + strerror(errno) +
+                         " (`serve start` writes it in <run dir>/creds/)");
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto key = bus::ParseWorkerSigningKey(text);
+  if (!key.ok()) {
+    return Status::Error("the worker signing key " + path + " is malformed: " + key.error() +
+                         "; `serve start` writes it anew when it starts nats-server");
+  }
+  return key;
+}
+
 int RunWorker(int argc, char** argv, int inherited_descriptors) {
   CLI::App app{"serve-replica worker: one replica (started by the node agent)"};
   service::CommonFlags flags;
@@ -86,10 +107,30 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   app.add_option("--scratch-dir", scratch_dir, "A directory of this replica's own");
   app.add_option("--ready-fd", ready_fd,
                  "A descriptor from the agent: one byte is written to it once the replica serves");
+  std::optional<replica::WorkerUser> run_as;
+  std::string run_as_user;
+  int64_t run_as_uid = -1, run_as_gid = -1;
+  app.add_option("--run-as-user", run_as_user,
+                 "Switch to this user (with --run-as-uid/--run-as-gid) once the code is fetched");
+  app.add_option("--run-as-uid", run_as_uid)->check(CLI::Range(int64_t{1}, int64_t{4294967294}));
+  app.add_option("--run-as-gid", run_as_gid)->check(CLI::Range(int64_t{0}, int64_t{4294967294}));
   bool bus_secrets_on_stdin = false;
   app.add_flag("--bus-secrets-on-stdin", bus_secrets_on_stdin,
                "Read the bus credentials from stdin (bus::SecretText), not the environment");
   CLI11_PARSE(app, argc, argv);
+  if (!run_as_user.empty() || run_as_uid >= 0 || run_as_gid >= 0) {
+    if (run_as_user.empty() || run_as_uid < 0 || run_as_gid < 0) {
+      WriteError(error_file, "--run-as-user, --run-as-uid and --run-as-gid go together");
+      return 2;
+    }
+    run_as = replica::WorkerUser{run_as_user, static_cast<uid_t>(run_as_uid),
+                                 static_cast<gid_t>(run_as_gid)};
+  }
+  // A python runtime enters the deployment's working directory: paths used later must not
+  // depend on the process's.
+  std::error_code absolute_error;
+  if (!error_file.empty()) error_file = std::filesystem::absolute(error_file, absolute_error);
+  if (!scratch_dir.empty()) scratch_dir = std::filesystem::absolute(scratch_dir, absolute_error);
   // User code never sees a bus credential: not in the environment a command inherits, not on
   // stdin once read.
   if (bus_secrets_on_stdin) {
@@ -132,7 +173,7 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   flags.bus.name = "serve-replica " + replica_id;
-  flags.bus.inbox_prefix = bus::InboxPrefix(flags.ns, bus::Role::kWorker);
+  flags.bus.inbox_prefix = bus::WorkerInboxPrefix(flags.ns, replica_id);
   auto bus = bus::Bus::Connect(&loop, flags.bus);
   if (!bus.ok()) {
     WriteError(error_file, bus.error());
@@ -154,13 +195,22 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   replica::RuntimeContext context;
   context.spec = *spec;
   context.identity = replica::ReplicaIdentity{replica_id, spec->name, spec->version};
-  context.scratch_dir = scratch_dir.empty() ? "." : scratch_dir;
+  context.scratch_dir =
+      scratch_dir.empty() ? std::filesystem::current_path().string() : scratch_dir;
   context.error_file = error_file;
   if (!spec->artifact.empty()) {
     if (cache_dir.empty()) cache_dir = context.scratch_dir + "/artifacts";
     auto code = replica::EnsureArtifact(&loop, **bus, subjects, cache_dir, *spec);
     if (!code.ok()) return fail(3, code.error());
     context.artifact_path = *code;
+  }
+  if (run_as.has_value()) {
+    // Everything that needs the agent's rights is done: the log is open, the bus connected,
+    // the code fetched into the node's cache. User code runs as the worker user from here on.
+    Status switched = replica::BecomeWorkerUser(*run_as, agent_pid);
+    if (!switched.ok()) return fail(2, switched.message());
+    setenv("HOME", context.scratch_dir.c_str(), 1);
+    spdlog::info("running as user {} (uid {})", run_as->name, run_as->uid);
   }
   auto runtime = replica::MakeRuntime(context);
   if (!runtime.ok()) return fail(3, runtime.error());
@@ -238,6 +288,16 @@ int RunAgent(int argc, char** argv) {
       ->envname("SERVE_WORKER_NATS_USER");
   app.add_option("--worker-nats-password", worker_password, "That user's password")
       ->envname("SERVE_WORKER_NATS_PASSWORD");
+  std::string worker_user_name;
+  app.add_option("--worker-user", worker_user_name,
+                 "Run workers (user code) as this user, a name or a uid; default when the agent "
+                 "runs as root: nobody. `root` keeps them root")
+      ->envname("SERVE_WORKER_USER");
+  std::string worker_signing_key_file;
+  app.add_option("--worker-signing-key", worker_signing_key_file,
+                 "A file with the account's scoped signing key for workers (operator mode): "
+                 "each worker gets a NATS user of its own, limited to its replica")
+      ->envname("SERVE_WORKER_SIGNING_KEY_FILE");
   CLI11_PARSE(app, argc, argv);
 
   if (options.node_id.empty()) options.node_id = "node-" + service::RandomHex(6);
@@ -261,10 +321,19 @@ int RunAgent(int argc, char** argv) {
       options.custom_resources[name] = amount.get<double>();
     }
   }
+  auto resolved_worker_user = replica::ResolveWorkerUser(worker_user_name, geteuid());
+  if (!resolved_worker_user.ok()) {
+    fprintf(stderr, "serve-replica: %s\n", resolved_worker_user.error().c_str());
+    return 2;
+  }
+  options.worker_user = *resolved_worker_user;
   if (options.work_dir.empty()) {
+    // Root's home is out of its workers' reach: a root agent keeps its files where a system
+    // service does.
     const char* home = getenv("HOME");
-    options.work_dir = std::string(home ? home : "/tmp") + "/.serve/" + flags.ns + "/nodes/" +
-                       options.node_id;
+    std::string base =
+        geteuid() == 0 ? "/var/lib/serve" : std::string(home ? home : "/tmp") + "/.serve";
+    options.work_dir = base + "/" + flags.ns + "/nodes/" + options.node_id;
   }
   options.worker_exe = SelfExe();
   options.metrics_name_prefix = flags.metrics_name_prefix;
@@ -277,12 +346,36 @@ int RunAgent(int argc, char** argv) {
     worker_bus.password = worker_password;
     worker_bus.token.clear();
   }
-  auto worker_secrets = bus::SecretText(worker_bus);
-  if (!worker_secrets.ok()) {
-    fprintf(stderr, "serve-replica: %s\n", worker_secrets.error().c_str());
-    return 2;
+  if (!worker_signing_key_file.empty()) {
+    // Operator mode: no shared worker credentials at all; each worker gets a user minted for
+    // its replica, which the server holds to that replica's subjects.
+    auto signing = ReadWorkerSigningKey(worker_signing_key_file);
+    if (!signing.ok()) {
+      fprintf(stderr, "serve-replica: %s\n", signing.error().c_str());
+      return 2;
+    }
+    worker_bus.user.clear();
+    worker_bus.password.clear();
+    worker_bus.token.clear();
+    worker_bus.creds_file.clear();
+    options.mint_worker_bus_secrets =
+        [worker_bus, signing = std::make_shared<bus::WorkerSigningKey>(std::move(*signing))](
+            const std::string& replica_id) -> Result<std::string> {
+      auto user = bus::MintWorkerUser(*signing, replica_id);
+      if (!user.ok()) return user.status();
+      bus::Options own = worker_bus;
+      own.user_jwt = user->jwt;
+      own.user_seed = user->seed;
+      return bus::SecretText(own);
+    };
+  } else {
+    auto worker_secrets = bus::SecretText(worker_bus);
+    if (!worker_secrets.ok()) {
+      fprintf(stderr, "serve-replica: %s\n", worker_secrets.error().c_str());
+      return 2;
+    }
+    options.worker_bus_secrets = *worker_secrets;
   }
-  options.worker_bus_secrets = *worker_secrets;
   options.worker_env = bus::PublicEnvironmentFor(worker_bus);
   options.worker_env["SERVE_NAMESPACE"] = flags.ns;
   options.worker_env["SERVE_LOG_FORMAT"] = flags.log_format;

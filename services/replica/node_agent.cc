@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,12 +25,41 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The end of a file a worker wrote: never more than 2000 bytes of it, however large it grew.
 std::string ReadSmallFile(const std::string& path) {
-  std::ifstream in(path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (text.size() > 2000) text = "..." + text.substr(text.size() - 2000);
+  constexpr std::streamoff kTail = 2000;
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return "";
+  std::streamoff size = in.tellg();
+  if (size <= 0) return "";
+  in.seekg(size > kTail ? size - kTail : 0);
+  std::string text(static_cast<size_t>(std::min(size, kTail)), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+  if (size > kTail) text.insert(0, "...");
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   return text;
+}
+
+// Creates (or replaces) `path` with `mode`, whatever the umask, and writes `bytes`.
+Status WritePrivateFile(const std::string& path, const std::string& bytes, mode_t mode) {
+  unlink(path.c_str());
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (fd < 0) return Status::Error("cannot write " + path + ": " + strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      close(fd);
+      return Status::Error("cannot write " + path + ": " + strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  fchmod(fd, mode);
+  close(fd);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -58,11 +88,19 @@ NodeAgent::~NodeAgent() {
 }
 
 Status NodeAgent::Start() {
+  if (options_.worker_user.has_value()) {
+    Status reachable = CheckWorkerCanReach(*options_.worker_user, options_.work_dir);
+    if (!reachable.ok()) return reachable;
+  }
   std::error_code ec;
   fs::create_directories(fs::path(options_.work_dir) / "replicas", ec);
   if (ec) {
     return Status::Error("cannot create the node's work directory " + options_.work_dir + ": " +
                          ec.message());
+  }
+  if (options_.worker_user.has_value()) {
+    // Workers of another user reach their own files by name; they list nobody's.
+    fs::permissions(fs::path(options_.work_dir) / "replicas", fs::perms(0711), ec);
   }
   Status status = bus_.Subscribe(subjects_.NodeStart(options_.node_id),
                                  [this](bus::Message& m) { OnStart(m); });
@@ -97,6 +135,14 @@ Status NodeAgent::Start() {
   };
   prune();
   prune_logs_ = std::make_unique<service::RepeatingTimer>(loop_, 60, prune);
+  // The agent rotates its workers' logs: a worker cannot rename files in the logs directory
+  // when it runs as another user, and its user code's stdout would follow a renamed file.
+  rotate_logs_ = std::make_unique<service::RepeatingTimer>(loop_, 1, [this] {
+    auto max_bytes = static_cast<uint64_t>(options_.replica_log_max_mb * 1024 * 1024);
+    for (const auto& entry : workers_) {
+      logs_.RotateIfOver(entry.first, max_bytes, options_.replica_log_files);
+    }
+  });
   if (options_.metrics_port != 0) {
     metrics_endpoint_.Listen(options_.metrics_host, options_.metrics_port, "--metrics-port");
   }
@@ -109,7 +155,7 @@ Status NodeAgent::Start() {
 }
 
 void NodeAgent::OnStart(bus::Message& message) {
-  auto order = wire::Unpack<wire::StartReplica>(message.data);
+  auto order = wire::DecodeRequest<wire::StartReplica>(codec_, message.data);
   wire::StartReplicaReplyT reply;
   if (!order.ok()) {
     reply.error = order.error();
@@ -134,7 +180,7 @@ void NodeAgent::OnStart(bus::Message& message) {
   }
   reply.incarnation = incarnation_;
   if (!reply.error.empty()) spdlog::warn("start refused: {}", reply.error);
-  (void)bus_.Respond(message, wire::Pack(reply));
+  (void)bus_.Respond(message, wire::EncodeReply(codec_, order, reply));
 }
 
 Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
@@ -142,15 +188,32 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   std::string base = (fs::path(options_.work_dir) / "replicas" / id).string();
   std::string spec_path = base + ".spec";
   {
-    std::ofstream out(spec_path, std::ios::binary | std::ios::trunc);
+    // Read by the worker before it switches users; its user_config is nobody else's business.
     std::string bytes = wire::Pack(*order.spec);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) return Status::Error("cannot write " + spec_path);
+    Status written = WritePrivateFile(spec_path, bytes, 0600);
+    if (!written.ok()) return written;
   }
   std::string scratch_dir = base + ".d";
   std::error_code ec;
   fs::create_directories(scratch_dir, ec);
   if (ec) return Status::Error("cannot create " + scratch_dir + ": " + ec.message());
+  std::string error_file = base + ".error";
+  fs::remove(error_file, ec);
+  if (options_.worker_user.has_value()) {
+    // The one directory and the one file the worker writes once it is the worker user.
+    const WorkerUser& user = *options_.worker_user;
+    if (chown(scratch_dir.c_str(), user.uid, user.gid) != 0 ||
+        chmod(scratch_dir.c_str(), 0700) != 0) {
+      return Status::Error("cannot hand " + scratch_dir + " to user " + user.name + ": " +
+                           strerror(errno));
+    }
+    Status made = WritePrivateFile(error_file, "", 0600);
+    if (made.ok() && chown(error_file.c_str(), user.uid, user.gid) != 0) {
+      made = Status::Error("cannot hand " + error_file + " to user " + user.name + ": " +
+                           strerror(errno));
+    }
+    if (!made.ok()) return made;
+  }
   auto worker = std::make_unique<Worker>();
   worker->scratch_dir = scratch_dir;
   worker->agent = this;
@@ -160,9 +223,8 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   worker->fingerprint = order.fingerprint;
   worker->config_hash = order.config_hash;
   worker->artifact = order.spec->artifact;
-  worker->error_file = base + ".error";
+  worker->error_file = error_file;
   worker->graceful_timeout_s = order.spec->graceful_shutdown_timeout_s;
-  fs::remove(worker->error_file);
 
   std::vector<std::string> args = {options_.worker_exe, "worker",   "--replica-id",
                                    id,                  "--node-id", options_.node_id,
@@ -174,10 +236,22 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
                                    "--ready-fd",        "3"};
   // Its own log, which also takes whatever its user code prints (below).
   std::string log_path = logs_.PathOf(id);
-  args.insert(args.end(), {"--log-file", log_path, "--log-max-size-mb",
-                           std::to_string(options_.replica_log_max_mb), "--log-max-files",
-                           std::to_string(options_.replica_log_files)});
-  if (!options_.worker_bus_secrets.empty()) args.push_back("--bus-secrets-on-stdin");
+  // The agent rotates it (rotate_logs_), so the worker's own logger never does.
+  args.insert(args.end(),
+              {"--log-file", log_path, "--log-max-size-mb", "1000000", "--log-max-files", "1"});
+  if (options_.worker_user.has_value()) {
+    const WorkerUser& user = *options_.worker_user;
+    args.insert(args.end(), {"--run-as-user", user.name, "--run-as-uid", std::to_string(user.uid),
+                             "--run-as-gid", std::to_string(user.gid)});
+  }
+  std::string bus_secrets = options_.worker_bus_secrets;
+  if (options_.mint_worker_bus_secrets) {
+    auto minted = options_.mint_worker_bus_secrets(id);
+    if (!minted.ok())
+      return Status::Error("cannot make replica " + id + "'s bus user: " + minted.error());
+    bus_secrets = *minted;
+  }
+  if (!bus_secrets.empty()) args.push_back("--bus-secrets-on-stdin");
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -199,15 +273,14 @@ Result<int> NodeAgent::Spawn(const wire::StartReplicaT& order) {
   // Bus credentials go through a pipe on the worker's stdin, written in full before the worker
   // starts (a few hundred bytes; a pipe holds 64 KiB), never through its environment.
   int secrets_fd = -1;
-  if (!options_.worker_bus_secrets.empty()) {
+  if (!bus_secrets.empty()) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
       return Status::Error(std::string("cannot make a pipe for a worker: ") + strerror(errno));
     }
-    ssize_t written =
-        write(fds[1], options_.worker_bus_secrets.data(), options_.worker_bus_secrets.size());
+    ssize_t written = write(fds[1], bus_secrets.data(), bus_secrets.size());
     close(fds[1]);
-    if (written != static_cast<ssize_t>(options_.worker_bus_secrets.size())) {
+    if (written != static_cast<ssize_t>(bus_secrets.size())) {
       close(fds[0]);
       return Status::Error("cannot hand a worker its bus credentials");
     }
@@ -301,11 +374,11 @@ std::vector<prometheus::MetricFamily> NodeAgent::CollectMetrics() const {
 }
 
 void NodeAgent::OnLogs(bus::Message& message) {
-  auto request = wire::Unpack<wire::ReplicaLogsRequest>(message.data);
+  auto request = wire::DecodeRequest<wire::ReplicaLogsRequest>(codec_, message.data);
   if (!request.ok()) {
     wire::ReplicaLogsReplyT reply;
     reply.error = "bad logs request: " + request.error();
-    (void)bus_.Respond(message, wire::Pack(reply));
+    (void)bus_.Respond(message, wire::EncodeReply(codec_, request, reply));
     return;
   }
   // Any id that is not one (a path, say) cannot name a log here; the same goes for an id this
@@ -329,11 +402,11 @@ void NodeAgent::OnLogs(bus::Message& message) {
   } else {
     reply.error = chunk.error();
   }
-  (void)bus_.Respond(message, wire::Pack(reply));
+  (void)bus_.Respond(message, wire::EncodeReply(codec_, request, reply));
 }
 
 void NodeAgent::OnStop(bus::Message& message) {
-  auto order = wire::Unpack<wire::StopReplica>(message.data);
+  auto order = wire::DecodeRequest<wire::StopReplica>(codec_, message.data);
   wire::StopReplicaReplyT reply;
   if (!order.ok()) {
     reply.error = order.error();
@@ -341,7 +414,7 @@ void NodeAgent::OnStop(bus::Message& message) {
     StopWorker(*it->second);
   }
   // Stopping a replica this node does not run is not an error: it is already stopped.
-  (void)bus_.Respond(message, wire::Pack(reply));
+  (void)bus_.Respond(message, wire::EncodeReply(codec_, order, reply));
 }
 
 void NodeAgent::StopWorker(Worker& worker) {
@@ -494,6 +567,7 @@ void NodeAgent::Shutdown(std::function<void()> done) {
   heartbeat_.reset();
   heartbeat_soon_.reset();
   prune_logs_.reset();
+  rotate_logs_.reset();
   double longest_grace = 0;
   for (auto& [id, worker] : workers_) {
     longest_grace = std::max(longest_grace, worker->graceful_timeout_s);

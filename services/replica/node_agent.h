@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "bus/bus.h"
@@ -15,7 +16,9 @@
 #include "metrics/metrics.h"
 #include "replica/node_metrics.h"
 #include "replica/replica_logs.h"
+#include "replica/worker_user.h"
 #include "service/service.h"
+#include "wire/codec.h"
 #include "wire/serve_generated.h"
 
 namespace serve::replica {
@@ -33,6 +36,9 @@ struct NodeAgentOptions {
   // The workers' bus credentials (bus::SecretText), handed to each on its stdin so that no
   // environment user code can read holds them. Empty: none.
   std::string worker_bus_secrets;
+  // When set, each worker's own credentials instead (bus::SecretText), made for its replica id:
+  // a NATS user of its own in operator mode. An error keeps that worker from starting.
+  std::function<Result<std::string>(const std::string& replica_id)> mint_worker_bus_secrets;
   // Prometheus metrics of the node and its workers at GET /metrics (node_metrics.h); port 0:
   // none served.
   std::string metrics_host = "127.0.0.1";
@@ -51,6 +57,10 @@ struct NodeAgentOptions {
   // Artifacts in <work_dir>/artifacts that no worker of the node runs and none has started
   // with for this long are removed (0: kept until removed by hand). See PruneArtifactCache.
   double artifact_cache_keep_s = 86400;
+  // The user workers run as, when not the agent's own (worker_user.h): each worker switches to
+  // it once its code is fetched, with a scratch directory it owns and everything else of the
+  // node read-only or out of reach.
+  std::optional<WorkerUser> worker_user;
 };
 
 // The node agent: registers the node (its heartbeat carries its resources), starts one worker
@@ -116,6 +126,7 @@ class NodeAgent {
 
   uv_loop_t* loop_;
   bus::Bus& bus_;
+  wire::JsonCodec codec_;  // for requests in JSON
   const bus::Subjects& subjects_;
   NodeAgentOptions options_;
   std::string host_;
@@ -128,6 +139,7 @@ class NodeAgent {
   std::unique_ptr<service::RepeatingTimer> heartbeat_;
   ReplicaLogs logs_;
   std::unique_ptr<service::RepeatingTimer> prune_logs_;
+  std::unique_ptr<service::RepeatingTimer> rotate_logs_;
   std::unique_ptr<service::OneShotTimer> heartbeat_soon_;
   std::chrono::steady_clock::time_point last_heartbeat_at_;
   std::function<void()> shutdown_done_;

@@ -126,6 +126,26 @@ Result<ReplicaLogs::Chunk> ReplicaLogs::Read(const std::string& replica_id, int6
   return chunk;
 }
 
+bool ReplicaLogs::RotateIfOver(const std::string& replica_id, uint64_t max_bytes,
+                               int keep_files) const {
+  std::string path = PathOf(replica_id);
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) <= max_bytes) return false;
+  auto rotated = [&](int n) {
+    return (fs::path(options_.dir) / (replica_id + "." + std::to_string(n) + ".log")).string();
+  };
+  keep_files = std::max(keep_files, 1);
+  for (int n = keep_files - 1; n >= 1; --n) {
+    (void)rename(rotated(n).c_str(), rotated(n + 1).c_str());
+  }
+  std::error_code ec;
+  fs::copy_file(path, rotated(1), fs::copy_options::overwrite_existing, ec);
+  // Lines written between the copy and the truncation are lost: a few at most, the price of
+  // rotating under writers that cannot reopen the file.
+  if (truncate(path.c_str(), 0) != 0) return false;
+  return !ec;
+}
+
 size_t ReplicaLogs::Prune(const std::function<bool(const std::string&)>& running) const {
   struct Files {
     fs::file_time_type newest = fs::file_time_type::min();

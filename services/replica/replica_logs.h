@@ -40,6 +40,14 @@ class ReplicaLogs {
   Result<Chunk> Read(const std::string& replica_id, int64_t offset, int tail_lines,
                      size_t max_bytes) const;
 
+  // When the log of `replica_id` is larger than `max_bytes`: its content moves to
+  // <replica-id>.1.log (older ones shift up, at most `keep_files` kept) and the file is emptied
+  // in place. Its writers keep their descriptors (the worker's logger, its user code's stdout),
+  // opened for appending, so they go on at the new end: no process but the agent needs the
+  // right to rename in the directory, and a worker running as another user needs none.
+  // Returns true when it rotated.
+  bool RotateIfOver(const std::string& replica_id, uint64_t max_bytes, int keep_files) const;
+
   // Removes the logs of replicas `running` does not name that are older than keep_s, then the
   // oldest such ones beyond keep_count. Returns how many files went.
   size_t Prune(const std::function<bool(const std::string& replica_id)>& running) const;

@@ -1,6 +1,8 @@
 #include "replica/replica_logs.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -12,6 +14,7 @@ namespace serve::replica {
 namespace {
 
 namespace fs = std::filesystem;
+using serve::testing::ReadFile;
 
 class ReplicaLogsTest : public ::testing::Test {
  protected:
@@ -31,6 +34,34 @@ class ReplicaLogsTest : public ::testing::Test {
   serve::testing::TempDir temp_;
   const std::string& dir_ = temp_.path();
 };
+
+TEST_F(ReplicaLogsTest, RotationKeepsTheWritersDescriptorAndTheNewestFiles) {
+  ReplicaLogs logs = Logs();
+  // A writer that appends, as a worker's logger and its user code's stdout do.
+  int fd = open((dir_ + "/r1.log").c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  auto append = [&](const std::string& text) {
+    ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  };
+  append("first\n");
+  EXPECT_FALSE(logs.RotateIfOver("r1", 100, 2)) << "under the limit";
+  append(std::string(200, 'a') + "\n");
+  EXPECT_TRUE(logs.RotateIfOver("r1", 100, 2));
+  append("after\n");
+  EXPECT_EQ(ReadFile(dir_ + "/r1.log"), "after\n") << "the writer goes on at the new end";
+  EXPECT_EQ(ReadFile(dir_ + "/r1.1.log"), "first\n" + std::string(200, 'a') + "\n");
+
+  append(std::string(200, 'b') + "\n");
+  EXPECT_TRUE(logs.RotateIfOver("r1", 100, 2));
+  append(std::string(200, 'c') + "\n");
+  EXPECT_TRUE(logs.RotateIfOver("r1", 100, 2));
+  close(fd);
+  EXPECT_EQ(ReadFile(dir_ + "/r1.log"), "");
+  EXPECT_EQ(ReadFile(dir_ + "/r1.1.log"), std::string(200, 'c') + "\n");
+  EXPECT_EQ(ReadFile(dir_ + "/r1.2.log"), "after\n" + std::string(200, 'b') + "\n");
+  EXPECT_FALSE(fs::exists(dir_ + "/r1.3.log")) << "at most 2 rotated files";
+  EXPECT_FALSE(logs.RotateIfOver("missing", 100, 2));
+}
 
 TEST_F(ReplicaLogsTest, TailGivesTheLastLines) {
   ReplicaLogs logs = Logs();

@@ -5,6 +5,7 @@
 #include "http/ascii.h"
 #include "replica/command_runtime.h"
 #include "replica/native_runtime.h"
+#include "replica/python_runtime.h"
 
 namespace serve::replica {
 namespace {
@@ -87,9 +88,10 @@ Result<std::unique_ptr<Runtime>> MakeRuntime(const RuntimeContext& context) {
   }
   if (spec.runtime == "native") return LoadNativeRuntime(context);
   if (spec.runtime == "command") return StartCommandRuntime(context);
+  if (spec.runtime == "python") return StartPythonRuntime(context);
   return Status::Error("runtime '" + spec.runtime +
                        "' is not known to this serve-replica; known: builtin:hello, "
-                       "builtin:echo, native, command");
+                       "builtin:echo, native, command, python");
 }
 
 }  // namespace serve::replica

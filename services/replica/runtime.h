@@ -44,7 +44,8 @@ struct RuntimeContext {
   wire::DeploymentSpecT spec;
   ReplicaIdentity identity;
   // The deployment's code on this node, fetched and verified: for `native` the shared
-  // library; for `command` the unpacked working directory ("" when the deployment has none).
+  // library; for `command` and `python` the unpacked working directory ("" when the
+  // deployment has none).
   std::string artifact_path;
   // A directory of this replica's own, for files the runtime keeps while it runs.
   std::string scratch_dir;
@@ -55,7 +56,8 @@ struct RuntimeContext {
 
 // User code behind one replica. This is the seam between the worker (bus, heartbeats,
 // draining) and the code it serves: built-in handlers, shared libraries built against the SDK
-// (`native`), and external processes spoken to over loopback HTTP (`command`).
+// (`native`), external processes spoken to over loopback HTTP (`command`) and Python classes
+// run by an interpreter inside the worker (`python`).
 //
 // Threads: Handle runs on the worker's loop thread when Concurrency() is 0, otherwise on
 // handler threads (at most Concurrency() at once). CheckHealth and Reconfigure run on the

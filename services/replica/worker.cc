@@ -140,7 +140,22 @@ Status ReplicaWorker::Start() {
   return Status::Ok();
 }
 
-void ReplicaWorker::Answer(const bus::Message& request, const std::string& bytes) {
+void ReplicaWorker::Answer(const bus::Message& request, const std::string& response, bool json) {
+  if (!json) {
+    Send(request, response, json);
+    return;
+  }
+  auto printed = codec_.ToJson(response, wire::HttpResponse::GetFullyQualifiedName());
+  if (!printed.ok()) {
+    printed = codec_.ToJson(
+        ErrorResponse(
+            "replica " + options_.replica_id + " cannot answer in JSON: " + printed.error(), 502),
+        wire::HttpResponse::GetFullyQualifiedName());
+  }
+  Send(request, printed.ok() ? *printed : std::string(), json);
+}
+
+void ReplicaWorker::Send(const bus::Message& request, const std::string& bytes, bool json) {
   if (uint64_t limit = bus_.max_payload(); limit > 0 && bytes.size() > limit) {
     // Dropping it would leave the client waiting for the proxy's timeout: say why instead.
     std::string why = "the response of " + options_.spec.name + " (" +
@@ -149,10 +164,18 @@ void ReplicaWorker::Answer(const bus::Message& request, const std::string& bytes
                       " bytes); answer with less, or raise max_payload in the nats-server "
                       "configuration";
     spdlog::warn("replica {}: {}", options_.replica_id, why);
-    Status sent = bus_.Respond(request, ErrorResponse(why, 502));
-    if (!sent.ok()) spdlog::warn("replica {}: {}", options_.replica_id, sent.message());
+    std::string error = ErrorResponse(why, 502);
+    if (json) {
+      auto printed = codec_.ToJson(error, wire::HttpResponse::GetFullyQualifiedName());
+      error = printed.ok() ? std::move(*printed) : std::string();
+    }
+    Respond(request, error);
     return;
   }
+  Respond(request, bytes);
+}
+
+void ReplicaWorker::Respond(const bus::Message& request, const std::string& bytes) {
   Status sent = bus_.Respond(request, bytes);
   if (!sent.ok()) {
     spdlog::warn("replica {}: cannot answer a request: {}", options_.replica_id, sent.message());
@@ -161,22 +184,40 @@ void ReplicaWorker::Answer(const bus::Message& request, const std::string& bytes
 
 void ReplicaWorker::OnRequest(bus::Message& message) {
   if (message.reply.empty()) return;  // nobody to answer
+  // A client may ask in JSON (`nats req`): the request is parsed into the FlatBuffer the rest
+  // reads, and the answer printed back as JSON.
+  const bool json = wire::LooksLikeJson(message.data);
+  if (json) {
+    auto binary = codec_.FromJson<wire::HttpRequest>(message.data);
+    if (!binary.ok()) {
+      Answer(message,
+             ErrorResponse("replica " + options_.replica_id +
+                               " could not read the request: " + binary.error(),
+                           400),
+             json);
+      return;
+    }
+    message.data = std::move(*binary);
+  }
   auto request = wire::Verify<wire::HttpRequest>(message.data);
   if (!request.ok()) {
     spdlog::warn("replica {}: dropped a malformed request: {}", options_.replica_id,
                  request.error());
-    Answer(message, ErrorResponse("replica " + options_.replica_id +
-                                  " could not read the request: " + request.error()));
+    Answer(message,
+           ErrorResponse("replica " + options_.replica_id +
+                         " could not read the request: " + request.error()),
+           json);
     return;
   }
   int limit = std::max(1, options_.spec.max_concurrent_queries);
   if (in_flight_ >= limit) {
     // Several proxies each keep within the limit on their own; together they can exceed it.
-    Answer(message, ErrorResponse("replica " + options_.replica_id + " of " +
-                                      options_.spec.name + " already runs " +
-                                      std::to_string(in_flight_) +
-                                      " requests (max_concurrent_queries)",
-                                  503, /*overloaded=*/true));
+    Answer(message,
+           ErrorResponse("replica " + options_.replica_id + " of " + options_.spec.name +
+                             " already runs " + std::to_string(in_flight_) +
+                             " requests (max_concurrent_queries)",
+                         503, /*overloaded=*/true),
+           json);
     return;
   }
   ++in_flight_;
@@ -185,20 +226,20 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
     HandlerResponse answer = HandleLogged(**request);
     --in_flight_;
     Count(**request, started_ns, answer.status);
-    Answer(message, EncodeResponse(answer));
+    Answer(message, EncodeResponse(answer), json);
     return;
   }
   auto owned = std::make_shared<bus::Message>(std::move(message));
-  handlers_->Post([this, owned, started_ns] {
+  handlers_->Post([this, owned, started_ns, json] {
     // Verified above; the bytes have not changed since.
     const auto* request = flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data());
     HandlerResponse answer = HandleLogged(*request);
     int status = answer.status;
     std::string bytes = EncodeResponse(answer);
-    inbox_.Post([this, owned, bytes = std::move(bytes), started_ns, status] {
+    inbox_.Post([this, owned, bytes = std::move(bytes), started_ns, status, json] {
       --in_flight_;
       Count(*flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data()), started_ns, status);
-      Answer(*owned, bytes);
+      Answer(*owned, bytes, json);
       MaybeFinishDrain();
     });
   });
@@ -278,7 +319,7 @@ void ReplicaWorker::OnHeartbeatTick() {
 }
 
 void ReplicaWorker::OnReconfigure(bus::Message& message) {
-  auto order = wire::Unpack<wire::Reconfigure>(message.data);
+  auto order = wire::DecodeRequest<wire::Reconfigure>(codec_, message.data);
   wire::ReconfigureReplyT reply;
   if (!order.ok()) {
     reply.error = order.error();
@@ -287,14 +328,15 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
                   options_.replica_id;
   }
   if (!reply.error.empty()) {
-    Answer(message, wire::Pack(reply));
+    Respond(message, wire::EncodeReply(codec_, order, reply));
     return;
   }
   auto request = std::make_shared<bus::Message>(std::move(message));
   auto new_config = std::make_shared<wire::ReconfigureT>(std::move(*order));
-  OnControlThread([this, request, new_config] {
+  const bool json = order.looked_like_json();
+  OnControlThread([this, request, new_config, json] {
     Status applied = runtime_->Reconfigure(new_config->user_config);
-    inbox_.Post([this, request, new_config, applied] {
+    inbox_.Post([this, request, new_config, applied, json] {
       wire::ReconfigureReplyT reply;
       if (applied.ok()) {
         options_.spec.user_config = new_config->user_config;
@@ -317,7 +359,7 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
         reply.error = "reconfigure failed: " + applied.message();
         spdlog::warn("replica {}: {}", options_.replica_id, reply.error);
       }
-      Answer(*request, wire::Pack(reply));
+      Respond(*request, json ? codec_.ToJson(reply) : wire::Pack(reply));
     });
   });
 }

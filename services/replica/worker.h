@@ -13,6 +13,7 @@
 #include "replica/runtime.h"
 #include "service/service.h"
 #include "service/threads.h"
+#include "wire/codec.h"
 #include "wire/serve_generated.h"
 
 namespace serve::replica {
@@ -67,7 +68,12 @@ class ReplicaWorker {
  private:
   void OnRequest(bus::Message& message);
   void OnReconfigure(bus::Message& message);
-  void Answer(const bus::Message& request, const std::string& bytes);
+  // Answers a data-plane request with `response`, an HttpResponse FlatBuffer, printed as JSON
+  // when the request came in JSON.
+  void Answer(const bus::Message& request, const std::string& response, bool json);
+  // Sends `bytes`, or an error saying they are more than the bus carries (in JSON when `json`).
+  void Send(const bus::Message& request, const std::string& bytes, bool json);
+  void Respond(const bus::Message& request, const std::string& bytes);
   void StartHeartbeats();
   void OnHeartbeatTick();
   void SendHeartbeat();
@@ -86,6 +92,7 @@ class ReplicaWorker {
 
   uv_loop_t* loop_;
   bus::Bus& bus_;
+  wire::JsonCodec codec_;  // for requests in JSON; used on the loop thread only
   const bus::Subjects& subjects_;
   WorkerOptions options_;
   std::unique_ptr<Runtime> runtime_;

@@ -12,90 +12,13 @@
 #include <string>
 
 #include "integration/cluster.h"
+#include "integration/nats_probe.h"
 
 namespace serve::testing {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-std::string Lower(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return text;
-}
-
-// A bare nats.c client that records the errors the server sends it.
-class NatsProbe {
- public:
-  NatsProbe(const std::string& url, const std::string& user, const std::string& password) {
-    natsOptions* options = nullptr;
-    natsOptions_Create(&options);
-    natsOptions_SetURL(options, url.c_str());
-    if (!user.empty()) natsOptions_SetUserInfo(options, user.c_str(), password.c_str());
-    natsOptions_SetAllowReconnect(options, false);
-    natsOptions_SetErrorHandler(options, &NatsProbe::OnError, this);
-    status_ = natsConnection_Connect(&connection_, options);
-    natsOptions_Destroy(options);
-    if (status_ != NATS_OK) {
-      connect_error_ = nats_GetLastError(nullptr) != nullptr ? nats_GetLastError(nullptr) : "";
-      connection_ = nullptr;
-    }
-  }
-  ~NatsProbe() {
-    for (natsSubscription* sub : subscriptions_) natsSubscription_Destroy(sub);
-    if (connection_ != nullptr) {
-      natsConnection_Close(connection_);
-      natsConnection_Destroy(connection_);
-    }
-  }
-  bool connected() const { return connection_ != nullptr; }
-  natsStatus connect_status() const { return status_; }
-  const std::string& connect_error() const { return connect_error_; }
-
-  void Publish(const std::string& subject, const std::string& data) {
-    natsConnection_Publish(connection_, subject.c_str(), data.data(),
-                           static_cast<int>(data.size()));
-    natsConnection_FlushTimeout(connection_, 5000);
-  }
-  void Subscribe(const std::string& subject) {
-    natsSubscription* sub = nullptr;
-    if (natsConnection_SubscribeSync(&sub, connection_, subject.c_str()) == NATS_OK) {
-      subscriptions_.push_back(sub);
-    }
-    natsConnection_FlushTimeout(connection_, 5000);
-  }
-  // Polls until the server has told this client of a permission violation that names
-  // `subject`; the errors seen so far otherwise.
-  bool WaitForViolation(const std::string& subject) {
-    return WaitUntil([&] {
-      std::lock_guard<std::mutex> lock(mutex_);
-      std::string text = Lower(errors_);
-      return text.find("permissions violation") != std::string::npos &&
-             text.find(Lower(subject)) != std::string::npos;
-    });
-  }
-  std::string errors() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return errors_;
-  }
-
- private:
-  static void OnError(natsConnection* connection, natsSubscription*, natsStatus, void* closure) {
-    auto* self = static_cast<NatsProbe*>(closure);
-    const char* text = nullptr;
-    natsConnection_GetLastError(connection, &text);
-    std::lock_guard<std::mutex> lock(self->mutex_);
-    self->errors_ += std::string(text != nullptr ? text : "?") + "\n";
-  }
-
-  natsConnection* connection_ = nullptr;
-  natsStatus status_ = NATS_OK;
-  std::string connect_error_;
-  std::vector<natsSubscription*> subscriptions_;
-  std::mutex mutex_;
-  std::string errors_;
-};
 
 constexpr char kDeployJson[] =
     R"({"deployments": [{"name": "stolen", "route_prefix": "/stolen", "runtime": "builtin:echo"}]})";

@@ -124,12 +124,13 @@ TEST_F(CliTest, StartDeployStatusShutdownLeavesNothingBehind) {
   EXPECT_EQ(RunCommand({"pgrep", "-f", "serve-replica worker.*" + run_dir_}).output, "");
 }
 
-// `serve start` runs nats-server with a user per role: the credentials are files only their
-// owner reads, never on a command line, each service has its own role's, and a client without
-// them is refused. --insecure-bus is the open mode, said loudly.
+// `serve start --bus-auth password` runs nats-server with a password per role: the credentials
+// are files only their owner reads, never on a command line, each service has its own role's,
+// and a client without them is refused. --insecure-bus is the open mode, said loudly.
 TEST_F(CliTest, StartGivesEachServiceItsOwnBusUserAndKeepsSecretsOffCommandLines) {
   int http_port = FreePort();
-  auto started = Serve({"start", "--http-port", std::to_string(http_port)});
+  auto started =
+      Serve({"start", "--bus-auth", "password", "--http-port", std::to_string(http_port)});
   ASSERT_EQ(started.exit_code, 0) << started.output;
   for (const char* file : {"/bus-credentials", "/nats.conf"}) {
     auto perms = fs::status(run_dir_ + file).permissions();
@@ -178,6 +179,7 @@ TEST_F(CliTest, StartGivesEachServiceItsOwnBusUserAndKeepsSecretsOffCommandLines
   ASSERT_EQ(open.exit_code, 0) << open.output;
   EXPECT_THAT(open.output, HasSubstr("WARNING: --insecure-bus"));
   EXPECT_FALSE(fs::exists(run_dir_ + "/bus-credentials"));
+  EXPECT_FALSE(fs::exists(run_dir_ + "/creds"));
   auto anyone = RunCommand({BinDir() + "/serve", "--address", nats_url_, "--run-dir",
                             dir_.path() + "/other", "--namespace", "clitest", "status"});
   EXPECT_EQ(anyone.exit_code, 0) << anyone.output;

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
+#include <iostream>
 #include <random>
 
 namespace serve::testing {
@@ -262,6 +263,26 @@ std::set<std::string> Cluster::RunningIds(const std::string& name) {
 std::string TestLibrary(const std::string& name) {
   return std::filesystem::path(BinDir()).parent_path().string() + "/tests/deployments/lib" +
          name + ".so";
+}
+
+void Cluster::ExpectDeployFailed(const std::map<std::string, std::vector<std::string>>& expected) {
+  bool all_failed = WaitUntil(
+      [&] {
+        for (const auto& entry : expected) {
+          if (Deployment(entry.first)["status"] != "DEPLOY_FAILED") return false;
+        }
+        return true;
+      },
+      std::chrono::seconds(90));
+  ASSERT_TRUE(all_failed) << Status().dump(2);
+  std::cout << "DEPLOY_FAILED messages:\n";
+  for (const auto& [name, words] : expected) {
+    std::string message = Deployment(name)["message"].get<std::string>();
+    for (const auto& word : words) {
+      EXPECT_NE(message.find(word), std::string::npos) << name << ": " << message;
+    }
+    std::cout << "  " << name << ": " << message << "\n";
+  }
 }
 
 }  // namespace serve::testing

@@ -64,6 +64,9 @@ class Cluster {
   HttpResult Get(const std::string& target) { return HttpGet(http_port_, target); }
   // Polls until GET `target` answers `status`.
   bool WaitForStatus(const std::string& target, int status);
+  // Waits (up to 90 s) until every deployment named is DEPLOY_FAILED, expects its message to
+  // hold each of the words given for it, and prints the messages.
+  void ExpectDeployFailed(const std::map<std::string, std::vector<std::string>>& expected);
 
   Process& node(size_t i) { return nodes_[i]; }
   // The port node i serves its /metrics on.

@@ -182,12 +182,20 @@ TEST(FaultTest, DeployOvertakenByAnotherReportsIt) {
 
 // nats-server goes away under load and comes back on the same port. Nothing is judged from the
 // silence: the same replicas serve afterwards, no deployment leaves HEALTHY, no replacement
-// starts, and the only failed requests are those sent while the bus was down.
-class BusOutageTest : public ::testing::TestWithParam<int> {};
+// starts, and the only failed requests are those sent while the bus was down. With the secure
+// bus (a user per role, docs/security.md) every service and worker logs in again as its own user.
+struct Outage {
+  int seconds;
+  bool secure_bus;
+};
+
+class BusOutageTest : public ::testing::TestWithParam<Outage> {};
 
 TEST_P(BusOutageTest, ChangesNothingAndFailsOnlyWhatWasSentMeanwhile) {
-  const auto outage = std::chrono::seconds(GetParam());
-  Cluster cluster;
+  const auto outage = std::chrono::seconds(GetParam().seconds);
+  Cluster::Options cluster_options;
+  cluster_options.secure_bus = GetParam().secure_bus;
+  Cluster cluster(cluster_options);
   cluster.Deploy("deployments:\n"
                  "  - name: echo\n"
                  "    runtime: builtin:echo\n"
@@ -250,14 +258,19 @@ TEST_P(BusOutageTest, ChangesNothingAndFailsOnlyWhatWasSentMeanwhile) {
     if (sent > down_s && failure.took > std::chrono::milliseconds(2500)) ++slow;
     if (sent < down_s - 0.5) ++late;
   }
-  std::cout << "bus down for " << GetParam() << " s: " << report.failed << " failed requests, "
-            << late << " outside the outage, " << slow << " slower than 2.5 s\n";
+  std::cout << "bus down for " << GetParam().seconds << " s: " << report.failed
+            << " failed requests, " << late << " outside the outage, " << slow
+            << " slower than 2.5 s\n";
   EXPECT_EQ(late, 0u) << report.Summary();
   EXPECT_EQ(slow, 0u) << report.Summary();
 }
 
-INSTANTIATE_TEST_SUITE_P(Outages, BusOutageTest, ::testing::Values(2, 10),
-                         [](const auto& info) { return std::to_string(info.param) + "s"; });
+INSTANTIATE_TEST_SUITE_P(Outages, BusOutageTest,
+                         ::testing::Values(Outage{2, true}, Outage{10, false}),
+                         [](const auto& info) {
+                           return std::to_string(info.param.seconds) + "s" +
+                                  (info.param.secure_bus ? "_secure_bus" : "");
+                         });
 
 }  // namespace
 }  // namespace serve::testing

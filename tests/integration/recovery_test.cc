@@ -149,10 +149,11 @@ TEST_P(RecoveryTest, TotalLossComesBackFromTheStoreAlone) {
     yaml += "  - name: counter\n    runtime: native\n    artifact: " + BuildDir() +
             "/examples/libcounter.so\n    resources: {num_cpus: 0.1}\n";
     if (with_python) {
-      yaml += "  - name: model\n    runtime: command\n    working_dir: " +
-              fs::current_path().string() + "/examples/python-model\n" +
-              "    command: [\"/usr/bin/python3\", \"server.py\"]\n    health_path: /healthz\n" +
-              "    resources: {num_cpus: 0.1}\n";
+      yaml +=
+          "  - name: model\n    runtime: command\n    working_dir: " + fs::current_path().string() +
+          "/examples/python-http\n" +
+          "    command: [\"/usr/bin/python3\", \"server.py\"]\n    health_path: /healthz\n" +
+          "    resources: {num_cpus: 0.1}\n";
     }
     cluster.Deploy(yaml);
     ASSERT_EQ(cluster.Get("/counter").status, 200);

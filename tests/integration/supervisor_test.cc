@@ -157,6 +157,18 @@ class SupervisedInstanceTest : public ::testing::Test {
     }
   }
 
+  // `serve start --foreground` as systemd runs it, its output in `log` under dir_.
+  Process StartInForeground(const std::string& log) {
+    return Process(
+        ServeCommand({"start", "--foreground", "--http-port", std::to_string(http_port_)}),
+        dir_.path() + "/" + log);
+  }
+  bool WaitUntilServing() {
+    return WaitUntil(
+        [&] { return Pid("supervisor") > 0 && HttpGet(http_port_, "/-/healthz").status == 200; },
+        std::chrono::seconds(60));
+  }
+
   TempDir dir_;
   std::string run_dir_ = dir_.path() + "/run";
   int nats_port_ = FreePort();
@@ -243,13 +255,7 @@ TEST_F(SupervisedInstanceTest, KilledCheckpointerIsBackWithoutAFailedRequest) {
   // Checkpoint reads are the controller's: as its user, from the instance's credentials.
   bus::Options as_controller;
   as_controller.url = nats_url_;
-  std::istringstream credentials(ReadFile(run_dir_ + "/bus-credentials"));
-  for (std::string line; std::getline(credentials, line);) {
-    std::istringstream fields(line);
-    std::string role;
-    fields >> role;
-    if (role == "controller") fields >> as_controller.user >> as_controller.password;
-  }
+  as_controller.creds_file = run_dir_ + "/creds/controller.creds";
   as_controller.inbox_prefix = bus::InboxPrefix(kNamespace, bus::Role::kController);
   RawClient bus(as_controller);
   wire::CheckpointGetT get;
@@ -369,21 +375,81 @@ TEST_F(SupervisedInstanceTest, StartOnAPortInUseSaysSoAndLeavesNothingRunning) {
   EXPECT_FALSE(PortOpen(nats_port_));
 }
 
-// The default run directory is under $HOME, so `serve shutdown` finds the instance from any
-// directory and any shell of the same user.
+// `serve start --foreground`, as systemd runs it (deploy/systemd): it serves until SIGTERM, then
+// stops the whole instance and exits 0.
+TEST_F(SupervisedInstanceTest, ForegroundStartServesUntilSigtermThenStopsEverything) {
+  Process foreground = StartInForeground("foreground.log");
+  ASSERT_TRUE(WaitUntilServing()) << ReadFile(dir_.path() + "/foreground.log");
+  std::string config = dir_.path() + "/hello.yaml";
+  WriteFile(config,
+            "deployments:\n  - name: hello\n    runtime: builtin:hello\n"
+            "    resources: {num_cpus: 0.25}\n");
+  auto deployed = Serve({"deploy", config});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
+  EXPECT_EQ(HttpGet(http_port_, "/hello").status, 200);
+  // A second foreground start refuses rather than watch an instance it did not start.
+  auto second = Serve({"start", "--foreground", "--http-port", std::to_string(http_port_)});
+  EXPECT_NE(second.exit_code, 0) << second.output;
+  EXPECT_THAT(second.output, HasSubstr("already runs"));
+
+  auto pids = RecordedPids(run_dir_);
+  ASSERT_EQ(pids.size(), 6u);
+  int status = foreground.Stop(std::chrono::seconds(60));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << status << "\n"
+      << ReadFile(dir_.path() + "/foreground.log");
+  for (const auto& [name, pid] : pids) {
+    EXPECT_FALSE(ProcessAlive(pid)) << name << " still runs";
+  }
+  EXPECT_FALSE(PortOpen(http_port_));
+  EXPECT_FALSE(PortOpen(nats_port_));
+}
+
+// When the instance ends by itself, the foreground command fails, so that the service manager
+// starts it again; nothing of the old instance is left to get in the new one's way.
+TEST_F(SupervisedInstanceTest, ForegroundStartFailsWhenItsSupervisorIsKilled) {
+  Process foreground = StartInForeground("foreground.log");
+  ASSERT_TRUE(WaitUntilServing()) << ReadFile(dir_.path() + "/foreground.log");
+  auto pids = RecordedPids(run_dir_);
+  ASSERT_EQ(kill(pids["supervisor"], SIGKILL), 0);
+  ASSERT_TRUE(WaitUntil([&] { return !foreground.Running(); }, std::chrono::seconds(60)));
+  int status = foreground.wait_status();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << status;
+  std::string output = ReadFile(dir_.path() + "/foreground.log");
+  EXPECT_THAT(output, HasSubstr("ended by itself"));
+  for (const auto& [name, pid] : pids) {
+    EXPECT_TRUE(WaitUntil([&, pid = pid] { return !ProcessAlive(pid); })) << name << " still runs";
+  }
+  // Started again, as systemd would, it serves.
+  Process again = StartInForeground("again.log");
+  EXPECT_TRUE(WaitUntilServing()) << ReadFile(dir_.path() + "/again.log");
+  int stopped = again.Stop(std::chrono::seconds(60));
+  EXPECT_TRUE(WIFEXITED(stopped) && WEXITSTATUS(stopped) == 0) << stopped;
+}
+
+// The default run directory is under $HOME (/var/lib/serve for root), so `serve shutdown`
+// finds the instance from any directory and any shell of the same user.
 TEST(SupervisedInstance, ShutdownFromAnotherDirectoryLeavesNoProcess) {
   TempDir home, first, second;
   int nats_port = FreePort(), http_port = FreePort();
   std::map<std::string, std::string> env = {{"HOME", home.path()}};
+  // A namespace of its own: root's default run directory is outside the test's directories.
+  std::string ns = "suptest-" + std::to_string(getpid());
   auto serve = [&](const std::string& cwd, const std::vector<std::string>& args) {
     std::vector<std::string> argv = {"env",         "-C",
                                      cwd,           BinDir() + "/serve",
                                      "--address",   "nats://127.0.0.1:" + std::to_string(nats_port),
-                                     "--namespace", kNamespace};
+                                     "--namespace", ns};
     argv.insert(argv.end(), args.begin(), args.end());
     return RunCommand(argv, env);
   };
-  std::string run_dir = home.path() + "/.serve/" + kNamespace;
+  std::string run_dir = geteuid() == 0 ? "/var/lib/serve/" + ns : home.path() + "/.serve/" + ns;
+  struct RemoveRunDir {
+    std::string path;
+    ~RemoveRunDir() {
+      if (geteuid() == 0) fs::remove_all(path);
+    }
+  } remove_run_dir{run_dir};
   auto started = serve(first.path(), {"start", "--http-port", std::to_string(http_port)});
   ASSERT_EQ(started.exit_code, 0) << started.output;
   auto pids = RecordedPids(run_dir);

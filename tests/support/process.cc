@@ -8,12 +8,15 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -21,6 +24,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 namespace serve::testing {
 
@@ -36,9 +40,47 @@ bool WaitUntil(const std::function<bool()>& condition, std::chrono::milliseconds
   }
 }
 
+namespace {
+
+// Test processes run side by side (ctest -j): a port one of them was handed, but has not bound
+// yet, may be handed to another, whose clients then talk to the wrong server (and are refused
+// as strangers by its nats-server). A file per port claims it across processes; a claim older
+// than the longest test is stale.
+// Claims end with the process that made them (FreePort holds its mutex when it adds one).
+std::vector<std::string>& Claims() {
+  static auto* claims = new std::vector<std::string>;
+  return *claims;
+}
+
+void ReleaseClaims() {
+  for (const auto& path : Claims()) unlink(path.c_str());
+}
+
+bool ClaimAcrossProcesses(int port) {
+  static const std::string dir = "/tmp/serve-test-ports";
+  mkdir(dir.c_str(), 01777);
+  std::string path = dir + "/" + std::to_string(port);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    int fd = open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      close(fd);
+      if (Claims().empty()) atexit(ReleaseClaims);
+      Claims().push_back(path);
+      return true;
+    }
+    struct stat st {};
+    if (errno != EEXIST || stat(path.c_str(), &st) != 0) return true;  // cannot tell: take it
+    if (time(nullptr) - st.st_mtime < 30 * 60) return false;
+    unlink(path.c_str());
+  }
+  return false;
+}
+
+}  // namespace
+
 // A port the kernel calls free may be handed out again by the next call, before anything bound
 // it (a cluster asking for its proxy's and its controller's port in a row): a port is handed to
-// one caller of this process only.
+// one caller of this process only, and to one test process at a time.
 int FreePort() {
   static std::mutex mutex;
   static std::set<int> handed_out;
@@ -57,7 +99,7 @@ int FreePort() {
     getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
     close(fd);
     int port = ntohs(addr.sin_port);
-    if (handed_out.insert(port).second) return port;
+    if (handed_out.insert(port).second && ClaimAcrossProcesses(port)) return port;
   }
   throw std::runtime_error("no free port that was not handed out already");
 }
@@ -180,6 +222,9 @@ std::string BinDir() {
 TempDir::TempDir() {
   std::string pattern = (fs::temp_directory_path() / "serve-test-XXXXXX").string();
   if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  // Searchable, like the directories a node's work directory is made under in production:
+  // a root node agent's workers run as nobody, and must reach their code in here.
+  chmod(pattern.c_str(), 0755);
   path_ = pattern;
 }
 
