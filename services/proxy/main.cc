@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
   app.add_flag("--nats-io-on-loop", nats_io_on_loop,
                "Read and write the NATS socket on the proxy's loop instead of on a thread of "
                "nats.c's own: one thread hop fewer per reply. Experimental: it does not yet "
-               "recover its subscriptions after a NATS server restart");
+               "recover its subscriptions after a NATS server restart")
+      ->envname("SERVE_PROXY_NATS_IO_ON_LOOP");
   CLI11_PARSE(app, argc, argv);
   Status init = service::Init(flags, "proxy");
   if (!init.ok()) {

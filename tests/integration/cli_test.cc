@@ -32,6 +32,22 @@ class CliTest : public ::testing::Test {
     return argv;
   }
   CommandResult Serve(std::vector<std::string> args) { return RunCommand(ServeCommand(args)); }
+  // `serve start` on `http_port`. A failure carries the CLI's answer and the end of every
+  // service's log, which the test's directory takes with it.
+  ::testing::AssertionResult Start(int http_port) {
+    auto started = Serve({"start", "--http-port", std::to_string(http_port)});
+    if (started.exit_code == 0) return ::testing::AssertionSuccess();
+    auto failure = ::testing::AssertionFailure()
+                   << "serve start exited with " << started.exit_code << ":\n"
+                   << started.output;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(run_dir_ + "/logs", ec)) {
+      std::string log = ReadFile(entry.path().string());
+      if (log.size() > 4000) log = log.substr(log.size() - 4000);
+      failure << "\n--- " << entry.path().filename().string() << " ends with:\n" << log;
+    }
+    return failure;
+  }
   // `serve run`, left running with its output in a file.
   LoggedProcess ServeRun(std::vector<std::string> args) {
     args.insert(args.begin(), "run");
@@ -190,8 +206,7 @@ TEST_F(CliTest, StartGivesEachServiceItsOwnBusUserAndKeepsSecretsOffCommandLines
 TEST_F(CliTest, ServicesAndWorkersInheritNothingFromTheShellThatStartedThem) {
   InheritablePipe pipe;  // `serve start` inherits both ends
   int http_port = FreePort();
-  auto started = Serve({"start", "--http-port", std::to_string(http_port)});
-  ASSERT_EQ(started.exit_code, 0) << started.output;
+  ASSERT_TRUE(Start(http_port));
   auto deployed = Serve({"deploy", "examples/hello/serve.yaml"});
   ASSERT_EQ(deployed.exit_code, 0) << deployed.output;
 
@@ -272,7 +287,7 @@ TEST_F(CliTest, RunStartsServesAndOnSigtermUndoesEverythingItDid) {
 
 TEST_F(CliTest, RunAgainstARunningInstanceDeletesOnlyItsOwnDeployment) {
   int http_port = FreePort();
-  ASSERT_EQ(Serve({"start", "--http-port", std::to_string(http_port)}).exit_code, 0);
+  ASSERT_TRUE(Start(http_port));
   std::vector<pid_t> pids = RecordedPids();
   ASSERT_EQ(Serve({"deploy", "examples/hello/serve.yaml"}).exit_code, 0);
 
@@ -296,7 +311,7 @@ TEST_F(CliTest, RunAgainstARunningInstanceDeletesOnlyItsOwnDeployment) {
 
 TEST_F(CliTest, RunThatCannotServeCleansUpAfterItself) {
   int http_port = FreePort();
-  ASSERT_EQ(Serve({"start", "--http-port", std::to_string(http_port)}).exit_code, 0);
+  ASSERT_TRUE(Start(http_port));
   ASSERT_EQ(Serve({"deploy", "examples/hello/serve.yaml"}).exit_code, 0);
 
   // Refused by the controller: nothing of it was deployed, so nothing is deleted.

@@ -303,7 +303,7 @@ TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
                         std::chrono::seconds(30)))
       << cluster.Log("proxy");
   cluster.Deploy(kEcho);
-  EXPECT_TRUE(cluster.WaitForStatus("/echo", 200));
+  EXPECT_TRUE(cluster.WaitForStatus("/echo", 200)) << cluster.Log("proxy");
 }
 
 TEST(Foundation, ASecondControllerForTheNamespaceRefusesToStart) {
