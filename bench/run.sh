@@ -10,6 +10,8 @@ DURATION=${1:-10}
 CONNECTIONS=${2:-64}
 THREADS=2
 WORK=$(mktemp -d /tmp/serve-bench-XXXXXX)
+# Run as root, the node runs its workers as nobody, who must reach the run directory inside.
+chmod 0755 "$WORK"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NGINX_PORT=$(free_port)
 HTTP_PORT=$(free_port)
