@@ -1,7 +1,5 @@
 #include "bus/bus.h"
 
-// Defines functions: included in this one file of the project.
-#include <nats/adapters/libuv.h>
 #include <nats/nats.h>
 #include <spdlog/spdlog.h>
 
@@ -17,6 +15,7 @@
 #include <variant>
 
 #include "bus/jwt.h"
+#include "bus/loop_io.h"
 #include "bus/nkeys.h"
 
 namespace serve::bus {
@@ -246,12 +245,9 @@ Status Bus::Open() {
   natsOptions_SetClosedCB(opts, OnClosed, closure);
   natsOptions_SetErrorHandler(opts, OnAsyncError, nullptr);
   if (options_.io_on_loop) {
-    // The adapter tells the loop's own thread from others by this thread-local, so it acts at
-    // once on the loop and schedules through an async handle from nats.c's threads (reconnect).
-    natsLibuv_Init();
-    natsLibuv_SetThreadLocalLoop(loop_);
-    s = natsOptions_SetEventLoop(opts, loop_, natsLibuv_Attach, natsLibuv_Read, natsLibuv_Write,
-                                 natsLibuv_Detach);
+    loop_io_ = new detail::LoopIo(loop_);
+    s = natsOptions_SetEventLoop(opts, loop_io_, detail::LoopIo::Attach, detail::LoopIo::Read,
+                                 detail::LoopIo::Write, detail::LoopIo::Detach);
     if (s != NATS_OK) return fail("cannot run the NATS connection on the service's loop");
   }
   if (options_.retry_initial_connect) {
@@ -351,6 +347,8 @@ void Bus::Close(double flush_timeout_s) {
     natsConnection_Destroy(connection_);
     connection_ = nullptr;
   }
+  if (loop_io_ != nullptr) loop_io_->Close();  // nats.c is done with it
+  loop_io_ = nullptr;
   auto close_handle = [](uv_handle_t* handle) {
     if (handle->type == UV_ASYNC) {
       delete reinterpret_cast<uv_async_t*>(handle);

@@ -23,6 +23,7 @@ namespace serve::bus {
 
 namespace detail {
 struct BusShared;
+class LoopIo;
 }  // namespace detail
 
 // How to reach NATS. Every service and the CLI take the same flags (see flags.h), each also
@@ -146,6 +147,7 @@ class Bus {
   std::shared_ptr<detail::BusShared> shared_;  // also held by nats.c callbacks
   uv_async_t* wakeup_ = nullptr;
   uv_timer_t* timer_ = nullptr;
+  detail::LoopIo* loop_io_ = nullptr;  // with io_on_loop: the socket's watcher on loop_
   std::deque<Handler> handlers_;  // indexed by subscription; a deque keeps them in place
   std::map<size_t, std::function<void()>> drained_;  // by handler index: Drain()'s callbacks
   struct SubscriptionEntry {

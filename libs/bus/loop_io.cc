@@ -1,0 +1,195 @@
+#include "bus/loop_io.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <utility>
+
+namespace serve::bus::detail {
+
+namespace {
+
+// A poll handle with the duplicate descriptor it watches, closed after the handle.
+struct Poll {
+  uv_poll_t handle;
+  int fd;
+  LoopIo* owner;
+};
+
+}  // namespace
+
+LoopIo::LoopIo(uv_loop_t* loop)
+    : loop_(loop), loop_thread_(std::this_thread::get_id()), wakeup_(new uv_async_t) {
+  uv_async_init(loop_, wakeup_,
+                [](uv_async_t* handle) { static_cast<LoopIo*>(handle->data)->Apply(); });
+  wakeup_->data = this;
+}
+
+natsStatus LoopIo::Attach(void** user_data, void* loop_io, natsConnection* connection,
+                          natsSock socket) {
+  auto* self = static_cast<LoopIo*>(loop_io);
+  *user_data = self;
+  // Duplicated now, while nats.c holds the socket: by the time the loop runs, nats.c may have
+  // closed it and its number may be another handle's.
+  int fd = fcntl(socket, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) {
+    spdlog::error("cannot watch the NATS socket on the loop: dup: {}", strerror(errno));
+    return NATS_SYS_ERROR;
+  }
+  {
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    self->connection_ = connection;
+    if (self->pending_socket_ >= 0) close(self->pending_socket_);  // attached again meanwhile
+    self->pending_socket_ = fd;
+    ++self->generation_;
+    self->want_read_ = true;
+    self->want_write_ = false;
+  }
+  return self->ApplySoon();
+}
+
+natsStatus LoopIo::Read(void* user_data, bool add) {
+  auto* self = static_cast<LoopIo*>(user_data);
+  {
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    self->want_read_ = add;
+  }
+  return self->ApplySoon();
+}
+
+natsStatus LoopIo::Write(void* user_data, bool add) {
+  auto* self = static_cast<LoopIo*>(user_data);
+  {
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    self->want_write_ = add;
+  }
+  return self->ApplySoon();
+}
+
+natsStatus LoopIo::Detach(void* user_data) {
+  auto* self = static_cast<LoopIo*>(user_data);
+  {
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    self->detached_ = true;
+    self->want_read_ = self->want_write_ = false;
+  }
+  return self->ApplySoon();
+}
+
+natsStatus LoopIo::ApplySoon() {
+  if (OnLoopThread()) {
+    Apply();
+    return NATS_OK;
+  }
+  return uv_async_send(wakeup_) == 0 ? NATS_OK : NATS_SYS_ERROR;
+}
+
+void LoopIo::Apply() {
+  if (closing_) return;
+  int new_fd;
+  uint64_t generation;
+  bool read, write, detached;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    new_fd = std::exchange(pending_socket_, -1);
+    generation = generation_;
+    read = want_read_;
+    write = want_write_;
+    detached = detached_;
+  }
+  if (new_fd >= 0) {
+    ClosePoll();
+    auto* poll = new Poll{{}, new_fd, this};
+    if (uv_poll_init_socket(loop_, &poll->handle, new_fd) != 0) {
+      // The connection's pings go unanswered and nats.c reconnects.
+      spdlog::error("cannot watch the NATS socket on the loop");
+      close(new_fd);
+      delete poll;
+      return;
+    }
+    poll->handle.data = this;
+    ++open_handles_;
+    poll_ = &poll->handle;
+    poll_generation_ = generation;
+    poll_events_ = 0;
+  }
+  if (detached) {
+    ClosePoll();
+    return;
+  }
+  if (poll_ == nullptr) return;
+  int events = (read ? UV_READABLE : 0) | (write ? UV_WRITABLE : 0);
+  if (events == poll_events_) return;
+  poll_events_ = events;
+  if (events != 0) {
+    uv_poll_start(poll_, events, OnPoll);
+  } else {
+    uv_poll_stop(poll_);
+  }
+}
+
+void LoopIo::OnPoll(uv_poll_t* handle, int status, int events) {
+  auto* self = static_cast<LoopIo*>(handle->data);
+  if (handle != self->poll_) return;
+  natsConnection* connection;
+  bool read, write;
+  {
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    // The socket this handle watches was replaced, or is no longer to be read: its readiness
+    // says nothing about nats.c's current socket.
+    if (self->pending_socket_ >= 0 || self->generation_ != self->poll_generation_ ||
+        self->detached_) {
+      return;
+    }
+    connection = self->connection_;
+    read = self->want_read_;
+    write = self->want_write_;
+  }
+  // An error on the socket is read as one, and nats.c reconnects.
+  if (read && (status < 0 || (events & UV_READABLE) != 0)) {
+    natsConnection_ProcessReadEvent(connection);
+  }
+  if (write && status >= 0 && (events & UV_WRITABLE) != 0 && handle == self->poll_) {
+    natsConnection_ProcessWriteEvent(connection);
+  }
+}
+
+void LoopIo::ClosePoll() {
+  if (poll_ == nullptr) return;
+  // The descriptor is still open, so the loop forgets this handle's number and nothing else.
+  uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* handle) {
+    auto* poll = reinterpret_cast<Poll*>(handle);
+    LoopIo* owner = poll->owner;
+    close(poll->fd);
+    delete poll;
+    --owner->open_handles_;
+    owner->MaybeFree();
+  });
+  poll_ = nullptr;
+  poll_events_ = 0;
+}
+
+void LoopIo::Close() {
+  if (closing_) return;
+  closing_ = true;
+  ClosePoll();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pending_socket_ >= 0) close(pending_socket_);
+    pending_socket_ = -1;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(wakeup_), [](uv_handle_t* handle) {
+    auto* self = static_cast<LoopIo*>(handle->data);
+    delete reinterpret_cast<uv_async_t*>(handle);
+    --self->open_handles_;
+    self->MaybeFree();
+  });
+}
+
+void LoopIo::MaybeFree() {
+  if (closing_ && open_handles_ == 0) delete this;
+}
+
+}  // namespace serve::bus::detail
