@@ -21,10 +21,15 @@ struct Poll {
 }  // namespace
 
 LoopIo::LoopIo(uv_loop_t* loop)
-    : loop_(loop), loop_thread_(std::this_thread::get_id()), wakeup_(new uv_async_t) {
+    : loop_(loop),
+      loop_thread_(std::this_thread::get_id()),
+      wakeup_(new uv_async_t),
+      before_poll_(new uv_prepare_t) {
   uv_async_init(loop_, wakeup_,
                 [](uv_async_t* handle) { static_cast<LoopIo*>(handle->data)->Apply(); });
   wakeup_->data = this;
+  uv_prepare_init(loop_, before_poll_);
+  before_poll_->data = this;
 }
 
 natsStatus LoopIo::Attach(void** user_data, void* loop_io, natsConnection* connection,
@@ -79,14 +84,20 @@ natsStatus LoopIo::Detach(void* user_data) {
 }
 
 natsStatus LoopIo::ApplySoon() {
-  if (OnLoopThread()) {
-    Apply();
-    return NATS_OK;
+  if (!OnLoopThread()) return uv_async_send(wakeup_) == 0 ? NATS_OK : NATS_SYS_ERROR;
+  if (!apply_due_ && !closing_) {
+    apply_due_ = true;
+    uv_prepare_start(before_poll_,
+                     [](uv_prepare_t* handle) { static_cast<LoopIo*>(handle->data)->Apply(); });
   }
-  return uv_async_send(wakeup_) == 0 ? NATS_OK : NATS_SYS_ERROR;
+  return NATS_OK;
 }
 
 void LoopIo::Apply() {
+  if (apply_due_) {
+    apply_due_ = false;
+    uv_prepare_stop(before_poll_);
+  }
   if (closing_) return;
   int new_fd;
   uint64_t generation;
@@ -183,6 +194,12 @@ void LoopIo::Close() {
   uv_close(reinterpret_cast<uv_handle_t*>(wakeup_), [](uv_handle_t* handle) {
     auto* self = static_cast<LoopIo*>(handle->data);
     delete reinterpret_cast<uv_async_t*>(handle);
+    --self->open_handles_;
+    self->MaybeFree();
+  });
+  uv_close(reinterpret_cast<uv_handle_t*>(before_poll_), [](uv_handle_t* handle) {
+    auto* self = static_cast<LoopIo*>(handle->data);
+    delete reinterpret_cast<uv_prepare_t*>(handle);
     --self->open_handles_;
     self->MaybeFree();
   });

@@ -42,7 +42,10 @@ class LoopIo {
  private:
   ~LoopIo() = default;
   bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_; }
-  // Schedules Apply() on the loop's thread, or runs it now when called there.
+  // Schedules Apply(): from another thread through wakeup_, on the loop's thread before the
+  // loop next polls. Changing a uv_poll's events costs two epoll_ctl calls, and nats.c asks to
+  // watch for writability at every publish and to stop once it wrote; the Bus writes at once
+  // after a publish on the loop, so by the time the loop polls, nothing has changed.
   natsStatus ApplySoon();
   // Brings the poll handle in line with what nats.c asked for last.
   void Apply();
@@ -53,6 +56,8 @@ class LoopIo {
   uv_loop_t* loop_;
   std::thread::id loop_thread_;
   uv_async_t* wakeup_;
+  uv_prepare_t* before_poll_;  // started while an Apply() is due
+  bool apply_due_ = false;
 
   // What nats.c asked for, written from any thread.
   std::mutex mutex_;
@@ -67,7 +72,7 @@ class LoopIo {
   uv_poll_t* poll_ = nullptr;  // watches a duplicate descriptor, closed with the handle
   uint64_t poll_generation_ = 0;
   int poll_events_ = 0;
-  int open_handles_ = 1;  // wakeup_, and poll handles until their close callbacks ran
+  int open_handles_ = 2;  // wakeup_, before_poll_, and poll handles until they are closed
   bool closing_ = false;
 };
 

@@ -293,8 +293,9 @@ TEST(Foundation, RequestLargerThanTheBusCarriesIs413) {
   EXPECT_EQ(HttpRequest(cluster.http_port(), "POST", "/echo", "small").status, 200);
 }
 
-TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
-  Cluster cluster;
+// nats-server stops and starts again: a request sent meanwhile is held and answered, and a
+// deploy made after it reaches the proxy (its subscriptions came back).
+void ExpectServingAcrossANatsRestart(Cluster& cluster) {
   cluster.Deploy(kHelloConfig);
   ASSERT_EQ(cluster.Get("/hello").status, 200);
   cluster.nats().Stop();
@@ -304,6 +305,20 @@ TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
       << cluster.Log("proxy");
   cluster.Deploy(kEcho);
   EXPECT_TRUE(cluster.WaitForStatus("/echo", 200)) << cluster.Log("proxy");
+}
+
+TEST(Foundation, ServicesReconnectAfterNatsRestarts) {
+  Cluster cluster;
+  ExpectServingAcrossANatsRestart(cluster);
+}
+
+// The proxy's NATS socket on its loop (--nats-io-on-loop): a NATS restart once aborted it when
+// the socket's descriptor number went to an HTTP connection before the new socket was watched.
+TEST(Foundation, AProxyReadingNatsOnItsLoopReconnectsAfterNatsRestarts) {
+  Cluster::Options options;
+  options.env["SERVE_PROXY_NATS_IO_ON_LOOP"] = "1";
+  Cluster cluster(options);
+  ExpectServingAcrossANatsRestart(cluster);
 }
 
 TEST(Foundation, ASecondControllerForTheNamespaceRefusesToStart) {
