@@ -121,7 +121,7 @@ if [ "$MODE" = soak ]; then
   echo "|---|---|---|---|"
   while read -r name pid; do
     last=$(rss_of "$pid")
-    echo "| $name | ${first[$name]} | $last | $(awk -v a="${first[$name]}" -v b="$last" 'BEGIN {printf "%+.1f%%", a > 0 ? (b / a - 1) * 100 : 0}') |"
+    echo "| $name | ${first[$name]} | $last | $(awk -v a="${first[$name]}" -v b="$last" 'BEGIN {printf "%+.1f%%", (a > 0 ? (b / a - 1) * 100 : 0)}') |"
   done < <(soak_pids)
   wait "$wrk_pid"
   awk '/Requests\/sec|Non-2xx|Socket errors|^ +(50|99)%/' "$WORK/soak.txt"
