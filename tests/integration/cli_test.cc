@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -37,16 +38,19 @@ class CliTest : public ::testing::Test {
   ::testing::AssertionResult Start(int http_port) {
     auto started = Serve({"start", "--http-port", std::to_string(http_port)});
     if (started.exit_code == 0) return ::testing::AssertionSuccess();
-    auto failure = ::testing::AssertionFailure()
-                   << "serve start exited with " << started.exit_code << ":\n"
-                   << started.output;
+    return ::testing::AssertionFailure() << "serve start exited with " << started.exit_code << ":\n"
+                                         << started.output << LogTails();
+  }
+  // The end of every log of the instance (services and nats-server).
+  std::string LogTails() {
+    std::string tails;
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(run_dir_ + "/logs", ec)) {
       std::string log = ReadFile(entry.path().string());
       if (log.size() > 4000) log = log.substr(log.size() - 4000);
-      failure << "\n--- " << entry.path().filename().string() << " ends with:\n" << log;
+      tails += "\n--- " + entry.path().filename().string() + " ends with:\n" + log;
     }
-    return failure;
+    return tails;
   }
   // `serve run`, left running with its output in a file.
   LoggedProcess ServeRun(std::vector<std::string> args) {
@@ -78,6 +82,8 @@ class CliTest : public ::testing::Test {
     return pids;
   }
   void TearDown() override {
+    // The instance's logs go with the test's directory: show them while they are there.
+    if (HasFailure()) std::cout << "the instance's logs:" << LogTails() << std::endl;
     // Whatever happened, leave nothing running.
     if (fs::exists(run_dir_ + "/pids")) {
       Serve({"shutdown"});
