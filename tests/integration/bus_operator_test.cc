@@ -79,16 +79,7 @@ class BusOperatorTest : public ::testing::Test {
   CommandResult Serve(const std::vector<std::string>& args) {
     return RunCommand(ServeCommand(args));
   }
-  std::vector<pid_t> RecordedPids() {
-    std::vector<pid_t> pids;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(run_dir_ + "/pids", ec)) {
-      std::ifstream in(entry.path());
-      pid_t pid = 0;
-      if (in >> pid) pids.push_back(pid);
-    }
-    return pids;
-  }
+  std::vector<pid_t> RecordedPids() { return testing::RecordedPids(run_dir_); }
   std::string EnvironOf(const std::string& process) {
     std::ifstream in(run_dir_ + "/pids/" + process + ".pid");
     pid_t pid = 0;

@@ -71,16 +71,7 @@ class CliTest : public ::testing::Test {
     for (const auto& d : status["deployments"]) names.push_back(d["name"]);
     return names;
   }
-  std::vector<pid_t> RecordedPids() {
-    std::vector<pid_t> pids;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(run_dir_ + "/pids", ec)) {
-      std::ifstream in(entry.path());
-      pid_t pid = 0;
-      if (in >> pid) pids.push_back(pid);
-    }
-    return pids;
-  }
+  std::vector<pid_t> RecordedPids() { return testing::RecordedPids(run_dir_); }
   void TearDown() override {
     // The instance's logs go with the test's directory: show them while they are there.
     if (HasFailure()) std::cout << "the instance's logs:" << LogTails() << std::endl;

@@ -301,6 +301,17 @@ HttpResult HttpRequest(int port, const std::string& method, const std::string& t
   return result;
 }
 
+std::vector<pid_t> RecordedPids(const std::string& run_dir) {
+  std::vector<pid_t> pids;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(run_dir + "/pids", ec)) {
+    std::ifstream in(entry.path());
+    pid_t pid = 0;
+    if (in >> pid) pids.push_back(pid);
+  }
+  return pids;
+}
+
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::map<std::string, std::string>& env,
                          std::chrono::milliseconds timeout) {

@@ -101,6 +101,9 @@ struct CommandResult {
   int exit_code = -1;
   std::string output;
 };
+// The pids of a `serve start` instance's run directory (its pids/*.pid files).
+std::vector<pid_t> RecordedPids(const std::string& run_dir);
+
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::map<std::string, std::string>& env = {},
                          std::chrono::milliseconds timeout = std::chrono::seconds(60));
