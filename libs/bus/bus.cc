@@ -16,6 +16,7 @@
 
 #include "bus/jwt.h"
 #include "bus/loop_io.h"
+#include "bus/nats_signature.h"
 #include "bus/nkeys.h"
 
 namespace serve::bus {
@@ -150,20 +151,12 @@ natsStatus UserJwtCallback(char** user_jwt, char** error_text, void* closure) {
 natsStatus SignNonceCallback(char** error_text, unsigned char** signature, int* signature_length,
                              const char* nonce, void* closure) {
   auto* credentials = static_cast<ConnectionClosure*>(closure);
-  Result<std::string> signed_nonce = Status::Error("no NATS user key");
-  {
-    std::lock_guard<std::mutex> lock(credentials->credentials_mutex);
-    if (credentials->user_key.has_value()) signed_nonce = credentials->user_key->Sign(nonce);
-  }
-  if (!signed_nonce.ok()) {
-    *error_text = strdup(signed_nonce.error().c_str());
+  std::lock_guard<std::mutex> lock(credentials->credentials_mutex);
+  if (!credentials->user_key.has_value()) {
+    *error_text = strdup("no NATS user key");
     return NATS_ERR;
   }
-  *signature = static_cast<unsigned char*>(malloc(signed_nonce->size()));
-  if (*signature == nullptr) return NATS_NO_MEMORY;
-  memcpy(*signature, signed_nonce->data(), signed_nonce->size());
-  *signature_length = static_cast<int>(signed_nonce->size());
-  return NATS_OK;
+  return SignNonceForNats(*credentials->user_key, nonce, error_text, signature, signature_length);
 }
 
 void OnDisconnected(natsConnection*, void* closure) {
@@ -301,7 +294,7 @@ Status Bus::Open() {
     }
   }
 
-  s = natsConnection_Connect(&connection_, opts);
+  s = ConnectNats(&connection_, opts);
   natsOptions_Destroy(opts);
   if (s == NATS_NOT_YET_CONNECTED) {
     spdlog::warn("NATS at {} is not reachable yet; retrying in the background", safe_url);

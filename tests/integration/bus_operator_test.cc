@@ -16,6 +16,7 @@
 #include <set>
 
 #include "bus/jwt.h"
+#include "bus/nats_signature.h"
 #include "integration/nats_probe.h"
 #include "support/process.h"
 
@@ -48,14 +49,10 @@ class JwtUser {
     *jwt = strdup(static_cast<JwtUser*>(closure)->creds_.jwt.c_str());
     return NATS_OK;
   }
-  static natsStatus Sign(char**, unsigned char** signature, int* size, const char* nonce,
+  static natsStatus Sign(char** error_text, unsigned char** signature, int* size, const char* nonce,
                          void* closure) {
-    auto signed_nonce = static_cast<JwtUser*>(closure)->key_->Sign(nonce);
-    if (!signed_nonce.ok()) return NATS_ERR;
-    *signature = static_cast<unsigned char*>(malloc(signed_nonce->size()));
-    memcpy(*signature, signed_nonce->data(), signed_nonce->size());
-    *size = static_cast<int>(signed_nonce->size());
-    return NATS_OK;
+    return bus::SignNonceForNats(*static_cast<JwtUser*>(closure)->key_, nonce, error_text,
+                                 signature, size);
   }
 
   bus::Creds creds_;

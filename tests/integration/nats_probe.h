@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "bus/nats_signature.h"
 #include "support/process.h"
 
 namespace serve::testing {
@@ -31,7 +32,7 @@ class NatsProbe {
     natsOptions_SetAllowReconnect(options, false);
     natsOptions_SetErrorHandler(options, &NatsProbe::OnError, this);
     configure(options);
-    status_ = natsConnection_Connect(&connection_, options);
+    status_ = bus::ConnectNats(&connection_, options);
     natsOptions_Destroy(options);
     if (status_ != NATS_OK) {
       connect_error_ = nats_GetLastError(nullptr) != nullptr ? nats_GetLastError(nullptr) : "";
