@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `./dev compose-test`: docker-compose.yml run for real, by Debian's docker-compose against
 # Debian's podman serving the Docker API (no Docker engine needed). It builds the image from the
-# Dockerfile, brings everything up with two node agents, waits for /hello, kills a node agent's
+# Dockerfile, brings everything up with two node agents, waits for /hello, deploys the python
+# example through the cli service and waits for its predictions, kills a node agent's
 # container and the controller's and sees /hello keep answering, takes everything down keeping
 # the Redis volume and brings it up again without the one-shot deploy: the deployment comes back
-# from Redis. Then it removes everything it made but the cached base image.
+# from Redis, the python one with its code. Then it removes everything it made but the cached
+# base image.
 #
 # The podman set-up, the base image (made with debootstrap: no registry is reachable here) and
 # the image build are tests/deploy/podman_env.sh's, which ./dev kube-test shares. Needs root
@@ -77,6 +79,25 @@ log "docker-compose up -d --scale replica=2"
 compose up -d --no-build --scale replica=2 > "$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "up"; }
 wait_for_hello "first start" 300
 
+predict() {  # the answer of examples/python-model for one iris of each of two kinds
+  curl -s -X POST "http://127.0.0.1:$SERVE_HTTP_PORT/model/predict" \
+    -d '{"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}' || true
+}
+wait_for_predictions() {  # $1: what for, $2: seconds
+  local deadline=$(($(date +%s) + $2))
+  until predict | grep -q '"predictions": *\["setosa", *"virginica"\]'; do
+    [ "$(date +%s)" -lt "$deadline" ] ||
+      fail "/model/predict did not classify within $2 s ($1): $(predict)"
+    sleep 0.5
+  done
+  log "/model/predict classifies ($1)"
+}
+
+log "serve deploy examples/python-model (a python class on Debian's scikit-learn) through the cli service"
+compose run --rm --no-deps cli deploy /opt/serve/examples/python-model/serve.yaml \
+  > "$WORK/deploy-python.log" 2>&1 || { cat "$WORK/deploy-python.log"; fail "deploy python-model"; }
+wait_for_predictions "the python runtime in the image" 300
+
 log "kill -9 of every node agent (their containers restart; the controller places hello again)"
 for replica in $(containers_of replica); do crash "$replica"; done
 deadline=$(($(date +%s) + 30))
@@ -104,5 +125,6 @@ compose up -d --no-build --scale replica=2 --scale deploy-example=0 > "$WORK/up2
   { cat "$WORK/up2.log"; fail "up again"; }
 wait_for_hello "after down and up: restored from Redis, nothing redeployed" 300
 [ -z "$(container_of deploy-example)" ] || fail "the one-shot deploy ran again"
+wait_for_predictions "after down and up: its code restored from Redis too" 300
 
 log "passed in $(($(date +%s) - START)) s; tearing down"
