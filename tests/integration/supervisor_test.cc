@@ -163,9 +163,15 @@ class SupervisedInstanceTest : public ::testing::Test {
         ServeCommand({"start", "--foreground", "--http-port", std::to_string(http_port_)}),
         dir_.path() + "/" + log);
   }
-  bool WaitUntilServing() {
+  // Until the foreground command says the instance runs, as it does once the controller, a node
+  // and the proxy answer (the proxy's health alone comes before the controller's), and serves.
+  bool WaitUntilServing(const std::string& log) {
     return WaitUntil(
-        [&] { return Pid("supervisor") > 0 && HttpGet(http_port_, "/-/healthz").status == 200; },
+        [&] {
+          return ReadFile(dir_.path() + "/" + log).find("Running in the foreground") !=
+                     std::string::npos &&
+                 Pid("supervisor") > 0 && HttpGet(http_port_, "/-/healthz").status == 200;
+        },
         std::chrono::seconds(60));
   }
 
@@ -379,7 +385,7 @@ TEST_F(SupervisedInstanceTest, StartOnAPortInUseSaysSoAndLeavesNothingRunning) {
 // stops the whole instance and exits 0.
 TEST_F(SupervisedInstanceTest, ForegroundStartServesUntilSigtermThenStopsEverything) {
   Process foreground = StartInForeground("foreground.log");
-  ASSERT_TRUE(WaitUntilServing()) << ReadFile(dir_.path() + "/foreground.log");
+  ASSERT_TRUE(WaitUntilServing("foreground.log")) << ReadFile(dir_.path() + "/foreground.log");
   std::string config = dir_.path() + "/hello.yaml";
   WriteFile(config,
             "deployments:\n  - name: hello\n    runtime: builtin:hello\n"
@@ -409,7 +415,7 @@ TEST_F(SupervisedInstanceTest, ForegroundStartServesUntilSigtermThenStopsEveryth
 // starts it again; nothing of the old instance is left to get in the new one's way.
 TEST_F(SupervisedInstanceTest, ForegroundStartFailsWhenItsSupervisorIsKilled) {
   Process foreground = StartInForeground("foreground.log");
-  ASSERT_TRUE(WaitUntilServing()) << ReadFile(dir_.path() + "/foreground.log");
+  ASSERT_TRUE(WaitUntilServing("foreground.log")) << ReadFile(dir_.path() + "/foreground.log");
   auto pids = RecordedPids(run_dir_);
   ASSERT_EQ(kill(pids["supervisor"], SIGKILL), 0);
   ASSERT_TRUE(WaitUntil([&] { return !foreground.Running(); }, std::chrono::seconds(60)));
@@ -422,7 +428,7 @@ TEST_F(SupervisedInstanceTest, ForegroundStartFailsWhenItsSupervisorIsKilled) {
   }
   // Started again, as systemd would, it serves.
   Process again = StartInForeground("again.log");
-  EXPECT_TRUE(WaitUntilServing()) << ReadFile(dir_.path() + "/again.log");
+  EXPECT_TRUE(WaitUntilServing("again.log")) << ReadFile(dir_.path() + "/again.log");
   int stopped = again.Stop(std::chrono::seconds(60));
   EXPECT_TRUE(WIFEXITED(stopped) && WEXITSTATUS(stopped) == 0) << stopped;
 }
