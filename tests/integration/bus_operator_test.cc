@@ -76,7 +76,7 @@ class BusOperatorTest : public ::testing::Test {
   CommandResult Serve(const std::vector<std::string>& args) {
     return RunCommand(ServeCommand(args));
   }
-  std::vector<pid_t> RecordedPids() { return testing::RecordedPids(run_dir_); }
+  std::vector<pid_t> RecordedPids() { return RecordedPidList(run_dir_); }
   std::string EnvironOf(const std::string& process) {
     std::ifstream in(run_dir_ + "/pids/" + process + ".pid");
     pid_t pid = 0;

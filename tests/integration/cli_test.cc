@@ -71,7 +71,7 @@ class CliTest : public ::testing::Test {
     for (const auto& d : status["deployments"]) names.push_back(d["name"]);
     return names;
   }
-  std::vector<pid_t> RecordedPids() { return testing::RecordedPids(run_dir_); }
+  std::vector<pid_t> RecordedPids() { return RecordedPidList(run_dir_); }
   void TearDown() override {
     // The instance's logs go with the test's directory: show them while they are there.
     if (HasFailure()) std::cout << "the instance's logs:" << LogTails() << std::endl;

@@ -39,18 +39,6 @@ double SecondsSince(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-// Pid file name -> pid, for every pid file of a run directory.
-std::map<std::string, pid_t> RecordedPids(const std::string& run_dir) {
-  std::map<std::string, pid_t> pids;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(run_dir + "/pids", ec)) {
-    std::ifstream in(entry.path());
-    pid_t pid = 0;
-    if (in >> pid) pids[entry.path().stem().string()] = pid;
-  }
-  return pids;
-}
-
 class SupervisedInstanceTest : public ::testing::Test {
  protected:
   std::vector<std::string> ServeCommand(const std::vector<std::string>& args) {

@@ -301,14 +301,20 @@ HttpResult HttpRequest(int port, const std::string& method, const std::string& t
   return result;
 }
 
-std::vector<pid_t> RecordedPids(const std::string& run_dir) {
-  std::vector<pid_t> pids;
+std::map<std::string, pid_t> RecordedPids(const std::string& run_dir) {
+  std::map<std::string, pid_t> pids;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(run_dir + "/pids", ec)) {
     std::ifstream in(entry.path());
     pid_t pid = 0;
-    if (in >> pid) pids.push_back(pid);
+    if (in >> pid) pids[entry.path().stem().string()] = pid;
   }
+  return pids;
+}
+
+std::vector<pid_t> RecordedPidList(const std::string& run_dir) {
+  std::vector<pid_t> pids;
+  for (const auto& [name, pid] : RecordedPids(run_dir)) pids.push_back(pid);
   return pids;
 }
 

@@ -101,8 +101,10 @@ struct CommandResult {
   int exit_code = -1;
   std::string output;
 };
-// The pids of a `serve start` instance's run directory (its pids/*.pid files).
-std::vector<pid_t> RecordedPids(const std::string& run_dir);
+// The pids of a `serve start` instance's run directory, by pid file name (pids/<name>.pid).
+std::map<std::string, pid_t> RecordedPids(const std::string& run_dir);
+// The same pids, without their names.
+std::vector<pid_t> RecordedPidList(const std::string& run_dir);
 
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::map<std::string, std::string>& env = {},
