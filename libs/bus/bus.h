@@ -23,6 +23,7 @@ namespace serve::bus {
 
 namespace detail {
 struct BusShared;
+struct BusSubscription;
 class LoopIo;
 }  // namespace detail
 
@@ -68,6 +69,26 @@ struct Message {
   bool no_responders = false;
 };
 
+// Answers requests on the connection it was made from. Unlike the Bus, it may be used on any
+// thread: a handler that runs on nats.c's delivery thread (Bus::SubscribeOnDeliveryThread)
+// answers with the one it is given, valid for the handler's call (the subscription keeps the
+// connection alive meanwhile). Bus::replier() gives one for the loop's thread, valid until the
+// bus closes; taken from a closed bus, it says so instead of sending.
+class Replier {
+ public:
+  // Answers `request` on its reply subject; a message without one is ignored.
+  Status Respond(const Message& request, std::string_view data) const;
+  // The largest message the server takes (its max_payload), or 0 while not connected.
+  uint64_t max_payload() const;
+
+ private:
+  friend class Bus;
+  friend struct detail::BusSubscription;
+  explicit Replier(__natsConnection* connection) : connection_(connection) {}
+  // Kept alive by the subscription that delivered the request; null once the bus is closed.
+  __natsConnection* connection_;
+};
+
 // A NATS connection whose callbacks all run on one libuv loop.
 //
 // nats.c delivers messages on its own threads; Bus copies each message into a queue and wakes
@@ -79,6 +100,7 @@ struct Message {
 class Bus {
  public:
   using Handler = std::function<void(Message& message)>;
+  using DeliveryThreadHandler = std::function<void(Message& message, const Replier& replier)>;
   using ReplyCallback = std::function<void(Result<Message> reply)>;
   // Told `true` when the connection is (re-)established and `false` when it drops.
   using ConnectionListener = std::function<void(bool connected)>;
@@ -91,6 +113,12 @@ class Bus {
   Bus& operator=(const Bus&) = delete;
 
   Status Subscribe(const std::string& subject, Handler handler);
+  // Runs `handler` on nats.c's delivery thread for this subscription, one message at a time,
+  // never on the loop: for a request that is answered at once and needs nothing of the loop's
+  // state (a built-in handler), it saves the hop to the loop and back, which costs more than the
+  // answer. The handler must not call the Bus; it answers with `replier`. Unsubscribe and Drain
+  // work as for Subscribe: Drain's `done` runs on the loop after the handler's last return.
+  Status SubscribeOnDeliveryThread(const std::string& subject, DeliveryThreadHandler handler);
   // Stops delivery for every subscription on exactly `subject`.
   void Unsubscribe(const std::string& subject);
   // Unsubscribes from `subject` without losing what is already on its way: messages the server
@@ -101,6 +129,9 @@ class Bus {
                  const std::string& reply = "");
   // Answers `request` on its reply subject; a message without one is ignored.
   Status Respond(const Message& request, std::string_view data);
+  // Answers the way a DeliveryThreadHandler does, for code that answers on both threads. Take
+  // it when answering; it must not outlive the bus.
+  Replier replier() const { return Replier(connection_); }
   // Sends a request and calls `callback` exactly once, on the loop: with the reply, or with an
   // error when nothing answers within `timeout_s`, nobody listens on `subject`, the connection
   // drops before the reply came, or the bus closes first.
@@ -134,6 +165,10 @@ class Bus {
 
   Bus(uv_loop_t* loop, Options options);
   Status Open();
+  // Subscribes with `handler` at handlers_' next index, running on the loop or, with
+  // `on_delivery_thread`, on nats.c's thread.
+  Status SubscribeAs(const std::string& subject, Handler handler,
+                     DeliveryThreadHandler on_delivery_thread);
   Status EnsureReplySubscription();
   void DrainQueue();
   void OnReply(Message& message);

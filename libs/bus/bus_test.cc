@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 
 #include "bus/roles.h"
@@ -92,6 +93,108 @@ TEST_F(BusTest, ManyRequestsInFlightGetTheirOwnReplies) {
   ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
   EXPECT_EQ(wrong, 0);
   EXPECT_EQ(client.pending_requests(), 0u);
+}
+
+TEST_F(BusTest, OnTheLoopEveryRequestOfATurnGoesOutAndIsAnswered) {
+  // With io_on_loop, publishes are buffered and written once the loop's turn ends (or before it
+  // next polls, for those made by a timer): none may be left behind in the buffer.
+  testing::NatsServer nats;
+  Options on_loop;
+  on_loop.io_on_loop = true;
+  Bus& server = Connect(nats.url(), on_loop);
+  Bus& client = Connect(nats.url(), on_loop);
+  ASSERT_TRUE(
+      server
+          .Subscribe("t.echo",
+                     [&](Message& m) { EXPECT_TRUE(server.Respond(m, "re:" + m.data).ok()); })
+          .ok());
+  ASSERT_TRUE(server.Flush().ok());
+
+  constexpr int kRequests = 500;
+  int answered = 0;
+  int wrong = 0;
+  auto ask = [&](int i) {
+    std::string body = std::to_string(i);
+    client.Request("t.echo", body, 20, [&, body](Result<Message> reply) {
+      ++answered;
+      if (!reply.ok() || reply->data != "re:" + body) ++wrong;
+    });
+  };
+  for (int i = 0; i < kRequests; ++i) ask(i);
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
+  // One more, sent by a timer: the loop's next poll must not wait with it still buffered.
+  uv_timer_t timer;
+  uv_timer_init(&loop_, &timer);
+  timer.data = &ask;
+  uv_timer_start(
+      &timer, [](uv_timer_t* t) { (*static_cast<decltype(ask)*>(t->data))(kRequests); }, 10, 0);
+  ASSERT_TRUE(RunUntil(
+      &loop_, [&] { return answered == kRequests + 1; }, 5));
+  bool closed = false;
+  timer.data = &closed;
+  uv_close(reinterpret_cast<uv_handle_t*>(&timer),
+           [](uv_handle_t* t) { *static_cast<bool*>(t->data) = true; });
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return closed; }));
+  EXPECT_EQ(wrong, 0);
+}
+
+TEST_F(BusTest, ADeliveryThreadHandlerAnswersWhileTheLoopIsNotRunning) {
+  testing::NatsServer nats;
+  // The answering bus lives on a loop of its own that nobody runs while the requests come.
+  uv_loop_t idle_loop;
+  uv_loop_init(&idle_loop);
+  Options options;
+  options.url = nats.url();
+  auto server = Bus::Connect(&idle_loop, options);
+  ASSERT_TRUE(server.ok()) << server.error();
+  auto test_thread = std::this_thread::get_id();
+  std::atomic<int> handled{0};
+  std::atomic<bool> on_test_thread{false};
+  ASSERT_TRUE((*server)
+                  ->SubscribeOnDeliveryThread("t.direct",
+                                              [&](Message& m, const Replier& replier) {
+                                                if (std::this_thread::get_id() == test_thread) {
+                                                  on_test_thread = true;
+                                                }
+                                                EXPECT_GT(replier.max_payload(), 0u);
+                                                EXPECT_TRUE(
+                                                    replier.Respond(m, "re:" + m.data).ok());
+                                                ++handled;
+                                              })
+                  .ok());
+  ASSERT_TRUE((*server)->Flush().ok());
+
+  Bus& client = Connect(nats.url());
+  constexpr int kRequests = 200;
+  int answered = 0;
+  int wrong = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    std::string body = std::to_string(i);
+    client.Request("t.direct", body, 20, [&, body](Result<Message> reply) {
+      ++answered;
+      if (!reply.ok() || reply->data != "re:" + body) ++wrong;
+    });
+  }
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(handled.load(), kRequests);
+  EXPECT_FALSE(on_test_thread.load());
+
+  // A drain ends on the answering bus's loop once the handler has returned for the last time.
+  bool drained = false;
+  (*server)->Drain("t.direct", 5, [&] { drained = true; });
+  ASSERT_TRUE(RunUntil(&idle_loop, [&] { return drained; }));
+  auto after = RequestAndWait(&loop_, client, "t.direct", "late", 5);
+  EXPECT_FALSE(after.ok());
+  EXPECT_EQ(handled.load(), kRequests);
+
+  // The replier of a closed bus says so rather than sending.
+  (*server)->Close();
+  EXPECT_THAT((*server)->replier().Respond(Message{"t", "r", "x"}, "x").message(),
+              HasSubstr("closed"));
+  server->reset();
+  uv_run(&idle_loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&idle_loop), 0);
 }
 
 TEST_F(BusTest, RequestWithoutAnyListenerFailsFast) {

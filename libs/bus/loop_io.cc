@@ -24,12 +24,15 @@ LoopIo::LoopIo(uv_loop_t* loop)
     : loop_(loop),
       loop_thread_(std::this_thread::get_id()),
       wakeup_(new uv_async_t),
-      before_poll_(new uv_prepare_t) {
+      before_poll_(new uv_prepare_t),
+      after_io_(new uv_check_t) {
   uv_async_init(loop_, wakeup_,
                 [](uv_async_t* handle) { static_cast<LoopIo*>(handle->data)->Apply(); });
   wakeup_->data = this;
   uv_prepare_init(loop_, before_poll_);
   before_poll_->data = this;
+  uv_check_init(loop_, after_io_);
+  after_io_->data = this;
 }
 
 natsStatus LoopIo::Attach(void** user_data, void* loop_io, natsConnection* connection,
@@ -70,6 +73,8 @@ natsStatus LoopIo::Write(void* user_data, bool add) {
     std::lock_guard<std::mutex> lock(self->mutex_);
     self->want_write_ = add;
   }
+  // Called with the connection locked: the write itself has to wait for the loop's next phase.
+  if (add && self->OnLoopThread()) self->WriteSoon();
   return self->ApplySoon();
 }
 
@@ -83,21 +88,50 @@ natsStatus LoopIo::Detach(void* user_data) {
   return self->ApplySoon();
 }
 
+void LoopIo::StartBeforePoll() {
+  uv_prepare_start(before_poll_, [](uv_prepare_t* handle) {
+    auto* self = static_cast<LoopIo*>(handle->data);
+    uv_prepare_stop(handle);
+    if (self->write_due_) self->WriteBuffered();
+    if (self->apply_due_) self->Apply();
+  });
+}
+
 natsStatus LoopIo::ApplySoon() {
   if (!OnLoopThread()) return uv_async_send(wakeup_) == 0 ? NATS_OK : NATS_SYS_ERROR;
   if (!apply_due_ && !closing_) {
     apply_due_ = true;
-    uv_prepare_start(before_poll_,
-                     [](uv_prepare_t* handle) { static_cast<LoopIo*>(handle->data)->Apply(); });
+    StartBeforePoll();
   }
   return NATS_OK;
 }
 
-void LoopIo::Apply() {
-  if (apply_due_) {
-    apply_due_ = false;
-    uv_prepare_stop(before_poll_);
+void LoopIo::WriteSoon() {
+  if (write_due_ || closing_) return;
+  write_due_ = true;
+  StartBeforePoll();
+  uv_check_start(after_io_, [](uv_check_t* handle) {
+    auto* self = static_cast<LoopIo*>(handle->data);
+    if (self->write_due_) self->WriteBuffered();
+  });
+}
+
+void LoopIo::WriteBuffered() {
+  write_due_ = false;
+  uv_check_stop(after_io_);
+  if (closing_) return;
+  natsConnection* connection;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (detached_ || !want_write_) return;
+    connection = connection_;
   }
+  // Writes what the socket takes; nats.c stops asking for writability once all is written.
+  natsConnection_ProcessWriteEvent(connection);
+}
+
+void LoopIo::Apply() {
+  apply_due_ = false;
   if (closing_) return;
   int new_fd;
   uint64_t generation;
@@ -200,6 +234,12 @@ void LoopIo::Close() {
   uv_close(reinterpret_cast<uv_handle_t*>(before_poll_), [](uv_handle_t* handle) {
     auto* self = static_cast<LoopIo*>(handle->data);
     delete reinterpret_cast<uv_prepare_t*>(handle);
+    --self->open_handles_;
+    self->MaybeFree();
+  });
+  uv_close(reinterpret_cast<uv_handle_t*>(after_io_), [](uv_handle_t* handle) {
+    auto* self = static_cast<LoopIo*>(handle->data);
+    delete reinterpret_cast<uv_check_t*>(handle);
     --self->open_handles_;
     self->MaybeFree();
   });

@@ -44,9 +44,19 @@ class LoopIo {
   bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_; }
   // Schedules Apply(): from another thread through wakeup_, on the loop's thread before the
   // loop next polls. Changing a uv_poll's events costs two epoll_ctl calls, and nats.c asks to
-  // watch for writability at every publish and to stop once it wrote; the Bus writes at once
-  // after a publish on the loop, so by the time the loop polls, nothing has changed.
+  // watch for writability whenever it has buffered a publish and to stop once it wrote; the
+  // write is done before then (WriteSoon), so by the time the loop polls, nothing has changed.
   natsStatus ApplySoon();
+  // Starts before_poll_, which does what is due: a write, then an Apply().
+  void StartBeforePoll();
+  // Schedules a write of what nats.c buffered: at the end of this turn of the loop (after the
+  // I/O callbacks that published), or before the loop next polls, whichever comes first. Every
+  // publish of one turn goes out in one send, as nats.c's flusher would batch them, but
+  // without its wait: the server reads one message where it would read many.
+  void WriteSoon();
+  // Writes what nats.c holds for the socket; what the socket does not take waits for
+  // writability.
+  void WriteBuffered();
   // Brings the poll handle in line with what nats.c asked for last.
   void Apply();
   void ClosePoll();
@@ -56,8 +66,10 @@ class LoopIo {
   uv_loop_t* loop_;
   std::thread::id loop_thread_;
   uv_async_t* wakeup_;
-  uv_prepare_t* before_poll_;  // started while an Apply() is due
+  uv_prepare_t* before_poll_;  // started while an Apply() or a write is due
+  uv_check_t* after_io_;       // started while a write is due
   bool apply_due_ = false;
+  bool write_due_ = false;
 
   // What nats.c asked for, written from any thread.
   std::mutex mutex_;
@@ -72,7 +84,7 @@ class LoopIo {
   uv_poll_t* poll_ = nullptr;  // watches a duplicate descriptor, closed with the handle
   uint64_t poll_generation_ = 0;
   int poll_events_ = 0;
-  int open_handles_ = 2;  // wakeup_, before_poll_, and poll handles until they are closed
+  int open_handles_ = 3;  // wakeup_, before_poll_, after_io_, and poll handles until closed
   bool closing_ = false;
 };
 

@@ -104,6 +104,9 @@ bool ReplicaWorker::WaitForUserCode(std::chrono::milliseconds timeout) {
 
 void ReplicaWorker::OnControlThread(std::function<void()> fn) {
   if (handlers_ == nullptr) {
+    // The built-ins answer on the delivery thread: a check or reconfigure waits for the request
+    // being answered, which takes microseconds.
+    std::lock_guard<std::mutex> lock(gate_->mutex);
     fn();
   } else {
     control_.Post(std::move(fn));
@@ -111,6 +114,11 @@ void ReplicaWorker::OnControlThread(std::function<void()> fn) {
 }
 
 ReplicaWorker::~ReplicaWorker() {
+  {
+    // A request still on its way on nats.c's delivery thread finds the gate closed.
+    std::lock_guard<std::mutex> lock(gate_->mutex);
+    gate_->open = false;
+  }
   if (user_code_stuck()) {
     // Joining would wait forever on user code; the process is about to exit anyway.
     if (handlers_) handlers_->Abandon();
@@ -123,8 +131,25 @@ bool ReplicaWorker::user_code_stuck() const {
   return (handlers_ != nullptr && handlers_->busy() > 0) || control_.busy() > 0;
 }
 
+uint64_t ReplicaWorker::completed() const {
+  std::lock_guard<std::mutex> lock(gate_->mutex);
+  return completed_;
+}
+
 Status ReplicaWorker::Start() {
-  Status status = bus_.Subscribe(subject_, [this](bus::Message& m) { OnRequest(m); });
+  Status status;
+  if (handlers_ == nullptr) {
+    status = bus_.SubscribeOnDeliveryThread(
+        subject_, [this, gate = gate_](bus::Message& m, const bus::Replier& replier) {
+          std::lock_guard<std::mutex> lock(gate->mutex);
+          if (gate->open) OnRequest(m, replier);
+        });
+  } else {
+    status = bus_.Subscribe(subject_, [this](bus::Message& m) {
+      std::lock_guard<std::mutex> lock(gate_->mutex);
+      if (gate_->open) OnRequest(m, bus_.replier());
+    });
+  }
   if (!status.ok()) return status;
   status = bus_.Subscribe(control_subject_, [this](bus::Message& m) { OnReconfigure(m); });
   if (!status.ok()) return status;
@@ -132,31 +157,38 @@ Status ReplicaWorker::Start() {
   StartHeartbeats();
   // Figures between heartbeats (which can be minutes apart), only while requests come.
   metrics_timer_ = std::make_unique<service::RepeatingTimer>(loop_, kMetricsPeriodS, [this] {
-    if (request_log_ != nullptr && completed_ != reported_completed_) request_log_->Flush();
-    if (completed_ != reported_completed_ || in_flight_ > 0) SendMetrics();
+    bool busy;
+    {
+      std::lock_guard<std::mutex> lock(gate_->mutex);
+      if (request_log_ != nullptr && completed_ != reported_completed_) request_log_->Flush();
+      busy = completed_ != reported_completed_ || in_flight_ > 0;
+    }
+    if (busy) SendMetrics();
   });
   spdlog::info("replica {} of {} (version {}) ready on {}", options_.replica_id,
                options_.spec.name, options_.version, subject_);
   return Status::Ok();
 }
 
-void ReplicaWorker::Answer(const bus::Message& request, const std::string& response, bool json) {
+void ReplicaWorker::Answer(const bus::Replier& replier, const bus::Message& request,
+                           const std::string& response, bool json) {
   if (!json) {
-    Send(request, response, json);
+    Send(replier, request, response, json);
     return;
   }
-  auto printed = codec_.ToJson(response, wire::HttpResponse::GetFullyQualifiedName());
+  auto printed = request_codec_.ToJson(response, wire::HttpResponse::GetFullyQualifiedName());
   if (!printed.ok()) {
-    printed = codec_.ToJson(
+    printed = request_codec_.ToJson(
         ErrorResponse(
             "replica " + options_.replica_id + " cannot answer in JSON: " + printed.error(), 502),
         wire::HttpResponse::GetFullyQualifiedName());
   }
-  Send(request, printed.ok() ? *printed : std::string(), json);
+  Send(replier, request, printed.ok() ? *printed : std::string(), json);
 }
 
-void ReplicaWorker::Send(const bus::Message& request, const std::string& bytes, bool json) {
-  if (uint64_t limit = bus_.max_payload(); limit > 0 && bytes.size() > limit) {
+void ReplicaWorker::Send(const bus::Replier& replier, const bus::Message& request,
+                         const std::string& bytes, bool json) {
+  if (uint64_t limit = replier.max_payload(); limit > 0 && bytes.size() > limit) {
     // Dropping it would leave the client waiting for the proxy's timeout: say why instead.
     std::string why = "the response of " + options_.spec.name + " (" +
                       std::to_string(bytes.size()) + " bytes) is larger than the bus carries "
@@ -166,31 +198,32 @@ void ReplicaWorker::Send(const bus::Message& request, const std::string& bytes, 
     spdlog::warn("replica {}: {}", options_.replica_id, why);
     std::string error = ErrorResponse(why, 502);
     if (json) {
-      auto printed = codec_.ToJson(error, wire::HttpResponse::GetFullyQualifiedName());
+      auto printed = request_codec_.ToJson(error, wire::HttpResponse::GetFullyQualifiedName());
       error = printed.ok() ? std::move(*printed) : std::string();
     }
-    Respond(request, error);
+    Respond(replier, request, error);
     return;
   }
-  Respond(request, bytes);
+  Respond(replier, request, bytes);
 }
 
-void ReplicaWorker::Respond(const bus::Message& request, const std::string& bytes) {
-  Status sent = bus_.Respond(request, bytes);
+void ReplicaWorker::Respond(const bus::Replier& replier, const bus::Message& request,
+                            const std::string& bytes) {
+  Status sent = replier.Respond(request, bytes);
   if (!sent.ok()) {
     spdlog::warn("replica {}: cannot answer a request: {}", options_.replica_id, sent.message());
   }
 }
 
-void ReplicaWorker::OnRequest(bus::Message& message) {
+void ReplicaWorker::OnRequest(bus::Message& message, const bus::Replier& replier) {
   if (message.reply.empty()) return;  // nobody to answer
   // A client may ask in JSON (`nats req`): the request is parsed into the FlatBuffer the rest
   // reads, and the answer printed back as JSON.
   const bool json = wire::LooksLikeJson(message.data);
   if (json) {
-    auto binary = codec_.FromJson<wire::HttpRequest>(message.data);
+    auto binary = request_codec_.FromJson<wire::HttpRequest>(message.data);
     if (!binary.ok()) {
-      Answer(message,
+      Answer(replier, message,
              ErrorResponse("replica " + options_.replica_id +
                                " could not read the request: " + binary.error(),
                            400),
@@ -203,7 +236,7 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
   if (!request.ok()) {
     spdlog::warn("replica {}: dropped a malformed request: {}", options_.replica_id,
                  request.error());
-    Answer(message,
+    Answer(replier, message,
            ErrorResponse("replica " + options_.replica_id +
                          " could not read the request: " + request.error()),
            json);
@@ -212,7 +245,7 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
   int limit = std::max(1, options_.spec.max_concurrent_queries);
   if (in_flight_ >= limit) {
     // Several proxies each keep within the limit on their own; together they can exceed it.
-    Answer(message,
+    Answer(replier, message,
            ErrorResponse("replica " + options_.replica_id + " of " + options_.spec.name +
                              " already runs " + std::to_string(in_flight_) +
                              " requests (max_concurrent_queries)",
@@ -226,7 +259,7 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
     HandlerResponse answer = HandleLogged(**request);
     --in_flight_;
     Count(**request, started_ns, answer.status);
-    Answer(message, EncodeResponse(answer), json);
+    Answer(replier, message, EncodeResponse(answer), json);
     return;
   }
   auto owned = std::make_shared<bus::Message>(std::move(message));
@@ -237,9 +270,12 @@ void ReplicaWorker::OnRequest(bus::Message& message) {
     int status = answer.status;
     std::string bytes = EncodeResponse(answer);
     inbox_.Post([this, owned, bytes = std::move(bytes), started_ns, status, json] {
-      --in_flight_;
-      Count(*flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data()), started_ns, status);
-      Answer(*owned, bytes, json);
+      {
+        std::lock_guard<std::mutex> lock(gate_->mutex);
+        --in_flight_;
+        Count(*flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data()), started_ns, status);
+        Answer(bus_.replier(), *owned, bytes, json);
+      }
       MaybeFinishDrain();
     });
   });
@@ -271,17 +307,23 @@ int ReplicaWorker::Queued() const {
   return std::max(0, in_flight_ - static_cast<int>(handlers_->busy()));
 }
 
+ReplicaWorker::Figures ReplicaWorker::ReadFigures() {
+  std::lock_guard<std::mutex> lock(gate_->mutex);
+  return Figures{in_flight_, Queued(), completed_, errors_, latency_counts_, latency_sum_ms_};
+}
+
 void ReplicaWorker::SendMetrics() {
-  reported_completed_ = completed_;
+  Figures figures = ReadFigures();
+  reported_completed_ = figures.completed;
   wire::ReplicaMetricsT report;
   report.replica_id = options_.replica_id;
   report.deployment = options_.spec.name;
-  report.requests = completed_;
-  report.errors = errors_;
-  report.latency_counts = latency_counts_;
-  report.latency_sum_ms = latency_sum_ms_;
-  report.in_flight = in_flight_;
-  report.queued = Queued();
+  report.requests = figures.completed;
+  report.errors = figures.errors;
+  report.latency_counts = std::move(figures.latency_counts);
+  report.latency_sum_ms = figures.latency_sum_ms;
+  report.in_flight = figures.in_flight;
+  report.queued = figures.queued;
   report.healthy = !draining_ && healthy_;
   report.health_check_failures = health_check_failures_;
   (void)bus_.Publish(metrics_subject_, wire::Pack(report));
@@ -328,7 +370,7 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
                   options_.replica_id;
   }
   if (!reply.error.empty()) {
-    Respond(message, wire::EncodeReply(codec_, order, reply));
+    Respond(bus_.replier(), message, wire::EncodeReply(codec_, order, reply));
     return;
   }
   auto request = std::make_shared<bus::Message>(std::move(message));
@@ -339,6 +381,7 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
     inbox_.Post([this, request, new_config, applied, json] {
       wire::ReconfigureReplyT reply;
       if (applied.ok()) {
+        std::lock_guard<std::mutex> lock(gate_->mutex);  // a request reads the spec
         options_.spec.user_config = new_config->user_config;
         if (new_config->health_check_timeout_s > 0) {
           options_.spec.health_check_timeout_s = new_config->health_check_timeout_s;
@@ -359,7 +402,7 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
         reply.error = "reconfigure failed: " + applied.message();
         spdlog::warn("replica {}: {}", options_.replica_id, reply.error);
       }
-      Respond(*request, json ? codec_.ToJson(reply) : wire::Pack(reply));
+      Respond(bus_.replier(), *request, json ? codec_.ToJson(reply) : wire::Pack(reply));
     });
   });
 }
@@ -372,9 +415,10 @@ void ReplicaWorker::SendHeartbeat() {
   heartbeat.node_id = options_.node_id;
   heartbeat.healthy = !draining_ && healthy_;
   heartbeat.health_message = draining_ ? "draining" : health_message_;
-  heartbeat.in_flight = in_flight_;
-  heartbeat.queued = Queued();
-  heartbeat.completed = completed_;
+  Figures figures = ReadFigures();
+  heartbeat.in_flight = figures.in_flight;
+  heartbeat.queued = figures.queued;
+  heartbeat.completed = figures.completed;
   (void)bus_.Publish(subjects_.hb_replica, wire::Pack(heartbeat));
   SendMetrics();
 }
@@ -390,10 +434,12 @@ void ReplicaWorker::Drain(std::function<void()> done) {
   double grace = options_.spec.graceful_shutdown_timeout_s;
   drain_deadline_ = std::make_unique<service::OneShotTimer>(loop_);
   drain_deadline_->Start(grace, [this, grace] {
+    std::unique_lock<std::mutex> lock(gate_->mutex);
     spdlog::warn("replica {}: {} requests still running after graceful_shutdown_timeout_s "
                  "({} s); stopping anyway",
                  options_.replica_id, in_flight_, grace);
     in_flight_ = 0;
+    lock.unlock();
     subscription_drained_ = true;
     MaybeFinishDrain();
   });
@@ -406,9 +452,16 @@ void ReplicaWorker::Drain(std::function<void()> done) {
 }
 
 void ReplicaWorker::MaybeFinishDrain() {
-  if (!draining_ || !subscription_drained_ || in_flight_ > 0 || !drain_done_) return;
+  if (!draining_ || !subscription_drained_ || !drain_done_) return;
+  {
+    std::lock_guard<std::mutex> lock(gate_->mutex);
+    if (in_flight_ > 0) return;
+    // A request that still comes (after the drain's deadline) is no longer answered: the
+    // runtime stops now.
+    gate_->open = false;
+    spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
+  }
   drain_deadline_.reset();
-  spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
   // Also with user code still running: a command's process group must not outlive the worker,
   // and stopping it ends the calls that wait on it.
   runtime_->Stop();
