@@ -195,9 +195,9 @@ in_turn() {
 # What counting costs, and what the access log costs: proxies without each.
 read -r on1 on2 off1 off2 metrics_cost < <(in_turn "$(start_proxy proxy-off --no-metrics)")
 read -r log1 log2 nolog1 nolog2 access_log_cost < <(in_turn "$(start_proxy proxy-nolog --no-access-log)")
-# What reading the NATS socket on the proxy's loop (--nats-io-on-loop) does against nats.c's
-# reader thread (the default).
-read -r thread1 thread2 loop1 loop2 thread_vs_loop < <(in_turn "$(start_proxy proxy-ioloop --nats-io-on-loop)")
+# What reading the NATS socket on the proxy's loop (the default) does against nats.c's reader
+# thread (--no-nats-io-on-loop).
+read -r loop1 loop2 thread1 thread2 loop_vs_thread < <(in_turn "$(start_proxy proxy-thread --no-nats-io-on-loop)")
 
 ratio=$(awk -v a="$serve_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
 native_ratio=$(awk -v a="$native_rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
@@ -218,7 +218,7 @@ echo "| serve, 1 MiB POST to builtin:echo (answered with it), c8 | $echo_body_rp
 echo
 echo "metrics on vs off (builtin:hello, requests/s): on $on1, $on2; off $off1, $off2; on - off: $metrics_cost%"
 echo "access log on vs off (builtin:hello, requests/s): on $log1, $log2; off $nolog1, $nolog2; on - off: $access_log_cost%"
-echo "NATS I/O on nats.c's thread vs on the proxy's loop (builtin:hello, requests/s): thread $thread1, $thread2; loop $loop1, $loop2; thread - loop: $thread_vs_loop%"
+echo "NATS I/O on the proxy's loop vs on nats.c's thread (builtin:hello, requests/s): loop $loop1, $loop2; thread $thread1, $thread2; loop - thread: $loop_vs_thread%"
 echo
 echo "python runtime / command runtime (c32, requests/s): $python_vs_command (issue 15 asks >= 3)"
 echo "builtin:hello / python runtime (c32, requests/s): $builtin_vs_python (issue 15 asks <= 2)"

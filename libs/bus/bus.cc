@@ -47,8 +47,10 @@ struct BusShared {
   struct Delivery {
     size_t handler = 0;
     Message message;
-    // The message as nats.c delivered it, destroyed on the loop with the rest of its batch
-    // (see ReleaseMessage).
+    // The message as nats.c delivered it. nats.c hands every message destroyed to a
+    // garbage-collector thread of its own, and wakes it whenever it is idle: under load, about
+    // once per message. Destroyed on the loop with the rest of its batch, they wake it once
+    // per batch.
     std::unique_ptr<natsMsg, DestroyNatsMessage> delivered;
   };
   struct ConnectionChange {
@@ -76,12 +78,6 @@ struct BusShared {
 struct BusSubscription {
   std::shared_ptr<BusShared> shared;
   size_t handler;
-  // Set for Bus::SubscribeOnDeliveryThread: called where nats.c delivers, with a replier on
-  // `connection`, which the subscription keeps alive.
-  Bus::DeliveryThreadHandler on_delivery_thread;
-  natsConnection* connection = nullptr;
-
-  Replier replier() const { return Replier(connection); }
 };
 
 }  // namespace detail
@@ -91,38 +87,7 @@ using detail::BusSubscription;
 
 namespace {
 
-// Destroys `msg`, which `sub` delivered, on nats.c's delivery thread.
-//
-// nats.c hands every message it delivered to a garbage-collector thread of its own to free,
-// and wakes that thread whenever it is idle: under load, about once per message, one more
-// context switch per message in every process on the request path. Messages are therefore
-// destroyed in batches, so the collector wakes once per batch: those handled on the loop with
-// the rest of the loop's batch, those handled here while more are waiting on the subscription
-// (the last message before a pause is destroyed at once). Large messages are never held back:
-// their copy costs more than the wake.
-void ReleaseMessage(natsSubscription* sub, natsMsg* msg) {
-  constexpr size_t kMaxHeld = 32;
-  constexpr int kMaxHeldSize = 16 * 1024;
-  struct Held {
-    std::vector<natsMsg*> messages;
-    void DestroyAll() {
-      for (natsMsg* m : messages) natsMsg_Destroy(m);
-      messages.clear();
-    }
-    ~Held() { DestroyAll(); }  // a subscription closed while messages were pending
-  };
-  thread_local Held held;
-  int pending = 0;
-  if (natsMsg_GetDataLength(msg) <= kMaxHeldSize && held.messages.size() + 1 < kMaxHeld &&
-      natsSubscription_GetPending(sub, &pending, nullptr) == NATS_OK && pending > 0) {
-    held.messages.push_back(msg);
-    return;
-  }
-  held.DestroyAll();
-  natsMsg_Destroy(msg);
-}
-
-void OnNatsMessage(natsConnection*, natsSubscription* sub, natsMsg* msg, void* closure) {
+void OnNatsMessage(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
   auto* subscription = static_cast<BusSubscription*>(closure);
   Message message;
   message.subject = natsMsg_GetSubject(msg);
@@ -130,11 +95,6 @@ void OnNatsMessage(natsConnection*, natsSubscription* sub, natsMsg* msg, void* c
   if (reply != nullptr) message.reply = reply;
   message.data.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
   message.no_responders = natsMsg_IsNoResponders(msg);
-  if (subscription->on_delivery_thread) {
-    ReleaseMessage(sub, msg);
-    subscription->on_delivery_thread(message, subscription->replier());
-    return;
-  }
   subscription->shared->Push(
       BusShared::Delivery{subscription->handler, std::move(message),
                           std::unique_ptr<natsMsg, BusShared::DestroyNatsMessage>(msg)});
@@ -250,6 +210,9 @@ Status Bus::Open() {
   timer_ = new uv_timer_t;
   uv_timer_init(loop_, timer_);
   timer_->data = this;
+  drain_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, drain_timer_);
+  drain_timer_->data = this;
   {
     std::lock_guard<std::mutex> lock(shared_->mutex);
     shared_->wakeup = wakeup_;
@@ -287,7 +250,7 @@ Status Bus::Open() {
   natsOptions_SetClosedCB(opts, OnClosed, closure);
   natsOptions_SetErrorHandler(opts, OnAsyncError, nullptr);
   if (options_.io_on_loop) {
-    loop_io_ = new detail::LoopIo(loop_);
+    loop_io_ = new detail::LoopIo(loop_, [this] { PullSubscriptions(); });
     s = natsOptions_SetEventLoop(opts, loop_io_, detail::LoopIo::Attach, detail::LoopIo::Read,
                                  detail::LoopIo::Write, detail::LoopIo::Detach);
     if (s != NATS_OK) return fail("cannot run the NATS connection on the service's loop");
@@ -383,6 +346,8 @@ void Bus::Close(double flush_timeout_s) {
     natsConnection_Close(connection_);
     for (auto& entry : subscriptions_) natsSubscription_Destroy(entry.sub);
     for (natsSubscription* sub : draining_) natsSubscription_Destroy(sub);
+    for (auto& [handler, drain] : draining_on_loop_) natsSubscription_Destroy(drain.sub);
+    draining_on_loop_.clear();
     draining_.clear();
     drained_.clear();
     subscriptions_.clear();
@@ -400,8 +365,12 @@ void Bus::Close(double flush_timeout_s) {
   };
   if (wakeup_ != nullptr) uv_close(reinterpret_cast<uv_handle_t*>(wakeup_), close_handle);
   if (timer_ != nullptr) uv_close(reinterpret_cast<uv_handle_t*>(timer_), close_handle);
+  if (drain_timer_ != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(drain_timer_), close_handle);
+  }
   wakeup_ = nullptr;
   timer_ = nullptr;
+  drain_timer_ = nullptr;
 }
 
 bool Bus::connected() const {
@@ -442,24 +411,21 @@ void Bus::SetConnectionListener(ConnectionListener listener) {
 }
 
 Status Bus::Subscribe(const std::string& subject, Handler handler) {
-  return SubscribeAs(subject, std::move(handler), nullptr);
+  return SubscribeAs(subject, std::move(handler), options_.io_on_loop);
 }
 
-Status Bus::SubscribeOnDeliveryThread(const std::string& subject, DeliveryThreadHandler handler) {
-  // Its index in handlers_ keeps Drain's bookkeeping the same as for the loop's handlers.
-  return SubscribeAs(
-      subject, [](Message&) {}, std::move(handler));
-}
-
-Status Bus::SubscribeAs(const std::string& subject, Handler handler,
-                        DeliveryThreadHandler on_delivery_thread) {
+Status Bus::SubscribeAs(const std::string& subject, Handler handler, bool read_on_loop) {
   if (connection_ == nullptr) return Status::Error("bus is closed");
   handlers_.push_back(std::move(handler));
-  auto* closure = new BusSubscription{shared_, handlers_.size() - 1, std::move(on_delivery_thread),
-                                      connection_};
+  BusSubscription* closure = nullptr;
   natsSubscription* sub = nullptr;
-  natsStatus s = natsConnection_Subscribe(&sub, connection_, subject.c_str(), OnNatsMessage,
-                                          closure);
+  natsStatus s;
+  if (read_on_loop) {
+    s = natsConnection_SubscribeSync(&sub, connection_, subject.c_str());
+  } else {
+    closure = new BusSubscription{shared_, handlers_.size() - 1};
+    s = natsConnection_Subscribe(&sub, connection_, subject.c_str(), OnNatsMessage, closure);
+  }
   if (s != NATS_OK) {
     delete closure;
     std::string why = NatsError(s);
@@ -473,11 +439,11 @@ Status Bus::SubscribeAs(const std::string& subject, Handler handler,
     }
     return Status::Error("cannot subscribe to " + subject + ": " + why);
   }
-  natsSubscription_SetOnCompleteCB(sub, OnSubscriptionComplete, closure);
+  if (closure != nullptr) natsSubscription_SetOnCompleteCB(sub, OnSubscriptionComplete, closure);
   // Control messages are small; a generous limit keeps a burst from being dropped as a slow
   // consumer while the loop is busy.
   natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
-  subscriptions_.push_back(SubscriptionEntry{subject, sub, handlers_.size() - 1});
+  subscriptions_.push_back(SubscriptionEntry{subject, sub, handlers_.size() - 1, read_on_loop});
   return Status::Ok();
 }
 
@@ -511,24 +477,6 @@ Status Bus::Respond(const Message& request, std::string_view data) {
   return Publish(request.reply, data);
 }
 
-Status Replier::Respond(const Message& request, std::string_view data) const {
-  if (request.reply.empty()) return Status::Ok();
-  if (connection_ == nullptr) return Status::Error("bus is closed");
-  natsStatus s = natsConnection_Publish(connection_, request.reply.c_str(), data.data(),
-                                        static_cast<int>(data.size()));
-  if (s != NATS_OK) {
-    return Status::Error("cannot publish to " + request.reply + ": " + NatsError(s));
-  }
-  return Status::Ok();
-}
-
-uint64_t Replier::max_payload() const {
-  if (connection_ == nullptr) return 0;
-  if (natsConnection_Status(connection_) != NATS_CONN_STATUS_CONNECTED) return 0;
-  int64_t limit = natsConnection_GetMaxPayload(connection_);
-  return limit > 0 ? static_cast<uint64_t>(limit) : 0;
-}
-
 void Bus::Drain(const std::string& subject, double timeout_s, std::function<void()> done) {
   auto it = std::find_if(subscriptions_.begin(), subscriptions_.end(),
                          [&](const SubscriptionEntry& e) { return e.subject == subject; });
@@ -537,6 +485,22 @@ void Bus::Drain(const std::string& subject, double timeout_s, std::function<void
     return;
   }
   natsSubscription* sub = it->sub;
+  if (it->read_on_loop) {
+    // The loop goes on reading it; nats.c says when the drain is complete (the flush after the
+    // unsubscribe came back, and the loop took the last message), which drain_timer_ checks.
+    uint64_t deadline = NowMs(loop_) + static_cast<uint64_t>(timeout_s * 1000) + 1000;
+    if (natsSubscription_DrainTimeout(sub, static_cast<int64_t>(timeout_s * 1000)) != NATS_OK) {
+      deadline = 0;  // not connected, say: nothing more can arrive anyway
+    }
+    draining_on_loop_[it->handler] = LoopDrain{sub, deadline, std::move(done)};
+    subscriptions_.erase(it);
+    if (!uv_is_active(reinterpret_cast<uv_handle_t*>(drain_timer_))) {
+      uv_timer_start(
+          drain_timer_, [](uv_timer_t* t) { static_cast<Bus*>(t->data)->CheckLoopDrains(); }, 0,
+          10);
+    }
+    return;
+  }
   // Destroying a subscription that still drains would unsubscribe it at once and drop what it
   // holds: it is destroyed when the drain is done.
   drained_[it->handler] = [this, sub, done = std::move(done)] {
@@ -563,7 +527,11 @@ Status Bus::EnsureReplySubscription() {
   natsInbox_Destroy(inbox);
   unique.erase(0, unique.find('.') + 1);
   std::string prefix = options_.inbox_prefix + "." + unique + ".";
-  Status status = Subscribe(prefix + "*", [this](Message& message) { OnReply(message); });
+  // Always through nats.c's delivery thread: a synchronous subscription drops the "no
+  // responders" answer that says a request's subject had no subscriber, and with it which
+  // request it was.
+  Status status = SubscribeAs(
+      prefix + "*", [this](Message& message) { OnReply(message); }, /*read_on_loop=*/false);
   if (!status.ok()) return status;
   reply_prefix_ = prefix;
   return Status::Ok();
@@ -643,6 +611,69 @@ void Bus::FailAllRequests(const std::string& why) {
   for (auto& [id, request] : pending) request.callback(Status::Error(why));
 }
 
+void Bus::PullSubscriptions() {
+  if (closed_) return;
+  // At most kBatch messages per call, like DrainQueue: the rest wait for the next turn.
+  constexpr size_t kBatch = 64;
+  std::vector<std::pair<size_t, natsMsg*>> pulled;
+  bool more = false;
+  auto pull = [&](natsSubscription* sub, size_t handler) {
+    uint64_t queued = 0;
+    // Asking first spares NextMsg's "timeout", which nats.c records as an error each time.
+    while (natsSubscription_QueuedMsgs(sub, &queued) == NATS_OK && queued > 0) {
+      if (pulled.size() == kBatch) {
+        more = true;
+        return;
+      }
+      natsMsg* msg = nullptr;
+      natsStatus s = natsSubscription_NextMsg(&msg, sub, 0);
+      if (s == NATS_SLOW_CONSUMER) {
+        spdlog::warn(
+            "NATS dropped messages for a subscription the loop did not empty in time "
+            "(more than its pending limit waited)");
+        continue;
+      }
+      if (s != NATS_OK) return;
+      pulled.emplace_back(handler, msg);
+    }
+  };
+  for (const auto& entry : subscriptions_) {
+    if (entry.read_on_loop) pull(entry.sub, entry.handler);
+  }
+  for (const auto& [handler, drain] : draining_on_loop_) pull(drain.sub, handler);
+  for (auto& [handler, msg] : pulled) {
+    if (!closed_) {
+      Message message;
+      message.subject = natsMsg_GetSubject(msg);
+      const char* reply = natsMsg_GetReply(msg);
+      if (reply != nullptr) message.reply = reply;
+      message.data.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
+      handlers_[handler](message);
+    }
+  }
+  // All at once: nats.c's garbage collector wakes once for them (see BusShared::Delivery).
+  for (auto& [handler, msg] : pulled) natsMsg_Destroy(msg);
+  if (more && wakeup_ != nullptr) uv_async_send(wakeup_);  // DrainQueue pulls the rest
+}
+
+void Bus::CheckLoopDrains() {
+  PullSubscriptions();
+  uint64_t now = NowMs(loop_);
+  for (auto it = draining_on_loop_.begin(); it != draining_on_loop_.end();) {
+    bool complete = natsSubscription_DrainCompletionStatus(it->second.sub) != NATS_ILLEGAL_STATE;
+    if (!complete && now < it->second.deadline_ms) {
+      ++it;
+      continue;
+    }
+    natsSubscription_Destroy(it->second.sub);
+    auto done = std::move(it->second.done);
+    it = draining_on_loop_.erase(it);
+    done();
+    if (closed_) return;
+  }
+  if (draining_on_loop_.empty()) uv_timer_stop(drain_timer_);
+}
+
 void Bus::DrainQueue() {
   // At most kBatch messages per turn of the loop: a flood (a thousand stop orders, garbage from
   // a hostile client) must not starve the loop's timers, which send this service's heartbeats.
@@ -684,6 +715,7 @@ void Bus::DrainQueue() {
       if (connection_listener_) connection_listener_(connected);
     }
   }
+  if (options_.io_on_loop && !closed_) PullSubscriptions();
 }
 
 std::string RedactUrl(const std::string& url) {

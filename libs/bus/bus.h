@@ -23,7 +23,6 @@ namespace serve::bus {
 
 namespace detail {
 struct BusShared;
-struct BusSubscription;
 class LoopIo;
 }  // namespace detail
 
@@ -52,11 +51,13 @@ struct Options {
   bool retry_initial_connect = true;
   double connect_timeout_s = 2;
   double reconnect_wait_s = 0.25;
-  // nats.c reads and writes the socket on the Bus's loop (its libuv adapter) instead of on a
-  // reader thread of its own: one thread fewer to wake for every message, which the request
-  // path of the proxy and the workers pays per request. Every call to the Bus is then on the
-  // loop thread, as it must be anyway; Flush and Close write what is buffered without waiting
-  // for the server's answer, which only the loop could read.
+  // nats.c reads and writes the socket on the Bus's loop (an event-loop adapter) instead of on
+  // threads of its own. Subscriptions are then read on the loop too: their messages reach the
+  // handlers in the turn of the loop that read them, with no thread to wake, and what the
+  // handlers publish goes out in one write at the end of the turn. Replies to Request() still
+  // come through nats.c's delivery thread: only there does nats.c say that nothing listened.
+  // Flush and Close write what is buffered without waiting for the server's answer, which
+  // only the loop could read.
   bool io_on_loop = false;
 };
 
@@ -69,38 +70,18 @@ struct Message {
   bool no_responders = false;
 };
 
-// Answers requests on the connection it was made from. Unlike the Bus, it may be used on any
-// thread: a handler that runs on nats.c's delivery thread (Bus::SubscribeOnDeliveryThread)
-// answers with the one it is given, valid for the handler's call (the subscription keeps the
-// connection alive meanwhile). Bus::replier() gives one for the loop's thread, valid until the
-// bus closes; taken from a closed bus, it says so instead of sending.
-class Replier {
- public:
-  // Answers `request` on its reply subject; a message without one is ignored.
-  Status Respond(const Message& request, std::string_view data) const;
-  // The largest message the server takes (its max_payload), or 0 while not connected.
-  uint64_t max_payload() const;
-
- private:
-  friend class Bus;
-  friend struct detail::BusSubscription;
-  explicit Replier(__natsConnection* connection) : connection_(connection) {}
-  // Kept alive by the subscription that delivered the request; null once the bus is closed.
-  __natsConnection* connection_;
-};
-
 // A NATS connection whose callbacks all run on one libuv loop.
 //
-// nats.c delivers messages on its own threads; Bus copies each message into a queue and wakes
-// the loop with uv_async_send, so handlers run on the loop thread and may touch the service's
-// state without locks. Every method must be called on the loop thread.
+// Handlers run on the loop thread and may touch the service's state without locks. Without
+// io_on_loop, nats.c delivers messages on its own threads and Bus copies each into a queue and
+// wakes the loop with uv_async_send; with it, subscriptions are synchronous ones that the loop
+// empties after each read of the socket. Every method must be called on the loop thread.
 //
 // Request() keeps many requests in flight over one wildcard reply subscription, matching each
 // reply to its request by the last token of the reply subject.
 class Bus {
  public:
   using Handler = std::function<void(Message& message)>;
-  using DeliveryThreadHandler = std::function<void(Message& message, const Replier& replier)>;
   using ReplyCallback = std::function<void(Result<Message> reply)>;
   // Told `true` when the connection is (re-)established and `false` when it drops.
   using ConnectionListener = std::function<void(bool connected)>;
@@ -113,12 +94,6 @@ class Bus {
   Bus& operator=(const Bus&) = delete;
 
   Status Subscribe(const std::string& subject, Handler handler);
-  // Runs `handler` on nats.c's delivery thread for this subscription, one message at a time,
-  // never on the loop: for a request that is answered at once and needs nothing of the loop's
-  // state (a built-in handler), it saves the hop to the loop and back, which costs more than the
-  // answer. The handler must not call the Bus; it answers with `replier`. Unsubscribe and Drain
-  // work as for Subscribe: Drain's `done` runs on the loop after the handler's last return.
-  Status SubscribeOnDeliveryThread(const std::string& subject, DeliveryThreadHandler handler);
   // Stops delivery for every subscription on exactly `subject`.
   void Unsubscribe(const std::string& subject);
   // Unsubscribes from `subject` without losing what is already on its way: messages the server
@@ -129,9 +104,6 @@ class Bus {
                  const std::string& reply = "");
   // Answers `request` on its reply subject; a message without one is ignored.
   Status Respond(const Message& request, std::string_view data);
-  // Answers the way a DeliveryThreadHandler does, for code that answers on both threads. Take
-  // it when answering; it must not outlive the bus.
-  Replier replier() const { return Replier(connection_); }
   // Sends a request and calls `callback` exactly once, on the loop: with the reply, or with an
   // error when nothing answers within `timeout_s`, nobody listens on `subject`, the connection
   // drops before the reply came, or the bus closes first.
@@ -165,10 +137,15 @@ class Bus {
 
   Bus(uv_loop_t* loop, Options options);
   Status Open();
-  // Subscribes with `handler` at handlers_' next index, running on the loop or, with
-  // `on_delivery_thread`, on nats.c's thread.
-  Status SubscribeAs(const std::string& subject, Handler handler,
-                     DeliveryThreadHandler on_delivery_thread);
+  // With `read_on_loop`, a synchronous subscription that PullSubscriptions() empties; else an
+  // asynchronous one, whose messages come through the queue.
+  Status SubscribeAs(const std::string& subject, Handler handler, bool read_on_loop);
+  // With io_on_loop: hands what nats.c read for the loop's subscriptions to their handlers, at
+  // most a batch per call (another call is scheduled for the rest).
+  void PullSubscriptions();
+  // Finishes the drains of loop subscriptions that nats.c reports complete (or that ran out of
+  // time): each handler has had its last message, so `done` runs.
+  void CheckLoopDrains();
   Status EnsureReplySubscription();
   void DrainQueue();
   void OnReply(Message& message);
@@ -189,9 +166,19 @@ class Bus {
     std::string subject;
     __natsSubscription* sub;
     size_t handler;  // index into handlers_
+    bool read_on_loop = false;
   };
   std::vector<SubscriptionEntry> subscriptions_;
   std::vector<__natsSubscription*> draining_;
+  // Loop subscriptions that drain, by handler index: still read until nats.c says the drain
+  // is complete, which drain_timer_ checks while there are any.
+  struct LoopDrain {
+    __natsSubscription* sub;
+    uint64_t deadline_ms;
+    std::function<void()> done;
+  };
+  std::map<size_t, LoopDrain> draining_on_loop_;
+  uv_timer_t* drain_timer_ = nullptr;
   ConnectionListener connection_listener_;
 
   std::string reply_prefix_;  // "_INBOX.<nuid>."

@@ -20,8 +20,9 @@ struct Poll {
 
 }  // namespace
 
-LoopIo::LoopIo(uv_loop_t* loop)
+LoopIo::LoopIo(uv_loop_t* loop, std::function<void()> after_read)
     : loop_(loop),
+      after_read_(std::move(after_read)),
       loop_thread_(std::this_thread::get_id()),
       wakeup_(new uv_async_t),
       before_poll_(new uv_prepare_t),
@@ -195,6 +196,7 @@ void LoopIo::OnPoll(uv_poll_t* handle, int status, int events) {
   // An error on the socket is read as one, and nats.c reconnects.
   if (read && (status < 0 || (events & UV_READABLE) != 0)) {
     natsConnection_ProcessReadEvent(connection);
+    if (!self->closing_) self->after_read_();
   }
   if (write && status >= 0 && (events & UV_WRITABLE) != 0 && handle == self->poll_) {
     natsConnection_ProcessWriteEvent(connection);

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -22,8 +23,9 @@ namespace serve::bus::detail {
 
 class LoopIo {
  public:
-  // On the loop's thread.
-  explicit LoopIo(uv_loop_t* loop);
+  // On the loop's thread. `after_read` runs on the loop after each read of the socket, when
+  // nats.c may have handed messages to synchronous subscriptions.
+  LoopIo(uv_loop_t* loop, std::function<void()> after_read);
   LoopIo(const LoopIo&) = delete;
   LoopIo& operator=(const LoopIo&) = delete;
 
@@ -64,6 +66,7 @@ class LoopIo {
   void MaybeFree();
 
   uv_loop_t* loop_;
+  std::function<void()> after_read_;
   std::thread::id loop_thread_;
   uv_async_t* wakeup_;
   uv_prepare_t* before_poll_;  // started while an Apply() or a write is due

@@ -174,6 +174,9 @@ int RunWorker(int argc, char** argv, int inherited_descriptors) {
   uv_loop_init(&loop);
   flags.bus.name = "serve-replica " + replica_id;
   flags.bus.inbox_prefix = bus::WorkerInboxPrefix(flags.ns, replica_id);
+  // Requests are read, answered and the answers written in one turn of the worker's loop,
+  // with no thread of nats.c's to wake on the way (bus::Options::io_on_loop).
+  flags.bus.io_on_loop = true;
   auto bus = bus::Bus::Connect(&loop, flags.bus);
   if (!bus.ok()) {
     WriteError(error_file, bus.error());

@@ -104,9 +104,6 @@ bool ReplicaWorker::WaitForUserCode(std::chrono::milliseconds timeout) {
 
 void ReplicaWorker::OnControlThread(std::function<void()> fn) {
   if (handlers_ == nullptr) {
-    // The built-ins answer on the delivery thread: a check or reconfigure waits for the request
-    // being answered, which takes microseconds.
-    std::lock_guard<std::mutex> lock(gate_->mutex);
     fn();
   } else {
     control_.Post(std::move(fn));
@@ -114,11 +111,6 @@ void ReplicaWorker::OnControlThread(std::function<void()> fn) {
 }
 
 ReplicaWorker::~ReplicaWorker() {
-  {
-    // A request still on its way on nats.c's delivery thread finds the gate closed.
-    std::lock_guard<std::mutex> lock(gate_->mutex);
-    gate_->open = false;
-  }
   if (user_code_stuck()) {
     // Joining would wait forever on user code; the process is about to exit anyway.
     if (handlers_) handlers_->Abandon();
@@ -131,25 +123,8 @@ bool ReplicaWorker::user_code_stuck() const {
   return (handlers_ != nullptr && handlers_->busy() > 0) || control_.busy() > 0;
 }
 
-uint64_t ReplicaWorker::completed() const {
-  std::lock_guard<std::mutex> lock(gate_->mutex);
-  return completed_;
-}
-
 Status ReplicaWorker::Start() {
-  Status status;
-  if (handlers_ == nullptr) {
-    status = bus_.SubscribeOnDeliveryThread(
-        subject_, [this, gate = gate_](bus::Message& m, const bus::Replier& replier) {
-          std::lock_guard<std::mutex> lock(gate->mutex);
-          if (gate->open) OnRequest(m, replier);
-        });
-  } else {
-    status = bus_.Subscribe(subject_, [this](bus::Message& m) {
-      std::lock_guard<std::mutex> lock(gate_->mutex);
-      if (gate_->open) OnRequest(m, bus_.replier());
-    });
-  }
+  Status status = bus_.Subscribe(subject_, [this](bus::Message& m) { OnRequest(m); });
   if (!status.ok()) return status;
   status = bus_.Subscribe(control_subject_, [this](bus::Message& m) { OnReconfigure(m); });
   if (!status.ok()) return status;
@@ -157,38 +132,31 @@ Status ReplicaWorker::Start() {
   StartHeartbeats();
   // Figures between heartbeats (which can be minutes apart), only while requests come.
   metrics_timer_ = std::make_unique<service::RepeatingTimer>(loop_, kMetricsPeriodS, [this] {
-    bool busy;
-    {
-      std::lock_guard<std::mutex> lock(gate_->mutex);
-      if (request_log_ != nullptr && completed_ != reported_completed_) request_log_->Flush();
-      busy = completed_ != reported_completed_ || in_flight_ > 0;
-    }
-    if (busy) SendMetrics();
+    if (request_log_ != nullptr && completed_ != reported_completed_) request_log_->Flush();
+    if (completed_ != reported_completed_ || in_flight_ > 0) SendMetrics();
   });
   spdlog::info("replica {} of {} (version {}) ready on {}", options_.replica_id,
                options_.spec.name, options_.version, subject_);
   return Status::Ok();
 }
 
-void ReplicaWorker::Answer(const bus::Replier& replier, const bus::Message& request,
-                           const std::string& response, bool json) {
+void ReplicaWorker::Answer(const bus::Message& request, const std::string& response, bool json) {
   if (!json) {
-    Send(replier, request, response, json);
+    Send(request, response, json);
     return;
   }
-  auto printed = request_codec_.ToJson(response, wire::HttpResponse::GetFullyQualifiedName());
+  auto printed = codec_.ToJson(response, wire::HttpResponse::GetFullyQualifiedName());
   if (!printed.ok()) {
-    printed = request_codec_.ToJson(
+    printed = codec_.ToJson(
         ErrorResponse(
             "replica " + options_.replica_id + " cannot answer in JSON: " + printed.error(), 502),
         wire::HttpResponse::GetFullyQualifiedName());
   }
-  Send(replier, request, printed.ok() ? *printed : std::string(), json);
+  Send(request, printed.ok() ? *printed : std::string(), json);
 }
 
-void ReplicaWorker::Send(const bus::Replier& replier, const bus::Message& request,
-                         const std::string& bytes, bool json) {
-  if (uint64_t limit = replier.max_payload(); limit > 0 && bytes.size() > limit) {
+void ReplicaWorker::Send(const bus::Message& request, const std::string& bytes, bool json) {
+  if (uint64_t limit = bus_.max_payload(); limit > 0 && bytes.size() > limit) {
     // Dropping it would leave the client waiting for the proxy's timeout: say why instead.
     std::string why = "the response of " + options_.spec.name + " (" +
                       std::to_string(bytes.size()) + " bytes) is larger than the bus carries "
@@ -198,32 +166,31 @@ void ReplicaWorker::Send(const bus::Replier& replier, const bus::Message& reques
     spdlog::warn("replica {}: {}", options_.replica_id, why);
     std::string error = ErrorResponse(why, 502);
     if (json) {
-      auto printed = request_codec_.ToJson(error, wire::HttpResponse::GetFullyQualifiedName());
+      auto printed = codec_.ToJson(error, wire::HttpResponse::GetFullyQualifiedName());
       error = printed.ok() ? std::move(*printed) : std::string();
     }
-    Respond(replier, request, error);
+    Respond(request, error);
     return;
   }
-  Respond(replier, request, bytes);
+  Respond(request, bytes);
 }
 
-void ReplicaWorker::Respond(const bus::Replier& replier, const bus::Message& request,
-                            const std::string& bytes) {
-  Status sent = replier.Respond(request, bytes);
+void ReplicaWorker::Respond(const bus::Message& request, const std::string& bytes) {
+  Status sent = bus_.Respond(request, bytes);
   if (!sent.ok()) {
     spdlog::warn("replica {}: cannot answer a request: {}", options_.replica_id, sent.message());
   }
 }
 
-void ReplicaWorker::OnRequest(bus::Message& message, const bus::Replier& replier) {
+void ReplicaWorker::OnRequest(bus::Message& message) {
   if (message.reply.empty()) return;  // nobody to answer
   // A client may ask in JSON (`nats req`): the request is parsed into the FlatBuffer the rest
   // reads, and the answer printed back as JSON.
   const bool json = wire::LooksLikeJson(message.data);
   if (json) {
-    auto binary = request_codec_.FromJson<wire::HttpRequest>(message.data);
+    auto binary = codec_.FromJson<wire::HttpRequest>(message.data);
     if (!binary.ok()) {
-      Answer(replier, message,
+      Answer(message,
              ErrorResponse("replica " + options_.replica_id +
                                " could not read the request: " + binary.error(),
                            400),
@@ -236,7 +203,7 @@ void ReplicaWorker::OnRequest(bus::Message& message, const bus::Replier& replier
   if (!request.ok()) {
     spdlog::warn("replica {}: dropped a malformed request: {}", options_.replica_id,
                  request.error());
-    Answer(replier, message,
+    Answer(message,
            ErrorResponse("replica " + options_.replica_id +
                          " could not read the request: " + request.error()),
            json);
@@ -245,7 +212,7 @@ void ReplicaWorker::OnRequest(bus::Message& message, const bus::Replier& replier
   int limit = std::max(1, options_.spec.max_concurrent_queries);
   if (in_flight_ >= limit) {
     // Several proxies each keep within the limit on their own; together they can exceed it.
-    Answer(replier, message,
+    Answer(message,
            ErrorResponse("replica " + options_.replica_id + " of " + options_.spec.name +
                              " already runs " + std::to_string(in_flight_) +
                              " requests (max_concurrent_queries)",
@@ -259,7 +226,7 @@ void ReplicaWorker::OnRequest(bus::Message& message, const bus::Replier& replier
     HandlerResponse answer = HandleLogged(**request);
     --in_flight_;
     Count(**request, started_ns, answer.status);
-    Answer(replier, message, EncodeResponse(answer), json);
+    Answer(message, EncodeResponse(answer), json);
     return;
   }
   auto owned = std::make_shared<bus::Message>(std::move(message));
@@ -270,12 +237,9 @@ void ReplicaWorker::OnRequest(bus::Message& message, const bus::Replier& replier
     int status = answer.status;
     std::string bytes = EncodeResponse(answer);
     inbox_.Post([this, owned, bytes = std::move(bytes), started_ns, status, json] {
-      {
-        std::lock_guard<std::mutex> lock(gate_->mutex);
-        --in_flight_;
-        Count(*flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data()), started_ns, status);
-        Answer(bus_.replier(), *owned, bytes, json);
-      }
+      --in_flight_;
+      Count(*flatbuffers::GetRoot<wire::HttpRequest>(owned->data.data()), started_ns, status);
+      Answer(*owned, bytes, json);
       MaybeFinishDrain();
     });
   });
@@ -307,23 +271,17 @@ int ReplicaWorker::Queued() const {
   return std::max(0, in_flight_ - static_cast<int>(handlers_->busy()));
 }
 
-ReplicaWorker::Figures ReplicaWorker::ReadFigures() {
-  std::lock_guard<std::mutex> lock(gate_->mutex);
-  return Figures{in_flight_, Queued(), completed_, errors_, latency_counts_, latency_sum_ms_};
-}
-
 void ReplicaWorker::SendMetrics() {
-  Figures figures = ReadFigures();
-  reported_completed_ = figures.completed;
+  reported_completed_ = completed_;
   wire::ReplicaMetricsT report;
   report.replica_id = options_.replica_id;
   report.deployment = options_.spec.name;
-  report.requests = figures.completed;
-  report.errors = figures.errors;
-  report.latency_counts = std::move(figures.latency_counts);
-  report.latency_sum_ms = figures.latency_sum_ms;
-  report.in_flight = figures.in_flight;
-  report.queued = figures.queued;
+  report.requests = completed_;
+  report.errors = errors_;
+  report.latency_counts = latency_counts_;
+  report.latency_sum_ms = latency_sum_ms_;
+  report.in_flight = in_flight_;
+  report.queued = Queued();
   report.healthy = !draining_ && healthy_;
   report.health_check_failures = health_check_failures_;
   (void)bus_.Publish(metrics_subject_, wire::Pack(report));
@@ -370,7 +328,7 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
                   options_.replica_id;
   }
   if (!reply.error.empty()) {
-    Respond(bus_.replier(), message, wire::EncodeReply(codec_, order, reply));
+    Respond(message, wire::EncodeReply(codec_, order, reply));
     return;
   }
   auto request = std::make_shared<bus::Message>(std::move(message));
@@ -381,7 +339,6 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
     inbox_.Post([this, request, new_config, applied, json] {
       wire::ReconfigureReplyT reply;
       if (applied.ok()) {
-        std::lock_guard<std::mutex> lock(gate_->mutex);  // a request reads the spec
         options_.spec.user_config = new_config->user_config;
         if (new_config->health_check_timeout_s > 0) {
           options_.spec.health_check_timeout_s = new_config->health_check_timeout_s;
@@ -402,7 +359,7 @@ void ReplicaWorker::OnReconfigure(bus::Message& message) {
         reply.error = "reconfigure failed: " + applied.message();
         spdlog::warn("replica {}: {}", options_.replica_id, reply.error);
       }
-      Respond(bus_.replier(), *request, json ? codec_.ToJson(reply) : wire::Pack(reply));
+      Respond(*request, json ? codec_.ToJson(reply) : wire::Pack(reply));
     });
   });
 }
@@ -415,10 +372,9 @@ void ReplicaWorker::SendHeartbeat() {
   heartbeat.node_id = options_.node_id;
   heartbeat.healthy = !draining_ && healthy_;
   heartbeat.health_message = draining_ ? "draining" : health_message_;
-  Figures figures = ReadFigures();
-  heartbeat.in_flight = figures.in_flight;
-  heartbeat.queued = figures.queued;
-  heartbeat.completed = figures.completed;
+  heartbeat.in_flight = in_flight_;
+  heartbeat.queued = Queued();
+  heartbeat.completed = completed_;
   (void)bus_.Publish(subjects_.hb_replica, wire::Pack(heartbeat));
   SendMetrics();
 }
@@ -434,12 +390,10 @@ void ReplicaWorker::Drain(std::function<void()> done) {
   double grace = options_.spec.graceful_shutdown_timeout_s;
   drain_deadline_ = std::make_unique<service::OneShotTimer>(loop_);
   drain_deadline_->Start(grace, [this, grace] {
-    std::unique_lock<std::mutex> lock(gate_->mutex);
     spdlog::warn("replica {}: {} requests still running after graceful_shutdown_timeout_s "
                  "({} s); stopping anyway",
                  options_.replica_id, in_flight_, grace);
     in_flight_ = 0;
-    lock.unlock();
     subscription_drained_ = true;
     MaybeFinishDrain();
   });
@@ -452,16 +406,9 @@ void ReplicaWorker::Drain(std::function<void()> done) {
 }
 
 void ReplicaWorker::MaybeFinishDrain() {
-  if (!draining_ || !subscription_drained_ || !drain_done_) return;
-  {
-    std::lock_guard<std::mutex> lock(gate_->mutex);
-    if (in_flight_ > 0) return;
-    // A request that still comes (after the drain's deadline) is no longer answered: the
-    // runtime stops now.
-    gate_->open = false;
-    spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
-  }
+  if (!draining_ || !subscription_drained_ || in_flight_ > 0 || !drain_done_) return;
   drain_deadline_.reset();
+  spdlog::info("replica {} drained after {} requests", options_.replica_id, completed_);
   // Also with user code still running: a command's process group must not outlive the worker,
   // and stopping it ends the calls that wait on it.
   runtime_->Stop();

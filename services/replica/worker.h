@@ -4,7 +4,6 @@
 
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -43,14 +42,11 @@ struct WorkerOptions {
 // <ns>.hb.replica and reports its request figures to its node agent on
 // <ns>.node.<node-id>.metrics.
 //
-// Threads: the loop thread owns the bus and the replica's state. Requests for runtimes that
-// never block (Concurrency() == 0, the built-ins) are answered where nats.c delivers them, on its
-// delivery thread: the hop to the loop and back would cost more than the answer. Other runtimes'
-// requests run on a handler pool of HandlerThreads(Concurrency()) threads, and their answers go
-// out from the loop. check_health and reconfigure run on a control thread of their own, so a
-// busy or stuck handler never delays them, or on the loop for the built-ins. Results come back
-// to the loop via an inbox. The request figures, and the built-ins' runtime, are shared between
-// the threads under one lock (RequestGate).
+// Threads: the loop thread owns the bus and every counter. Requests run on the loop thread for
+// runtimes that never block (Concurrency() == 0), otherwise on a handler pool of
+// HandlerThreads(Concurrency()) threads; check_health and reconfigure run on a control thread of
+// their own, so a busy or stuck handler never delays them. Results come back to the loop via an
+// inbox.
 class ReplicaWorker {
  public:
   ReplicaWorker(uv_loop_t* loop, bus::Bus& bus, const bus::Subjects& subjects,
@@ -64,40 +60,20 @@ class ReplicaWorker {
   // sends a last heartbeat, stops the runtime, then calls `done`.
   void Drain(std::function<void()> done);
 
-  uint64_t completed() const;
+  uint64_t completed() const { return completed_; }
   // Waits up to `timeout` for user code still running on other threads (a handler, a health
   // check); true when none is. When false, the process should exit without joining it.
   bool WaitForUserCode(std::chrono::milliseconds timeout);
 
  private:
-  // The lock of the request path and whether it still takes requests. Shared with the
-  // subscription's handler, which can outlive the worker on nats.c's delivery thread.
-  struct RequestGate {
-    std::mutex mutex;
-    bool open = true;  // false once the runtime stopped
-  };
-  // The figures a heartbeat and a metrics report carry, read under the gate's lock.
-  struct Figures {
-    int in_flight = 0;
-    int queued = 0;
-    uint64_t completed = 0;
-    uint64_t errors = 0;
-    std::vector<uint64_t> latency_counts;
-    double latency_sum_ms = 0;
-  };
-
-  // With the gate's lock held: on the delivery thread for the built-ins, else on the loop.
-  void OnRequest(bus::Message& message, const bus::Replier& replier);
+  void OnRequest(bus::Message& message);
   void OnReconfigure(bus::Message& message);
   // Answers a data-plane request with `response`, an HttpResponse FlatBuffer, printed as JSON
-  // when the request came in JSON. With the gate's lock held.
-  void Answer(const bus::Replier& replier, const bus::Message& request, const std::string& response,
-              bool json);
+  // when the request came in JSON.
+  void Answer(const bus::Message& request, const std::string& response, bool json);
   // Sends `bytes`, or an error saying they are more than the bus carries (in JSON when `json`).
-  void Send(const bus::Replier& replier, const bus::Message& request, const std::string& bytes,
-            bool json);
-  void Respond(const bus::Replier& replier, const bus::Message& request, const std::string& bytes);
-  Figures ReadFigures();
+  void Send(const bus::Message& request, const std::string& bytes, bool json);
+  void Respond(const bus::Message& request, const std::string& bytes);
   void StartHeartbeats();
   void OnHeartbeatTick();
   void SendHeartbeat();
@@ -109,16 +85,14 @@ class ReplicaWorker {
   // Requests admitted that wait for a handler thread.
   int Queued() const;
   void MaybeFinishDrain();
-  // Runs `fn` where the runtime wants its checks and reconfigures: on the loop thread, under
-  // the gate's lock, for a runtime that answers on the delivery thread, else on the control
-  // thread.
+  // Runs `fn` where the runtime wants its checks and reconfigures: on the loop thread for a
+  // runtime that answers there (its state is the loop's), else on the control thread.
   void OnControlThread(std::function<void()> fn);
   bool user_code_stuck() const;
 
   uv_loop_t* loop_;
   bus::Bus& bus_;
-  wire::JsonCodec codec_;          // for reconfigure orders in JSON; on the loop thread only
-  wire::JsonCodec request_codec_;  // for requests in JSON; under the gate's lock
+  wire::JsonCodec codec_;  // for requests in JSON; used on the loop thread only
   const bus::Subjects& subjects_;
   WorkerOptions options_;
   std::unique_ptr<Runtime> runtime_;
@@ -130,11 +104,8 @@ class ReplicaWorker {
   std::unique_ptr<log::RequestLog> request_log_;  // null with WorkerOptions::request_log off
   static constexpr double kMetricsPeriodS = 1;
   service::LoopInbox inbox_;
-  std::unique_ptr<service::ThreadPool> handlers_;  // null when requests run on delivery
+  std::unique_ptr<service::ThreadPool> handlers_;  // null when requests run on the loop
   service::ThreadPool control_{1};
-  std::shared_ptr<RequestGate> gate_ = std::make_shared<RequestGate>();
-  // Under gate_'s lock: the request figures and request_log_, and the spec's fields a request
-  // reads (max_concurrent_queries), which a reconfigure changes.
   int in_flight_ = 0;
   uint64_t completed_ = 0;
   uint64_t errors_ = 0;
