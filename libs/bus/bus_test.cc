@@ -499,6 +499,31 @@ TEST_F(BusTest, TlsWithVerifiedCertificatesCarriesRequestsAndRefusesTheRest) {
   ASSERT_TRUE(reply.ok()) << reply.error();
   EXPECT_EQ(reply->data, "re:x");
 
+  // The same over TLS with the socket on the loop (as workers and the proxy run): TLS records
+  // that the loop reads in pieces, and bursts larger than a turn's batch, all get through.
+  Options tls_on_loop = tls;
+  tls_on_loop.io_on_loop = true;
+  Bus& loop_server = Connect(nats.url(), tls_on_loop);
+  Bus& loop_client = Connect(nats.url(), tls_on_loop);
+  ASSERT_TRUE(
+      loop_server
+          .Subscribe("t.echo.loop",
+                     [&](Message& m) { EXPECT_TRUE(loop_server.Respond(m, "re:" + m.data).ok()); })
+          .ok());
+  ASSERT_TRUE(RequestWhenAnswered(&loop_, loop_client, "t.echo.loop", "ready").ok());
+  constexpr int kRequests = 1000;
+  int answered = 0, wrong = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    // Bodies of a few KiB, so TLS records and socket reads do not line up with messages.
+    std::string body = std::to_string(i) + std::string(static_cast<size_t>(i % 7) * 1000, 'x');
+    loop_client.Request("t.echo.loop", body, 20, [&, body](Result<Message> r) {
+      ++answered;
+      if (!r.ok() || r->data != "re:" + body) ++wrong;
+    });
+  }
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
+  EXPECT_EQ(wrong, 0);
+
   // No client certificate: the server refuses. No TLS at all: refused too.
   Options no_cert = tls;
   no_cert.tls_cert.clear();
