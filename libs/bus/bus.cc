@@ -87,13 +87,19 @@ using detail::BusSubscription;
 
 namespace {
 
-void OnNatsMessage(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
-  auto* subscription = static_cast<BusSubscription*>(closure);
+// The handler's private copy of `msg` (std::string's storage is aligned for FlatBuffers).
+Message CopyMessage(natsMsg* msg) {
   Message message;
   message.subject = natsMsg_GetSubject(msg);
   const char* reply = natsMsg_GetReply(msg);
   if (reply != nullptr) message.reply = reply;
   message.data.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
+  return message;
+}
+
+void OnNatsMessage(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  auto* subscription = static_cast<BusSubscription*>(closure);
+  Message message = CopyMessage(msg);
   message.no_responders = natsMsg_IsNoResponders(msg);
   subscription->shared->Push(
       BusShared::Delivery{subscription->handler, std::move(message),
@@ -643,11 +649,7 @@ void Bus::PullSubscriptions() {
   for (const auto& [handler, drain] : draining_on_loop_) pull(drain.sub, handler);
   for (auto& [handler, msg] : pulled) {
     if (!closed_) {
-      Message message;
-      message.subject = natsMsg_GetSubject(msg);
-      const char* reply = natsMsg_GetReply(msg);
-      if (reply != nullptr) message.reply = reply;
-      message.data.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
+      Message message = CopyMessage(msg);
       handlers_[handler](message);
     }
   }

@@ -19,6 +19,28 @@ using ::testing::HasSubstr;
 using serve::testing::RequestWhenAnswered;
 using serve::testing::RunUntil;
 
+// Answers to requests sent with AskEcho, from a responder that answers "re:" + the body.
+struct EchoTally {
+  int answered = 0;
+  int wrong = 0;
+};
+
+// Answers every request on `subject` with "re:" + its body (for AskEcho).
+void ServeEcho(Bus& server, const std::string& subject) {
+  ASSERT_TRUE(
+      server
+          .Subscribe(subject,
+                     [&server](Message& m) { EXPECT_TRUE(server.Respond(m, "re:" + m.data).ok()); })
+          .ok());
+}
+
+void AskEcho(Bus& client, const std::string& subject, const std::string& body, EchoTally* tally) {
+  client.Request(subject, body, 20, [tally, body](Result<Message> reply) {
+    ++tally->answered;
+    if (!reply.ok() || reply->data != "re:" + body) ++tally->wrong;
+  });
+}
+
 class BusTest : public ::testing::Test {
  protected:
   void SetUp() override { uv_loop_init(&loop_); }
@@ -81,18 +103,11 @@ TEST_F(BusTest, ManyRequestsInFlightGetTheirOwnReplies) {
   ASSERT_TRUE(server.Flush().ok());
 
   constexpr int kRequests = 2000;
-  int answered = 0;
-  int wrong = 0;
-  for (int i = 0; i < kRequests; ++i) {
-    std::string body = std::to_string(i);
-    client.Request("t.echo", body, 20, [&, body](Result<Message> reply) {
-      ++answered;
-      if (!reply.ok() || reply->data != "re:" + body) ++wrong;
-    });
-  }
+  EchoTally tally;
+  for (int i = 0; i < kRequests; ++i) AskEcho(client, "t.echo", std::to_string(i), &tally);
   EXPECT_EQ(client.pending_requests(), static_cast<size_t>(kRequests));
-  ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
-  EXPECT_EQ(wrong, 0);
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return tally.answered == kRequests; }));
+  EXPECT_EQ(tally.wrong, 0);
   EXPECT_EQ(client.pending_requests(), 0u);
 }
 
@@ -104,26 +119,15 @@ TEST_F(BusTest, OnTheLoopEveryRequestOfATurnGoesOutAndIsAnswered) {
   on_loop.io_on_loop = true;
   Bus& server = Connect(nats.url(), on_loop);
   Bus& client = Connect(nats.url(), on_loop);
-  ASSERT_TRUE(
-      server
-          .Subscribe("t.echo",
-                     [&](Message& m) { EXPECT_TRUE(server.Respond(m, "re:" + m.data).ok()); })
-          .ok());
+  ServeEcho(server, "t.echo");
   // On the loop, Flush writes without waiting for the server: ask until the subscription is in.
   ASSERT_TRUE(RequestWhenAnswered(&loop_, client, "t.echo", "ready").ok());
 
   constexpr int kRequests = 500;
-  int answered = 0;
-  int wrong = 0;
-  auto ask = [&](int i) {
-    std::string body = std::to_string(i);
-    client.Request("t.echo", body, 20, [&, body](Result<Message> reply) {
-      ++answered;
-      if (!reply.ok() || reply->data != "re:" + body) ++wrong;
-    });
-  };
+  EchoTally tally;
+  auto ask = [&](int i) { AskEcho(client, "t.echo", std::to_string(i), &tally); };
   for (int i = 0; i < kRequests; ++i) ask(i);
-  ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return tally.answered == kRequests; }));
   // One more, sent by a timer: the loop's next poll must not wait with it still buffered.
   uv_timer_t timer;
   uv_timer_init(&loop_, &timer);
@@ -131,13 +135,13 @@ TEST_F(BusTest, OnTheLoopEveryRequestOfATurnGoesOutAndIsAnswered) {
   uv_timer_start(
       &timer, [](uv_timer_t* t) { (*static_cast<decltype(ask)*>(t->data))(kRequests); }, 10, 0);
   ASSERT_TRUE(RunUntil(
-      &loop_, [&] { return answered == kRequests + 1; }, 5));
+      &loop_, [&] { return tally.answered == kRequests + 1; }, 5));
   bool closed = false;
   timer.data = &closed;
   uv_close(reinterpret_cast<uv_handle_t*>(&timer),
            [](uv_handle_t* t) { *static_cast<bool*>(t->data) = true; });
   ASSERT_TRUE(RunUntil(&loop_, [&] { return closed; }));
-  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(tally.wrong, 0);
 }
 
 TEST_F(BusTest, OnTheLoopHandlersRunOnTheLoopThread) {
@@ -505,24 +509,17 @@ TEST_F(BusTest, TlsWithVerifiedCertificatesCarriesRequestsAndRefusesTheRest) {
   tls_on_loop.io_on_loop = true;
   Bus& loop_server = Connect(nats.url(), tls_on_loop);
   Bus& loop_client = Connect(nats.url(), tls_on_loop);
-  ASSERT_TRUE(
-      loop_server
-          .Subscribe("t.echo.loop",
-                     [&](Message& m) { EXPECT_TRUE(loop_server.Respond(m, "re:" + m.data).ok()); })
-          .ok());
+  ServeEcho(loop_server, "t.echo.loop");
   ASSERT_TRUE(RequestWhenAnswered(&loop_, loop_client, "t.echo.loop", "ready").ok());
   constexpr int kRequests = 1000;
-  int answered = 0, wrong = 0;
+  EchoTally tally;
   for (int i = 0; i < kRequests; ++i) {
     // Bodies of a few KiB, so TLS records and socket reads do not line up with messages.
     std::string body = std::to_string(i) + std::string(static_cast<size_t>(i % 7) * 1000, 'x');
-    loop_client.Request("t.echo.loop", body, 20, [&, body](Result<Message> r) {
-      ++answered;
-      if (!r.ok() || r->data != "re:" + body) ++wrong;
-    });
+    AskEcho(loop_client, "t.echo.loop", body, &tally);
   }
-  ASSERT_TRUE(RunUntil(&loop_, [&] { return answered == kRequests; }));
-  EXPECT_EQ(wrong, 0);
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return tally.answered == kRequests; }));
+  EXPECT_EQ(tally.wrong, 0);
 
   // No client certificate: the server refuses. No TLS at all: refused too.
   Options no_cert = tls;
