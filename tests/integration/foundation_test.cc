@@ -189,6 +189,37 @@ TEST(Foundation, GarbageOnEveryControlSubjectGetsAnErrorAndTheControllerKeepsSer
   EXPECT_EQ(cluster.Get("/hello").body, "hello world");
 }
 
+// A replica reads its requests on its own loop: garbage there (with a reply subject or
+// without, a flood of it) is answered with an error or dropped, and the replica keeps serving
+// and heartbeating, in the same process.
+TEST(Foundation, GarbageFloodingAReplicasSubjectLeavesItServing) {
+  Cluster cluster;
+  cluster.Deploy(kHelloConfig);
+  ASSERT_EQ(cluster.Get("/hello").status, 200);
+  auto hello = cluster.Deployment("hello");
+  ASSERT_TRUE(hello.is_object());
+  ASSERT_EQ(hello["replicas"].size(), 1u);
+  const std::string replica = hello["replicas"][0]["id"];
+  pid_t worker = Cluster::WorkerPid(replica);
+  ASSERT_GT(worker, 0);
+  const std::string subject = "itest.replica." + replica;
+  RawClient client(cluster.nats_url());
+  std::string truncated = wire::Pack(wire::DeployRequestT{}).substr(0, 10);
+  for (const std::string& input :
+       {std::string("\x01\x02\x03garbage\xff\xfe"), truncated, std::string(R"({"path": 7})"),
+        std::string("{\"nope\": true}"), std::string("{not json"), std::string(100000, 'x')}) {
+    auto reply = client.Request(subject, input);
+    ASSERT_TRUE(reply.ok()) << "no answer to garbage: " << reply.error();
+    EXPECT_FALSE(reply->data.empty());
+  }
+  for (int i = 0; i < 2000; ++i) client.Publish(subject, "\x01\x02flood" + std::to_string(i));
+  EXPECT_EQ(cluster.Get("/hello").body, "hello world");
+  auto status = cluster.Deployment("hello");
+  ASSERT_TRUE(status.is_object());
+  EXPECT_EQ(status["status"], "HEALTHY");
+  EXPECT_EQ(Cluster::WorkerPid(replica), worker) << "the replica was restarted";
+}
+
 // Heartbeats that decode but claim too much: every supervisor heartbeat is shown in status, so
 // the controller keeps what it holds of them within bounds and says what it ignored.
 TEST(Foundation, SupervisorHeartbeatsBeyondBoundsAreIgnoredAndStatusStillAnswers) {
