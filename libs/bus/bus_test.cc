@@ -331,6 +331,22 @@ TEST_F(BusTest, StartsBeforeNatsAndConnectsWhenItComesUp) {
   EXPECT_TRUE(RunUntil(&loop_, [&] { return bus.connected(); }));
 }
 
+TEST_F(BusTest, OnTheLoopStartsBeforeNatsAndCarriesMessagesWhenItComesUp) {
+  testing::NatsServer nats;
+  nats.Stop();
+  Options on_loop;
+  on_loop.io_on_loop = true;
+  Bus& bus = Connect(nats.url(), on_loop);
+  EXPECT_FALSE(bus.connected());
+  nats.Start();
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return bus.connected(); }));
+  ServeEcho(bus, "t.late");
+  Bus& client = Connect(nats.url());
+  auto reply = RequestWhenAnswered(&loop_, client, "t.late", "x");
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_EQ(reply->data, "re:x");
+}
+
 TEST_F(BusTest, UserAndPasswordArePassedThrough) {
   testing::NatsServer nats({"--user", "alice", "--pass", "s3cret"});
   Options good;
