@@ -56,11 +56,16 @@ struct BusShared {
   struct ConnectionChange {
     bool connected = false;
   };
+  // nats.c closed a connection that the Bus had not closed: it gave up on it.
+  struct ConnectionGivenUp {
+    uint64_t connection = 0;  // Bus::connections_opened() when it was opened
+    std::string why;
+  };
   // A subscription delivered its last message (after a drain or unsubscribe).
   struct SubscriptionDone {
     size_t handler = 0;
   };
-  using Item = std::variant<Delivery, ConnectionChange, SubscriptionDone>;
+  using Item = std::variant<Delivery, ConnectionChange, ConnectionGivenUp, SubscriptionDone>;
 
   std::mutex mutex;
   std::deque<Item> queue;        // guarded by mutex
@@ -118,6 +123,7 @@ void OnSubscriptionComplete(void* closure) {
 // state alive until "closed", the last callback of a connection.
 struct ConnectionClosure {
   std::shared_ptr<BusShared> shared;
+  uint64_t connection = 0;  // which of the Bus's connections
   // The user's JWT and nkey: from memory (a worker's), or read from a .creds file at each
   // connect, so a file rewritten with new credentials takes effect at the next reconnect.
   std::string creds_file;
@@ -182,7 +188,16 @@ void OnConnected(natsConnection*, void* closure) {
   static_cast<ConnectionClosure*>(closure)->shared->Push(BusShared::ConnectionChange{true});
 }
 
-void OnClosed(natsConnection*, void* closure) { delete static_cast<ConnectionClosure*>(closure); }
+// The last callback of a connection. One the Bus closed no longer has a queue to report to.
+void OnClosed(natsConnection* connection, void* closure) {
+  auto* connection_closure = static_cast<ConnectionClosure*>(closure);
+  const char* text = nullptr;
+  natsStatus status = natsConnection_GetLastError(connection, &text);
+  std::string why = text != nullptr && *text != '\0' ? text : natsStatus_GetText(status);
+  connection_closure->shared->Push(
+      BusShared::ConnectionGivenUp{connection_closure->connection, std::move(why)});
+  delete connection_closure;
+}
 
 void OnAsyncError(natsConnection* connection, natsSubscription*, natsStatus status, void*) {
   // Slow consumers and permission violations land here; they are worth a line, not a crash.
@@ -219,15 +234,22 @@ Status Bus::Open() {
   drain_timer_ = new uv_timer_t;
   uv_timer_init(loop_, drain_timer_);
   drain_timer_->data = this;
+  reopen_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, reopen_timer_);
+  reopen_timer_->data = this;
   {
     std::lock_guard<std::mutex> lock(shared_->mutex);
     shared_->wakeup = wakeup_;
   }
+  if (options_.io_on_loop) loop_io_ = new detail::LoopIo(loop_, [this] { PullSubscriptions(); });
+  return OpenConnection();
+}
 
+Status Bus::OpenConnection() {
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
   // Freed by OnClosed once a connection exists, here otherwise.
-  auto* closure = new ConnectionClosure{shared_, {}, {}, {}, std::nullopt};
+  auto* closure = new ConnectionClosure{shared_, connections_opened_ + 1, {}, {}, {}, std::nullopt};
   auto fail = [&](const std::string& what) {
     natsOptions_Destroy(opts);
     delete closure;
@@ -256,7 +278,6 @@ Status Bus::Open() {
   natsOptions_SetClosedCB(opts, OnClosed, closure);
   natsOptions_SetErrorHandler(opts, OnAsyncError, nullptr);
   if (options_.io_on_loop) {
-    loop_io_ = new detail::LoopIo(loop_, [this] { PullSubscriptions(); });
     s = natsOptions_SetEventLoop(opts, loop_io_, detail::LoopIo::Attach, detail::LoopIo::Read,
                                  detail::LoopIo::Write, detail::LoopIo::Detach);
     if (s != NATS_OK) return fail("cannot run the NATS connection on the service's loop");
@@ -314,8 +335,10 @@ Status Bus::Open() {
 
   s = ConnectNats(&connection_, opts);
   natsOptions_Destroy(opts);
+  if (s == NATS_OK || s == NATS_NOT_YET_CONNECTED) ++connections_opened_;
   if (s == NATS_NOT_YET_CONNECTED) {
-    spdlog::warn("NATS at {} is not reachable yet; retrying in the background", safe_url);
+    spdlog::warn("NATS at {} does not take this connection yet; retrying in the background",
+                 safe_url);
     return Status::Ok();
   }
   if (s != NATS_OK) {
@@ -350,7 +373,9 @@ void Bus::Close(double flush_timeout_s) {
     // Subscriptions are closed with the connection; each frees its closure when nats.c says
     // it is complete, so a late callback never sees freed memory.
     natsConnection_Close(connection_);
-    for (auto& entry : subscriptions_) natsSubscription_Destroy(entry.sub);
+    for (auto& entry : subscriptions_) {
+      if (entry.sub != nullptr) natsSubscription_Destroy(entry.sub);
+    }
     for (natsSubscription* sub : draining_) natsSubscription_Destroy(sub);
     for (auto& [handler, drain] : draining_on_loop_) natsSubscription_Destroy(drain.sub);
     draining_on_loop_.clear();
@@ -371,12 +396,13 @@ void Bus::Close(double flush_timeout_s) {
   };
   if (wakeup_ != nullptr) uv_close(reinterpret_cast<uv_handle_t*>(wakeup_), close_handle);
   if (timer_ != nullptr) uv_close(reinterpret_cast<uv_handle_t*>(timer_), close_handle);
-  if (drain_timer_ != nullptr) {
-    uv_close(reinterpret_cast<uv_handle_t*>(drain_timer_), close_handle);
+  for (uv_timer_t* timer : {drain_timer_, reopen_timer_}) {
+    if (timer != nullptr) uv_close(reinterpret_cast<uv_handle_t*>(timer), close_handle);
   }
   wakeup_ = nullptr;
   timer_ = nullptr;
   drain_timer_ = nullptr;
+  reopen_timer_ = nullptr;
 }
 
 bool Bus::connected() const {
@@ -401,7 +427,7 @@ bool Bus::WriteOutBuffered() {
 }
 
 Status Bus::Flush(double timeout_s) {
-  if (connection_ == nullptr) return Status::Error("bus is closed");
+  if (connection_ == nullptr) return NoConnection();
   if (options_.io_on_loop) {
     if (!connected()) return Status::Error("cannot flush to NATS: not connected");
     if (!WriteOutBuffered()) return Status::Error("cannot flush to NATS: the socket is full");
@@ -421,19 +447,22 @@ Status Bus::Subscribe(const std::string& subject, Handler handler) {
 }
 
 Status Bus::SubscribeAs(const std::string& subject, Handler handler, bool read_on_loop) {
-  if (connection_ == nullptr) return Status::Error("bus is closed");
+  if (closed_ || (connection_ == nullptr && !options_.retry_initial_connect)) {
+    return Status::Error("bus is closed");
+  }
   handlers_.push_back(std::move(handler));
-  BusSubscription* closure = nullptr;
   natsSubscription* sub = nullptr;
-  natsStatus s;
-  if (read_on_loop) {
-    s = natsConnection_SubscribeSync(&sub, connection_, subject.c_str());
-  } else {
-    closure = new BusSubscription{shared_, handlers_.size() - 1};
-    s = natsConnection_Subscribe(&sub, connection_, subject.c_str(), OnNatsMessage, closure);
+  auto s = static_cast<natsStatus>(
+      connection_ == nullptr
+          ? NATS_CONNECTION_CLOSED
+          : SubscribeOnConnection(subject, handlers_.size() - 1, read_on_loop, &sub));
+  if (s == NATS_CONNECTION_CLOSED && options_.retry_initial_connect) {
+    // nats.c gave this connection up, and the Bus opens another, which subscribes it.
+    subscriptions_.push_back(
+        SubscriptionEntry{subject, nullptr, handlers_.size() - 1, read_on_loop});
+    return Status::Ok();
   }
   if (s != NATS_OK) {
-    delete closure;
     std::string why = NatsError(s);
     // A closed connection says why it was closed (an authorization violation, say) only when
     // asked; the subscribe status alone reads "Connection Closed".
@@ -445,19 +474,39 @@ Status Bus::SubscribeAs(const std::string& subject, Handler handler, bool read_o
     }
     return Status::Error("cannot subscribe to " + subject + ": " + why);
   }
-  if (closure != nullptr) natsSubscription_SetOnCompleteCB(sub, OnSubscriptionComplete, closure);
-  // Control messages are small; a generous limit keeps a burst from being dropped as a slow
-  // consumer while the loop is busy.
-  natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
   subscriptions_.push_back(SubscriptionEntry{subject, sub, handlers_.size() - 1, read_on_loop});
   return Status::Ok();
+}
+
+int Bus::SubscribeOnConnection(const std::string& subject, size_t handler, bool read_on_loop,
+                               natsSubscription** sub) {
+  BusSubscription* closure = nullptr;
+  natsStatus s;
+  if (read_on_loop) {
+    s = natsConnection_SubscribeSync(sub, connection_, subject.c_str());
+  } else {
+    closure = new BusSubscription{shared_, handler};
+    s = natsConnection_Subscribe(sub, connection_, subject.c_str(), OnNatsMessage, closure);
+  }
+  if (s != NATS_OK) {
+    delete closure;
+    *sub = nullptr;
+    return s;
+  }
+  if (closure != nullptr) natsSubscription_SetOnCompleteCB(*sub, OnSubscriptionComplete, closure);
+  // Control messages are small; a generous limit keeps a burst from being dropped as a slow
+  // consumer while the loop is busy.
+  natsSubscription_SetPendingLimits(*sub, 1 << 20, 1 << 30);
+  return NATS_OK;
 }
 
 void Bus::Unsubscribe(const std::string& subject) {
   for (auto it = subscriptions_.begin(); it != subscriptions_.end();) {
     if (it->subject == subject) {
-      natsSubscription_Unsubscribe(it->sub);
-      natsSubscription_Destroy(it->sub);
+      if (it->sub != nullptr) {
+        natsSubscription_Unsubscribe(it->sub);
+        natsSubscription_Destroy(it->sub);
+      }
       it = subscriptions_.erase(it);
     } else {
       ++it;
@@ -465,8 +514,14 @@ void Bus::Unsubscribe(const std::string& subject) {
   }
 }
 
+Status Bus::NoConnection() const {
+  if (closed_) return Status::Error("bus is closed");
+  return Status::Error("not connected to NATS at " + RedactUrl(options_.url) +
+                       ": a new connection is being opened");
+}
+
 Status Bus::Publish(const std::string& subject, std::string_view data, const std::string& reply) {
-  if (connection_ == nullptr) return Status::Error("bus is closed");
+  if (connection_ == nullptr) return NoConnection();
   int size = static_cast<int>(data.size());
   natsStatus s = reply.empty()
                      ? natsConnection_Publish(connection_, subject.c_str(), data.data(), size)
@@ -486,7 +541,9 @@ Status Bus::Respond(const Message& request, std::string_view data) {
 void Bus::Drain(const std::string& subject, double timeout_s, std::function<void()> done) {
   auto it = std::find_if(subscriptions_.begin(), subscriptions_.end(),
                          [&](const SubscriptionEntry& e) { return e.subject == subject; });
-  if (it == subscriptions_.end()) {
+  if (it == subscriptions_.end() || it->sub == nullptr) {
+    // Without a subscription (nats.c gave its connection up) nothing more can arrive.
+    if (it != subscriptions_.end()) subscriptions_.erase(it);
     done();
     return;
   }
@@ -545,8 +602,7 @@ Status Bus::EnsureReplySubscription() {
 
 void Bus::Request(const std::string& subject, std::string_view data, double timeout_s,
                   ReplyCallback callback) {
-  Status status = connection_ == nullptr ? Status::Error("bus is closed")
-                                         : EnsureReplySubscription();
+  Status status = connection_ == nullptr ? NoConnection() : EnsureReplySubscription();
   if (!status.ok()) {
     callback(status);
     return;
@@ -644,7 +700,7 @@ void Bus::PullSubscriptions() {
     }
   };
   for (const auto& entry : subscriptions_) {
-    if (entry.read_on_loop) pull(entry.sub, entry.handler);
+    if (entry.read_on_loop && entry.sub != nullptr) pull(entry.sub, entry.handler);
   }
   for (const auto& [handler, drain] : draining_on_loop_) pull(drain.sub, handler);
   for (auto& [handler, msg] : pulled) {
@@ -704,9 +760,12 @@ void Bus::DrainQueue() {
         drained_.erase(it);
         callback();
       }
+    } else if (auto* given_up = std::get_if<BusShared::ConnectionGivenUp>(&item)) {
+      OnConnectionGivenUp(given_up->connection, given_up->why);
     } else {
       bool connected = std::get<BusShared::ConnectionChange>(item).connected;
       if (connected) {
+        reopen_delay_s_ = 0;
         spdlog::info("connected to NATS at {}", RedactUrl(options_.url));
       } else {
         spdlog::warn("lost the connection to NATS at {}; reconnecting", RedactUrl(options_.url));
@@ -718,6 +777,74 @@ void Bus::DrainQueue() {
     }
   }
   if (options_.io_on_loop && !closed_) PullSubscriptions();
+}
+
+void Bus::OnConnectionGivenUp(uint64_t connection, const std::string& why) {
+  // Only a service's bus opens another: the CLI's commands report the error.
+  if (closed_ || connection != connections_opened_ || !options_.retry_initial_connect) return;
+  // nats.c 3.4 gives a connection up for good when the server refused its credentials twice in
+  // a row, and when the first connect got a socket but no handshake (nats.c 3.12 fixed that:
+  // a server still starting, or one signature withheld by SignNonceForNats). Nothing would
+  // ever connect it again.
+  constexpr double kMaxReopenDelayS = 5;
+  reopen_delay_s_ = reopen_delay_s_ == 0 ? std::max(options_.reconnect_wait_s, 0.05)
+                                         : std::min(reopen_delay_s_ * 2, kMaxReopenDelayS);
+  // What nats.c says of a first connect whose handshake failed.
+  std::string cause = why == natsStatus_GetText(NATS_NO_SERVER)
+                          ? why + " (the server was not listening yet, did not answer within " +
+                                fmt::format("{:g}", options_.connect_timeout_s) +
+                                " s, or refused this user)"
+                          : why;
+  spdlog::error("NATS gave up the connection to {}: {}; opening a new one in {:g} s",
+                RedactUrl(options_.url), cause, reopen_delay_s_);
+  FailAllRequests("the connection to NATS was closed (" + why + ") before the reply came");
+  uv_timer_start(
+      reopen_timer_, [](uv_timer_t* handle) { static_cast<Bus*>(handle->data)->Reopen(); },
+      static_cast<uint64_t>(reopen_delay_s_ * 1000), 0);
+}
+
+void Bus::Reopen() {
+  if (closed_) return;
+  // Every subscription of the old connection is gone with it: drains are over, since nothing
+  // more can arrive, and the rest are made again on the new connection.
+  for (auto& entry : subscriptions_) {
+    if (entry.sub != nullptr) natsSubscription_Destroy(entry.sub);
+    entry.sub = nullptr;
+  }
+  std::vector<std::function<void()>> drains_done;
+  for (natsSubscription* sub : draining_) natsSubscription_Destroy(sub);
+  draining_.clear();
+  for (auto& [handler, done] : drained_) drains_done.push_back(std::move(done));
+  drained_.clear();
+  for (auto& [handler, drain] : draining_on_loop_) {
+    natsSubscription_Destroy(drain.sub);
+    drains_done.push_back(std::move(drain.done));
+  }
+  draining_on_loop_.clear();
+  natsConnection_Destroy(connection_);
+  connection_ = nullptr;
+  Status opened = OpenConnection();
+  if (opened.ok()) {
+    for (auto& entry : subscriptions_) {
+      // A handler index of its own: what the old subscription still delivers stays its own.
+      handlers_.push_back(handlers_[entry.handler]);
+      entry.handler = handlers_.size() - 1;
+      auto s = static_cast<natsStatus>(
+          SubscribeOnConnection(entry.subject, entry.handler, entry.read_on_loop, &entry.sub));
+      // A connection closed again says so with its own ConnectionGivenUp, and the next one
+      // subscribes what this one could not.
+      if (s != NATS_OK && s != NATS_CONNECTION_CLOSED) {
+        spdlog::error("cannot subscribe to {} again: {}", entry.subject, NatsError(s));
+      }
+    }
+  }
+  for (auto& done : drains_done) done();
+  if (closed_) return;
+  if (!opened.ok()) {
+    // Refused at once (a creds file that went missing, say): the same again, later.
+    connection_ = nullptr;
+    OnConnectionGivenUp(connections_opened_, opened.message());
+  }
 }
 
 std::string RedactUrl(const std::string& url) {

@@ -121,6 +121,10 @@ class Bus {
   uint64_t max_payload() const;
   const std::string& url() const { return options_.url; }
   size_t pending_requests() const { return pending_.size(); }
+  // How many NATS connections this bus opened. nats.c reconnects a connection by itself, but
+  // gives one up for good in some cases (see OnConnectionGivenUp); a service's bus then opens
+  // another, with the same subscriptions.
+  uint64_t connections_opened() const { return connections_opened_; }
 
   // Flushes what is buffered (up to `timeout_s`), then closes. Pending requests fail.
   void Close(double flush_timeout_s = 1.0);
@@ -136,7 +140,21 @@ class Bus {
   };
 
   Bus(uv_loop_t* loop, Options options);
+  // Sets up the loop's handles, then opens the first connection.
   Status Open();
+  // A new nats.c connection, in connection_, with no subscriptions yet.
+  Status OpenConnection();
+  // nats.c gave up connection number `connection` (1 for the first) for good: a service's bus
+  // opens another after a delay that grows with each connection given up in a row.
+  void OnConnectionGivenUp(uint64_t connection, const std::string& why);
+  // Opens the next connection and makes every subscription again on it.
+  void Reopen();
+  // What Publish and Request say while there is no connection.
+  Status NoConnection() const;
+  // Subscribes `subject` on connection_ for handlers_[handler]; a natsStatus (nats.h is not
+  // included here).
+  int SubscribeOnConnection(const std::string& subject, size_t handler, bool read_on_loop,
+                            __natsSubscription** sub);
   // With `read_on_loop`, a synchronous subscription that PullSubscriptions() empties; else an
   // asynchronous one, whose messages come through the queue.
   Status SubscribeAs(const std::string& subject, Handler handler, bool read_on_loop);
@@ -179,6 +197,9 @@ class Bus {
   };
   std::map<size_t, LoopDrain> draining_on_loop_;
   uv_timer_t* drain_timer_ = nullptr;
+  uv_timer_t* reopen_timer_ = nullptr;
+  uint64_t connections_opened_ = 0;
+  double reopen_delay_s_ = 0;  // 0 until a connection is given up, and again once connected
   ConnectionListener connection_listener_;
 
   std::string reply_prefix_;  // "_INBOX.<nuid>."

@@ -1,7 +1,11 @@
 #include "bus/bus.h"
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <thread>
@@ -343,6 +347,76 @@ TEST_F(BusTest, OnTheLoopStartsBeforeNatsAndCarriesMessagesWhenItComesUp) {
   ServeEcho(bus, "t.late");
   Bus& client = Connect(nats.url());
   auto reply = RequestWhenAnswered(&loop_, client, "t.late", "x");
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_EQ(reply->data, "re:x");
+}
+
+// nats.c 3.4 gives a connection up for good when its first connect got a socket but no
+// handshake (fixed in nats.c 3.12): here a listener that never accepts, as a server still
+// starting, or one too busy to answer in time, can be. A service's bus opens another.
+TEST_F(BusTest, AConnectionNatsGaveUpIsOpenedAgainWithItsSubscriptions) {
+  for (bool io_on_loop : {false, true}) {
+    SCOPED_TRACE(io_on_loop ? "on the loop" : "on nats.c's threads");
+    testing::NatsServer nats;
+    nats.Stop();
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int yes = 1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(static_cast<uint16_t>(nats.port()));
+    ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    ASSERT_EQ(listen(listener, 64), 0);
+
+    Options options;
+    options.io_on_loop = io_on_loop;
+    options.connect_timeout_s = 0.2;
+    Bus& bus = Connect(nats.url(), options);
+    ServeEcho(bus, "t.given-up");  // while the connection has no handshake yet
+    ASSERT_TRUE(RunUntil(&loop_, [&] { return bus.connections_opened() >= 2; }));
+    EXPECT_FALSE(bus.connected());
+    close(listener);
+
+    nats.Start();
+    ASSERT_TRUE(RunUntil(&loop_, [&] { return bus.connected(); }));
+    Bus& client = Connect(nats.url());
+    auto reply = RequestWhenAnswered(&loop_, client, "t.given-up", "x");
+    ASSERT_TRUE(reply.ok()) << reply.error();
+    EXPECT_EQ(reply->data, "re:x");
+    // Its own requests have a reply subscription again, too.
+    ServeEcho(client, "t.back");
+    auto back = RequestWhenAnswered(&loop_, bus, "t.back", "y");
+    ASSERT_TRUE(back.ok()) << back.error();
+    EXPECT_EQ(back->data, "re:y");
+    buses_.clear();
+  }
+}
+
+// nats.c also gives a connection up when the server refuses its credentials twice in a row.
+// Credentials put right on the server (or in a creds file) let a service's bus in again.
+TEST_F(BusTest, ABusRefusedTwiceGetsInOnceTheServerTakesItsCredentials) {
+  testing::NatsServer nats({"--user", "alice", "--pass", "s3cret"});
+  Options options;
+  options.user = "alice";
+  options.password = "s3cret";
+  options.io_on_loop = true;
+  Bus& bus = Connect(nats.url(), options);
+  ASSERT_TRUE(bus.connected());
+  ServeEcho(bus, "t.refused");
+  nats.Stop();
+  nats.Start({"--user", "alice", "--pass", "other"});
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return bus.connections_opened() >= 2; }));
+  EXPECT_FALSE(bus.connected());
+
+  nats.Stop();
+  nats.Start({"--user", "alice", "--pass", "s3cret"});
+  ASSERT_TRUE(RunUntil(&loop_, [&] { return bus.connected(); }));
+  Options client_options;
+  client_options.user = "alice";
+  client_options.password = "s3cret";
+  Bus& client = Connect(nats.url(), client_options);
+  auto reply = RequestWhenAnswered(&loop_, client, "t.refused", "x");
   ASSERT_TRUE(reply.ok()) << reply.error();
   EXPECT_EQ(reply->data, "re:x");
 }

@@ -55,6 +55,7 @@ natsStatus LoopIo::Attach(void** user_data, void* loop_io, natsConnection* conne
     ++self->generation_;
     self->want_read_ = true;
     self->want_write_ = false;
+    self->detached_ = false;  // the Bus's next connection, after nats.c gave one up
   }
   return self->ApplySoon();
 }

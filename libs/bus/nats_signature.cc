@@ -53,7 +53,9 @@ natsStatus ConnectNats(natsConnection** connection, natsOptions* options) {
   for (int attempt = 1;; ++attempt) {
     int withheld_before = withheld_signatures;
     s = natsConnection_Connect(connection, options);
-    // NATS_NOT_YET_CONNECTED: nats.c goes on trying in the background (RetryOnFailedConnect).
+    // NATS_NOT_YET_CONNECTED: nats.c goes on trying in the background (RetryOnFailedConnect),
+    // or, when the attempt got as far as the handshake (a signature withheld, say), gives the
+    // connection up, and Bus opens another (Bus::OnConnectionGivenUp).
     if (s == NATS_OK || s == NATS_NOT_YET_CONNECTED || withheld_signatures == withheld_before ||
         attempt == kMaxAttempts) {
       return s;

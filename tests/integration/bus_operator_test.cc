@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -92,6 +93,9 @@ class BusOperatorTest : public ::testing::Test {
     return json.is_object() ? json["connections"] : nlohmann::json::array();
   }
   void TearDown() override {
+    // The instance's logs go with the test's directory: show them while they are there.
+    if (HasFailure())
+      std::cout << "the instance's logs:" << InstanceLogTails(run_dir_) << std::endl;
     if (fs::exists(run_dir_ + "/pids")) {
       Serve({"shutdown"});
       for (pid_t pid : RecordedPids()) kill(pid, SIGKILL);

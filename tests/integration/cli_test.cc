@@ -41,17 +41,7 @@ class CliTest : public ::testing::Test {
     return ::testing::AssertionFailure() << "serve start exited with " << started.exit_code << ":\n"
                                          << started.output << LogTails();
   }
-  // The end of every log of the instance (services and nats-server).
-  std::string LogTails() {
-    std::string tails;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(run_dir_ + "/logs", ec)) {
-      std::string log = ReadFile(entry.path().string());
-      if (log.size() > 4000) log = log.substr(log.size() - 4000);
-      tails += "\n--- " + entry.path().filename().string() + " ends with:\n" + log;
-    }
-    return tails;
-  }
+  std::string LogTails() { return InstanceLogTails(run_dir_); }
   // `serve run`, left running with its output in a file.
   LoggedProcess ServeRun(std::vector<std::string> args) {
     args.insert(args.begin(), "run");

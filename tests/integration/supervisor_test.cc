@@ -63,6 +63,9 @@ class SupervisedInstanceTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    // The instance's logs go with the test's directory: show them while they are there.
+    if (HasFailure())
+      std::cout << "the instance's logs:" << InstanceLogTails(run_dir_) << std::endl;
     // Whatever happened, leave nothing running.
     if (fs::exists(run_dir_ + "/pids")) {
       Serve({"shutdown"});

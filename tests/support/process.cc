@@ -248,6 +248,11 @@ void NatsServer::Start() {
   }
 }
 
+void NatsServer::Start(std::vector<std::string> extra_args) {
+  extra_args_ = std::move(extra_args);
+  Start();
+}
+
 void NatsServer::Stop() { process_.Kill(); }
 
 std::string NatsServer::Log() const { return ReadFile(dir_.path() + "/nats.log"); }
@@ -316,6 +321,18 @@ std::vector<pid_t> RecordedPidList(const std::string& run_dir) {
   std::vector<pid_t> pids;
   for (const auto& [name, pid] : RecordedPids(run_dir)) pids.push_back(pid);
   return pids;
+}
+
+std::string InstanceLogTails(const std::string& run_dir) {
+  constexpr size_t kTailBytes = 4000;
+  std::string tails;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(run_dir + "/logs", ec)) {
+    std::string log = ReadFile(entry.path().string());
+    if (log.size() > kTailBytes) log = log.substr(log.size() - kTailBytes);
+    tails += "\n--- " + entry.path().filename().string() + " ends with:\n" + log;
+  }
+  return tails;
 }
 
 CommandResult RunCommand(const std::vector<std::string>& argv,

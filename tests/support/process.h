@@ -70,6 +70,8 @@ class NatsServer {
   std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
   void Stop();
   void Start();  // again, on the same port
+  // Again on the same port, with other arguments (other credentials, say).
+  void Start(std::vector<std::string> extra_args);
   std::string Log() const;
 
  private:
@@ -105,6 +107,10 @@ struct CommandResult {
 std::map<std::string, pid_t> RecordedPids(const std::string& run_dir);
 // The same pids, without their names.
 std::vector<pid_t> RecordedPidList(const std::string& run_dir);
+// The end (last 4,000 bytes) of every log of a `serve start` instance's run directory, services
+// and nats-server, each under a header naming it: for a failed test to show before its
+// directory is removed.
+std::string InstanceLogTails(const std::string& run_dir);
 
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::map<std::string, std::string>& env = {},
