@@ -50,8 +50,12 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 
 class Counter {
  public:
-  // Requests run one at a time per replica by default; the counter is atomic anyway, because
-  // check_health and reconfigure run on another thread while requests do.
+  // A call takes a microsecond and never waits, so it runs on the replica's event-loop thread
+  // rather than being handed to a handler thread (docs/sdk.md, "Threads").
+  static constexpr bool kNonBlocking = true;
+
+  // Requests run one at a time per replica; the counter is atomic anyway, because check_health
+  // and reconfigure run on another thread while requests do.
   explicit Counter(const serve::Config& config)
       : replica_id_(config.replica_id()), step_(ParseStep(config.user_config(), 1)) {}
 

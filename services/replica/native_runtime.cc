@@ -141,9 +141,9 @@ class NativeRuntime : public Runtime {
     ServeRequest serve_request{request};
     ServeResponse serve_response{answer};
     std::unique_lock<std::mutex> lock(serialize_, std::defer_lock);
-    // The worker already calls a runtime of concurrency 1 from one thread; the lock makes the
-    // SDK's promise to a class without kConcurrent hold whoever calls.
-    if (concurrency_ == 1) lock.lock();
+    // The worker already calls a runtime of concurrency 1 from one thread (0: its loop's); the
+    // lock makes the SDK's promise to a class without kConcurrent hold whoever calls.
+    if (concurrency_ <= 1) lock.lock();
     ErrorOwner error(entry_.handle(instance_, &serve_request, &serve_response));
     if (error.failed()) {
       return HandlerResponse{500, {{"Content-Type", "text/plain; charset=utf-8"}}, error.message()};
@@ -260,8 +260,12 @@ Result<std::unique_ptr<Runtime>> LoadNativeRuntime(const RuntimeContext& context
     return close_and_fail("serve_deployment_create returned no instance and no error");
   }
 
+  // 0: on the worker's loop thread (see Runtime::Concurrency).
+  const bool non_blocking = (entry.flags & SERVE_DEPLOYMENT_NON_BLOCKING) != 0;
   const bool concurrent = (entry.flags & SERVE_DEPLOYMENT_CONCURRENT) != 0;
-  const int concurrency = concurrent ? std::max(1, context.spec.max_concurrent_queries) : 1;
+  const int concurrency = non_blocking ? 0
+                          : concurrent ? std::max(1, context.spec.max_concurrent_queries)
+                                       : 1;
   return std::unique_ptr<Runtime>(
       std::make_unique<NativeRuntime>(library, entry, instance, concurrency));
 }

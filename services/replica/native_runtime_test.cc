@@ -145,10 +145,11 @@ TEST(NativeRuntimeCounter, HealthFollowsRequests) {
   EXPECT_TRUE(runtime->CheckHealth().ok());
 }
 
-TEST(NativeRuntimeCounter, IsSerialized) {
+TEST(NativeRuntimeCounter, IsNonBlockingSoItRunsOnTheWorkersLoop) {
   auto runtime = Load(Context(kCounterLibrary));
   ASSERT_NE(runtime, nullptr);
-  EXPECT_EQ(runtime->Concurrency(), 1);
+  EXPECT_EQ(runtime->Concurrency(), 0);
+  EXPECT_FALSE(runtime->ScalesWithLimit());
 }
 
 TEST(NativeRuntimeCounter, ExportsOnlyTheAbi) {
@@ -280,6 +281,20 @@ TEST(NativeRuntimeConcurrency, ConcurrentClassGetsAtLeastOne) {
   auto runtime = Load(context);
   ASSERT_NE(runtime, nullptr);
   EXPECT_EQ(runtime->Concurrency(), 1);
+}
+
+TEST(NativeRuntimeConcurrency, NonBlockingClassRunsOnTheLoopEvenWhenConcurrent) {
+  RuntimeContext context = Context(Library("test_non_blocking"));
+  context.spec.max_concurrent_queries = 8;
+  auto runtime = Load(context);
+  ASSERT_NE(runtime, nullptr);
+  EXPECT_EQ(runtime->Concurrency(), 0);
+  EXPECT_FALSE(runtime->ScalesWithLimit());
+  // Whoever calls, one call at a time.
+  for (const HandlerResponse& response : CallFromThreads(*runtime, 4, "/t/sleep", "ms=20")) {
+    EXPECT_EQ(response.status, 200);
+  }
+  EXPECT_EQ(runtime->Handle(Get("/t/stats")).body, R"({"max_in_flight": 1, "calls": 5})");
 }
 
 // ---- Libraries that do not load ------------------------------------------------------------

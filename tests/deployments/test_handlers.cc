@@ -16,8 +16,8 @@
 // "user_config rejected on purpose". A user_config with "start_delay_ms": N makes the
 // constructor take N milliseconds, like a model that loads slowly.
 //
-// Built twice: test_handlers (serialized) and test_concurrent (SERVE_TEST_CONCURRENT defined,
-// which declares kConcurrent).
+// Built three times: test_handlers (serialized), test_concurrent (SERVE_TEST_CONCURRENT defined,
+// which declares kConcurrent) and test_non_blocking (kConcurrent and kNonBlocking).
 #include <serve/deployment.h>
 
 #include <atomic>
@@ -91,6 +91,9 @@ class TestHandlers {
  public:
 #ifdef SERVE_TEST_CONCURRENT
   static constexpr bool kConcurrent = true;
+#endif
+#ifdef SERVE_TEST_NON_BLOCKING
+  static constexpr bool kNonBlocking = true;
 #endif
 
   explicit TestHandlers(const serve::Config& config)

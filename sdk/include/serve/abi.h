@@ -47,6 +47,12 @@ extern "C" {
 /* serve_deployment_reconfigure does something; without it a new user_config is accepted
  * and ignored. */
 #define SERVE_DEPLOYMENT_HAS_RECONFIGURE 0x4u
+/* serve_deployment_handle returns within microseconds and never blocks (no I/O, no waiting on
+ * a lock held for long): the host calls it on the worker's event-loop thread, one call at a
+ * time, with no hand-over to a handler thread and back. A call that blocks holds up every
+ * other request of the replica and its heartbeats. Takes precedence over
+ * SERVE_DEPLOYMENT_CONCURRENT. */
+#define SERVE_DEPLOYMENT_NON_BLOCKING 0x8u
 
 typedef struct ServeRequest ServeRequest;   /* one request, owned by the host */
 typedef struct ServeResponse ServeResponse; /* the answer being built, owned by the host */

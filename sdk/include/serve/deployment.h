@@ -15,6 +15,7 @@
 //     void check_health();                                  // optional: throw when unhealthy
 //     void reconfigure(const std::string& user_config);     // optional
 //     static constexpr bool kConcurrent = true;             // optional, see below
+//     static constexpr bool kNonBlocking = true;            // optional, see below
 //   };
 //   SERVE_DEPLOYMENT(Counter)
 //
@@ -24,6 +25,14 @@
 // state. check_health and reconfigure run on a separate control thread so that they are never
 // queued behind slow requests: they MAY RUN WHILE operator() RUNS, even without kConcurrent,
 // so anything they share with operator() needs a mutex or an atomic.
+//
+// Calls that take microseconds. A class whose operator() never blocks (no I/O, no sleeping,
+// no waiting on a lock held for long) may declare `static constexpr bool kNonBlocking = true;`:
+// serve-replica then calls it on the worker's own event-loop thread, one call at a time,
+// instead of handing each request to a handler thread and its answer back, which is most of
+// what a call costs when the code itself takes a few microseconds. A call that does block
+// holds up every other request of the replica and its heartbeats, and a replica that misses
+// its health checks is replaced. It takes precedence over kConcurrent.
 //
 // Errors. An exception thrown by operator() becomes a 500 answer whose body is its what()
 // ("unknown exception" for anything not derived from std::exception); the replica carries on.
@@ -183,6 +192,15 @@ constexpr bool IsConcurrent() {
   }
 }
 
+template <typename T>
+constexpr bool IsNonBlocking() {
+  if constexpr (requires { T::kNonBlocking; }) {
+    return static_cast<bool>(T::kNonBlocking);
+  } else {
+    return false;
+  }
+}
+
 // clang-format 14 mangles concepts.
 // clang-format off
 template <typename T>
@@ -234,6 +252,7 @@ template <typename T>
 uint32_t Flags() {
   uint32_t flags = 0;
   if constexpr (IsConcurrent<T>()) flags |= SERVE_DEPLOYMENT_CONCURRENT;
+  if constexpr (IsNonBlocking<T>()) flags |= SERVE_DEPLOYMENT_NON_BLOCKING;
   if constexpr (HasCheckHealth<T>) flags |= SERVE_DEPLOYMENT_HAS_CHECK_HEALTH;
   if constexpr (HasReconfigure<T>) flags |= SERVE_DEPLOYMENT_HAS_RECONFIGURE;
   return flags;
