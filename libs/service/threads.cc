@@ -50,7 +50,13 @@ void LoopInbox::Close() {
   });
 }
 
-ThreadPool::ThreadPool(size_t max_threads) : max_threads_(max_threads == 0 ? 1 : max_threads) {}
+ThreadPool::ThreadPool(size_t max_threads, size_t runnable_limit,
+                       std::chrono::microseconds blocked_after)
+    : max_threads_(max_threads == 0 ? 1 : max_threads),
+      runnable_limit_(runnable_limit > 0
+                          ? runnable_limit
+                          : std::max<size_t>(1, std::thread::hardware_concurrency())),
+      blocked_after_(blocked_after) {}
 
 ThreadPool::~ThreadPool() {
   {
@@ -59,6 +65,8 @@ ThreadPool::~ThreadPool() {
     tasks_.clear();
   }
   wake_.notify_all();
+  monitor_wake_.notify_all();
+  if (monitor_.joinable()) monitor_.join();
   for (auto& thread : threads_) {
     if (thread.joinable()) thread.join();
   }
@@ -68,16 +76,52 @@ void ThreadPool::Post(std::function<void()> task) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (stopping_) return;
   tasks_.push_back(std::move(task));
-  if (idle_ < tasks_.size() && threads_.size() < max_threads_) {
-    threads_.emplace_back([this] { Run(); });
-  } else {
-    wake_.notify_one();
+  WakeOrWatch();
+}
+
+void ThreadPool::WakeOrWatch() {
+  if (!WakeForQueued()) return;
+  // Tasks wait for a thread: the monitor sees when the running tasks turn out to block.
+  if (!monitor_.joinable()) {
+    monitor_ = std::thread([this] { Monitor(); });
+  } else if (monitor_waits_for_post_) {
+    monitor_wake_.notify_one();
   }
+}
+
+bool ThreadPool::WakeForQueued() {
+  // Running tasks that have run for blocked_after_ are taken as blocked: they leave room.
+  size_t blocked = 0;
+  if (busy_ > 0) {
+    Clock::time_point blocked_before = Clock::now() - blocked_after_;
+    for (const Clock::time_point& started : started_) {
+      if (started != Clock::time_point{} && started < blocked_before) ++blocked;
+    }
+  }
+  auto can_wake = [this] { return sleeping_ > wakes_ || threads_.size() < max_threads_; };
+  while (tasks_.size() > wakes_ + starting_ &&
+         busy_ - blocked + wakes_ + starting_ < runnable_limit_ && can_wake()) {
+    if (sleeping_ > wakes_) {
+      ++wakes_;
+      wake_.notify_one();
+    } else {
+      ++starting_;
+      started_.emplace_back();
+      size_t slot = threads_.size();
+      threads_.emplace_back([this, slot] { Run(slot); });
+    }
+  }
+  return tasks_.size() > wakes_ + starting_ && can_wake();
 }
 
 size_t ThreadPool::busy() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return busy_;
+}
+
+size_t ThreadPool::threads() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return threads_.size();
 }
 
 bool ThreadPool::WaitIdle(std::chrono::milliseconds timeout) {
@@ -88,6 +132,7 @@ bool ThreadPool::WaitIdle(std::chrono::milliseconds timeout) {
 void ThreadPool::SetMaxThreads(size_t max_threads) {
   std::lock_guard<std::mutex> lock(mutex_);
   max_threads_ = std::max(max_threads_, max_threads);
+  WakeOrWatch();
 }
 
 void ThreadPool::Abandon() {
@@ -97,23 +142,46 @@ void ThreadPool::Abandon() {
     tasks_.clear();
   }
   wake_.notify_all();
+  monitor_wake_.notify_all();
+  if (monitor_.joinable()) monitor_.join();
   for (auto& thread : threads_) thread.detach();
   threads_.clear();
 }
 
-void ThreadPool::Run() {
+void ThreadPool::Monitor() {
   std::unique_lock<std::mutex> lock(mutex_);
+  while (!stopping_) {
+    if (WakeForQueued()) {
+      monitor_waits_for_post_ = false;
+      monitor_wake_.wait_for(lock, blocked_after_);
+    } else {
+      monitor_waits_for_post_ = true;
+      monitor_wake_.wait(lock);
+    }
+  }
+}
+
+void ThreadPool::Run(size_t slot) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  --starting_;
   while (true) {
-    ++idle_;
-    wake_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
-    --idle_;
     if (stopping_) return;
+    if (tasks_.empty()) {
+      ++sleeping_;
+      wake_.wait(lock, [this] { return stopping_ || wakes_ > 0; });
+      --sleeping_;
+      if (stopping_) return;
+      --wakes_;
+      continue;  // another thread may have taken the task meanwhile
+    }
     auto task = std::move(tasks_.front());
     tasks_.pop_front();
     ++busy_;
+    started_[slot] = Clock::now();
     lock.unlock();
     task();
     lock.lock();
+    started_[slot] = Clock::time_point{};
     --busy_;
     idle_changed_.notify_all();
   }
