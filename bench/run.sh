@@ -97,6 +97,21 @@ deployments:
     artifact: $BUILD/tests/deployments/libtest_concurrent.so
     num_replicas: 2
     resources: {num_cpus: 0.25}
+  # The same handlers without kConcurrent: calls serialized on each replica's handler thread
+  # (the counter declares kNonBlocking and runs on the worker's loop).
+  - name: serialized
+    route_prefix: /serialized
+    runtime: native
+    artifact: $BUILD/tests/deployments/libtest_handlers.so
+    num_replicas: 2
+    resources: {num_cpus: 0.01}
+  # builtin:hello with 2 replicas, as the native targets have: what a second worker process
+  # costs on its own.
+  - name: hello2
+    route_prefix: /hello2
+    runtime: builtin:hello
+    num_replicas: 2
+    resources: {num_cpus: 0.01}
 YAML
 "${SERVE[@]}" deploy "$WORK/more.yaml" >/dev/null
 
@@ -146,6 +161,8 @@ read -r hello32_rps hello32_p50 hello32_p99 hello32_bad < <(measure "http://127.
 read -r py_rps py_p50 py_p99 py_bad < <(measure "http://127.0.0.1:$HTTP_PORT/py-hello" 32)
 read -r pyhttp_rps pyhttp_p50 pyhttp_p99 pyhttp_bad < <(measure "http://127.0.0.1:$HTTP_PORT/py-http-hello" 32)
 read -r conc_rps conc_p50 conc_p99 conc_bad < <(measure "http://127.0.0.1:$HTTP_PORT/concurrent")
+read -r serial_rps serial_p50 serial_p99 serial_bad < <(measure "http://127.0.0.1:$HTTP_PORT/serialized")
+read -r hello2_rps hello2_p50 hello2_p99 hello2_bad < <(measure "http://127.0.0.1:$HTTP_PORT/hello2")
 # 1 MiB bodies at 8 connections: POSTed to builtin:echo (which answers with them) and to nginx,
 # which passes them to an upstream.
 cat > "$WORK/post.lua" <<'LUA'
@@ -208,7 +225,9 @@ echo "| target | requests/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
 echo "| nginx, fixed body (baseline) | $nginx_rps | $nginx_p50 | $nginx_p99 | $nginx_bad |"
 echo "| serve: proxy -> NATS -> builtin:hello replica | $serve_rps | $serve_p50 | $serve_p99 | $serve_bad |"
-echo "| serve: proxy -> NATS -> native C++ counter, 2 replicas | $native_rps | $native_p50 | $native_p99 | $native_bad |"
+echo "| serve: proxy -> NATS -> native C++ counter (kNonBlocking), 2 replicas | $native_rps | $native_p50 | $native_p99 | $native_bad |"
+echo "| serve: builtin:hello, 2 replicas | $hello2_rps | $hello2_p50 | $hello2_p99 | $hello2_bad |"
+echo "| serve: native test deployment, serialized on a handler thread, 2 replicas | $serial_rps | $serial_p50 | $serial_p99 | $serial_bad |"
 echo "| serve, c32: builtin:hello | $hello32_rps | $hello32_p50 | $hello32_p99 | $hello32_bad |"
 echo "| serve, c32: python runtime, hello class | $py_rps | $py_p50 | $py_p99 | $py_bad |"
 echo "| serve, c32: command runtime, Python http.server hello | $pyhttp_rps | $pyhttp_p50 | $pyhttp_p99 | $pyhttp_bad |"
@@ -222,5 +241,6 @@ echo "NATS I/O on the proxy's loop vs on nats.c's thread (builtin:hello, request
 echo
 echo "python runtime / command runtime (c32, requests/s): $python_vs_command (issue 15 asks >= 3)"
 echo "builtin:hello / python runtime (c32, requests/s): $builtin_vs_python (issue 15 asks <= 2)"
-echo "native counter / builtin:hello: $(awk -v a="$native_rps" -v b="$serve_rps" 'BEGIN {printf "%.2f", a / b}'); kConcurrent / builtin:hello: $(awk -v a="$conc_rps" -v b="$serve_rps" 'BEGIN {printf "%.2f", a / b}') (64 connections)"
+of_hello() { awk -v a="$1" -v b="$serve_rps" 'BEGIN {printf "%.2f", a / b}'; }
+echo "native counter / builtin:hello: $(of_hello "$native_rps"); kConcurrent / builtin:hello: $(of_hello "$conc_rps"); serialized native / builtin:hello: $(of_hello "$serial_rps"); builtin:hello with 2 replicas / with 1: $(of_hello "$hello2_rps") (64 connections)"
 echo "serve / nginx throughput ratio: builtin $ratio, native $native_ratio ($(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(date -u +%Y-%m-%d))"
