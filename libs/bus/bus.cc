@@ -373,17 +373,8 @@ void Bus::Close(double flush_timeout_s) {
     // Subscriptions are closed with the connection; each frees its closure when nats.c says
     // it is complete, so a late callback never sees freed memory.
     natsConnection_Close(connection_);
-    for (auto& entry : subscriptions_) {
-      if (entry.sub != nullptr) natsSubscription_Destroy(entry.sub);
-    }
-    for (natsSubscription* sub : draining_) natsSubscription_Destroy(sub);
-    for (auto& [handler, drain] : draining_on_loop_) natsSubscription_Destroy(drain.sub);
-    draining_on_loop_.clear();
-    draining_.clear();
-    drained_.clear();
+    DestroyConnection();  // the drains in progress end unreported, with the bus
     subscriptions_.clear();
-    natsConnection_Destroy(connection_);
-    connection_ = nullptr;
   }
   if (loop_io_ != nullptr) loop_io_->Close();  // nats.c is done with it
   loop_io_ = nullptr;
@@ -453,9 +444,7 @@ Status Bus::SubscribeAs(const std::string& subject, Handler handler, bool read_o
   handlers_.push_back(std::move(handler));
   natsSubscription* sub = nullptr;
   auto s = static_cast<natsStatus>(
-      connection_ == nullptr
-          ? NATS_CONNECTION_CLOSED
-          : SubscribeOnConnection(subject, handlers_.size() - 1, read_on_loop, &sub));
+      SubscribeOnConnection(subject, handlers_.size() - 1, read_on_loop, &sub));
   if (s == NATS_CONNECTION_CLOSED && options_.retry_initial_connect) {
     // nats.c gave this connection up, and the Bus opens another, which subscribes it.
     subscriptions_.push_back(
@@ -480,6 +469,8 @@ Status Bus::SubscribeAs(const std::string& subject, Handler handler, bool read_o
 
 int Bus::SubscribeOnConnection(const std::string& subject, size_t handler, bool read_on_loop,
                                natsSubscription** sub) {
+  *sub = nullptr;
+  if (connection_ == nullptr) return NATS_CONNECTION_CLOSED;  // a new one is being opened
   BusSubscription* closure = nullptr;
   natsStatus s;
   if (read_on_loop) {
@@ -490,7 +481,6 @@ int Bus::SubscribeOnConnection(const std::string& subject, size_t handler, bool 
   }
   if (s != NATS_OK) {
     delete closure;
-    *sub = nullptr;
     return s;
   }
   if (closure != nullptr) natsSubscription_SetOnCompleteCB(*sub, OnSubscriptionComplete, closure);
@@ -803,15 +793,12 @@ void Bus::OnConnectionGivenUp(uint64_t connection, const std::string& why) {
       static_cast<uint64_t>(reopen_delay_s_ * 1000), 0);
 }
 
-void Bus::Reopen() {
-  if (closed_) return;
-  // Every subscription of the old connection is gone with it: drains are over, since nothing
-  // more can arrive, and the rest are made again on the new connection.
+std::vector<std::function<void()>> Bus::DestroyConnection() {
+  std::vector<std::function<void()>> drains_done;
   for (auto& entry : subscriptions_) {
     if (entry.sub != nullptr) natsSubscription_Destroy(entry.sub);
     entry.sub = nullptr;
   }
-  std::vector<std::function<void()>> drains_done;
   for (natsSubscription* sub : draining_) natsSubscription_Destroy(sub);
   draining_.clear();
   for (auto& [handler, done] : drained_) drains_done.push_back(std::move(done));
@@ -823,6 +810,14 @@ void Bus::Reopen() {
   draining_on_loop_.clear();
   natsConnection_Destroy(connection_);
   connection_ = nullptr;
+  return drains_done;
+}
+
+void Bus::Reopen() {
+  if (closed_) return;
+  // Every subscription of the old connection is gone with it: drains are over, since nothing
+  // more can arrive, and the rest are made again on the new connection.
+  std::vector<std::function<void()>> drains_done = DestroyConnection();
   Status opened = OpenConnection();
   if (opened.ok()) {
     for (auto& entry : subscriptions_) {
@@ -842,7 +837,6 @@ void Bus::Reopen() {
   if (closed_) return;
   if (!opened.ok()) {
     // Refused at once (a creds file that went missing, say): the same again, later.
-    connection_ = nullptr;
     OnConnectionGivenUp(connections_opened_, opened.message());
   }
 }

@@ -149,10 +149,13 @@ class Bus {
   void OnConnectionGivenUp(uint64_t connection, const std::string& why);
   // Opens the next connection and makes every subscription again on it.
   void Reopen();
+  // Destroys connection_ (closed already) and every nats.c subscription on it; the entries of
+  // subscriptions_ stay, without one. Returns the `done` callbacks of the drains in progress.
+  std::vector<std::function<void()>> DestroyConnection();
   // What Publish and Request say while there is no connection.
   Status NoConnection() const;
   // Subscribes `subject` on connection_ for handlers_[handler]; a natsStatus (nats.h is not
-  // included here).
+  // included here), NATS_CONNECTION_CLOSED while there is no connection.
   int SubscribeOnConnection(const std::string& subject, size_t handler, bool read_on_loop,
                             __natsSubscription** sub);
   // With `read_on_loop`, a synchronous subscription that PullSubscriptions() empties; else an

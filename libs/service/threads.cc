@@ -91,8 +91,10 @@ void ThreadPool::WakeOrWatch() {
 
 bool ThreadPool::WakeForQueued() {
   // Running tasks that have run for blocked_after_ are taken as blocked: they leave room.
+  // Counted only when they could matter: when the queued tasks would not all fit under the
+  // limit beside the running ones, which a lightly loaded pool never sees.
   size_t blocked = 0;
-  if (busy_ > 0) {
+  if (busy_ > 0 && busy_ + tasks_.size() > runnable_limit_) {
     Clock::time_point blocked_before = Clock::now() - blocked_after_;
     for (const Clock::time_point& started : started_) {
       if (started != Clock::time_point{} && started < blocked_before) ++blocked;
