@@ -135,6 +135,9 @@ class NativeRuntime : public Runtime {
 
   int Concurrency() const override { return concurrency_; }
   bool ScalesWithLimit() const override { return concurrency_ > 1; }
+  // Even a kNonBlocking class's check_health and reconfigure are user code that may wait; the
+  // SDK lets them run beside operator().
+  bool ChecksOnLoop() const override { return false; }
 
   HandlerResponse Handle(const RequestView& request) override {
     HandlerResponse answer;

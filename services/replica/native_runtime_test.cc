@@ -150,6 +150,8 @@ TEST(NativeRuntimeCounter, IsNonBlockingSoItRunsOnTheWorkersLoop) {
   ASSERT_NE(runtime, nullptr);
   EXPECT_EQ(runtime->Concurrency(), 0);
   EXPECT_FALSE(runtime->ScalesWithLimit());
+  // check_health and reconfigure are user code that may wait: never on the loop.
+  EXPECT_FALSE(runtime->ChecksOnLoop());
 }
 
 TEST(NativeRuntimeCounter, ExportsOnlyTheAbi) {

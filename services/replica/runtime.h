@@ -70,6 +70,10 @@ class Runtime {
   // 0: Handle is cheap and never blocks, so the worker calls it on its loop thread (the
   // built-ins). 1: calls are serialized on one handler thread. n > 1: up to n at once.
   virtual int Concurrency() const = 0;
+  // True when CheckHealth and Reconfigure run on the worker's loop thread too: for a runtime
+  // whose state the loop owns (the built-ins). Otherwise they run on the control thread, where
+  // user code that blocks holds up neither requests nor heartbeats.
+  virtual bool ChecksOnLoop() const { return Concurrency() == 0; }
   // True when Concurrency() is the deployment's max_concurrent_queries (a kConcurrent class, a
   // command), so a new limit applied in place lets more calls run at once.
   virtual bool ScalesWithLimit() const { return false; }

@@ -103,7 +103,7 @@ bool ReplicaWorker::WaitForUserCode(std::chrono::milliseconds timeout) {
 }
 
 void ReplicaWorker::OnControlThread(std::function<void()> fn) {
-  if (handlers_ == nullptr) {
+  if (runtime_->ChecksOnLoop()) {
     fn();
   } else {
     control_.Post(std::move(fn));

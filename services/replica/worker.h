@@ -85,8 +85,8 @@ class ReplicaWorker {
   // Requests admitted that wait for a handler thread.
   int Queued() const;
   void MaybeFinishDrain();
-  // Runs `fn` where the runtime wants its checks and reconfigures: on the loop thread for a
-  // runtime that answers there (its state is the loop's), else on the control thread.
+  // Runs `fn` where the runtime wants its checks and reconfigures (Runtime::ChecksOnLoop): on
+  // the loop thread for a built-in (its state is the loop's), else on the control thread.
   void OnControlThread(std::function<void()> fn);
   bool user_code_stuck() const;
 
